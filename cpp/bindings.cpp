@@ -1,0 +1,209 @@
+// bindings.cpp -- llmetal._engine: the engine's objects as Python classes (nanobind).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+
+#include "cpu/features.h"
+#include "engine.h"
+
+namespace nb = nanobind;
+using namespace llmetal;
+
+#ifndef LLMETAL_VERSION
+#define LLMETAL_VERSION "0.0.0"
+#endif
+
+static nb::dict build_info() {
+    nb::dict d;
+    d["version"] = LLMETAL_VERSION;
+    nb::list devices;
+    devices.append("cpu");
+#ifdef LLMETAL_WITH_CUDA
+    devices.append("cuda");
+#endif
+#ifdef LLMETAL_WITH_METAL
+    devices.append("metal");
+#endif
+    d["devices"] = devices;
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = "unknown";
+#endif
+    d["cxx_flags"] = LLMETAL_CXX_FLAGS;
+    d["build_type"] = LLMETAL_BUILD_TYPE;
+#if defined(__x86_64__)
+    d["arch"] = "x86_64";
+#elif defined(__aarch64__)
+    d["arch"] = "arm64";
+#else
+    d["arch"] = "other";
+#endif
+    d["cpu_features"] = cpu::features_string();
+    d["simd"] = cpu::simd_name(cpu::best_simd());
+    d["default_threads"] = cpu::default_threads();
+    return d;
+}
+
+// Copy a tensor out of its buffer into a new numpy array (an explicit download).
+static nb::object to_numpy(const Tensor& t) {
+    nb::module_ np = nb::module_::import_("numpy");
+    const char* dt = nullptr;
+    std::vector<int64_t> shape = t.shape;
+    switch (t.type) {
+        case KT_F32: dt = "float32"; break;
+        case KT_F16: dt = "float16"; break;
+        case KT_BF16: dt = "uint16"; break;
+        case KT_I32: dt = "int32"; break;
+        default:  // block formats come out as raw bytes [rows, row_bytes]
+            dt = "uint8";
+            shape = {t.rows(), (int64_t)row_bytes(t.type, t.cols())};
+    }
+    nb::tuple sh = nb::tuple(nb::cast(shape));
+    nb::object arr = np.attr("empty")(sh, dt);
+    nb::object iface = arr.attr("__array_interface__");
+    uintptr_t addr = nb::cast<uintptr_t>(nb::cast<nb::tuple>(iface["data"])[0]);
+    uint64_t n = t.nbytes();
+    if (n) t.buf->device->download((void*)addr, Binding{t.buf.get(), t.offset}, n);
+    return arr;
+}
+
+// Copy a numpy array (C-contiguous, same byte size) into a tensor (an explicit upload).
+static void upload(const Tensor& t, nb::object arr) {
+    nb::module_ np = nb::module_::import_("numpy");
+    nb::object a = np.attr("ascontiguousarray")(arr);
+    uint64_t n = nb::cast<uint64_t>(a.attr("nbytes"));
+    if (n != t.nbytes())
+        throw Error("upload: array has " + std::to_string(n) + " bytes, tensor " + t.repr() + " has " +
+                    std::to_string(t.nbytes()));
+    nb::object iface = a.attr("__array_interface__");
+    uintptr_t addr = nb::cast<uintptr_t>(nb::cast<nb::tuple>(iface["data"])[0]);
+    t.buf->device->upload(Binding{t.buf.get(), t.offset}, (const void*)addr, n);
+}
+
+NB_MODULE(_engine, m) {
+    m.doc() = "llmetal's compiled engine: devices, buffers, tensors, encoder, stages";
+    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const Error& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
+    m.def("build_info", &build_info, "Version, compiler, flags, devices built, CPU features.");
+    m.def("cpu_features", &cpu::features_string);
+    m.def("default_threads", &cpu::default_threads);
+    m.def("simd_level", [] { return std::string(cpu::simd_name(cpu::active_simd())); });
+    m.def("best_simd", [] { return std::string(cpu::simd_name(cpu::best_simd())); });
+    m.def("force_simd", [](const std::string& s) {
+        if (s == "scalar") cpu::force_simd(cpu::Simd::scalar);
+        else if (s == "avx2") cpu::force_simd(cpu::Simd::avx2);
+        else if (s == "avx512") cpu::force_simd(cpu::Simd::avx512);
+        else if (s == "neon") cpu::force_simd(cpu::Simd::neon);
+        else if (s == "best" || s.empty()) cpu::force_simd(cpu::best_simd());
+        else throw Error("unknown SIMD level '" + s + "' (scalar, avx2, avx512, neon, best)");
+    }, "Force the CPU kernels' SIMD level (tests run each level the CPU has).");
+    m.def("type_block", [](int t) { auto& i = type_info(t); return nb::make_tuple(i.block, i.block_bytes); });
+    m.def("type_supported", &type_known);
+
+    m.attr("ROPE_NORM") = KROPE_NORM;
+    m.attr("ROPE_NEOX") = KROPE_NEOX;
+
+    nb::class_<Buffer>(m, "Buffer")
+        .def_ro("bytes", &Buffer::bytes)
+        .def_ro("label", &Buffer::label)
+        .def_ro("read_only", &Buffer::read_only)
+        .def_prop_ro("address", [](const Buffer& b) { return (uintptr_t)b.host; });
+
+    nb::class_<Device>(m, "Device")
+        .def_prop_ro("name", [](const Device& d) { return std::string(d.name()); })
+        .def_ro("n_allocs", &Device::n_allocs)
+        .def_ro("bytes_allocated", &Device::bytes_allocated)
+        .def("alloc", &Device::alloc, nb::arg("bytes"), nb::arg("label") = "buffer")
+        .def("map_file", &Device::map_file, "Memory-map a whole file read-only (weights in place).")
+        .def("set_step", [](Device& d, int pos0, int n_tokens) { d.set_step(kstep{pos0, n_tokens, 0, 0}); })
+        .def("wait", &Device::wait);
+
+    m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0,
+          "The CPU device with a pool of n_threads (0 = the cores this process may use).");
+    m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
+
+    nb::class_<Tensor>(m, "Tensor")
+        .def("__init__", [](Tensor* t, BufferRef buf, uint64_t offset, int type, std::vector<int64_t> shape) {
+            if (!type_known(type)) throw Error("Tensor: unsupported type id " + std::to_string(type));
+            new (t) Tensor();
+            t->buf = std::move(buf); t->offset = offset; t->type = type; t->shape = std::move(shape);
+            if (t->offset + t->nbytes() > t->buf->bytes) throw Error("Tensor outside its buffer: " + t->repr());
+        }, nb::arg("buffer"), nb::arg("offset"), nb::arg("type"), nb::arg("shape"))
+        .def_ro("offset", &Tensor::offset)
+        .def_ro("type", &Tensor::type)
+        .def_prop_ro("shape", [](const Tensor& t) { return nb::tuple(nb::cast(t.shape)); })
+        .def_prop_ro("buffer", [](const Tensor& t) { return t.buf; })
+        .def_prop_ro("type_name", [](const Tensor& t) { return std::string(type_info(t.type).name); })
+        .def_prop_ro("nbytes", &Tensor::nbytes)
+        .def("view", &Tensor::view, nb::arg("byte_offset"), nb::arg("shape"), nb::arg("type") = -1)
+        .def("rows", &Tensor::row_slice, "Rows [r0, r1) of the outermost dimension.")
+        .def("to_numpy", &to_numpy, "Download into a new numpy array.")
+        .def("upload", &upload, "Copy a numpy array into this tensor.")
+        .def("__repr__", &Tensor::repr);
+
+    nb::class_<BufferPool>(m, "BufferPool")
+        .def(nb::init<std::shared_ptr<Device>>())
+        .def("declare", &BufferPool::declare, nb::arg("name"), nb::arg("type"), nb::arg("shape"))
+        .def("reserve", &BufferPool::reserve)
+        .def("get", &BufferPool::get)
+        .def("names", &BufferPool::names)
+        .def_prop_ro("bytes", &BufferPool::bytes)
+        .def_prop_ro("n_arenas", &BufferPool::n_arenas);
+
+    nb::class_<Plan>(m, "Plan")
+        .def_ro("n_tokens", &Plan::n_tokens)
+        .def_prop_ro("n_commands", [](const Plan& p) { return p.cmds.size(); })
+        .def_prop_ro("stages", [](const Plan& p) {
+            std::vector<std::string> s;
+            for (auto& c : p.cmds) s.push_back(stage_name(c.stage));
+            return s;
+        });
+
+    nb::class_<Encoder>(m, "Encoder")
+        .def(nb::init<std::shared_ptr<Device>, bool>(), nb::arg("device"), nb::arg("eager") = false)
+        .def_rw("eager", &Encoder::eager)
+        .def_ro("n_commits", &Encoder::n_commits)
+        .def_prop_ro("n_pending", [](const Encoder& e) { return e.cmds.size(); })
+        .def_prop_ro("recording", [](const Encoder& e) { return e.recording; })
+        .def("commit", &Encoder::commit)
+        .def("wait", &Encoder::wait)
+        .def("begin_record", &Encoder::begin_record)
+        .def("end_record", &Encoder::end_record)
+        .def("replay", [](Encoder& e, const Plan& p, int pos0) {
+            nb::gil_scoped_release r;
+            e.replay(p, kstep{pos0, p.n_tokens, 0, 0});
+        })
+        .def("embed", &Encoder::embed, nb::arg("W"), nb::arg("ids"), nb::arg("out"), nb::arg("scale") = 1.0f)
+        .def("rmsnorm", &Encoder::rmsnorm, nb::arg("x"), nb::arg("w"), nb::arg("out"), nb::arg("eps"))
+        .def("matmul", &Encoder::matmul, nb::arg("W"), nb::arg("x"), nb::arg("y"))
+        .def("rope", [](Encoder& e, const Tensor& x, int n_heads, int n_rot, int mode, float base,
+                        float fscale, const Tensor* factors) {
+            e.rope(x, n_heads, n_rot, mode, base, fscale, factors);
+        }, nb::arg("x"), nb::arg("n_heads"), nb::arg("n_rot"), nb::arg("mode"), nb::arg("freq_base"),
+           nb::arg("freq_scale") = 1.0f, nb::arg("factors").none() = nb::none())
+        .def("kv_store", &Encoder::kv_store, nb::arg("src"), nb::arg("cache"))
+        .def("attention", [](Encoder& e, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
+                             int n_heads, int n_kv_heads, float scale, int window, float softcap) {
+            e.attention(q, kc, vc, out, n_heads, n_kv_heads, window, scale, softcap);
+        }, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"), nb::arg("n_heads"),
+           nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f)
+        .def("add", &Encoder::add)
+        .def("mul", &Encoder::mul)
+        .def("scale", &Encoder::scale, nb::arg("x"), nb::arg("out"), nb::arg("s"))
+        .def("swiglu", &Encoder::swiglu)
+        .def("geglu", &Encoder::geglu)
+        .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"));
+}

@@ -1,0 +1,238 @@
+// device_cpu.cpp -- the CPU device: host memory, a thread pool, and every stage.
+//
+// submit() runs the command list in order on the calling thread plus the pool; each stage
+// splits its rows (or heads) over the threads. Nothing here allocates per command: the
+// per-thread scratch grows only when a larger shape is first seen.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "../engine.h"
+#include "f16.h"
+#include "features.h"
+#include "kernels.h"
+#include "quants.h"
+#include "threadpool.h"
+
+namespace llmetal {
+using namespace llmetal::cpu;
+
+namespace {
+
+// split [0, n) into nth near-equal parts; part ith is [*b, *e)
+inline void split(int64_t n, int ith, int nth, int64_t* b, int64_t* e) {
+    int64_t per = (n + nth - 1) / nth;
+    *b = std::min<int64_t>(n, per * ith);
+    *e = std::min<int64_t>(n, *b + per);
+}
+
+struct CpuDevice final : Device {
+    explicit CpuDevice(int n_threads) : pool(n_threads), scratch(n_threads) {
+        step_buf = alloc(sizeof(kstep), "step");
+        std::memset(step_buf->host, 0, sizeof(kstep));
+    }
+    ~CpuDevice() override { step_buf.reset(); }
+
+    const char* name() const override { return "cpu"; }
+
+    BufferRef alloc(uint64_t bytes, const std::string& label) override {
+        void* p = nullptr;
+        if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+            throw Error("cpu: out of memory allocating " + std::to_string(bytes) + " bytes for " + label);
+        auto b = std::make_shared<Buffer>();
+        b->device = this; b->host = b->dev = p; b->bytes = bytes; b->label = label;
+        ++n_allocs; bytes_allocated += bytes;
+        return b;
+    }
+
+    BufferRef map_file(const std::string& path) override {
+        int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) != 0 || st.st_size == 0) { ::close(fd); throw Error("cannot map empty file " + path); }
+        void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) { ::close(fd); throw Error("mmap failed for " + path + ": " + std::strerror(errno)); }
+        auto b = std::make_shared<Buffer>();
+        b->device = this; b->host = b->dev = p; b->bytes = st.st_size; b->read_only = true;
+        b->label = path; b->kind = 1; b->fd = fd;
+        return b;
+    }
+
+    void free_buffer(Buffer& b) override {
+        if (!b.host) return;
+        if (b.kind == 1) { munmap(b.host, b.bytes); ::close(b.fd); }
+        else std::free(b.host);
+        b.host = b.dev = nullptr;
+    }
+
+    void upload(const Binding& dst, const void* src, uint64_t n) override {
+        if (dst.buf->read_only) throw Error("cannot write into read-only buffer " + dst.buf->label);
+        std::memcpy(dst.ptr<char>(), src, n);
+    }
+    void download(void* dst, const Binding& src, uint64_t n) override { std::memcpy(dst, src.ptr<char>(), n); }
+
+    void set_step(const kstep& s) override { std::memcpy(step_buf->host, &s, sizeof s); }
+
+    void submit(const std::vector<Command>& cmds) override {
+        for (const Command& c : cmds) run(c);
+    }
+    void wait() override {}  // submit is synchronous on the CPU
+
+    // per-thread scratch, grown when a larger shape is first seen
+    float* tmp(int ith, size_t n) {
+        auto& v = scratch[ith];
+        if (v.size() < n) v.resize(n);
+        return v.data();
+    }
+
+    // ---- stages ---------------------------------------------------------------------
+    void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding) override {
+        const int32_t* id = ids.ptr<int32_t>();
+        for (int t = 0; t < a.n_tokens; ++t)
+            if (id[t] < 0 || id[t] >= a.n_vocab)
+                throw Error("embed: token id " + std::to_string(id[t]) + " outside the vocabulary");
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(a.n_tokens, ith, nth, &b, &e);
+            for (int64_t t = b; t < e; ++t) {
+                float* o = out.ptr<float>() + t * a.dim;
+                dequant_row(a.wtype, W.ptr<uint8_t>() + (uint64_t)id[t] * a.row_bytes, o, a.dim);
+                if (a.scale != 1.0f) for (int i = 0; i < a.dim; ++i) o[i] *= a.scale;
+            }
+        };
+        pool.run(f);
+    }
+
+    void rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) override {
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(a.n_rows, ith, nth, &b, &e);
+            for (int64_t r = b; r < e; ++r)
+                rmsnorm_row(x.ptr<float>() + r * a.dim, w.ptr<float>(), out.ptr<float>() + r * a.dim, a.dim, a.eps);
+        };
+        pool.run(f);
+    }
+
+    void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override {
+        MatmulJob job = matmul_prepare(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), &pool, &act_scratch);
+        auto f = [&](int ith, int nth) {
+            matmul_run(job, ith, nth, tmp(ith, (size_t)a.n_in + 64));
+        };
+        pool.run(f);
+    }
+    void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override { matmul(a, W, x, y); }
+
+    void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override {
+        const kstep* s = step.ptr<kstep>();
+        const float* ff = factors ? factors.ptr<float>() : nullptr;
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split((int64_t)a.n_tokens * a.n_heads, ith, nth, &b, &e);
+            for (int64_t r = b; r < e; ++r) {
+                int t = (int)(r / a.n_heads);
+                rope_row(x.ptr<float>() + r * a.head_dim, a, s->pos0 + t, ff);
+            }
+        };
+        pool.run(f);
+    }
+
+    void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) override {
+        const kstep* s = step.ptr<kstep>();
+        if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx)
+            throw Error("kv_store: positions " + std::to_string(s->pos0) + ".." +
+                        std::to_string(s->pos0 + a.n_tokens) + " exceed the context of " + std::to_string(a.n_ctx));
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(a.n_tokens, ith, nth, &b, &e);
+            for (int64_t t = b; t < e; ++t) {
+                const float* in = src.ptr<float>() + t * a.kv_dim;
+                uint16_t* o = cache.ptr<uint16_t>() + (int64_t)(s->pos0 + t) * a.kv_dim;
+                f32_to_f16_row(in, o, a.kv_dim);
+            }
+        };
+        pool.run(f);
+    }
+
+    void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
+                   Binding step) override {
+        const kstep* s = step.ptr<kstep>();
+        if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx) throw Error("attention: positions exceed the context");
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split((int64_t)a.n_tokens * a.n_heads, ith, nth, &b, &e);
+            float* sc = tmp(ith, (size_t)s->pos0 + a.n_tokens + 2 * a.head_dim + 64);
+            for (int64_t r = b; r < e; ++r) {
+                int t = (int)(r / a.n_heads), h = (int)(r % a.n_heads);
+                attention_row(a, q.ptr<float>() + r * a.head_dim, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(),
+                              out.ptr<float>() + r * a.head_dim, h, s->pos0 + t, sc);
+            }
+        };
+        pool.run(f);
+    }
+
+    template <class Op>
+    void binary(const kargs_eltwise& a, Binding x, Binding y, Binding out, Op op) {
+        const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
+        int64_t bn = a.b_n;
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(a.n, ith, nth, &b, &e);
+            if (bn == a.n) for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i]);
+            else for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i % bn]);
+        };
+        pool.run(f);
+    }
+    void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
+        binary(a, x, y, out, [](float u, float v) { return u + v; });
+    }
+    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
+        binary(a, x, y, out, [](float u, float v) { return u * v; });
+    }
+    void scale(const kargs_eltwise& a, Binding x, Binding out) override {
+        const float* px = x.ptr<float>(); float* po = out.ptr<float>();
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(a.n, ith, nth, &b, &e);
+            for (int64_t i = b; i < e; ++i) po[i] = px[i] * a.s;
+        };
+        pool.run(f);
+    }
+    template <class Act>
+    void glu(const kargs_glu& a, Binding g, Binding u, Binding out, Act act) {
+        const float* pg = g.ptr<float>(); const float* pu = u.ptr<float>(); float* po = out.ptr<float>();
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split((int64_t)a.n_tokens * a.n_ff, ith, nth, &b, &e);
+            for (int64_t i = b; i < e; ++i) po[i] = act(pg[i]) * pu[i];
+        };
+        pool.run(f);
+    }
+    void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
+        glu(a, g, u, out, [](float v) { return v / (1.0f + std::exp(-v)); });
+    }
+    void geglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
+        glu(a, g, u, out, [](float v) {
+            const float c = 0.7978845608028654f;  // sqrt(2/pi)
+            return 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
+        });
+    }
+
+    ThreadPool pool;
+    std::vector<std::vector<float>> scratch;
+    std::vector<uint8_t> act_scratch;   // activations prepared for the matmul kernels
+};
+
+}  // namespace
+
+std::shared_ptr<Device> make_cpu_device(int n_threads) {
+    return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads());
+}
+
+}  // namespace llmetal

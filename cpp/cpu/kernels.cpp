@@ -1,0 +1,81 @@
+// kernels.cpp -- CPU row kernels (portable scalar code; SIMD matmul paths live in
+// quants_*.cpp and are chosen in matmul_prepare by weight type and SIMD level).
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "f16.h"
+#include "quants.h"
+
+namespace llmetal::cpu {
+
+void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps) {
+    double ss = 0;  // double: one row is short, and this keeps the norm exact to float
+    for (int i = 0; i < n; ++i) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / std::sqrt(ss / n + eps));
+    for (int i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
+}
+
+void rope_row(float* x, const kargs_rope& a, int pos, const float* ff) {
+    const int half = a.n_rot / 2;
+    for (int i = 0; i < half; ++i) {
+        // theta_i = pos * freq_scale * base^(-2i/n_rot) / factor_i
+        double theta = (double)pos * a.freq_scale * std::pow((double)a.freq_base, -2.0 * i / a.n_rot);
+        if (ff) theta /= ff[i];
+        float c = (float)std::cos(theta), s = (float)std::sin(theta);
+        int i0 = a.mode == KROPE_NEOX ? i : 2 * i;
+        int i1 = a.mode == KROPE_NEOX ? i + half : 2 * i + 1;
+        float x0 = x[i0], x1 = x[i1];
+        x[i0] = x0 * c - x1 * s;
+        x[i1] = x0 * s + x1 * c;
+    }
+}
+
+void f32_to_f16_row(const float* x, uint16_t* y, int n) {
+    for (int i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
+}
+
+void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
+                   float* out, int h, int pos, float* sc) {
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
+    const int g = h / (a.n_heads / a.n_kv_heads);   // the KV head this query head reads
+    const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
+    float mx = -INFINITY;
+    for (int j = lo; j <= pos; ++j) {
+        const uint16_t* k = kc + (int64_t)j * kv_dim + g * hd;
+        float s = 0;
+        for (int d = 0; d < hd; ++d) s += q[d] * f16_to_f32(k[d]);
+        s *= a.scale;
+        if (a.softcap > 0) s = a.softcap * std::tanh(s / a.softcap);
+        sc[j - lo] = s;
+        mx = std::max(mx, s);
+    }
+    float sum = 0;
+    for (int j = lo; j <= pos; ++j) sum += (sc[j - lo] = std::exp(sc[j - lo] - mx));
+    float inv = 1.0f / sum;
+    float* acc = sc + (pos - lo + 1);
+    for (int d = 0; d < hd; ++d) acc[d] = 0;
+    for (int j = lo; j <= pos; ++j) {
+        const uint16_t* v = vc + (int64_t)j * kv_dim + g * hd;
+        float p = sc[j - lo];
+        for (int d = 0; d < hd; ++d) acc[d] += p * f16_to_f32(v[d]);
+    }
+    for (int d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+}
+
+MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
+                         ThreadPool*, std::vector<uint8_t>*) {
+    return MatmulJob{a, W, x, y, nullptr, 0};
+}
+
+void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
+    // split output rows in chunks of 4 so threads do not share cache lines of y
+    int64_t per = ((j.a.n_out + nth - 1) / nth + 3) & ~int64_t(3);
+    int n0 = (int)std::min<int64_t>(j.a.n_out, per * ith);
+    int n1 = (int)std::min<int64_t>(j.a.n_out, n0 + per);
+    matmul_rows_scalar(j.a.wtype, j.W, j.a.row_bytes, j.a.n_in, n0, n1, j.x, j.a.n_tokens, j.a.n_in,
+                       j.y, j.a.n_out, tmp);
+}
+
+}  // namespace llmetal::cpu

@@ -1,0 +1,35 @@
+// kernels.h -- the CPU device's row kernels. Each stage method in device_cpu.cpp splits
+// its work over threads and calls these on its share of rows.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../kargs.h"
+
+namespace llmetal::cpu {
+
+class ThreadPool;
+
+void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps);
+void rope_row(float* x, const kargs_rope& a, int pos, const float* factors);
+void f32_to_f16_row(const float* x, uint16_t* y, int n);
+// One query row of head h at position pos against cache rows [lo, pos]; `sc` is scratch
+// of at least pos + 1 floats.
+void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
+                   float* out, int h, int pos, float* sc);
+
+// Matmul in two steps: prepare (once per call, e.g. quantize the activations into the
+// device's scratch) and run (each thread computes its share of the output rows).
+struct MatmulJob {
+    kargs_matmul a;
+    const uint8_t* W;
+    const float* x;
+    float* y;
+    const void* xq;       // prepared activations (format depends on the kernel), or null
+    int kernel;           // which row kernel (chosen by weight type and SIMD level)
+};
+MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
+                         ThreadPool* pool, std::vector<uint8_t>* scratch);
+void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);
+
+}  // namespace llmetal::cpu

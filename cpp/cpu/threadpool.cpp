@@ -1,0 +1,68 @@
+#include "threadpool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define LLM_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define LLM_PAUSE() __asm__ __volatile__("yield")
+#else
+#define LLM_PAUSE() ((void)0)
+#endif
+
+namespace llmetal::cpu {
+
+ThreadPool::ThreadPool(int n) : n_(n < 1 ? 1 : n) {
+    for (int i = 1; i < n_; ++i) threads_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+    {
+        std::lock_guard<std::mutex> l(mu_);
+        stop_ = true;
+        gen_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::run_raw(Fn fn, void* ctx) {
+    if (n_ == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    fn_ = fn;
+    ctx_ = ctx;
+    pending_.store(n_ - 1, std::memory_order_relaxed);
+    {
+        // the lock orders the publication with sleeping workers' wait
+        std::lock_guard<std::mutex> l(mu_);
+        gen_.fetch_add(1, std::memory_order_release);
+    }
+    if (sleepers_.load() > 0) cv_.notify_all();
+    fn(ctx, 0, n_);
+    while (pending_.load(std::memory_order_acquire) != 0) LLM_PAUSE();
+}
+
+void ThreadPool::worker(int ith) {
+    uint64_t seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (gen_.load(std::memory_order_acquire) == seen) {
+            if (++spins < 20000) {
+                LLM_PAUSE();
+                continue;
+            }
+            std::unique_lock<std::mutex> l(mu_);
+            sleepers_.fetch_add(1);
+            cv_.wait(l, [&] { return gen_.load() != seen; });
+            sleepers_.fetch_sub(1);
+            break;
+        }
+        seen = gen_.load(std::memory_order_acquire);
+        if (stop_.load()) return;
+        fn_(ctx_, ith, n_);
+        pending_.fetch_sub(1, std::memory_order_release);
+    }
+}
+
+}  // namespace llmetal::cpu

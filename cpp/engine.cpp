@@ -1,0 +1,360 @@
+// engine.cpp -- types, tensors, the buffer pool and the encoder (device independent).
+#include "engine.h"
+
+#include <sstream>
+
+namespace llmetal {
+
+// ---- types --------------------------------------------------------------------------
+static const TypeInfo kF32{1, 4, "F32"}, kF16{1, 2, "F16"}, kBF16{1, 2, "BF16"},
+    kI32{1, 4, "I32"}, kQ4_0{32, 18, "Q4_0"}, kQ4_1{32, 20, "Q4_1"}, kQ5_0{32, 22, "Q5_0"},
+    kQ5_1{32, 24, "Q5_1"}, kQ8_0{32, 34, "Q8_0"}, kQ4_K{256, 144, "Q4_K"},
+    kQ5_K{256, 176, "Q5_K"}, kQ6_K{256, 210, "Q6_K"};
+
+bool type_known(int t) {
+    switch (t) {
+        case KT_F32: case KT_F16: case KT_BF16: case KT_I32: case KT_Q4_0: case KT_Q4_1:
+        case KT_Q5_0: case KT_Q5_1: case KT_Q8_0: case KT_Q4_K: case KT_Q5_K: case KT_Q6_K:
+            return true;
+    }
+    return false;
+}
+
+const TypeInfo& type_info(int t) {
+    switch (t) {
+        case KT_F32: return kF32;
+        case KT_F16: return kF16;
+        case KT_BF16: return kBF16;
+        case KT_I32: return kI32;
+        case KT_Q4_0: return kQ4_0;
+        case KT_Q4_1: return kQ4_1;
+        case KT_Q5_0: return kQ5_0;
+        case KT_Q5_1: return kQ5_1;
+        case KT_Q8_0: return kQ8_0;
+        case KT_Q4_K: return kQ4_K;
+        case KT_Q5_K: return kQ5_K;
+        case KT_Q6_K: return kQ6_K;
+    }
+    throw Error("unsupported tensor type id " + std::to_string(t));
+}
+
+uint64_t row_bytes(int t, int64_t n) {
+    const TypeInfo& ti = type_info(t);
+    if (n % ti.block) throw Error(std::string("row length ") + std::to_string(n) +
+                                  " is not a multiple of the " + ti.name + " block size");
+    return (uint64_t)(n / ti.block) * ti.block_bytes;
+}
+
+// ---- buffers and tensors ------------------------------------------------------------
+Buffer::~Buffer() {
+    if (device) device->free_buffer(*this);
+}
+
+int64_t Tensor::numel() const {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+}
+int64_t Tensor::rows() const {
+    int64_t n = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) n *= shape[i];
+    return n;
+}
+uint64_t Tensor::nbytes() const { return rows() * row_bytes(type, cols()); }
+
+Tensor Tensor::view(uint64_t byte_off, std::vector<int64_t> new_shape, int new_type) const {
+    Tensor v;
+    v.buf = buf;
+    v.offset = offset + byte_off;
+    v.type = new_type < 0 ? type : new_type;
+    v.shape = std::move(new_shape);
+    if (v.offset + v.nbytes() > buf->bytes) throw Error("view outside its buffer: " + v.repr());
+    return v;
+}
+
+Tensor Tensor::row_slice(int64_t r0, int64_t r1) const {
+    if (shape.empty() || r0 < 0 || r1 > shape[0] || r0 > r1)
+        throw Error("row slice out of range for " + repr());
+    std::vector<int64_t> s = shape;
+    s[0] = r1 - r0;
+    uint64_t per_row = shape[0] ? nbytes() / shape[0] : 0;
+    return view(per_row * r0, s);
+}
+
+std::string Tensor::repr() const {
+    std::ostringstream o;
+    o << "Tensor(" << type_info(type).name << ", [";
+    for (size_t i = 0; i < shape.size(); ++i) o << (i ? ", " : "") << shape[i];
+    o << "], " << (buf ? buf->label : "null") << "+" << offset << ")";
+    return o.str();
+}
+
+const char* stage_name(Stage s) {
+    switch (s) {
+        case Stage::embed: return "embed";
+        case Stage::rmsnorm: return "rmsnorm";
+        case Stage::matmul: return "matmul";
+        case Stage::rope: return "rope";
+        case Stage::kv_store: return "kv_store";
+        case Stage::attention: return "attention";
+        case Stage::add: return "add";
+        case Stage::mul: return "mul";
+        case Stage::scale: return "scale";
+        case Stage::swiglu: return "swiglu";
+        case Stage::geglu: return "geglu";
+        case Stage::logits: return "logits";
+    }
+    return "?";
+}
+
+void Device::run(const Command& c) {
+    const Binding* b = c.b;
+    switch (c.stage) {
+        case Stage::embed: embed(c.a.embed, b[0], b[1], b[2], c.step); break;
+        case Stage::rmsnorm: rmsnorm(c.a.rmsnorm, b[0], b[1], b[2]); break;
+        case Stage::matmul: matmul(c.a.matmul, b[0], b[1], b[2]); break;
+        case Stage::rope: rope(c.a.rope, b[0], b[1], c.step); break;
+        case Stage::kv_store: kv_store(c.a.kv_store, b[0], b[1], c.step); break;
+        case Stage::attention: attention(c.a.attention, b[0], b[1], b[2], b[3], c.step); break;
+        case Stage::add: add(c.a.eltwise, b[0], b[1], b[2]); break;
+        case Stage::mul: mul(c.a.eltwise, b[0], b[1], b[2]); break;
+        case Stage::scale: scale(c.a.eltwise, b[0], b[1]); break;
+        case Stage::swiglu: swiglu(c.a.glu, b[0], b[1], b[2]); break;
+        case Stage::geglu: geglu(c.a.glu, b[0], b[1], b[2]); break;
+        case Stage::logits: logits(c.a.matmul, b[0], b[1], b[2]); break;
+    }
+}
+
+// ---- buffer pool --------------------------------------------------------------------
+Tensor BufferPool::declare(const std::string& name, int type, std::vector<int64_t> shape) {
+    if (reserved) throw Error("BufferPool: cannot declare '" + name + "' after reserve()");
+    for (auto& e : entries)
+        if (e.name == name) throw Error("BufferPool: '" + name + "' declared twice");
+    Tensor t;
+    t.type = type;
+    t.shape = std::move(shape);
+    for (auto d : t.shape)
+        if (d <= 0) throw Error("BufferPool: '" + name + "' has a non-positive dimension");
+    t.offset = total;
+    total += (t.nbytes() + 255) & ~uint64_t(255);   // 256-byte aligned, as GPUs like
+    entries.push_back({name, t});
+    return t;
+}
+
+void BufferPool::reserve() {
+    if (reserved) return;
+    auto arena = device->alloc(total ? total : 256, "pool");
+    arenas.push_back(arena);
+    for (auto& e : entries) e.t.buf = arena;
+    reserved = true;
+}
+
+Tensor BufferPool::get(const std::string& name) const {
+    for (auto& e : entries)
+        if (e.name == name) {
+            if (!reserved) throw Error("BufferPool: reserve() before get('" + name + "')");
+            return e.t;
+        }
+    throw Error("BufferPool: no tensor named '" + name + "'");
+}
+
+std::vector<std::string> BufferPool::names() const {
+    std::vector<std::string> n;
+    for (auto& e : entries) n.push_back(e.name);
+    return n;
+}
+
+// ---- encoder ------------------------------------------------------------------------
+void Encoder::commit() {
+    if (recording) return;                       // a plan is being recorded: keep appending
+    if (!cmds.empty()) device->submit(cmds);
+    cmds.clear();
+    ++n_commits;
+}
+
+void Encoder::wait() { device->wait(); }
+
+void Encoder::begin_record(int n_tokens) {
+    commit();
+    recording = true;
+    recorded = Plan{};
+    recorded.n_tokens = n_tokens;
+}
+
+Plan Encoder::end_record() {
+    if (!recording) throw Error("Encoder: end_record() without begin_record()");
+    recording = false;
+    recorded.cmds = std::move(cmds);
+    cmds.clear();
+    return std::move(recorded);
+}
+
+void Encoder::replay(const Plan& p, const kstep& s) {
+    if (s.n_tokens != p.n_tokens) throw Error("Encoder: plan recorded for a different batch size");
+    device->set_step(s);
+    device->submit(p.cmds);
+    ++n_commits;
+}
+
+void Encoder::push(Command& c) {
+    c.step = Binding{device->step_buf.get(), 0};
+    cmds.push_back(c);
+    if (eager && !recording) commit();
+}
+
+static Binding bind(const Tensor& t) { return Binding{t.buf.get(), t.offset}; }
+
+static void need(bool ok, const char* stage, const std::string& what) {
+    if (!ok) throw Error(std::string(stage) + ": " + what);
+}
+
+static void need_f32(const Tensor& t, const char* stage, const char* what) {
+    need(t.type == KT_F32, stage, std::string(what) + " must be F32, got " + t.repr());
+    need(t.buf != nullptr, stage, std::string(what) + " has no buffer");
+}
+
+void Encoder::embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale) {
+    need(W.shape.size() == 2, "embed", "weight must be 2-D, got " + W.repr());
+    need(ids.type == KT_I32 && ids.shape.size() == 1, "embed", "ids must be I32 [T], got " + ids.repr());
+    need_f32(out, "embed", "out");
+    need(out.rows() == ids.shape[0] && out.cols() == W.cols(), "embed",
+         "out must be [T, dim], got " + out.repr());
+    Command c{Stage::embed, {}, {}, {}};
+    c.a.embed = kargs_embed{(int32_t)ids.shape[0], (int32_t)W.cols(), W.type, (int32_t)W.shape[0],
+                            row_bytes(W.type, W.cols()), scale, 0};
+    c.b[0] = bind(W); c.b[1] = bind(ids); c.b[2] = bind(out);
+    push(c);
+}
+
+void Encoder::rmsnorm(const Tensor& x, const Tensor& w, const Tensor& out, float eps) {
+    need_f32(x, "rmsnorm", "x"); need_f32(w, "rmsnorm", "w"); need_f32(out, "rmsnorm", "out");
+    need(w.numel() == x.cols(), "rmsnorm", "weight length must equal the row length of x: " +
+                                               w.repr() + " vs " + x.repr());
+    need(out.numel() == x.numel(), "rmsnorm", "out must have the shape of x");
+    Command c{Stage::rmsnorm, {}, {}, {}};
+    c.a.rmsnorm = kargs_rmsnorm{(int32_t)x.rows(), (int32_t)x.cols(), eps, 0};
+    c.b[0] = bind(x); c.b[1] = bind(w); c.b[2] = bind(out);
+    push(c);
+}
+
+static void check_matmul(const char* st, const Tensor& W, const Tensor& x, const Tensor& y) {
+    need(W.shape.size() == 2, st, "weight must be 2-D, got " + W.repr());
+    need_f32(x, st, "x"); need_f32(y, st, "y");
+    need(x.cols() == W.cols(), st, "x row length " + std::to_string(x.cols()) +
+                                       " != weight row length " + std::to_string(W.cols()));
+    need(y.cols() == W.shape[0] && y.rows() == x.rows(), st,
+         "y must be [" + std::to_string(x.rows()) + ", " + std::to_string(W.shape[0]) + "], got " + y.repr());
+}
+
+void Encoder::matmul(const Tensor& W, const Tensor& x, const Tensor& y) {
+    check_matmul("matmul", W, x, y);
+    Command c{Stage::matmul, {}, {}, {}};
+    c.a.matmul = kargs_matmul{(int32_t)x.rows(), (int32_t)W.cols(), (int32_t)W.shape[0], W.type,
+                              row_bytes(W.type, W.cols())};
+    c.b[0] = bind(W); c.b[1] = bind(x); c.b[2] = bind(y);
+    push(c);
+}
+
+void Encoder::logits(const Tensor& W, const Tensor& x, const Tensor& y) {
+    check_matmul("logits", W, x, y);
+    Command c{Stage::logits, {}, {}, {}};
+    c.a.matmul = kargs_matmul{(int32_t)x.rows(), (int32_t)W.cols(), (int32_t)W.shape[0], W.type,
+                              row_bytes(W.type, W.cols())};
+    c.b[0] = bind(W); c.b[1] = bind(x); c.b[2] = bind(y);
+    push(c);
+}
+
+void Encoder::rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq_base,
+                   float freq_scale, const Tensor* factors) {
+    need_f32(x, "rope", "x");
+    need(n_heads > 0 && x.cols() % n_heads == 0, "rope", "row length not divisible by n_heads");
+    int hd = (int)(x.cols() / n_heads);
+    need(n_rot > 0 && n_rot <= hd && n_rot % 2 == 0, "rope", "n_rot must be even and <= head_dim");
+    need(mode == KROPE_NORM || mode == KROPE_NEOX, "rope", "mode must be 0 (norm) or 2 (neox)");
+    Command c{Stage::rope, {}, {}, {}};
+    c.a.rope = kargs_rope{(int32_t)x.rows(), n_heads, hd, n_rot, mode, factors ? 1 : 0, freq_base,
+                          freq_scale};
+    c.b[0] = bind(x);
+    if (factors) {
+        need_f32(*factors, "rope", "factors");
+        need(factors->numel() >= n_rot / 2, "rope", "freq factors shorter than n_rot/2");
+        c.b[1] = bind(*factors);
+    }
+    push(c);
+}
+
+void Encoder::kv_store(const Tensor& src, const Tensor& cache) {
+    need_f32(src, "kv_store", "src");
+    need(cache.type == KT_F16 && cache.shape.size() == 2, "kv_store", "cache must be F16 [n_ctx, kv_dim]");
+    need(cache.cols() == src.cols(), "kv_store", "src row length != cache row length");
+    Command c{Stage::kv_store, {}, {}, {}};
+    c.a.kv_store = kargs_kv_store{(int32_t)src.rows(), (int32_t)src.cols(), (int32_t)cache.shape[0], 0};
+    c.b[0] = bind(src); c.b[1] = bind(cache);
+    push(c);
+}
+
+void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
+                        int n_heads, int n_kv_heads, int window, float scale, float softcap) {
+    need_f32(q, "attention", "q"); need_f32(out, "attention", "out");
+    need(kc.type == KT_F16 && vc.type == KT_F16, "attention", "K/V caches must be F16");
+    need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention",
+         "n_heads must be a multiple of n_kv_heads");
+    need(q.cols() % n_heads == 0, "attention", "q row length not divisible by n_heads");
+    int hd = (int)(q.cols() / n_heads);
+    need(kc.cols() == (int64_t)n_kv_heads * hd && vc.cols() == kc.cols() && kc.shape[0] == vc.shape[0],
+         "attention", "cache shape does not match n_kv_heads * head_dim");
+    need(out.numel() == q.numel(), "attention", "out must have the shape of q");
+    Command c{Stage::attention, {}, {}, {}};
+    c.a.attention = kargs_attention{(int32_t)q.rows(), n_heads, n_kv_heads, hd, (int32_t)kc.shape[0],
+                                    window, scale, softcap};
+    c.b[0] = bind(q); c.b[1] = bind(kc); c.b[2] = bind(vc); c.b[3] = bind(out);
+    push(c);
+}
+
+static void eltwise(Encoder& e, Stage st, const Tensor& a, const Tensor& b, const Tensor& out) {
+    const char* n = stage_name(st);
+    need_f32(a, n, "a"); need_f32(b, n, "b"); need_f32(out, n, "out");
+    need(out.numel() == a.numel(), n, "out must have the shape of a");
+    need(b.numel() == a.numel() || b.numel() == a.cols(), n,
+         "b must have the shape of a or be one row of it");
+    Command c{st, {}, {}, {}};
+    c.a.eltwise = kargs_eltwise{a.numel(), b.numel(), 1.0f, 0};
+    c.b[0] = bind(a); c.b[1] = bind(b); c.b[2] = bind(out);
+    e.cmds.push_back(c);
+}
+
+void Encoder::add(const Tensor& a, const Tensor& b, const Tensor& out) {
+    eltwise(*this, Stage::add, a, b, out);
+    Command c = cmds.back(); cmds.pop_back(); push(c);
+}
+void Encoder::mul(const Tensor& a, const Tensor& b, const Tensor& out) {
+    eltwise(*this, Stage::mul, a, b, out);
+    Command c = cmds.back(); cmds.pop_back(); push(c);
+}
+
+void Encoder::scale(const Tensor& x, const Tensor& out, float s) {
+    need_f32(x, "scale", "x"); need_f32(out, "scale", "out");
+    need(out.numel() == x.numel(), "scale", "out must have the shape of x");
+    Command c{Stage::scale, {}, {}, {}};
+    c.a.eltwise = kargs_eltwise{x.numel(), x.numel(), s, 0};
+    c.b[0] = bind(x); c.b[1] = bind(out);
+    push(c);
+}
+
+static Command glu(Stage st, const Tensor& g, const Tensor& u, const Tensor& out) {
+    const char* n = stage_name(st);
+    need_f32(g, n, "gate"); need_f32(u, n, "up"); need_f32(out, n, "out");
+    need(g.numel() == u.numel() && out.numel() == g.numel(), n, "gate, up and out must have one shape");
+    Command c{st, {}, {}, {}};
+    c.a.glu = kargs_glu{(int32_t)g.rows(), (int32_t)g.cols()};
+    c.b[0] = bind(g); c.b[1] = bind(u); c.b[2] = bind(out);
+    return c;
+}
+void Encoder::swiglu(const Tensor& g, const Tensor& u, const Tensor& out) {
+    Command c = glu(Stage::swiglu, g, u, out); push(c);
+}
+void Encoder::geglu(const Tensor& g, const Tensor& u, const Tensor& out) {
+    Command c = glu(Stage::geglu, g, u, out); push(c);
+}
+
+}  // namespace llmetal

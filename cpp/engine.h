@@ -1,0 +1,210 @@
+// engine.h -- the engine's core concepts, shared by every device.
+//
+//   Buffer     a block of device memory (host memory on the CPU device), or a read-only
+//              view of a memory-mapped GGUF file (weights stay in place, never copied).
+//   Tensor     a view: (buffer, byte offset, ggml type, shape). Host code never
+//              dereferences device memory; to_numpy() is an explicit download.
+//   BufferPool every activation, scratch and KV-cache tensor is declared at load and
+//              backed by one arena allocated once; a token's forward pass allocates nothing.
+//   Command    one stage call: which stage, its kargs struct, the buffers it binds.
+//   Encoder    stage methods append Commands; commit() submits them to the device,
+//              wait() blocks. Eager mode commits after every stage.
+//   Plan       a recorded command list, replayed per token with the step buffer updated.
+//   Device     one explicit virtual method per stage (no registry, no string dispatch).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kargs.h"
+
+namespace llmetal {
+
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// ---- types --------------------------------------------------------------------------
+struct TypeInfo {
+    int block;        // elements per block
+    int block_bytes;  // bytes per block
+    const char* name;
+};
+bool type_known(int ktype);
+const TypeInfo& type_info(int ktype);
+uint64_t row_bytes(int ktype, int64_t n);  // bytes of one row of n elements
+
+// ---- buffers and tensors ------------------------------------------------------------
+struct Device;
+
+struct Buffer {
+    Device* device = nullptr;
+    void* host = nullptr;      // host-visible pointer (CPU device: the memory itself)
+    void* dev = nullptr;       // device pointer (CUDA), == host on CPU
+    uint64_t bytes = 0;
+    bool read_only = false;    // mapped weights
+    std::string label;
+    // how the memory was obtained, so the device can free it
+    int kind = 0;              // 0 = owned allocation, 1 = file mapping
+    int fd = -1;
+    ~Buffer();
+};
+using BufferRef = std::shared_ptr<Buffer>;
+
+struct Tensor {
+    BufferRef buf;
+    uint64_t offset = 0;
+    int type = KT_F32;
+    std::vector<int64_t> shape;   // numpy order: outermost first, last dim contiguous
+
+    int64_t numel() const;
+    int64_t rows() const;          // product of all dims but the last
+    int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
+    uint64_t nbytes() const;
+    Tensor view(uint64_t byte_off, std::vector<int64_t> new_shape, int new_type = -1) const;
+    Tensor row_slice(int64_t r0, int64_t r1) const;  // rows [r0, r1) of a 2-D tensor
+    std::string repr() const;
+};
+
+// A buffer binding inside a command: the memory the kernel reads or writes.
+struct Binding {
+    Buffer* buf = nullptr;
+    uint64_t offset = 0;
+    template <class T> T* ptr() const { return (T*)((char*)buf->dev + offset); }
+    explicit operator bool() const { return buf != nullptr; }
+};
+
+// ---- commands -----------------------------------------------------------------------
+enum class Stage : uint8_t {
+    embed, rmsnorm, matmul, rope, kv_store, attention, add, mul, scale, swiglu, geglu, logits,
+};
+const char* stage_name(Stage s);
+
+union KArgs {
+    kargs_embed embed;
+    kargs_rmsnorm rmsnorm;
+    kargs_matmul matmul;
+    kargs_rope rope;
+    kargs_kv_store kv_store;
+    kargs_attention attention;
+    kargs_eltwise eltwise;
+    kargs_glu glu;
+};
+
+struct Command {
+    Stage stage;
+    KArgs a;
+    Binding b[5];        // stage-specific order, see Device's methods
+    Binding step;        // the step buffer (kstep) of the device
+};
+
+// ---- device -------------------------------------------------------------------------
+struct Device {
+    virtual ~Device() = default;
+    virtual const char* name() const = 0;
+
+    // Memory. Every allocation is counted, so tests can assert that none happens per token.
+    virtual BufferRef alloc(uint64_t bytes, const std::string& label) = 0;
+    virtual BufferRef map_file(const std::string& path) = 0;  // whole file, read-only
+    virtual void free_buffer(Buffer& b) = 0;
+    virtual void upload(const Binding& dst, const void* src, uint64_t bytes) = 0;
+    virtual void download(void* dst, const Binding& src, uint64_t bytes) = 0;
+    uint64_t n_allocs = 0, bytes_allocated = 0;
+
+    // The step buffer: per-token values read by kernels.
+    BufferRef step_buf;
+    virtual void set_step(const kstep& s) = 0;
+
+    // Execution of a command list: submit may run asynchronously; wait blocks until done.
+    virtual void submit(const std::vector<Command>& cmds) = 0;
+    virtual void wait() = 0;
+
+    // One method per stage. Bindings in the order named.
+    virtual void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) = 0;
+    virtual void rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) = 0;
+    virtual void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
+    virtual void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) = 0;
+    virtual void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) = 0;
+    virtual void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc,
+                           Binding out, Binding step) = 0;
+    virtual void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
+    virtual void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
+    virtual void scale(const kargs_eltwise& a, Binding x, Binding out) = 0;
+    virtual void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
+    virtual void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
+    virtual void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
+
+    // Runs one command by calling its stage method (the one switch over stages).
+    void run(const Command& c);
+};
+
+std::shared_ptr<Device> make_cpu_device(int n_threads);
+std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent
+
+// ---- buffer pool --------------------------------------------------------------------
+// Tensors are declared first (name, type, shape); reserve() then allocates one arena per
+// pool and points every declared tensor into it. Nothing is allocated after reserve().
+struct BufferPool {
+    explicit BufferPool(std::shared_ptr<Device> d) : device(std::move(d)) {}
+    Tensor declare(const std::string& name, int type, std::vector<int64_t> shape);
+    void reserve();
+    Tensor get(const std::string& name) const;
+    std::vector<std::string> names() const;
+    uint64_t bytes() const { return total; }
+    int n_arenas() const { return (int)arenas.size(); }
+
+    std::shared_ptr<Device> device;
+    struct Entry { std::string name; Tensor t; };
+    std::vector<Entry> entries;
+    std::vector<BufferRef> arenas;
+    uint64_t total = 0;
+    bool reserved = false;
+};
+
+// ---- encoder and plans --------------------------------------------------------------
+struct Plan {
+    std::vector<Command> cmds;
+    int n_tokens = 0;   // batch rows the plan was recorded for
+};
+
+struct Encoder {
+    explicit Encoder(std::shared_ptr<Device> d, bool eager) : device(std::move(d)), eager(eager) {}
+    std::shared_ptr<Device> device;
+    bool eager;
+    std::vector<Command> cmds;     // appended since the last commit
+    bool recording = false;
+    Plan recorded;
+    uint64_t n_commits = 0;
+
+    void commit();                 // submit what was appended
+    void wait();
+
+    // Recording: stage calls append to a plan instead of being submitted.
+    void begin_record(int n_tokens);
+    Plan end_record();
+    void replay(const Plan& p, const kstep& s);
+
+    // Stage methods: check shapes, build kargs, append (and commit when eager).
+    void embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale);
+    void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& out, float eps);
+    void matmul(const Tensor& W, const Tensor& x, const Tensor& y);
+    void rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq_base,
+              float freq_scale, const Tensor* factors);
+    void kv_store(const Tensor& src, const Tensor& cache);
+    void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
+                   int n_heads, int n_kv_heads, int window, float scale, float softcap);
+    void add(const Tensor& a, const Tensor& b, const Tensor& out);
+    void mul(const Tensor& a, const Tensor& b, const Tensor& out);
+    void scale(const Tensor& x, const Tensor& out, float s);
+    void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
+    void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);
+    void logits(const Tensor& W, const Tensor& x, const Tensor& y);
+
+  private:
+    void push(Command& c);
+};
+
+}  // namespace llmetal

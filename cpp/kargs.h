@@ -1,0 +1,126 @@
+// kargs.h -- the arguments of every stage, one plain-C struct per stage.
+//
+// This header is shared by the C++ host code, the CUDA kernels (nvcc) and the Metal
+// kernels (the Metal compiler), so it uses only fixed-width integers and floats: no
+// std::, no constructors, no pointers. Buffers are bound separately by each device.
+//
+// Values that change from one token to the next (the position of the first token of the
+// batch, how many tokens the batch holds) never appear here: kernels read them from the
+// `kstep` struct held in a small device buffer, so a recorded plan (or a CUDA graph, or a
+// Metal command buffer) can be replayed for every token without being re-recorded.
+#ifndef LLMETAL_KARGS_H
+#define LLMETAL_KARGS_H
+
+#if defined(__METAL_VERSION__)
+// Metal has the fixed-width integer types built in.
+#else
+#include <stdint.h>
+#endif
+
+// ggml type ids, as stored in GGUF tensor infos (subset this engine implements).
+#define KT_F32 0
+#define KT_F16 1
+#define KT_Q4_0 2
+#define KT_Q4_1 3
+#define KT_Q5_0 6
+#define KT_Q5_1 7
+#define KT_Q8_0 8
+#define KT_Q4_K 12
+#define KT_Q5_K 13
+#define KT_Q6_K 14
+#define KT_I32 26
+#define KT_BF16 30
+
+// Per-token values, read by kernels from the step buffer.
+// Token i of the batch sits at position pos0 + i and its K/V row is written to cache
+// row pos0 + i; after the batch, the cache holds pos0 + n_tokens rows.
+typedef struct kstep {
+    int32_t pos0;      // position of the first token of the batch
+    int32_t n_tokens;  // tokens in this batch (<= the rows the plan was recorded for)
+    int32_t pad0;
+    int32_t pad1;
+} kstep;
+
+// out[t, :] = row ids[t] of weight W [n_vocab, dim] (any weight type), times scale.
+typedef struct kargs_embed {
+    int32_t n_tokens;
+    int32_t dim;
+    int32_t wtype;     // KT_* of W
+    int32_t n_vocab;
+    uint64_t row_bytes;
+    float scale;       // 1, or sqrt(dim) for gemma3
+    int32_t pad0;
+} kargs_embed;
+
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:]; also per-head Q/K norm
+// (rows = tokens * heads, dim = head_dim).
+typedef struct kargs_rmsnorm {
+    int32_t n_rows;
+    int32_t dim;
+    float eps;
+    int32_t pad0;
+} kargs_rmsnorm;
+
+// y[t, n] = sum_k W[n, k] * x[t, k]. W stays in its GGUF block format.
+typedef struct kargs_matmul {
+    int32_t n_tokens;  // M
+    int32_t n_in;      // K (row length of W)
+    int32_t n_out;     // N (rows of W)
+    int32_t wtype;     // KT_* of W
+    uint64_t row_bytes;
+} kargs_matmul;
+
+// Rotary embedding in place on x [n_tokens, n_heads, head_dim]; token t at position
+// step.pos0 + t. mode 0: llama "norm" pairs (2i, 2i+1); mode 2: neox pairs (i, i + n_rot/2).
+// theta_i = pos * freq_scale * freq_base^(-2i/n_rot) / factor_i (factor from rope_freqs).
+typedef struct kargs_rope {
+    int32_t n_tokens;
+    int32_t n_heads;
+    int32_t head_dim;
+    int32_t n_rot;        // rotated dims per head (<= head_dim)
+    int32_t mode;         // 0 = norm, 2 = neox
+    int32_t has_factors;  // a freq-factor vector [n_rot/2] is bound
+    float freq_base;
+    float freq_scale;     // 1 / linear scaling factor
+} kargs_rope;
+
+#define KROPE_NORM 0
+#define KROPE_NEOX 2
+
+// cache[pos0 + t, :] = (half) src[t, :] for K or V of one layer; cache is [n_ctx, kv_dim].
+typedef struct kargs_kv_store {
+    int32_t n_tokens;
+    int32_t kv_dim;
+    int32_t n_ctx;
+    int32_t pad0;
+} kargs_kv_store;
+
+// out[t, h, :] = softmax(scale * q[t,h,:] . K[j, h/(n_heads/n_kv_heads), :]) V[j, ...]
+// over cache rows j <= pos0 + t (causal), and j > pos0 + t - window when window > 0.
+typedef struct kargs_attention {
+    int32_t n_tokens;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t n_ctx;
+    int32_t window;     // 0 = full causal attention
+    float scale;        // usually 1/sqrt(head_dim)
+    float softcap;      // 0 = off
+} kargs_attention;
+
+// Elementwise: add / mul (out = a op b, b broadcast over rows when b_rows == 1), scale.
+typedef struct kargs_eltwise {
+    int64_t n;          // elements of out
+    int64_t b_n;        // elements of b (n, or one row for broadcasting)
+    float s;            // for scale
+    int32_t pad0;
+} kargs_eltwise;
+
+// Gated activations on [n_tokens, n_ff]: swiglu out = silu(gate) * up;
+// geglu out = gelu_tanh(gate) * up.
+typedef struct kargs_glu {
+    int32_t n_tokens;
+    int32_t n_ff;
+} kargs_glu;
+
+#endif
