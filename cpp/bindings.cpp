@@ -87,6 +87,17 @@ static void upload(const Tensor& t, nb::object arr) {
     t.buf->device->upload(Binding{t.buf.get(), t.offset}, (const void*)addr, n);
 }
 
+// Download into an existing C-contiguous numpy array (no allocation on the decode path).
+static void download_into(const Tensor& t, nb::object arr) {
+    if (!nb::cast<bool>(arr.attr("flags")["C_CONTIGUOUS"]) || !nb::cast<bool>(arr.attr("flags")["WRITEABLE"]))
+        throw Error("download_into: the array must be C-contiguous and writeable");
+    uint64_t n = nb::cast<uint64_t>(arr.attr("nbytes"));
+    if (n != t.nbytes()) throw Error("download_into: array has " + std::to_string(n) + " bytes, tensor has " +
+                                     std::to_string(t.nbytes()));
+    uintptr_t addr = nb::cast<uintptr_t>(nb::cast<nb::tuple>(arr.attr("__array_interface__")["data"])[0]);
+    t.buf->device->download((void*)addr, Binding{t.buf.get(), t.offset}, n);
+}
+
 NB_MODULE(_engine, m) {
     m.doc() = "llmetal's compiled engine: devices, buffers, tensors, encoder, stages";
     nb::register_exception_translator([](const std::exception_ptr& p, void*) {
@@ -99,6 +110,7 @@ NB_MODULE(_engine, m) {
 
     m.def("build_info", &build_info, "Version, compiler, flags, devices built, CPU features.");
     m.def("cpu_features", &cpu::features_string);
+    m.def("alloc_count", &alloc_count, "Allocations (heap and mmap) made by engine code so far.");
     m.def("default_threads", &cpu::default_threads);
     m.def("simd_level", [] { return std::string(cpu::simd_name(cpu::active_simd())); });
     m.def("best_simd", [] { return std::string(cpu::simd_name(cpu::best_simd())); });
@@ -152,6 +164,7 @@ NB_MODULE(_engine, m) {
         .def("rows", &Tensor::row_slice, "Rows [r0, r1) of the outermost dimension.")
         .def("to_numpy", &to_numpy, "Download into a new numpy array.")
         .def("upload", &upload, "Copy a numpy array into this tensor.")
+        .def("download_into", &download_into, "Copy into an existing numpy array of the same byte size.")
         .def("__repr__", &Tensor::repr);
 
     nb::class_<BufferPool>(m, "BufferPool")
@@ -186,6 +199,10 @@ NB_MODULE(_engine, m) {
             nb::gil_scoped_release r;
             e.replay(p, kstep{pos0, p.n_tokens, 0, 0});
         })
+        .def("replay_token", [](Encoder& e, const Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+            nb::gil_scoped_release r;
+            e.replay_token(p, ids, token, pos);
+        }, nb::arg("plan"), nb::arg("ids"), nb::arg("token"), nb::arg("pos"))
         .def("embed", &Encoder::embed, nb::arg("W"), nb::arg("ids"), nb::arg("out"), nb::arg("scale") = 1.0f)
         .def("rmsnorm", &Encoder::rmsnorm, nb::arg("x"), nb::arg("w"), nb::arg("out"), nb::arg("eps"))
         .def("matmul", &Encoder::matmul, nb::arg("W"), nb::arg("x"), nb::arg("y"))

@@ -196,6 +196,14 @@ void Encoder::replay(const Plan& p, const kstep& s) {
     ++n_commits;
 }
 
+void Encoder::replay_token(const Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+    if (p.n_tokens != 1) throw Error("Encoder: replay_token needs a plan recorded for one token");
+    device->upload(Binding{ids.buf.get(), ids.offset}, &token, sizeof token);
+    device->set_step(kstep{pos, 1, 0, 0});
+    device->submit(p.cmds);
+    ++n_commits;
+}
+
 void Encoder::push(Command& c) {
     c.step = Binding{device->step_buf.get(), 0};
     cmds.push_back(c);

@@ -142,6 +142,7 @@ struct Device {
 };
 
 std::shared_ptr<Device> make_cpu_device(int n_threads);
+uint64_t alloc_count();   // allocations made by engine code so far (alloc_hooks.cpp)
 std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent
 
 // ---- buffer pool --------------------------------------------------------------------
@@ -186,6 +187,9 @@ struct Encoder {
     void begin_record(int n_tokens);
     Plan end_record();
     void replay(const Plan& p, const kstep& s);
+    // Decode step: write one token id into `ids`, set the step buffer, submit the plan.
+    // This is the whole per-token work of generation (nothing is allocated).
+    void replay_token(const Plan& p, const Tensor& ids, int32_t token, int32_t pos);
 
     // Stage methods: check shapes, build kargs, append (and commit when eager).
     void embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale);
