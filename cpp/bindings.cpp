@@ -195,11 +195,11 @@ NB_MODULE(_engine, m) {
         .def("wait", &Encoder::wait)
         .def("begin_record", &Encoder::begin_record)
         .def("end_record", &Encoder::end_record)
-        .def("replay", [](Encoder& e, const Plan& p, int pos0) {
+        .def("replay", [](Encoder& e, Plan& p, int pos0) {
             nb::gil_scoped_release r;
             e.replay(p, kstep{pos0, p.n_tokens, 0, 0});
         })
-        .def("replay_token", [](Encoder& e, const Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+        .def("replay_token", [](Encoder& e, Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
             nb::gil_scoped_release r;
             e.replay_token(p, ids, token, pos);
         }, nb::arg("plan"), nb::arg("ids"), nb::arg("token"), nb::arg("pos"))

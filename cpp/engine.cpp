@@ -107,6 +107,8 @@ const char* stage_name(Stage s) {
     return "?";
 }
 
+void Device::submit_plan(Plan& p) { submit(p.cmds); }
+
 void Device::run(const Command& c) {
     const Binding* b = c.b;
     switch (c.stage) {
@@ -189,18 +191,18 @@ Plan Encoder::end_record() {
     return std::move(recorded);
 }
 
-void Encoder::replay(const Plan& p, const kstep& s) {
+void Encoder::replay(Plan& p, const kstep& s) {
     if (s.n_tokens != p.n_tokens) throw Error("Encoder: plan recorded for a different batch size");
     device->set_step(s);
-    device->submit(p.cmds);
+    device->submit_plan(p);
     ++n_commits;
 }
 
-void Encoder::replay_token(const Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+void Encoder::replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
     if (p.n_tokens != 1) throw Error("Encoder: replay_token needs a plan recorded for one token");
     device->upload(Binding{ids.buf.get(), ids.offset}, &token, sizeof token);
     device->set_step(kstep{pos, 1, 0, 0});
-    device->submit(p.cmds);
+    device->submit_plan(p);
     ++n_commits;
 }
 

@@ -120,6 +120,9 @@ struct Device {
 
     // Execution of a command list: submit may run asynchronously; wait blocks until done.
     virtual void submit(const std::vector<Command>& cmds) = 0;
+    // A recorded plan: by default the same as submit(); a GPU device may build an executable
+    // form once (a CUDA graph, a Metal command buffer) and keep it in plan.exec.
+    virtual void submit_plan(struct Plan& p);
     virtual void wait() = 0;
 
     // One method per stage. Bindings in the order named.
@@ -168,7 +171,8 @@ struct BufferPool {
 // ---- encoder and plans --------------------------------------------------------------
 struct Plan {
     std::vector<Command> cmds;
-    int n_tokens = 0;   // batch rows the plan was recorded for
+    int n_tokens = 0;             // batch rows the plan was recorded for
+    std::shared_ptr<void> exec;   // the device's executable form, built on first replay
 };
 
 struct Encoder {
@@ -186,10 +190,10 @@ struct Encoder {
     // Recording: stage calls append to a plan instead of being submitted.
     void begin_record(int n_tokens);
     Plan end_record();
-    void replay(const Plan& p, const kstep& s);
+    void replay(Plan& p, const kstep& s);
     // Decode step: write one token id into `ids`, set the step buffer, submit the plan.
     // This is the whole per-token work of generation (nothing is allocated).
-    void replay_token(const Plan& p, const Tensor& ids, int32_t token, int32_t pos);
+    void replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos);
 
     // Stage methods: check shapes, build kargs, append (and commit when eager).
     void embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale);
