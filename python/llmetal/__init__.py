@@ -13,3 +13,23 @@ def build_info() -> dict:
     """What the compiled engine was built with: version, compiler, flags, devices, CPU."""
     from . import _engine
     return dict(_engine.build_info())
+
+
+def load(model=None, device="cpu", n_ctx: int = 4096, n_threads: int = 0, **kw):
+    """Load a GGUF model: a path, a known name ("smollm2", "gemma3") or None (the default).
+
+    See llmetal.model.Model for the keyword arguments (n_batch, n_out)."""
+    from .model import load as _load
+    return _load(model, device=device, n_ctx=n_ctx, n_threads=n_threads, **kw)
+
+
+def generate(model, tokenizer, prompt, max_tokens: int = 128, params=None, **kw):
+    """Generate from a prompt; returns a GenerationResult (see llmetal.generate)."""
+    from .generate import generate as _generate
+    return _generate(model, tokenizer, prompt, max_tokens, params, **kw)
+
+
+def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params=None, **kw):
+    """Yield one TokenRecord per generated token (see llmetal.generate)."""
+    from .generate import stream_generate as _stream
+    return _stream(model, tokenizer, prompt, max_tokens, params, **kw)

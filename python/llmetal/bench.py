@@ -1,0 +1,90 @@
+"""`python -m llmetal bench`: prompt processing (ppN) and token generation (tgN) speed,
+printed as llama-bench's markdown table so the numbers paste next to llama.cpp's.
+
+As llama-bench does, tokenization and sampling are excluded. ppN runs N random tokens through
+one batched prefill (in n_batch chunks) into a fresh context; tgN runs N decode steps from an
+empty context through the same replayed plan `generate` uses -- the KV cache growing and the
+last token's logits computed and downloaded each step. Each test runs once to warm up, then
+`repetitions` times; t/s is reported as mean +- standard deviation.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+
+from .generate import _decoder, peak_memory_bytes
+
+TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K",
+              13: "Q5_K", 14: "Q6_K", 30: "BF16"}
+
+
+def _model_label(model) -> tuple[str, int, int]:
+    md = model.gguf.metadata
+    size_label = md.get("general.size_label") or "?B"
+    counts = {}
+    for t in model.gguf.tensors.values():
+        counts[t.ggml_type] = counts.get(t.ggml_type, 0) + t.n_elements
+    # the dominant weight type (by elements) names the quantization, as file types do
+    main_type = max((k for k in counts if k not in (0,)), key=lambda k: counts[k], default=0)
+    n_bytes = sum(t.nbytes for t in model.gguf.tensors.values())
+    n_params = sum(t.n_elements for t in model.gguf.tensors.values())
+    return f"{model.cfg.arch} {size_label} {TYPE_NAMES.get(main_type, str(main_type))}", n_bytes, n_params
+
+
+def _time_pp(model, tokens) -> float:
+    t0 = time.perf_counter()
+    model.prefill(tokens, 0)
+    return time.perf_counter() - t0
+
+
+def _time_tg(model, n, token) -> float:
+    dec = _decoder(model)
+    dec.record()
+    t0 = time.perf_counter()
+    for pos in range(n):
+        dec.step(token, pos)
+    return time.perf_counter() - t0
+
+
+def run_bench(model, n_prompt=512, n_gen=128, repetitions=5, n_threads=0, seed=1234):
+    if n_prompt > model.n_ctx or n_gen > model.n_ctx:
+        raise ValueError(f"bench sizes exceed n_ctx {model.n_ctx}")
+    rng = np.random.default_rng(seed)
+    label, n_bytes, n_params = _model_label(model)
+    results = []
+    if n_prompt > 0:
+        tokens = rng.integers(0, model.cfg.n_vocab, size=n_prompt).tolist()
+        _time_pp(model, tokens)  # warm-up
+        ts = [n_prompt / _time_pp(model, tokens) for _ in range(repetitions)]
+        results.append({"test": f"pp{n_prompt}", "n_prompt": n_prompt, "n_gen": 0, "samples_ts": ts})
+    if n_gen > 0:
+        token = int(rng.integers(0, model.cfg.n_vocab))
+        _time_tg(model, min(n_gen, 16), token)  # warm-up (records the plan)
+        ts = [n_gen / _time_tg(model, n_gen, token) for _ in range(repetitions)]
+        results.append({"test": f"tg{n_gen}", "n_prompt": 0, "n_gen": n_gen, "samples_ts": ts})
+    for r in results:
+        r["avg_ts"] = statistics.fmean(r["samples_ts"])
+        r["stddev_ts"] = statistics.stdev(r["samples_ts"]) if len(r["samples_ts"]) > 1 else 0.0
+        r.update(model=label, model_filename=str(model.path), model_size=n_bytes, model_n_params=n_params,
+                 backend=model.device_name.upper(), n_threads=n_threads, n_batch=model.n_batch,
+                 peak_mem_bytes=peak_memory_bytes())
+    return results
+
+
+def format_markdown(results) -> str:
+    lines = ["| model | size | params | backend | threads | test | t/s |",
+             "| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |"]
+    for r in results:
+        size = f"{r['model_size'] / 2**20:.2f} MiB"
+        p = r["model_n_params"]
+        params = f"{p / 1e9:.2f} B" if p >= 1e9 else f"{p / 1e6:.2f} M"
+        lines.append(f"| {r['model']:<30} | {size:>10} | {params:>10} | {r['backend']:<10} | "
+                     f"{r['n_threads']:>7} | {r['test']:>15} | {r['avg_ts']:>12.2f} ± {r['stddev_ts']:.2f} |")
+    return "\n".join(lines)
+
+
+def format_json(results) -> str:
+    return json.dumps(results, indent=2)

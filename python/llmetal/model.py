@@ -1,0 +1,238 @@
+"""The model: weights in place, buffers reserved once, and ONE readable forward pass.
+
+    model = llmetal.load("smollm2", device="cpu", n_ctx=2048)
+    logits = model.logits(tokens)                       # [T, vocab], fresh context
+    logits, cache = model.run_with_cache(tokens, names=["blk.0.attn_norm", "result_output"])
+
+`Model.forward` calls the engine's stages in order, under llama.cpp's stage names
+(`attn_norm`, `Qcur`, `Kcur`, `Vcur`, `kqv_out`, `ffn_inp`, `ffn_norm`, `ffn_out`, `l_out`,
+`result_norm`, `result_output`) so that a trace can be laid next to llama.cpp's
+`llama-eval-callback`. Two families share it: llama (SmolLM2, Llama 2/3, Mistral) and gemma3,
+whose differences are the few `if c.arch == "gemma3"`-style branches below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _engine as E
+from .config import ModelConfig
+from .gguf_file import GGUFFile
+from .models import resolve
+
+F32, F16, I32 = 0, 1, 26
+
+
+def make_device(device: str | None = "cpu", n_threads: int = 0):
+    """The engine device by name: "cpu" (everywhere), "cuda" (NVIDIA builds)."""
+    device = device or "cpu"
+    if device == "cpu":
+        return E.cpu_device(n_threads)
+    if device == "cuda":
+        return E.cuda_device(0)
+    if device == "metal":
+        raise ValueError("the metal device is not built into this llmetal (it exists only on Apple builds)")
+    raise ValueError(f"unknown device '{device}' (cpu, cuda, metal)")
+
+
+@dataclass
+class Activations:
+    """Views of the pool's activation buffers for a batch of T tokens (rows 0..T)."""
+    ids: E.Tensor     # [T] i32        token ids
+    x: E.Tensor       # [T, d]         residual stream
+    xn: E.Tensor      # [T, d]         normed input of attention / FFN / output
+    q: E.Tensor       # [T, H*hd]      queries
+    k: E.Tensor       # [T, Hkv*hd]    keys of this batch (before the cache)
+    v: E.Tensor       # [T, Hkv*hd]    values of this batch
+    attn: E.Tensor    # [T, H*hd]      attention output, heads concatenated
+    o: E.Tensor       # [T, d]         attention / FFN output projection
+    gate: E.Tensor    # [T, ff]        FFN gate projection
+    up: E.Tensor      # [T, ff]        FFN up projection
+    h: E.Tensor       # [T, ff]        gated activation
+    logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
+
+
+class Model:
+    def __init__(self, path, device: str | None = "cpu", n_ctx: int = 4096, n_threads: int = 0,
+                 n_batch: int = 256, n_out: int = 32):
+        self.path = Path(resolve(path))
+        self.gguf = GGUFFile(self.path)
+        self.cfg = c = ModelConfig.from_gguf(self.gguf)
+        if n_ctx <= 0:
+            n_ctx = c.n_ctx_train
+        if n_ctx > c.n_ctx_train:
+            raise ValueError(f"n_ctx {n_ctx} exceeds the model's training context {c.n_ctx_train}")
+        self.n_ctx, self.n_batch, self.n_out = n_ctx, max(1, n_batch), max(1, n_out)
+        self.device = make_device(device, n_threads)
+        self.device_name = self.device.name
+
+        # Weights: views into the mapped file, in their GGUF block format (no copy on CPU).
+        self.file = self.device.map_file(str(self.path))
+        self.w = {name: E.Tensor(self.file, t.offset, t.ggml_type, list(t.shape))
+                  for name, t in self.gguf.tensors.items()}
+        self.output_weight = self.w["token_embd.weight"] if c.tied_output else self.w["output.weight"]
+
+        # Every activation and the KV cache, reserved once for (n_ctx, n_batch).
+        B, d, ff = self.n_batch, c.n_embd, c.n_ff
+        qd, kvd = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        self.pool = p = E.BufferPool(self.device)
+        p.declare("ids", I32, [B])
+        for name, width in (("x", d), ("xn", d), ("q", qd), ("k", kvd), ("v", kvd), ("attn", qd),
+                            ("o", d), ("gate", ff), ("up", ff), ("h", ff)):
+            p.declare(name, F32, [B, width])
+        p.declare("logits", F32, [self.n_out, c.n_vocab])
+        for il in range(c.n_layer):
+            p.declare(f"blk.{il}.k_cache", F16, [n_ctx, kvd])   # [n_ctx, Hkv*hd] f16
+            p.declare(f"blk.{il}.v_cache", F16, [n_ctx, kvd])
+        p.reserve()
+        self.full = {n: p.get(n) for n in p.names()}
+
+        self.enc = E.Encoder(self.device, eager=False)
+        self.hook = None          # called after each stage in eager inspection mode
+        self.n_forward_calls = 0
+
+    # ---- helpers ------------------------------------------------------------------------
+    def acts(self, T: int, n_rows_out: int) -> Activations:
+        f = self.full
+        return Activations(ids=f["ids"].rows(0, T), logits=f["logits"].rows(0, n_rows_out),
+                           **{n: f[n].rows(0, T) for n in ("x", "xn", "q", "k", "v", "attn", "o",
+                                                           "gate", "up", "h")})
+
+    def _stage(self, name, il, out):
+        """After each stage: in eager mode, commit and let the hook look at `out`."""
+        if self.hook is not None:
+            self.enc.commit()
+            self.enc.wait()
+            self.hook(name, il, out)
+
+    # ---- the forward pass ---------------------------------------------------------------
+    def forward(self, tokens, pos0: int, out_rows: str = "last"):
+        """Run T tokens at positions pos0..pos0+T-1 through the model, filling the KV cache.
+
+        out_rows: "last" computes the logits of the last token only, "all" of every token
+        (T <= n_out). Returns the logits tensor view (download with .to_numpy()).
+        """
+        c, w, enc, st = self.cfg, self.w, self.enc, self._stage
+        T = len(tokens)
+        R = T if out_rows == "all" else 1
+        a = self.acts(T, R)
+        self.n_forward_calls += 1
+        self.device.set_step(pos0, T)
+        a.ids.upload(np.asarray(tokens, dtype=np.int32))
+
+        enc.embed(w["token_embd.weight"], a.ids, a.x, c.embed_scale); st("inp_embd", -1, a.x)
+        for il in range(c.n_layer):
+            L = f"blk.{il}."
+            base, fscale = c.rope_freq_base_for(il), c.rope_freq_scale_for(il)   # gemma3: local vs global
+            factors = w.get("rope_freqs.weight")
+
+            # attention block
+            enc.rmsnorm(a.x, w[L + "attn_norm.weight"], a.xn, c.rms_eps); st("attn_norm", il, a.xn)
+            enc.matmul(w[L + "attn_q.weight"], a.xn, a.q);                 st("Qcur", il, a.q)
+            enc.matmul(w[L + "attn_k.weight"], a.xn, a.k);                 st("Kcur", il, a.k)
+            enc.matmul(w[L + "attn_v.weight"], a.xn, a.v);                 st("Vcur", il, a.v)
+            if c.has_qk_norm:  # gemma3: rmsnorm over each head's vector
+                qh = a.q.view(0, [T * c.n_head, c.head_dim])
+                kh = a.k.view(0, [T * c.n_head_kv, c.head_dim])
+                enc.rmsnorm(qh, w[L + "attn_q_norm.weight"], qh, c.rms_eps); st("Qcur_normed", il, a.q)
+                enc.rmsnorm(kh, w[L + "attn_k_norm.weight"], kh, c.rms_eps); st("Kcur_normed", il, a.k)
+            mode = E.ROPE_NEOX if c.rope_type == "neox" else E.ROPE_NORM
+            enc.rope(a.q, c.n_head, c.n_rot, mode, base, fscale, factors);    st("Qcur_rope", il, a.q)
+            enc.rope(a.k, c.n_head_kv, c.n_rot, mode, base, fscale, factors); st("Kcur_rope", il, a.k)
+            kc, vc = self.full[L + "k_cache"], self.full[L + "v_cache"]
+            enc.kv_store(a.k, kc)
+            enc.kv_store(a.v, vc);                                                       st("kv_store", il, a.v)
+            enc.attention(a.q, kc, vc, a.attn, c.n_head, c.n_head_kv, c.attn_scale,
+                          c.window_for(il), c.attn_softcap);                       st("kqv", il, a.attn)
+            enc.matmul(w[L + "attn_output.weight"], a.attn, a.o);                       st("kqv_out", il, a.o)
+            if c.has_post_norms:
+                enc.rmsnorm(a.o, w[L + "post_attention_norm.weight"], a.o, c.rms_eps);  st("attn_post_norm", il, a.o)
+            enc.add(a.x, a.o, a.x);                                                      st("ffn_inp", il, a.x)
+
+            # feed-forward block
+            enc.rmsnorm(a.x, w[L + "ffn_norm.weight"], a.xn, c.rms_eps);               st("ffn_norm", il, a.xn)
+            enc.matmul(w[L + "ffn_gate.weight"], a.xn, a.gate);                         st("ffn_gate", il, a.gate)
+            enc.matmul(w[L + "ffn_up.weight"], a.xn, a.up);                             st("ffn_up", il, a.up)
+            if c.arch == "gemma3":
+                enc.geglu(a.gate, a.up, a.h);                                            st("ffn_geglu", il, a.h)
+            else:
+                enc.swiglu(a.gate, a.up, a.h);                                           st("ffn_swiglu", il, a.h)
+            enc.matmul(w[L + "ffn_down.weight"], a.h, a.o);                             st("ffn_out", il, a.o)
+            if c.has_post_norms:
+                enc.rmsnorm(a.o, w[L + "post_ffw_norm.weight"], a.o, c.rms_eps);        st("ffn_post_norm", il, a.o)
+            enc.add(a.x, a.o, a.x);                                                      st("l_out", il, a.x)
+
+        # output: final norm and logits of the rows asked for
+        xr, xnr = a.x.rows(T - R, T), a.xn.rows(T - R, T)
+        enc.rmsnorm(xr, w["output_norm.weight"], xnr, c.rms_eps);                       st("result_norm", -1, xnr)
+        enc.logits(self.output_weight, xnr, a.logits);                                 st("result_output", -1, a.logits)
+        if c.final_softcap:
+            raise NotImplementedError("final logit softcapping is not implemented yet")
+        enc.commit()
+        enc.wait()
+        return a.logits
+
+    # ---- convenience ----------------------------------------------------------------------
+    def _check_tokens(self, tokens, pos0=0):
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("no tokens to run")
+        if pos0 + len(tokens) > self.n_ctx:
+            raise ValueError(f"context overflow: {pos0 + len(tokens)} tokens > n_ctx {self.n_ctx}")
+        bad = [t for t in tokens if not 0 <= t < self.cfg.n_vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary of {self.cfg.n_vocab}")
+        return tokens
+
+    def prefill(self, tokens, pos0: int = 0) -> np.ndarray:
+        """Run a prompt in chunks of n_batch; returns the last token's logits [vocab]."""
+        tokens = self._check_tokens(tokens, pos0)
+        out = None
+        for i in range(0, len(tokens), self.n_batch):
+            out = self.forward(tokens[i:i + self.n_batch], pos0 + i, "last")
+        return out.to_numpy()[-1]
+
+    def logits(self, tokens) -> np.ndarray:
+        """Logits [T, vocab] of every position of `tokens` in a fresh context."""
+        tokens = self._check_tokens(tokens)
+        step = min(self.n_batch, self.n_out)
+        rows = [self.forward(tokens[i:i + step], i, "all").to_numpy() for i in range(0, len(tokens), step)]
+        return np.concatenate(rows, axis=0)
+
+    def run_with_cache(self, tokens, names=None):
+        """Logits of every position and copies of the named intermediate activations.
+
+        names: e.g. ["blk.0.attn_norm", "blk.3.Qcur", "result_output"]; None keeps every stage.
+        Runs eagerly (one commit per stage) in one batch of len(tokens) <= min(n_batch, n_out).
+        """
+        tokens = self._check_tokens(tokens)
+        if len(tokens) > min(self.n_batch, self.n_out):
+            raise ValueError(f"run_with_cache takes at most {min(self.n_batch, self.n_out)} tokens")
+        want = None if names is None else set(names)
+        cache = {}
+
+        def keep(name, il, out):
+            key = name if il < 0 else f"blk.{il}.{name}"
+            if want is None or key in want:
+                cache[key] = out.to_numpy()
+        logits = self.run_eager(tokens, keep, out_rows="all").to_numpy()
+        if want is not None:
+            missing = want - set(cache)
+            if missing:
+                raise KeyError(f"no stage named {sorted(missing)[0]!r} in this model")
+        return logits, cache
+
+    def run_eager(self, tokens, hook, out_rows="last", pos0=0):
+        """One forward pass committing after every stage, calling hook(name, layer, out)."""
+        self.hook = hook
+        try:
+            return self.forward(tokens, pos0, out_rows)
+        finally:
+            self.hook = None
+
+
+def load(model=None, device: str | None = "cpu", n_ctx: int = 4096, n_threads: int = 0, **kw) -> Model:
+    """Load a GGUF model (a path, a known name such as "smollm2", or None for the default)."""
+    return Model(model, device=device, n_ctx=n_ctx, n_threads=n_threads, **kw)
