@@ -22,7 +22,8 @@ PYTHON_DIR = REPO / "python"
 # Developers build the engine in place (scripts/dev_build.sh) and test the source tree; CI
 # installs the package (pip install .) and tests that, so only a tree with a built engine
 # goes on the path.
-if list((PYTHON_DIR / "llmetal").glob("_engine*.so")) and str(PYTHON_DIR) not in sys.path:
+USE_SOURCE_TREE = bool(list((PYTHON_DIR / "llmetal").glob("_engine*.so")))
+if USE_SOURCE_TREE and str(PYTHON_DIR) not in sys.path:
     sys.path.insert(0, str(PYTHON_DIR))
 
 
@@ -44,7 +45,10 @@ def gemma3_path() -> Path:
 
 def _cli_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    parts = [str(PYTHON_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # the subprocess imports llmetal from where this process does: the source tree or the
+    # installed package
+    parts = [str(PYTHON_DIR)] if USE_SOURCE_TREE else []
+    parts += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env.setdefault("COLUMNS", "200")     # rich: wide enough that tables do not wrap
     if extra:
@@ -147,10 +151,11 @@ class RawGGUF:
         head = self.header_bytes()
         a = self.alignment if self.alignment and not self.alignment & (self.alignment - 1) else 32
         data_start = -(-len(head) // a) * a
-        offs = self.layout()
-        end = max([o + len(t["data"]) for o, t in zip(offs, self.tensors)], default=0)
-        data = bytearray(end)
-        for o, t in zip(offs, self.tensors):
+        # tensors placed absurdly far (crafted offsets) get no data written
+        placed = [(o, t) for o, t in zip(self.layout(), self.tensors)
+                  if o + len(t["data"]) <= 1 << 24]
+        data = bytearray(max([o + len(t["data"]) for o, t in placed], default=0))
+        for o, t in placed:
             data[o:o + len(t["data"])] = t["data"]
         return head + b"\0" * (data_start - len(head)) + bytes(data)
 

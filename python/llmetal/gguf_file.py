@@ -414,14 +414,9 @@ class GGUFFile:
             c.fail(what, f"dims {dims} give {n_el} elements, more than ggml's int64 limit")
         if dims[0] % block:
             c.fail(what, f"row length {dims[0]} is not a multiple of the {qt.name} block size {block}")
-        nbytes = n_el // block * type_size
-        if nbytes > c.size:
-            c.fail(what, f"dims {dims} of type {qt.name} need {nbytes} bytes, more than the whole "
-                         f"file ({c.size} bytes)")
+        nbytes = n_el // block * type_size   # checked against the file once data_offset is known
         if rel % self.alignment:
             c.fail(what, f"data offset {rel} is not a multiple of the alignment {self.alignment}")
-        if rel > c.size:
-            c.fail(what, f"data offset {rel} is past the end of the file ({c.size} bytes)")
         return name, t, tuple(reversed(dims)), rel, nbytes, n_el
 
     # ------------------------------------------------------------------ access
