@@ -223,8 +223,35 @@ static void need_f32(const Tensor& t, const char* stage, const char* what) {
     need(t.buf != nullptr, stage, std::string(what) + " has no buffer");
 }
 
+// A weight must be in a float or block format the kernels decode (not I32): checked here,
+// when the stage is encoded, because a kernel meeting a bad type would fail mid-run.
+static void need_weight(const Tensor& W, const char* stage) {
+    need(W.shape.size() == 2, stage, "weight must be 2-D, got " + W.repr());
+    need(W.type != KT_I32, stage, "weight type I32 is not a weight format: " + W.repr());
+    need(W.buf != nullptr, stage, "weight has no buffer");
+}
+
+// Activations laid out one token per outermost index: [T, n_heads * head_dim] or
+// [T, n_heads, head_dim]. Returns T and head_dim. (Using rows()/cols() here would read a
+// [T, n_heads, head_dim] tensor as T*n_heads tokens of head_dim / n_heads: wrong silently.)
+static void need_heads(const Tensor& x, int n_heads, const char* stage, const char* what,
+                       int64_t* n_tokens, int* head_dim) {
+    need(x.shape.size() == 2 || x.shape.size() == 3, stage,
+         std::string(what) + " must be [T, n_heads*head_dim] or [T, n_heads, head_dim], got " + x.repr());
+    need(n_heads > 0, stage, "n_heads must be positive, got " + std::to_string(n_heads));
+    if (x.shape.size() == 3)
+        need(x.shape[1] == n_heads, stage, std::string(what) + " has " + std::to_string(x.shape[1]) +
+                                               " heads in its middle dimension, n_heads is " +
+                                               std::to_string(n_heads) + ": " + x.repr());
+    int64_t per_token = x.shape[0] ? x.numel() / x.shape[0] : 0;
+    need(per_token % n_heads == 0, stage, std::string(what) + " row length " + std::to_string(per_token) +
+                                              " is not divisible by n_heads " + std::to_string(n_heads));
+    *n_tokens = x.shape[0];
+    *head_dim = (int)(per_token / n_heads);
+}
+
 void Encoder::embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale) {
-    need(W.shape.size() == 2, "embed", "weight must be 2-D, got " + W.repr());
+    need_weight(W, "embed");
     need(ids.type == KT_I32 && ids.shape.size() == 1, "embed", "ids must be I32 [T], got " + ids.repr());
     need_f32(out, "embed", "out");
     need(out.rows() == ids.shape[0] && out.cols() == W.cols(), "embed",
@@ -248,7 +275,7 @@ void Encoder::rmsnorm(const Tensor& x, const Tensor& w, const Tensor& out, float
 }
 
 static void check_matmul(const char* st, const Tensor& W, const Tensor& x, const Tensor& y) {
-    need(W.shape.size() == 2, st, "weight must be 2-D, got " + W.repr());
+    need_weight(W, st);
     need_f32(x, st, "x"); need_f32(y, st, "y");
     need(x.cols() == W.cols(), st, "x row length " + std::to_string(x.cols()) +
                                        " != weight row length " + std::to_string(W.cols()));
@@ -277,12 +304,15 @@ void Encoder::logits(const Tensor& W, const Tensor& x, const Tensor& y) {
 void Encoder::rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq_base,
                    float freq_scale, const Tensor* factors) {
     need_f32(x, "rope", "x");
-    need(n_heads > 0 && x.cols() % n_heads == 0, "rope", "row length not divisible by n_heads");
-    int hd = (int)(x.cols() / n_heads);
-    need(n_rot > 0 && n_rot <= hd && n_rot % 2 == 0, "rope", "n_rot must be even and <= head_dim");
-    need(mode == KROPE_NORM || mode == KROPE_NEOX, "rope", "mode must be 0 (norm) or 2 (neox)");
+    int64_t n_tokens;
+    int hd;
+    need_heads(x, n_heads, "rope", "x", &n_tokens, &hd);
+    need(n_rot > 0 && n_rot <= hd && n_rot % 2 == 0, "rope",
+         "n_rot must be even and in 1..head_dim " + std::to_string(hd) + ", got " + std::to_string(n_rot));
+    need(mode == KROPE_NORM || mode == KROPE_NEOX, "rope",
+         "mode must be 0 (norm) or 2 (neox), got " + std::to_string(mode));
     Command c{Stage::rope, {}, {}, {}};
-    c.a.rope = kargs_rope{(int32_t)x.rows(), n_heads, hd, n_rot, mode, factors ? 1 : 0, freq_base,
+    c.a.rope = kargs_rope{(int32_t)n_tokens, n_heads, hd, n_rot, mode, factors ? 1 : 0, freq_base,
                           freq_scale};
     c.b[0] = bind(x);
     if (factors) {
@@ -308,14 +338,21 @@ void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, con
     need_f32(q, "attention", "q"); need_f32(out, "attention", "out");
     need(kc.type == KT_F16 && vc.type == KT_F16, "attention", "K/V caches must be F16");
     need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention",
-         "n_heads must be a multiple of n_kv_heads");
-    need(q.cols() % n_heads == 0, "attention", "q row length not divisible by n_heads");
-    int hd = (int)(q.cols() / n_heads);
-    need(kc.cols() == (int64_t)n_kv_heads * hd && vc.cols() == kc.cols() && kc.shape[0] == vc.shape[0],
-         "attention", "cache shape does not match n_kv_heads * head_dim");
-    need(out.numel() == q.numel(), "attention", "out must have the shape of q");
+         "n_heads " + std::to_string(n_heads) + " must be a multiple of n_kv_heads " + std::to_string(n_kv_heads));
+    int64_t n_tokens;
+    int hd;
+    need_heads(q, n_heads, "attention", "q", &n_tokens, &hd);
+    need(kc.shape.size() == 2 && vc.shape == kc.shape, "attention",
+         "K/V caches must both be [n_ctx, n_kv_heads*head_dim], got " + kc.repr() + " and " + vc.repr());
+    need(kc.cols() == (int64_t)n_kv_heads * hd, "attention",
+         "cache rows of " + std::to_string(kc.cols()) + " do not match n_kv_heads * head_dim = " +
+             std::to_string(n_kv_heads) + " * " + std::to_string(hd));
+    need(out.numel() == q.numel() && !out.shape.empty() && out.shape[0] == n_tokens, "attention",
+         "out must have the shape of q " + q.repr() + ", got " + out.repr());
+    need(window >= 0, "attention", "window must be >= 0 (0 = none), got " + std::to_string(window));
+    need(softcap >= 0, "attention", "softcap must be >= 0 (0 = none)");
     Command c{Stage::attention, {}, {}, {}};
-    c.a.attention = kargs_attention{(int32_t)q.rows(), n_heads, n_kv_heads, hd, (int32_t)kc.shape[0],
+    c.a.attention = kargs_attention{(int32_t)n_tokens, n_heads, n_kv_heads, hd, (int32_t)kc.shape[0],
                                     window, scale, softcap};
     c.b[0] = bind(q); c.b[1] = bind(kc); c.b[2] = bind(vc); c.b[3] = bind(out);
     push(c);
