@@ -63,7 +63,7 @@ def run_cli_process(*args, timeout: float = 120, env: dict | None = None) -> sub
                           cwd=str(REPO))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     return run_cli_process
 

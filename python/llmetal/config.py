@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
 
-from .gguf_file import GGUFError, GGUFFile
+from .gguf_file import GGUFError, GGUFFile, quoted
 
 SUPPORTED_ARCHS = ("llama", "gemma3")
 _INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
@@ -152,7 +152,7 @@ def _build(gf: GGUFFile) -> ModelConfig:
         raise GGUFError(f"{gf.path}: metadata '{Keys.General.ARCHITECTURE}': missing (required)")
     if arch not in SUPPORTED_ARCHS:
         raise GGUFError(f"{gf.path}: metadata '{Keys.General.ARCHITECTURE}': unknown architecture "
-                        f"'{arch}' (supported: {', '.join(SUPPORTED_ARCHS)})")
+                        f"{quoted(arch)} (supported: {', '.join(SUPPORTED_ARCHS)})")
     m = _Meta(gf, arch)
     L, A, R = Keys.LLM, Keys.Attention, Keys.Rope
     n_tensors = len(gf.tensors)
@@ -180,7 +180,7 @@ def _build(gf: GGUFFile) -> ModelConfig:
     rope_freq_base = m.get_float(R.FREQ_BASE, default=10000.0)
     scaling_type = m.get_str(R.SCALING_TYPE, "linear")
     if scaling_type not in ("none", "linear"):
-        m.fail(R.SCALING_TYPE, f"rope scaling '{scaling_type}' is not supported (only none, linear)")
+        m.fail(R.SCALING_TYPE, f"rope scaling {quoted(scaling_type)} is not supported (only none, linear)")
     factor = 0.0
     if m.has(R.SCALING_FACTOR):
         factor = m.get_float(R.SCALING_FACTOR, positive=False)

@@ -76,6 +76,14 @@ class GGUFError(Exception):
     """A GGUF file that cannot be used; the message names the file, the field and the defect."""
 
 
+def quoted(s: str, limit: int = 80) -> str:
+    """A name from the file, quoted for a one-line message: control characters escaped,
+    long names cut (a crafted key can hold newlines or megabytes)."""
+    cut = s[:limit]
+    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
+    return f"'{safe}'" + ("..." if len(s) > limit else "")
+
+
 def ggml_type_name(type_id: int) -> str:
     """'Q4_K' for 12, or 'type 99' for an id this gguf version does not know."""
     try:
@@ -246,16 +254,16 @@ class GGUFFile:
             vtype, _ = self.value_types[key]
             a = self.metadata[key]
             if vtype != GGUFValueType.UINT32:
-                c.fail(f"metadata '{key}'", f"must be a UINT32, found {vtype.name}")
+                c.fail(f"metadata {quoted(key)}", f"must be a UINT32, found {vtype.name}")
             if a == 0 or a & (a - 1):
-                c.fail(f"metadata '{key}'", f"alignment {a} is not a power of two")
+                c.fail(f"metadata {quoted(key)}", f"alignment {a} is not a power of two")
             if a > MAX_ALIGNMENT:
-                c.fail(f"metadata '{key}'", f"alignment {a} is larger than the sane bound "
+                c.fail(f"metadata {quoted(key)}", f"alignment {a} is larger than the sane bound "
                                             f"{MAX_ALIGNMENT}")
             self.alignment = a
         key = Keys.General.ARCHITECTURE
         if key in self.metadata and not isinstance(self.metadata[key], str):
-            c.fail(f"metadata '{key}'", f"must be a string, found "
+            c.fail(f"metadata {quoted(key)}", f"must be a string, found "
                                         f"{self.value_types[key][0].name}")
 
         # --- tensor infos
@@ -274,16 +282,16 @@ class GGUFFile:
             start = self.data_offset + rel
             end = start + nbytes
             if end > c.size:
-                c.fail(f"tensor '{name}'", f"data [{start}, {end}) runs past the end of the file "
+                c.fail(f"tensor {quoted(name)}", f"data [{start}, {end}) runs past the end of the file "
                                            f"({c.size} bytes)")
             self.tensors[name] = TensorInfo(name, ttype, shape, start, nbytes, n_el)
         # No two tensors may share bytes: sort by start and compare neighbours.
         by_start = sorted(self.tensors.values(), key=lambda t: (t.offset, t.offset + t.nbytes))
         for prev, cur in zip(by_start, by_start[1:]):
             if cur.offset < prev.offset + prev.nbytes:
-                c.fail(f"tensor '{cur.name}'",
+                c.fail(f"tensor {quoted(cur.name)}",
                        f"data [{cur.offset}, {cur.offset + cur.nbytes}) overlaps tensor "
-                       f"'{prev.name}' [{prev.offset}, {prev.offset + prev.nbytes})")
+                       f"{quoted(prev.name)} [{prev.offset}, {prev.offset + prev.nbytes})")
 
     def _value_type(self, c: _Cursor, what: str, allow_array: bool) -> GGUFValueType:
         t = c.u32(f"{what} type")
@@ -301,8 +309,8 @@ class GGUFFile:
         if not key:
             c.fail(f"metadata key #{i} (offset {at})", "key is empty")
         if key in self.metadata:
-            c.fail(f"metadata key #{i} '{key}'", "duplicate key")
-        what = f"metadata '{key}'"
+            c.fail(f"metadata key #{i} {quoted(key)}", "duplicate key")
+        what = f"metadata {quoted(key)}"
         vt = self._value_type(c, what, allow_array=True)
         if vt == GGUFValueType.ARRAY:
             et = self._value_type(c, f"{what} array element", allow_array=False)
@@ -385,12 +393,12 @@ class GGUFFile:
         if not name:
             c.fail(f"tensor info #{i} (offset {at})", "tensor name is empty")
         if len(raw) > MAX_NAME_BYTES:
-            c.fail(f"tensor info #{i} '{name[:80]}'", f"name is {len(raw)} bytes, longer than the "
+            c.fail(f"tensor info #{i} {quoted(name)}", f"name is {len(raw)} bytes, longer than the "
                                                       f"{MAX_NAME_BYTES}-byte limit of ggml")
         if name in seen:
-            c.fail(f"tensor '{name}'", "duplicate tensor name")
+            c.fail(f"tensor {quoted(name)}", "duplicate tensor name")
         seen.add(name)
-        what = f"tensor '{name}'"
+        what = f"tensor {quoted(name)}"
         n_dims = c.u32(f"{what} n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
             c.fail(what, f"n_dims is {n_dims}, must be 1 to {MAX_DIMS}")
@@ -433,7 +441,7 @@ class GGUFFile:
         try:
             return self.tensors[name]
         except KeyError:
-            raise GGUFError(f"{self.path}: tensor '{name}': not in the file") from None
+            raise GGUFError(f"{self.path}: tensor {quoted(name)}: not in the file") from None
 
     def tensor_bytes(self, name: str) -> np.memmap:
         """The tensor's raw bytes: a read-only uint8 view into the file map (no copy)."""

@@ -133,12 +133,15 @@ def _swa_summary(flags: list[bool]) -> str:
     return f"{sum(flags)} of {len(flags)} sliding-window; global: {glob}"
 
 
-def _print_rich(info: dict):
+def print_rich(info: dict, console=None):
+    """Print describe()'s dict as tables. Every value is passed as rich Text, never parsed as
+    markup: names and token texts come from the file and may contain '[...]'."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    console = console or Console()
     arch, tok = info["architecture"], info["tokenizer"]
 
     def kv_table(title):
@@ -146,6 +149,8 @@ def _print_rich(info: dict):
                   title_style="bold")
         t.add_column(style="cyan", no_wrap=True)
         t.add_column()
+        add = t.add_row
+        t.add_row = lambda *cells: add(*(Text(str(c)) for c in cells))
         return t
 
     t = kv_table("Model")
@@ -197,7 +202,7 @@ def _print_rich(info: dict):
         t.add_column("shape (numpy order)", justify="right")
         t.add_column("bytes", justify="right")
         for row in info["tensors"]:
-            t.add_row(row["name"], row["type"], " x ".join(map(str, row["shape"])),
+            t.add_row(Text(row["name"]), row["type"], " x ".join(map(str, row["shape"])),
                       f"{row['bytes']:,}")
         console.print(t)
 
@@ -210,5 +215,5 @@ def run(model, tensors: bool = False, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
     else:
-        _print_rich(info)
+        print_rich(info)
     return 0
