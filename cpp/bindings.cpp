@@ -150,9 +150,12 @@ NB_MODULE(_engine, m) {
     nb::class_<Tensor>(m, "Tensor")
         .def("__init__", [](Tensor* t, BufferRef buf, uint64_t offset, int type, std::vector<int64_t> shape) {
             if (!type_known(type)) throw Error("Tensor: unsupported type id " + std::to_string(type));
-            new (t) Tensor();
-            t->buf = std::move(buf); t->offset = offset; t->type = type; t->shape = std::move(shape);
-            if (t->offset + t->nbytes() > t->buf->bytes) throw Error("Tensor outside its buffer: " + t->repr());
+            Tensor v;   // validated before the Python object is constructed
+            v.buf = std::move(buf); v.offset = offset; v.type = type; v.shape = std::move(shape);
+            if (!v.buf) throw Error("Tensor: no buffer");
+            for (auto d : v.shape) if (d < 0) throw Error("Tensor: negative dimension");
+            if (v.offset + v.nbytes() > v.buf->bytes) throw Error("Tensor outside its buffer: " + v.repr());
+            new (t) Tensor(std::move(v));
         }, nb::arg("buffer"), nb::arg("offset"), nb::arg("type"), nb::arg("shape"))
         .def_ro("offset", &Tensor::offset)
         .def_ro("type", &Tensor::type)

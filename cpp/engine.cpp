@@ -169,7 +169,13 @@ std::vector<std::string> BufferPool::names() const {
 // ---- encoder ------------------------------------------------------------------------
 void Encoder::commit() {
     if (recording) return;                       // a plan is being recorded: keep appending
-    if (!cmds.empty()) device->submit(cmds);
+    if (cmds.empty()) return;
+    try {
+        device->submit(cmds);
+    } catch (...) {
+        cmds.clear();   // a failed list is dropped, never re-run by the next commit
+        throw;
+    }
     cmds.clear();
     ++n_commits;
 }

@@ -50,6 +50,10 @@ struct Buffer {
     // how the memory was obtained, so the device can free it
     int kind = 0;              // 0 = owned allocation, 1 = file mapping
     int fd = -1;
+    // Keeps the device alive while any of its buffers (and so any tensor) lives, so a tensor
+    // kept after its model is dropped still frees cleanly. Null only for buffers the device
+    // itself owns (its step buffer), which would otherwise make a cycle.
+    std::shared_ptr<Device> keep;
     ~Buffer();
 };
 using BufferRef = std::shared_ptr<Buffer>;
@@ -102,8 +106,15 @@ struct Command {
 };
 
 // ---- device -------------------------------------------------------------------------
-struct Device {
+struct Device : std::enable_shared_from_this<Device> {
     virtual ~Device() = default;
+    // A new Buffer bound to this device (devices call this from alloc / map_file).
+    BufferRef new_buffer() {
+        auto b = std::make_shared<Buffer>();
+        b->device = this;
+        b->keep = weak_from_this().lock();   // empty while the device is being constructed
+        return b;
+    }
     virtual const char* name() const = 0;
 
     // Memory. Every allocation is counted, so tests can assert that none happens per token.

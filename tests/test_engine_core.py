@@ -448,8 +448,6 @@ def test_rope_and_attention_accept_3d_heads(dev):
     assert np.array_equal(p.get("o2").to_numpy(), p.get("o3").to_numpy().reshape(T, H * hd))
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Encoder::commit keeps the commands when "
-                   "submit throws, so every later commit re-runs them (see helper report)")
 def test_encoder_recovers_after_a_failed_stage(dev):
     """A stage that fails while running (a token id outside the vocabulary can only be
     seen then) raises, and the encoder stays usable: the failed batch is dropped."""
@@ -463,11 +461,9 @@ def test_encoder_recovers_after_a_failed_stage(dev):
     assert np.all(p.get("a").to_numpy() == 2.0)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Buffer keeps a raw Device*, so a tensor "
-                   "freed after its device calls into a destroyed device (see helper report)")
 def test_tensor_outlives_its_device():
     """A tensor kept after its device and pool are dropped stays valid (it keeps the memory
-    alive) and frees cleanly. Run in a child process: today this aborts the interpreter."""
+    alive) and frees cleanly. Run in a child process, since a failure aborts the interpreter."""
     code = (
         "import numpy as np\n"
         "from llmetal import _engine as E\n"

@@ -46,8 +46,8 @@ struct CpuDevice final : Device {
         void* p = nullptr;
         if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
             throw Error("cpu: out of memory allocating " + std::to_string(bytes) + " bytes for " + label);
-        auto b = std::make_shared<Buffer>();
-        b->device = this; b->host = b->dev = p; b->bytes = bytes; b->label = label;
+        auto b = new_buffer();
+        b->host = b->dev = p; b->bytes = bytes; b->label = label;
         ++n_allocs; bytes_allocated += bytes;
         return b;
     }
@@ -59,8 +59,8 @@ struct CpuDevice final : Device {
         if (fstat(fd, &st) != 0 || st.st_size == 0) { ::close(fd); throw Error("cannot map empty file " + path); }
         void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) { ::close(fd); throw Error("mmap failed for " + path + ": " + std::strerror(errno)); }
-        auto b = std::make_shared<Buffer>();
-        b->device = this; b->host = b->dev = p; b->bytes = st.st_size; b->read_only = true;
+        auto b = new_buffer();
+        b->host = b->dev = p; b->bytes = st.st_size; b->read_only = true;
         b->label = path; b->kind = 1; b->fd = fd;
         return b;
     }

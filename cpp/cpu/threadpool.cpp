@@ -39,8 +39,20 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         gen_.fetch_add(1, std::memory_order_release);
     }
     if (sleepers_.load() > 0) cv_.notify_all();
-    fn(ctx, 0, n_);
+    // Every thread must finish before this frame (which owns the job) returns, even when
+    // one of them throws; the first exception is rethrown here, on the calling thread.
+    try {
+        fn(ctx, 0, n_);
+    } catch (...) {
+        std::lock_guard<std::mutex> l(err_mu_);
+        if (!error_) error_ = std::current_exception();
+    }
     while (pending_.load(std::memory_order_acquire) != 0) LLM_PAUSE();
+    if (error_) {
+        std::exception_ptr e = error_;
+        error_ = nullptr;
+        std::rethrow_exception(e);
+    }
 }
 
 void ThreadPool::worker(int ith) {
@@ -60,7 +72,12 @@ void ThreadPool::worker(int ith) {
         }
         seen = gen_.load(std::memory_order_acquire);
         if (stop_.load()) return;
-        fn_(ctx_, ith, n_);
+        try {
+            fn_(ctx_, ith, n_);
+        } catch (...) {
+            std::lock_guard<std::mutex> l(err_mu_);
+            if (!error_) error_ = std::current_exception();
+        }
         pending_.fetch_sub(1, std::memory_order_release);
     }
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -33,6 +34,8 @@ class ThreadPool {
     std::atomic<int> pending_{0};
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
+    std::exception_ptr error_;   // the first exception a thread threw in this job
+    std::mutex err_mu_;
     Fn fn_ = nullptr;
     void* ctx_ = nullptr;
     std::mutex mu_;
