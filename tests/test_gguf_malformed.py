@@ -149,14 +149,21 @@ def _(c):
 @synth("numeric_array_too_long", "'test.arr'", "runs past the end")
 def _(c):
     g = c.small_raw()
-    g.kvs.append(_kv_raw(c, "test.arr", c.T_ARR, struct.pack("<IQ", c.T_U32, 2**40)))
+    g.kvs.append(_kv_raw(c, "test.arr", c.T_ARR, struct.pack("<IQ", c.T_U32, 2**22)))
     return g.to_bytes()
 
 
 @synth("string_array_count_huge", "'test.arr'", "cannot fit")
 def _(c):
     g = c.small_raw()
-    g.kvs.append(_kv_raw(c, "test.arr", c.T_ARR, struct.pack("<IQ", c.T_STR, 2**61)))
+    g.kvs.append(_kv_raw(c, "test.arr", c.T_ARR, struct.pack("<IQ", c.T_STR, 2**20)))
+    return g.to_bytes()
+
+
+@synth("array_beyond_sane_bound", "'test.arr'", "sane bound")
+def _(c):
+    g = c.small_raw()
+    g.kvs.append(_kv_raw(c, "test.arr", c.T_ARR, struct.pack("<IQ", c.T_U8, 2**61)))
     return g.to_bytes()
 
 
@@ -501,7 +508,7 @@ def _edit_version(real):
 
 def _edit_token_count(real):
     i, k, start, key_end, end = _field(real, "tokenizer.ggml.tokens")
-    return _edit(real, key_end + 8, struct.pack("<Q", 2**62))     # after value type + elem type
+    return _edit(real, key_end + 8, struct.pack("<Q", 2**23))     # after value type + elem type
 
 
 def _edit_fifth_token_length(real):

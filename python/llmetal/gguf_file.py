@@ -36,6 +36,8 @@ MAX_ALIGNMENT = 1 << 16            # a sanity bound: real files use 32 (sometime
 MAX_DIMS = 4                       # GGML_MAX_DIMS
 MAX_NAME_BYTES = 63                # GGML_MAX_NAME is 64 bytes including the terminating NUL
 MAX_ELEMENTS = (1 << 63) - 1       # ggml counts elements in int64
+MAX_ARRAY_LEN = 1 << 24            # metadata arrays: vocabularies and merge lists are < 2**20;
+                                   # the bound keeps a crafted file from costing gigabytes
 
 # Smallest possible encodings, used to reject counts that cannot fit in the bytes left.
 _MIN_KV_BYTES = 8 + 1 + 4 + 1      # key length, a 1-byte key, value type, a 1-byte value
@@ -337,6 +339,8 @@ class GGUFFile:
 
     def _read_array(self, c: _Cursor, what: str, et: GGUFValueType, n: int) -> list:
         left = c.size - c.pos
+        if n > MAX_ARRAY_LEN:
+            c.fail(what, f"array of {n} elements is larger than the sane bound {MAX_ARRAY_LEN}")
         if et == GGUFValueType.STRING:
             # Every string takes at least its 8-byte length: bound n before looping.
             if n * 8 > left:
