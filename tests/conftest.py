@@ -50,7 +50,7 @@ def _cli_env(extra: dict | None = None) -> dict:
     parts = [str(PYTHON_DIR)] if USE_SOURCE_TREE else []
     parts += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
-    env.setdefault("COLUMNS", "200")     # rich: wide enough that tables do not wrap
+    env["COLUMNS"] = "200"               # rich: wide enough that tables do not wrap
     if extra:
         env.update(extra)
     return env
