@@ -315,3 +315,51 @@ def swiglu(gate, up) -> np.ndarray:
 def geglu(gate, up) -> np.ndarray:
     """out = gelu_tanh(gate) * up (gemma FFN)."""
     return gelu_tanh(gate) * _f64(up)
+
+
+# --------------------------------------------------------------------------- whole model
+
+def forward(gf, cfg, tokens) -> np.ndarray:
+    """The whole model in numpy float64, stage by stage as Model.forward does (fresh context).
+
+    gf: a GGUFFile, cfg: its ModelConfig. Returns the logits [T, vocab] of every position.
+    Slow (seconds for the small test models) and meant as an independent check of the
+    engine's composition of stages, not of llama.cpp's numerics (which quantizes the
+    activations of quantized matmuls to 8 bits and rounds K/V to f16).
+    """
+    def W(name):
+        info = gf.tensors[name]
+        return dequantize(gf.tensor_array(name), info.ggml_type, info.shape)
+
+    c, T = cfg, len(tokens)
+    info = gf.tensors["token_embd.weight"]
+    x = embed(gf.tensor_array("token_embd.weight"), info.ggml_type, tokens, c.embed_scale, shape=info.shape)
+    mode = ROPE_NEOX if c.rope_type == "neox" else ROPE_NORM
+    factors = W("rope_freqs.weight") if "rope_freqs.weight" in gf.tensors else None
+    kvd = c.n_head_kv * c.head_dim
+    for il in range(c.n_layer):
+        L = f"blk.{il}."
+        xn = rmsnorm(x, W(L + "attn_norm.weight"), c.rms_eps)
+        q, k, v = (matmul(W(L + f"attn_{n}.weight"), xn) for n in "qkv")
+        if c.has_qk_norm:
+            q = rmsnorm(q.reshape(-1, c.head_dim), W(L + "attn_q_norm.weight"), c.rms_eps).reshape(T, -1)
+            k = rmsnorm(k.reshape(-1, c.head_dim), W(L + "attn_k_norm.weight"), c.rms_eps).reshape(T, -1)
+        base, fs = c.rope_freq_base_for(il), c.rope_freq_scale_for(il)
+        q = rope(q, c.n_head, c.n_rot, mode, base, fs, 0, factors)
+        k = rope(k, c.n_head_kv, c.n_rot, mode, base, fs, 0, factors)
+        kc = kv_store(np.zeros((T, kvd), np.float16), k, 0)
+        vc = kv_store(np.zeros((T, kvd), np.float16), v, 0)
+        a = attention(q, kc, vc, c.n_head, c.n_head_kv, 0, c.attn_scale, c.window_for(il), c.attn_softcap)
+        o = matmul(W(L + "attn_output.weight"), a)
+        if c.has_post_norms:
+            o = rmsnorm(o, W(L + "post_attention_norm.weight"), c.rms_eps)
+        x = x + o
+        xn = rmsnorm(x, W(L + "ffn_norm.weight"), c.rms_eps)
+        g, u = matmul(W(L + "ffn_gate.weight"), xn), matmul(W(L + "ffn_up.weight"), xn)
+        h = geglu(g, u) if c.arch == "gemma3" else swiglu(g, u)
+        o = matmul(W(L + "ffn_down.weight"), h)
+        if c.has_post_norms:
+            o = rmsnorm(o, W(L + "post_ffw_norm.weight"), c.rms_eps)
+        x = x + o
+    xn = rmsnorm(x, W("output_norm.weight"), c.rms_eps)
+    return matmul(W("token_embd.weight" if c.tied_output else "output.weight"), xn)
