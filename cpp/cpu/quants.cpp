@@ -172,12 +172,23 @@ size_t act_row_bytes(int format, int K) {
 
 // Symmetric 8-bit: d = max|x| / 127, q = round(x / d) in [-127, 127]. (-128 is never
 // produced, which keeps the x86 sign trick for Q8_0 weights free of overflow.)
+// Written so the compiler vectorizes it even for baseline x86-64 (SSE2): a plain max, and
+// rounding by the 1.5 * 2^23 trick (adding and subtracting it rounds |v| < 2^22 to the
+// nearest integer, ties to even, exactly as nearbyint does in the default rounding mode).
 static inline float q8_scale(const float* x, int n, float* inv) {
     float amax = 0;
-    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    for (int i = 0; i < n; ++i) {
+        float a = std::fabs(x[i]);
+        amax = amax < a ? a : amax;
+    }
     float d = amax / 127.0f;
     *inv = d > 0 ? 1.0f / d : 0.0f;
     return d;
+}
+
+static inline int round_q8(float v) {
+    const float magic = 12582912.0f;  // 1.5 * 2^23
+    return (int)((v + magic) - magic);
 }
 
 void quantize_row_q8(const float* x, BlockQ8* y, int K) {
@@ -185,7 +196,7 @@ void quantize_row_q8(const float* x, BlockQ8* y, int K) {
         float inv, d = q8_scale(x, 32, &inv);
         int sum = 0;
         for (int i = 0; i < 32; ++i) {
-            int q = (int)std::nearbyint(x[i] * inv);
+            int q = round_q8(x[i] * inv);
             y->qs[i] = (int8_t)q;
             sum += q;
         }
@@ -200,7 +211,7 @@ void quantize_row_q8k(const float* x, BlockQ8K* y, int K) {
         for (int j = 0; j < 16; ++j) {
             int sum = 0;
             for (int i = 16 * j; i < 16 * j + 16; ++i) {
-                int q = (int)std::nearbyint(x[i] * inv);
+                int q = round_q8(x[i] * inv);
                 y->qs[i] = (int8_t)q;
                 sum += q;
             }
