@@ -1,9 +1,13 @@
-// kernels.cpp -- CPU row kernels (portable scalar code; SIMD matmul paths live in
-// quants_*.cpp and are chosen in matmul_prepare by weight type and SIMD level).
+// kernels.cpp -- CPU row kernels (portable scalar code) and the matmul driver; the SIMD
+// matmul row kernels live in quants_*.cpp and are chosen in matmul_prepare by weight type
+// and the active SIMD level.
 #include "kernels.h"
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+
+#include "../engine.h"
 
 #include "f16.h"
 #include "quants.h"
@@ -64,18 +68,57 @@ void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc,
     for (int d = 0; d < hd; ++d) out[d] = acc[d] * inv;
 }
 
-MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
-                         ThreadPool*, std::vector<uint8_t>*) {
-    return MatmulJob{a, W, x, y, nullptr, 0};
+RowDot matmul_kernel(int t, Simd level) {
+    RowDot k = nullptr;
+    switch (level) {
+        case Simd::scalar: k = rowdot_scalar(t); break;
+        case Simd::avx2: k = rowdot_avx2(t); break;
+        // The AVX-512 kernels use VNNI (vpdpbusd / vpdpwssd); without it the AVX2 ones serve.
+        case Simd::avx512: k = features().avx512vnni ? rowdot_avx512(t) : rowdot_avx2(t); break;
+        case Simd::neon: k = rowdot_neon(t); break;
+    }
+    if (!k) throw Error(std::string("matmul: no ") + simd_name(level) + " kernel for weight type id " +
+                        std::to_string(t));
+    return k;
 }
 
-void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
-    // split output rows in chunks of 4 so threads do not share cache lines of y
+MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
+                         ThreadPool*, std::vector<uint8_t>* scratch) {
+    const int fmt = act_format(a.wtype);  // throws for unsupported types
+    MatmulJob j{a, W, y, (const uint8_t*)x, (size_t)a.n_in * sizeof(float), matmul_kernel(a.wtype, active_simd())};
+    if (fmt != 0) {
+        // Quantize every activation row once; all output rows (all threads) share them.
+        j.xq_stride = act_row_bytes(fmt, a.n_in);
+        size_t need = j.xq_stride * a.n_tokens + 64;
+        if (scratch->size() < need) scratch->resize(need);
+        uint8_t* base = scratch->data();
+        for (int t = 0; t < a.n_tokens; ++t) {
+            const float* xr = x + (int64_t)t * a.n_in;
+            if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
+            else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
+        }
+        j.xq = base;
+    }
+    return j;
+}
+
+void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
+    // Split output rows in chunks of 4 so threads do not share cache lines of y.
     int64_t per = ((j.a.n_out + nth - 1) / nth + 3) & ~int64_t(3);
     int n0 = (int)std::min<int64_t>(j.a.n_out, per * ith);
     int n1 = (int)std::min<int64_t>(j.a.n_out, n0 + per);
-    matmul_rows_scalar(j.a.wtype, j.W, j.a.row_bytes, j.a.n_in, n0, n1, j.x, j.a.n_tokens, j.a.n_in,
-                       j.y, j.a.n_out, tmp);
+    const int M = j.a.n_tokens, K = j.a.n_in, N = j.a.n_out;
+    float out[4];
+    // For each weight row, sweep the tokens 4 at a time: the row (a few KB) stays in L1
+    // while every token reads it, and the kernel unpacks each weight block once per 4 tokens.
+    for (int n = n0; n < n1; ++n) {
+        const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
+        for (int t = 0; t < M; t += 4) {
+            int nx = std::min(4, M - t);
+            j.dot(K, w, j.xq + t * j.xq_stride, j.xq_stride, nx, out);
+            for (int u = 0; u < nx; ++u) j.y[(int64_t)(t + u) * N + n] = out[u];
+        }
+    }
 }
 
 }  // namespace llmetal::cpu

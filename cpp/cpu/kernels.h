@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "../kargs.h"
+#include "features.h"
+#include "quants.h"
 
 namespace llmetal::cpu {
 
@@ -18,18 +20,21 @@ void f32_to_f16_row(const float* x, uint16_t* y, int n);
 void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
                    float* out, int h, int pos, float* sc);
 
-// Matmul in two steps: prepare (once per call, e.g. quantize the activations into the
+// Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
+// the weight type and the active SIMD level, and quantizes the activations into the
 // device's scratch) and run (each thread computes its share of the output rows).
 struct MatmulJob {
     kargs_matmul a;
     const uint8_t* W;
-    const float* x;
     float* y;
-    const void* xq;       // prepared activations (format depends on the kernel), or null
-    int kernel;           // which row kernel (chosen by weight type and SIMD level)
+    const uint8_t* xq;    // prepared activation rows (f32 as is, or BlockQ8 / BlockQ8K)
+    size_t xq_stride;     // bytes from one prepared activation row to the next
+    RowDot dot;           // the row kernel (quants.h)
 };
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch);
 void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);
+// The row kernel matmul uses for a weight type at a SIMD level (throws if there is none).
+RowDot matmul_kernel(int ktype, Simd level);
 
 }  // namespace llmetal::cpu

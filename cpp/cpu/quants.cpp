@@ -1,8 +1,13 @@
-// quants.cpp -- scalar dequantization of every supported GGUF block format.
+// quants.cpp -- scalar code for every supported GGUF block format: dequantization of rows,
+// quantization of activation rows to BlockQ8 / BlockQ8K, and the portable row-dot kernels
+// (the "scalar" SIMD level, and the reference the SIMD kernels are tested against: they
+// compute the same integer dot products, so they agree to float rounding).
 // Block layouts follow ggml's definitions (see gguf.quants for the Python equivalent that
 // the tests compare against).
 #include "quants.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "../engine.h"
@@ -148,21 +153,238 @@ void dequant_row(int t, const void* src_, float* y, int64_t n) {
     throw Error("dequant_row: unsupported type id " + std::to_string(t));
 }
 
-void matmul_rows_scalar(int t, const uint8_t* W, uint64_t rb, int K, int n0, int n1,
-                        const float* x, int M, int64_t ldx, float* y, int64_t ldy, float* tmp) {
-    for (int n = n0; n < n1; ++n) {
-        dequant_row(t, W + (uint64_t)n * rb, tmp, K);
-        for (int m = 0; m < M; ++m) {
-            const float* xr = x + m * ldx;
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int k = 0;
-            for (; k + 8 <= K; k += 8)
-                for (int u = 0; u < 8; ++u) acc[u] += tmp[k + u] * xr[k + u];
-            float s = 0;
-            for (; k < K; ++k) s += tmp[k] * xr[k];
-            y[m * ldy + n] = s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+// ---- activation quantization ------------------------------------------------------------
+
+int act_format(int t) {
+    switch (t) {
+        case KT_F32: case KT_F16: case KT_BF16: return 0;
+        case KT_Q4_0: case KT_Q4_1: case KT_Q5_0: case KT_Q5_1: case KT_Q8_0: return 1;
+        case KT_Q4_K: case KT_Q5_K: case KT_Q6_K: return 2;
+    }
+    throw Error("matmul: unsupported weight type id " + std::to_string(t));
+}
+
+size_t act_row_bytes(int format, int K) {
+    if (format == 1) return (size_t)(K / 32) * sizeof(BlockQ8);
+    if (format == 2) return (size_t)(K / 256) * sizeof(BlockQ8K);
+    return (size_t)K * sizeof(float);
+}
+
+// Symmetric 8-bit: d = max|x| / 127, q = round(x / d) in [-127, 127]. (-128 is never
+// produced, which keeps the x86 sign trick for Q8_0 weights free of overflow.)
+// Written so the compiler vectorizes it even for baseline x86-64 (SSE2): a plain max, and
+// rounding by the 1.5 * 2^23 trick (adding and subtracting it rounds |v| < 2^22 to the
+// nearest integer, ties to even, exactly as nearbyint does in the default rounding mode).
+static inline float q8_scale(const float* x, int n, float* inv) {
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float a = std::fabs(x[i]);
+        amax = amax < a ? a : amax;
+    }
+    float d = amax / 127.0f;
+    *inv = d > 0 ? 1.0f / d : 0.0f;
+    return d;
+}
+
+static inline int round_q8(float v) {
+    const float magic = 12582912.0f;  // 1.5 * 2^23
+    return (int)((v + magic) - magic);
+}
+
+void quantize_row_q8(const float* x, BlockQ8* y, int K) {
+    for (int b = 0; b < K / 32; ++b, x += 32, ++y) {
+        float inv, d = q8_scale(x, 32, &inv);
+        int sum = 0;
+        for (int i = 0; i < 32; ++i) {
+            int q = round_q8(x[i] * inv);
+            y->qs[i] = (int8_t)q;
+            sum += q;
+        }
+        y->d = d;
+        y->s = d * (float)sum;
+    }
+}
+
+void quantize_row_q8k(const float* x, BlockQ8K* y, int K) {
+    for (int b = 0; b < K / 256; ++b, x += 256, ++y) {
+        float inv, d = q8_scale(x, 256, &inv);
+        for (int j = 0; j < 16; ++j) {
+            int sum = 0;
+            for (int i = 16 * j; i < 16 * j + 16; ++i) {
+                int q = round_q8(x[i] * inv);
+                y->qs[i] = (int8_t)q;
+                sum += q;
+            }
+            y->bsums[j] = (int16_t)sum;
+        }
+        y->d = d;
+    }
+}
+
+// ---- scalar row-dot kernels ---------------------------------------------------------------
+namespace {
+
+// Float weights: element loaders.
+inline float load_f32(const uint8_t* w, int i) { float f; std::memcpy(&f, w + 4 * i, 4); return f; }
+inline float load_f16(const uint8_t* w, int i) { return h2f(w + 2 * i); }
+inline float load_bf16(const uint8_t* w, int i) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * i, 2);
+    return bf16_to_f32(h);
+}
+
+template <float (*Load)(const uint8_t*, int)>
+void dot_float(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    for (int j = 0; j < nx; ++j) {
+        const float* xr = (const float*)(x + j * xs);
+        float acc[4] = {0, 0, 0, 0};
+        int k = 0;
+        for (; k + 4 <= K; k += 4)
+            for (int u = 0; u < 4; ++u) acc[u] += Load(w, k + u) * xr[k + u];
+        for (; k < K; ++k) acc[0] += Load(w, k) * xr[k];
+        y[j] = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    }
+}
+
+// 32-element formats: unpack one block to 32 small integers q, its scale d and the
+// coefficient `off` of the activation block sum: dot = d * da * dot(q, a) + off * sa.
+struct Q32 { int q[32]; float d, off; };
+
+inline void unpack_q4_0(const uint8_t* b, Q32* u) {      // {f16 d; u8 qs[16]}, value q - 8
+    u->d = h2f(b); u->off = -8 * u->d;
+    for (int j = 0; j < 16; ++j) { u->q[j] = b[2 + j] & 0xF; u->q[j + 16] = b[2 + j] >> 4; }
+}
+inline void unpack_q4_1(const uint8_t* b, Q32* u) {      // {f16 d; f16 m; u8 qs[16]}, q*d + m
+    u->d = h2f(b); u->off = h2f(b + 2);
+    for (int j = 0; j < 16; ++j) { u->q[j] = b[4 + j] & 0xF; u->q[j + 16] = b[4 + j] >> 4; }
+}
+inline void unpack_q5(const uint8_t* qh_p, const uint8_t* qs, Q32* u) {  // 4 low bits + 1 high bit
+    uint32_t qh;
+    std::memcpy(&qh, qh_p, 4);
+    for (int j = 0; j < 16; ++j) {
+        u->q[j] = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+        u->q[j + 16] = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+    }
+}
+inline void unpack_q5_0(const uint8_t* b, Q32* u) {      // {f16 d; u32 qh; u8 qs[16]}, q - 16
+    u->d = h2f(b); u->off = -16 * u->d;
+    unpack_q5(b + 2, b + 6, u);
+}
+inline void unpack_q5_1(const uint8_t* b, Q32* u) {      // {f16 d; f16 m; u32 qh; u8 qs[16]}
+    u->d = h2f(b); u->off = h2f(b + 2);
+    unpack_q5(b + 4, b + 8, u);
+}
+inline void unpack_q8_0(const uint8_t* b, Q32* u) {      // {f16 d; i8 qs[32]}
+    u->d = h2f(b); u->off = 0;
+    for (int j = 0; j < 32; ++j) u->q[j] = (int8_t)b[2 + j];
+}
+
+template <void (*Unpack)(const uint8_t*, Q32*), int BlockBytes>
+void dot_q32(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    float acc[4] = {0, 0, 0, 0};
+    Q32 u;
+    for (int b = 0; b < K / 32; ++b, w += BlockBytes) {
+        Unpack(w, &u);
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8& a = ((const BlockQ8*)(x + j * xs))[b];
+            int s = 0;
+            for (int i = 0; i < 32; ++i) s += u.q[i] * a.qs[i];
+            acc[j] += u.d * a.d * (float)s + u.off * a.s;
         }
     }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
+// Q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} and Q5_K {..., u8 qh[32]; u8 qs[128]}:
+// sub-block j (32 values) is d*sc[j]*q - dmin*m[j]. qs byte l of 32-byte chunk c holds
+// value l of sub-block 2c (low nibble) and 2c+1 (high nibble); Q5_K's bit 2c / 2c+1 of
+// qh[l] is the fifth bit of those.
+template <bool Q5>
+void dot_qk45(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    const int bb = Q5 ? 176 : 144;
+    float acc[4] = {0, 0, 0, 0};
+    int q[256];
+    uint8_t sc[8], m[8];
+    for (int b = 0; b < K / 256; ++b, w += bb) {
+        float d = h2f(w), dmin = h2f(w + 2);
+        unpack_scales_k4(w + 4, sc, m);
+        const uint8_t* qh = w + 16;
+        const uint8_t* qs = w + (Q5 ? 48 : 16);
+        for (int c = 0; c < 4; ++c)
+            for (int l = 0; l < 32; ++l) {
+                q[64 * c + l] = qs[32 * c + l] & 0xF;
+                q[64 * c + 32 + l] = qs[32 * c + l] >> 4;
+                if (Q5) {
+                    q[64 * c + l] |= ((qh[l] >> (2 * c)) & 1) << 4;
+                    q[64 * c + 32 + l] |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                }
+            }
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
+            int isum = 0, msum = 0;
+            for (int s = 0; s < 8; ++s) {
+                int dot = 0;
+                for (int i = 32 * s; i < 32 * s + 32; ++i) dot += q[i] * a.qs[i];
+                isum += sc[s] * dot;
+                msum += m[s] * (a.bsums[2 * s] + a.bsums[2 * s + 1]);
+            }
+            acc[j] += a.d * (d * (float)isum - dmin * (float)msum);
+        }
+    }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
+// Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 16 sub-blocks of 16 with int8
+// scales, value d*sc*(q - 32), q six bits: see dequant_row for which bits go where.
+void dot_q6_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    float acc[4] = {0, 0, 0, 0};
+    int q[256];
+    for (int b = 0; b < K / 256; ++b, w += 210) {
+        const uint8_t* ql = w;
+        const uint8_t* qh = w + 128;
+        const int8_t* sc = (const int8_t*)(w + 192);
+        float d = h2f(w + 208);
+        for (int h = 0; h < 2; ++h)
+            for (int l = 0; l < 32; ++l) {
+                int* o = q + 128 * h;
+                const uint8_t* L = ql + 64 * h;
+                uint8_t H = qh[32 * h + l];
+                o[l] = (L[l] & 0xF) | ((H & 3) << 4);
+                o[l + 32] = (L[l + 32] & 0xF) | (((H >> 2) & 3) << 4);
+                o[l + 64] = (L[l] >> 4) | (((H >> 4) & 3) << 4);
+                o[l + 96] = (L[l + 32] >> 4) | (((H >> 6) & 3) << 4);
+            }
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
+            int isum = 0;
+            for (int s = 0; s < 16; ++s) {
+                int dot = 0;
+                for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
+                isum += sc[s] * (dot - 32 * a.bsums[s]);
+            }
+            acc[j] += d * a.d * (float)isum;
+        }
+    }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
+}  // namespace
+
+RowDot rowdot_scalar(int t) {
+    switch (t) {
+        case KT_F32: return dot_float<load_f32>;
+        case KT_F16: return dot_float<load_f16>;
+        case KT_BF16: return dot_float<load_bf16>;
+        case KT_Q4_0: return dot_q32<unpack_q4_0, 18>;
+        case KT_Q4_1: return dot_q32<unpack_q4_1, 20>;
+        case KT_Q5_0: return dot_q32<unpack_q5_0, 22>;
+        case KT_Q5_1: return dot_q32<unpack_q5_1, 24>;
+        case KT_Q8_0: return dot_q32<unpack_q8_0, 34>;
+        case KT_Q4_K: return dot_qk45<false>;
+        case KT_Q5_K: return dot_qk45<true>;
+        case KT_Q6_K: return dot_q6_k;
+    }
+    return nullptr;
 }
 
 }  // namespace llmetal::cpu

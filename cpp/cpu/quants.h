@@ -1,17 +1,81 @@
-// quants.h -- GGUF weight block formats on the CPU: dequantization of rows (used by
-// embed, and as the portable scalar path of matmul) and the matmul row kernels.
+// quants.h -- GGUF weight block formats on the CPU: dequantization of rows (embed), the
+// 8-bit activation formats the quantized matmul uses, and the row-dot kernels of every
+// SIMD level (scalar here in quants.cpp; quants_avx2.cpp, quants_avx512.cpp,
+// quants_neon.cpp compile their own with per-function target attributes).
+//
+// How a quantized matmul runs (as llama.cpp does on the CPU):
+//   1. matmul_prepare quantizes each activation row once per call to 8-bit blocks:
+//      BlockQ8 (32 values, one scale) for the 32-element weight formats, BlockQ8K (256
+//      values, one scale, sums per 16) for the K-quants.
+//   2. each weight block is unpacked to small integers and dotted with the activation
+//      block in integer arithmetic; the weight's min / offset term is applied through the
+//      activation block sums (dot(q - 8, a) = dot(q, a) - 8 * sum(a)), so the integer
+//      part works on unsigned weights for every format.
+//   3. one weight row is dotted with up to 4 activation rows at a time (RowDot's nx), so
+//      prefill unpacks each weight block once for 4 tokens.
+// Float weights (F32, F16, BF16) are dotted with the f32 activations directly.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace llmetal::cpu {
 
 // Dequantize n elements (a multiple of the type's block size) starting at src.
 void dequant_row(int ktype, const void* src, float* dst, int64_t n);
 
-// y[t, n] for n in [n0, n1), t in [0, M): dot of weight row n (K elements, row_bytes
-// apart, in its block format) with activation row t of x (K floats, ldx apart).
-// `tmp` is scratch of at least K floats owned by the calling thread.
-void matmul_rows_scalar(int ktype, const uint8_t* W, uint64_t row_bytes, int K, int n0, int n1,
-                        const float* x, int M, int64_t ldx, float* y, int64_t ldy, float* tmp);
+// ---- activation formats -------------------------------------------------------------
+// 32 activations: x[i] ~= d * qs[i]; s = d * sum(qs) (for the weight's min / offset term).
+struct BlockQ8 {
+    float d;
+    float s;
+    int8_t qs[32];
+};
+// 256 activations: x[i] ~= d * qs[i]; bsums[j] = sum of qs[16j .. 16j+15].
+struct BlockQ8K {
+    float d;
+    int16_t bsums[16];
+    int8_t qs[256];
+};
+
+// The activation format a weight type's kernels read: 0 = f32 as is, 1 = BlockQ8,
+// 2 = BlockQ8K. Throws for an unsupported type.
+int act_format(int ktype);
+// Bytes of one prepared activation row of K values in that format.
+size_t act_row_bytes(int format, int K);
+// Quantize one row of K floats (K a multiple of 32 / 256) into BlockQ8 / BlockQ8K.
+void quantize_row_q8(const float* x, BlockQ8* y, int K);
+void quantize_row_q8k(const float* x, BlockQ8K* y, int K);
+
+// ---- row-dot kernels ----------------------------------------------------------------
+// y[j] = dot(weight row w (K values, GGUF blocks), activation row j) for j in [0, nx),
+// 1 <= nx <= 4; activation row j starts at x + j * x_stride bytes, in the weight type's
+// activation format.
+using RowDot = void (*)(int K, const uint8_t* w, const uint8_t* x, size_t x_stride, int nx, float* y);
+
+// Kernels per level; null where a level has no kernel for the type (or is not built
+// for this architecture). The caller checks the CPU supports the level.
+RowDot rowdot_scalar(int ktype);
+RowDot rowdot_avx2(int ktype);     // AVX2 + FMA + F16C
+RowDot rowdot_avx512(int ktype);   // AVX-512 F/BW/VL + VNNI (on CPUs with AVX512_VNNI)
+RowDot rowdot_neon(int ktype);     // arm64 NEON (sdot where the build targets dotprod)
+
+// ---- shared block helpers (plain C, usable from every level) -------------------------
+// Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:
+// bytes 0-3 low 6 bits = sc[0..3], bytes 4-7 low 6 bits = m[0..3], bytes 8-11 nibbles =
+// low 4 bits of sc[4..7] / m[4..7], whose top 2 bits are the top bits of bytes 0-3 / 4-7.
+inline void unpack_scales_k4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a0, a1, a2;
+    std::memcpy(&a0, q, 4);
+    std::memcpy(&a1, q + 4, 4);
+    std::memcpy(&a2, q + 8, 4);
+    uint32_t s_lo = a0 & 0x3f3f3f3f, m_lo = a1 & 0x3f3f3f3f;
+    uint32_t s_hi = (a2 & 0x0f0f0f0f) | (((a0 >> 6) & 0x03030303) << 4);
+    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0f) | (((a1 >> 6) & 0x03030303) << 4);
+    std::memcpy(sc, &s_lo, 4);
+    std::memcpy(sc + 4, &s_hi, 4);
+    std::memcpy(m, &m_lo, 4);
+    std::memcpy(m + 4, &m_hi, 4);
+}
 
 }  // namespace llmetal::cpu

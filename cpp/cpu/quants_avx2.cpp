@@ -1,0 +1,27 @@
+// quants_avx2.cpp -- the AVX2 (+FMA +F16C) row-dot kernels: quants_x86.h compiled with
+// that target attribute and vpmaddubsw + vpmaddwd as the integer multiply-accumulate.
+#include "quants.h"
+
+#include "../kargs.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace llmetal::cpu {
+
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx2 {
+#define X86_TARGET "avx2,fma,f16c"
+#define X86_VNNI 0
+#include "quants_x86.h"
+#undef X86_TARGET
+#undef X86_VNNI
+}  // namespace avx2
+
+RowDot rowdot_avx2(int t) { return avx2::x86_table(t); }
+#else
+RowDot rowdot_avx2(int) { return nullptr; }
+#endif
+
+}  // namespace llmetal::cpu

@@ -1,0 +1,29 @@
+// quants_avx512.cpp -- the AVX-512 level's row-dot kernels: quants_x86.h compiled for
+// AVX-512 F/BW/VL + VNNI, so its integer multiply-accumulates are vpdpbusd / vpdpwssd.
+// matmul_kernel uses these only on CPUs with AVX512_VNNI (others get the AVX2 kernels).
+// No AMX instruction is ever emitted.
+#include "quants.h"
+
+#include "../kargs.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace llmetal::cpu {
+
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx512 {
+#define X86_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#define X86_VNNI 1
+#include "quants_x86.h"
+#undef X86_TARGET
+#undef X86_VNNI
+}  // namespace avx512
+
+RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
+#else
+RowDot rowdot_avx512(int) { return nullptr; }
+#endif
+
+}  // namespace llmetal::cpu

@@ -1,0 +1,340 @@
+// quants_x86.h -- the x86 row-dot kernels, written once and compiled twice:
+//   quants_avx2.cpp   X86_TARGET "avx2,fma,f16c"                       X86_VNNI 0
+//   quants_avx512.cpp X86_TARGET "...,avx512f,avx512bw,avx512vl,avx512vnni" X86_VNNI 1
+// Each includes this file inside its own namespace after defining X86_TARGET (the
+// function target attribute), X86_VNNI and X86_ENTRY (the name of the kernel table
+// function). Every function here carries the target attribute, so the files are compiled
+// without -march and the kernels run only where matmul_kernel chose them.
+//
+// The integer work is on 256-bit vectors in both builds; the AVX-512 build differs in its
+// two multiply-accumulate steps, which become single VNNI instructions on ymm registers
+// (vpdpbusd: u8 x s8 sums of 4 into int32; vpdpwssd: s16 x s16 sums of 2 into int32).
+// (llama.cpp's AVX-512 quantized dots are likewise 256-bit with VNNI.)
+//
+// Conventions: a 32-value weight block is unpacked to 32 unsigned bytes `q` (values
+// 0..31) and dotted with the signed activation bytes by vpmaddubsw / vpdpbusd; the
+// format's offset (q - 8, q - 16, + min) is applied through the activation block sum.
+// Q8_0 weights are signed: dot(w, a) = dot(|w|, sign(w) * a) keeps the unsigned form.
+// (The includer includes <immintrin.h> at global scope first.)
+
+#define TGT __attribute__((target(X86_TARGET)))
+
+// ---- small helpers ------------------------------------------------------------------
+
+static inline TGT float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline TGT float h2f(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+// acc (8 x int32) += sums of 4 products u8 (u) x s8 (s).
+static inline TGT __m256i dot_us(__m256i acc, __m256i u, __m256i s) {
+#if X86_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    // vpmaddubsw: pairs into int16 (no saturation here: |u| <= 128, |s| <= 127 gives at
+    // most 32512), then vpmaddwd with ones: pairs into int32.
+    __m256i p16 = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc (8 x int32) += sums of 2 products s16 x s16.
+static inline TGT __m256i madd_acc(__m256i acc, __m256i a, __m256i b) {
+#if X86_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// 32 bits -> 32 bytes, byte i = 0xFF where bit i is set.
+static inline TGT __m256i bits_to_bytes(uint32_t bits) {
+    // Each 128-bit lane holds the 4 bytes of `bits`; bytes 8k..8k+7 take byte k.
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+}
+
+// 16 bytes of nibbles -> 32 bytes: low nibbles are values 0..15, high nibbles 16..31.
+static inline TGT __m256i nibbles_32(const uint8_t* p) {
+    __m128i t = _mm_loadu_si128((const __m128i*)p);
+    __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+static inline TGT __m256i load32(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+
+// ---- float weights: f32 FMA dot -------------------------------------------------------
+
+struct LoadF32 {
+    static TGT __m256 v8(const uint8_t* w, int i) { return _mm256_loadu_ps((const float*)w + i); }
+    static TGT float one(const uint8_t* w, int i) { return ((const float*)w)[i]; }
+};
+struct LoadF16 {
+    static TGT __m256 v8(const uint8_t* w, int i) {
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + 2 * i)));
+    }
+    static TGT float one(const uint8_t* w, int i) { return h2f(w + 2 * i); }
+};
+struct LoadBF16 {  // bf16 is the top half of an f32
+    static TGT __m256 v8(const uint8_t* w, int i) {
+        __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w + 2 * i)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    }
+    static TGT float one(const uint8_t* w, int i) {
+        uint32_t u = (uint32_t)(w[2 * i] | (w[2 * i + 1] << 8)) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+};
+
+template <class L>
+struct DotFloat {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const float* xr[NX];
+        __m256 a0[NX], a1[NX];  // two accumulators per row hide the FMA latency
+        for (int j = 0; j < NX; ++j) {
+            xr[j] = (const float*)(x + j * xs);
+            a0[j] = a1[j] = _mm256_setzero_ps();
+        }
+        int k = 0;
+        for (; k + 16 <= K; k += 16) {
+            __m256 w0 = L::v8(w, k), w1 = L::v8(w, k + 8);
+            for (int j = 0; j < NX; ++j) {
+                a0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr[j] + k), a0[j]);
+                a1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr[j] + k + 8), a1[j]);
+            }
+        }
+        for (int j = 0; j < NX; ++j) {
+            float s = hsum(_mm256_add_ps(a0[j], a1[j]));
+            for (int i = k; i < K; ++i) s += L::one(w, i) * xr[j][i];
+            y[j] = s;
+        }
+    }
+};
+
+// ---- 32-value block formats (activations in BlockQ8) ----------------------------------
+// Each decoder: Bytes per block, q(b) = the 32 values as bytes, d(b) the scale, off(b) the
+// coefficient of the activation block sum s (dot = d * da * dot(q, a) + off * s).
+
+struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
+    static constexpr int Bytes = 18;
+    static constexpr bool Signed = false;
+    static TGT __m256i q(const uint8_t* b) { return nibbles_32(b + 2); }
+    static TGT float d(const uint8_t* b) { return h2f(b); }
+    static TGT float off(const uint8_t* b) { return -8.0f * h2f(b); }
+};
+struct Q4_1 {  // {f16 d; f16 m; u8 qs[16]}: value q * d + m
+    static constexpr int Bytes = 20;
+    static constexpr bool Signed = false;
+    static TGT __m256i q(const uint8_t* b) { return nibbles_32(b + 4); }
+    static TGT float d(const uint8_t* b) { return h2f(b); }
+    static TGT float off(const uint8_t* b) { return h2f(b + 2); }
+};
+// Q5: the nibbles plus bit i of the 32-bit qh as the fifth bit of value i.
+static inline TGT __m256i q5_values(const uint8_t* qh_p, const uint8_t* qs) {
+    uint32_t qh;
+    std::memcpy(&qh, qh_p, 4);
+    __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    return _mm256_or_si256(nibbles_32(qs), hi);
+}
+struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
+    static constexpr int Bytes = 22;
+    static constexpr bool Signed = false;
+    static TGT __m256i q(const uint8_t* b) { return q5_values(b + 2, b + 6); }
+    static TGT float d(const uint8_t* b) { return h2f(b); }
+    static TGT float off(const uint8_t* b) { return -16.0f * h2f(b); }
+};
+struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
+    static constexpr int Bytes = 24;
+    static constexpr bool Signed = false;
+    static TGT __m256i q(const uint8_t* b) { return q5_values(b + 4, b + 8); }
+    static TGT float d(const uint8_t* b) { return h2f(b); }
+    static TGT float off(const uint8_t* b) { return h2f(b + 2); }
+};
+struct Q8_0 {  // {f16 d; i8 qs[32]}: value q * d, q signed
+    static constexpr int Bytes = 34;
+    static constexpr bool Signed = true;
+    static TGT __m256i q(const uint8_t* b) { return load32(b + 2); }
+    static TGT float d(const uint8_t* b) { return h2f(b); }
+    static TGT float off(const uint8_t*) { return 0.0f; }
+};
+
+template <class B>
+struct DotQ32 {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8* xb[NX];
+        __m256 acc[NX];
+        float corr[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8*)(x + j * xs);
+            acc[j] = _mm256_setzero_ps();
+            corr[j] = 0;
+        }
+        for (int b = 0; b < K / 32; ++b, w += B::Bytes) {
+            const __m256i q = B::q(w);  // unpacked once, used by every activation row
+            const float d = B::d(w), off = B::off(w);
+            const __m256i uq = B::Signed ? _mm256_abs_epi8(q) : q;
+            for (int j = 0; j < NX; ++j) {
+                const BlockQ8& a = xb[j][b];
+                __m256i s = load32(a.qs);
+                if (B::Signed) s = _mm256_sign_epi8(s, q);
+                __m256i p = dot_us(_mm256_setzero_si256(), uq, s);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.d), acc[j]);
+                corr[j] += off * a.s;
+            }
+        }
+        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]) + corr[j];
+    }
+};
+
+// ---- K-quants (activations in BlockQ8K) -------------------------------------------------
+
+// Q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} and Q5_K {..., u8 qh[32]; u8 qs[128]}:
+// 8 sub-blocks of 32, value d*sc[s]*q - dmin*m[s]. The 32-byte chunk c of qs holds
+// sub-block 2c in its low nibbles and 2c+1 in its high nibbles; for Q5_K, bits 2c and
+// 2c+1 of qh[l] are the fifth bits of value l of those sub-blocks.
+template <bool Q5>
+struct DotQ45K {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        __m256 acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = _mm256_setzero_ps();
+        }
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        for (int b = 0; b < K / 256; ++b, w += (Q5 ? 176 : 144)) {
+            const float d = h2f(w), dmin = h2f(w + 2);
+            uint8_t sc[8], m[8];
+            unpack_scales_k4(w + 4, sc, m);
+            const uint8_t* qs = w + (Q5 ? 48 : 16);
+            __m256i qh = Q5 ? load32(w + 16) : _mm256_setzero_si256();
+            __m256i isum[NX];
+            for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; ++c) {
+                __m256i raw = load32(qs + 32 * c);
+                __m256i q0 = _mm256_and_si256(raw, m4);
+                __m256i q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if (Q5) {  // qh is shifted right by 2 per chunk, so its bits 0 and 1 are ours
+                    q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                    q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                    qh = _mm256_srli_epi16(qh, 2);
+                }
+                const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+                for (int j = 0; j < NX; ++j) {
+                    const int8_t* a = xb[j][b].qs + 64 * c;
+                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q0, load32(a)), s0);
+                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q1, load32(a + 32)), s1);
+                }
+            }
+            // mins: sum_s m[s] * (sum of the activations of sub-block s), from the sums per 16
+            __m128i m8 = _mm_loadl_epi64((const __m128i*)m);
+            const __m256i mdup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ...
+            for (int j = 0; j < NX; ++j) {
+                const BlockQ8K& a = xb[j][b];
+                __m256i msum = _mm256_madd_epi16(mdup, load32(a.bsums));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * a.d), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * a.d), acc[j]);
+            }
+        }
+        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+    }
+};
+
+// Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 16 sub-blocks of 16, value
+// d*sc[s]*(q - 32), q six bits. In each half (128 values), value l + 32k (k = 0..3) takes
+// its low 4 bits from ql[l] (k=0), ql[l+32] (1), ql[l]>>4 (2), ql[l+32]>>4 (3) and its top
+// 2 bits from bits 2k, 2k+1 of qh[l].
+struct DotQ6K {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        __m256 acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = _mm256_setzero_ps();
+        }
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+        for (int b = 0; b < K / 256; ++b, w += 210) {
+            const int8_t* sc = (const int8_t*)(w + 192);
+            const float d = h2f(w + 208);
+            __m256i isum[NX];
+            // the -32 offset: -32 * sum_s sc[s] * (sum of the activations of sub-block s)
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)sc));
+            for (int j = 0; j < NX; ++j)
+                isum[j] = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xb[j][b].bsums)), 5);
+            for (int j = 0; j < NX; ++j) isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(), isum[j]);
+            for (int h = 0; h < 2; ++h) {
+                const __m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
+                const __m256i qh = load32(w + 128 + 32 * h);
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+                for (int k = 0; k < 4; ++k) {
+                    // 32 values = 2 sub-blocks: int16 lanes 0-7 take sc[2k'], lanes 8-15 sc[2k'+1]
+                    const int s = 8 * h + 2 * k;
+                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+                    for (int j = 0; j < NX; ++j) {
+                        const int8_t* a = xb[j][b].qs + 128 * h + 32 * k;
+                        isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q[k], load32(a)), s16);
+                    }
+                }
+            }
+            for (int j = 0; j < NX; ++j)
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * xb[j][b].d), acc[j]);
+        }
+        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+    }
+};
+
+// ---- the kernel table ---------------------------------------------------------------------
+
+// RowDot entry: picks the instantiation for the number of activation rows.
+template <class Kern>
+TGT void rowdot(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    switch (nx) {
+        case 1: Kern::template run<1>(K, w, x, xs, y); break;
+        case 2: Kern::template run<2>(K, w, x, xs, y); break;
+        case 3: Kern::template run<3>(K, w, x, xs, y); break;
+        default: Kern::template run<4>(K, w, x, xs, y); break;
+    }
+}
+
+static RowDot x86_table(int t) {
+    switch (t) {
+        case KT_F32: return rowdot<DotFloat<LoadF32>>;
+        case KT_F16: return rowdot<DotFloat<LoadF16>>;
+        case KT_BF16: return rowdot<DotFloat<LoadBF16>>;
+        case KT_Q4_0: return rowdot<DotQ32<Q4_0>>;
+        case KT_Q4_1: return rowdot<DotQ32<Q4_1>>;
+        case KT_Q5_0: return rowdot<DotQ32<Q5_0>>;
+        case KT_Q5_1: return rowdot<DotQ32<Q5_1>>;
+        case KT_Q8_0: return rowdot<DotQ32<Q8_0>>;
+        case KT_Q4_K: return rowdot<DotQ45K<false>>;
+        case KT_Q5_K: return rowdot<DotQ45K<true>>;
+        case KT_Q6_K: return rowdot<DotQ6K>;
+    }
+    return nullptr;
+}
+
+#undef TGT

@@ -1,0 +1,151 @@
+"""CPU matmul and embed for every weight type, at every SIMD level this CPU has, against numpy.
+
+Weights are made with gguf.quants.quantize from random floats where gguf can quantize the
+type (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1); for the K-quants it cannot, they are random
+bytes with sane fp16 scales. The reference is float64 numpy over gguf.quants.dequantize.
+
+Tolerances (NMSE = sum((a - b)^2) / sum(b^2)):
+  float weights (F32, F16, BF16): 1e-6 -- f32 accumulation of exact products.
+  quantized weights: 1e-3 -- the kernels quantize the activations to 8 bits (one scale per
+  32 values, or per 256 for K-quants, as llama.cpp does), which alone gives about 2e-5..1e-4.
+"""
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from llmetal import _engine as E
+
+FLOAT_TYPES = [T.F32, T.F16, T.BF16]
+Q32_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]
+K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
+ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
+TOL = {t: 1e-6 for t in FLOAT_TYPES} | {t: 1e-3 for t in Q32_TYPES + K_TYPES}
+
+
+def simd_levels():
+    """Every level this CPU can run: scalar, plus avx2 / avx512 / neon as supported."""
+    best = E.best_simd()
+    return {"avx512": ["scalar", "avx2", "avx512"], "avx2": ["scalar", "avx2"],
+            "neon": ["scalar", "neon"]}.get(best, ["scalar"])
+
+
+@pytest.fixture(params=simd_levels())
+def simd(request):
+    E.force_simd(request.param)
+    yield request.param
+    E.force_simd("best")
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return E.cpu_device(n_threads=2)
+
+
+def make_weights(rng, t, n, k):
+    """Weight matrix [n, k] in GGUF block format as uint8 [n, row_bytes]."""
+    if t not in K_TYPES:
+        w = quants.quantize(rng.standard_normal((n, k)).astype(np.float32), t)
+        return np.ascontiguousarray(w).view(np.uint8).reshape(n, -1)
+    block, block_bytes = E.type_block(int(t))
+    raw = rng.integers(0, 256, (n, k // block, block_bytes), dtype=np.uint8)
+    if t == T.Q6_K:  # {ql[128] qh[64] i8 scales[16] f16 d}
+        raw[:, :, 192:208] = rng.integers(-64, 64, raw[:, :, 192:208].shape).astype(np.int8).view(np.uint8)
+        raw[:, :, 208:210] = rng.uniform(0.001, 0.01, raw.shape[:2] + (1,)).astype(np.float16).view(np.uint8)
+    else:  # Q4_K / Q5_K: {f16 d; f16 dmin; scales[12]; ...}
+        raw[:, :, 0:4] = rng.uniform(0.001, 0.01, raw.shape[:2] + (2,)).astype(np.float16).view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def nmse(a, b):
+    return float(((a - b) ** 2).sum() / (b ** 2).sum())
+
+
+def shapes_for(t):
+    """(M, K, N): M = 1 (decode), 3 (a partial 4-token tile), 17 (4 tiles + 1); K with odd
+    block counts; N odd."""
+    block = E.type_block(int(t))[0]
+    if block == 1:
+        ks = [64, 100, 515]          # 515: not a multiple of the vector width
+    elif block == 32:
+        ks = [32, 96, 480]           # 1, 3, 15 blocks
+    else:
+        ks = [256, 768]              # 1, 3 super-blocks
+    return [(m, k, 35) for m in (1, 3, 17) for k in ks]
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)
+def test_matmul(dev, simd, wtype):
+    rng = np.random.default_rng(1234 + int(wtype))
+    for M, K, N in shapes_for(wtype):
+        wq = make_weights(rng, wtype, N, K)
+        ref_w = quants.dequantize(wq, wtype).astype(np.float64).reshape(N, K)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        pool = E.BufferPool(dev)
+        pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, [M, K]); pool.declare("y", 0, [M, N])
+        pool.reserve()
+        W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
+        W.upload(wq); X.upload(x)
+        Y.upload(np.full((M, N), np.nan, np.float32))  # poison: unwritten outputs fail
+        E.Encoder(dev, eager=True).matmul(W, X, Y)
+        y = Y.to_numpy()
+        ref = x.astype(np.float64) @ ref_w.T
+        assert np.isfinite(y).all(), f"{wtype.name} {simd} M={M} K={K}: unwritten or non-finite outputs"
+        err = nmse(y, ref)
+        assert err <= TOL[wtype], f"{wtype.name} {simd} M={M} K={K} N={N}: NMSE {err:.2e} > {TOL[wtype]:.0e}"
+
+
+def test_levels_differ_only_by_rounding(dev):
+    """Each SIMD level computes the same integer dots as the scalar kernels: on the same
+    quantized activations they agree to float rounding (much tighter than vs numpy)."""
+    rng = np.random.default_rng(7)
+    M, N = 5, 19
+    for wtype in ALL_TYPES:
+        K = 512 if wtype in K_TYPES else 160
+        wq = make_weights(rng, wtype, N, K)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        pool = E.BufferPool(dev)
+        pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, [M, K]); pool.declare("y", 0, [M, N])
+        pool.reserve()
+        W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
+        W.upload(wq); X.upload(x)
+        outs = {}
+        try:
+            for level in simd_levels():
+                E.force_simd(level)
+                Y.upload(np.full((M, N), np.nan, np.float32))
+                E.Encoder(dev, eager=True).matmul(W, X, Y)
+                outs[level] = Y.to_numpy()
+        finally:
+            E.force_simd("best")
+        for level, y in outs.items():
+            err = nmse(y, outs["scalar"].astype(np.float64))
+            assert err <= 1e-10, f"{wtype.name}: {level} vs scalar NMSE {err:.2e}"
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)
+def test_embed(dev, wtype):
+    rng = np.random.default_rng(99 + int(wtype))
+    block = E.type_block(int(wtype))[0]
+    vocab, dim = 23, max(block, 64) * 3
+    wq = make_weights(rng, wtype, vocab, dim)
+    ref_w = quants.dequantize(wq, wtype).astype(np.float32).reshape(vocab, dim)
+    ids = np.array([0, 22, 5, 5, 17], np.int32)
+    pool = E.BufferPool(dev)
+    pool.declare("W", int(wtype), [vocab, dim]); pool.declare("ids", 26, [len(ids)])
+    pool.declare("out", 0, [len(ids), dim])
+    pool.reserve()
+    W, I, O = pool.get("W"), pool.get("ids"), pool.get("out")
+    W.upload(wq); I.upload(ids)
+    O.upload(np.full((len(ids), dim), np.nan, np.float32))
+    E.Encoder(dev, eager=True).embed(W, I, O, 1.0)
+    out = O.to_numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref_w[ids], rtol=1e-6, atol=1e-7)
+
+
+def test_force_simd_restored():
+    """The fixture above restores the best level; a level this CPU lacks is refused."""
+    assert E.simd_level() == E.best_simd()
+    with pytest.raises(Exception):
+        E.force_simd("neon" if E.best_simd() != "neon" else "avx2")
