@@ -8,7 +8,9 @@ import pytest
 import llmetal
 from llmetal import reference as ref
 
-TOL = 1e-5   # NMSE of one stage on real weights (float32 device vs float64 reference)
+# NMSE of one stage on real weights against the float64 reference:
+TOL = 1e-5      # norms, adds: float32 arithmetic
+TOL_MM = 1e-3   # matmuls on quantized weights: the CPU quantizes activations to 8 bits (as llama.cpp)
 
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
@@ -52,9 +54,9 @@ def test_run_with_cache_layer0_matches_reference(model):
     assert ref.nmse(cache["blk.0.attn_norm"], xn) < TOL
     for stage, wname in (("Qcur", "attn_q"), ("Kcur", "attn_k"), ("Vcur", "attn_v")):
         want = ref.matmul(_w(model, f"blk.0.{wname}.weight"), cache["blk.0.attn_norm"])
-        assert ref.nmse(cache[f"blk.0.{stage}"], want) < TOL, stage
+        assert ref.nmse(cache[f"blk.0.{stage}"], want) < TOL_MM, stage
     want = ref.matmul(_w(model, "blk.0.attn_output.weight"), cache["blk.0.kqv"])
-    assert ref.nmse(cache["blk.0.kqv_out"], want) < TOL
+    assert ref.nmse(cache["blk.0.kqv_out"], want) < TOL_MM
     want = ref.rmsnorm(cache["blk.0.ffn_inp"], _w(model, "blk.0.ffn_norm.weight"), c.rms_eps)
     assert ref.nmse(cache["blk.0.ffn_norm"], want) < TOL
     post = cache["blk.0.ffn_out"]
