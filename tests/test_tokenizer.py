@@ -90,12 +90,13 @@ def test_real_model_parity(name, smol, gemma):
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_pieces_match_llama(name, smol, gemma):
-    """Every token llama-tokenize printed has the same piece bytes here."""
+    """Every token llama-tokenize printed has the same piece bytes here (it prints a piece
+    with printf("%s"), so a NUL byte ends what it shows)."""
     tok = smol if name == "smollm2" else gemma
     pieces = _load(name)["pieces"]
     assert len(pieces) > 300
     bad = [(i, tok.token_bytes(int(i)), bytes.fromhex(p)) for i, p in pieces.items()
-           if tok.token_bytes(int(i)) != bytes.fromhex(p)]
+           if tok.token_bytes(int(i)).split(b"\0")[0] != bytes.fromhex(p)]
     assert not bad, bad[:5]
 
 
