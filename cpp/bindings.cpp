@@ -98,6 +98,8 @@ static void download_into(const Tensor& t, nb::object arr) {
     t.buf->device->download((void*)addr, Binding{t.buf.get(), t.offset}, n);
 }
 
+void bind_tokenizer(nb::module_& m);  // cpp/tokenizer/bind_tokenizer.cpp
+
 NB_MODULE(_engine, m) {
     m.doc() = "llmetal's compiled engine: devices, buffers, tensors, encoder, stages";
     nb::register_exception_translator([](const std::exception_ptr& p, void*) {
@@ -226,4 +228,5 @@ NB_MODULE(_engine, m) {
         .def("swiglu", &Encoder::swiglu)
         .def("geglu", &Encoder::geglu)
         .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"));
+    bind_tokenizer(m);
 }

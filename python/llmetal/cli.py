@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print how the engine was built and what this CPU offers")
     p.add_argument("--json", action="store_true")
+    _add_tokenize_parser(sub)
     return ap
 
 
@@ -266,6 +267,49 @@ def _cmd_bench(args) -> int:
 
 COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace,
             "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench}
+
+
+# ---- tokenize: like llama-tokenize (special-token text is parsed by default on the command line)
+def _add_tokenize_parser(sub):
+    p = sub.add_parser("tokenize", help="print the token ids of a text (like llama-tokenize)")
+    _add_model(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-p", "--prompt", help="the text to tokenize")
+    src.add_argument("-f", "--file", help="read the text from this file, verbatim (bytes as they are)")
+    p.add_argument("--ids", action="store_true", help="print only the ids, as a Python list")
+    p.add_argument("--no-bos", action="store_true", help="do not add BOS even if the model asks for it")
+    p.add_argument("--no-parse-special", action="store_true",
+                   help="do not match control-token texts such as <|im_start|> as single tokens")
+    p.add_argument("--show-count", action="store_true", help="also print the number of tokens")
+
+
+def _cmd_tokenize(args) -> int:
+    from .models import resolve
+    from .tokenizer import Tokenizer
+    if args.file is not None:
+        with open(args.file, "rb") as f:
+            text = f.read()
+    else:
+        text = args.prompt.encode("utf-8", errors="surrogateescape")
+    tok = Tokenizer.from_gguf(resolve(args.model))
+    # llama-tokenize adds the model's special tokens (BOS, and EOS where asked) only when the
+    # model wants BOS and --no-bos is not given
+    add_special = tok.add_bos and not args.no_bos
+    ids = tok.encode(text, add_bos=add_special, add_eos=add_special and tok.vocab.add_eos,
+                     parse_special=not args.no_parse_special)
+    out = sys.stdout.buffer
+    if args.ids:
+        out.write(("[" + ", ".join(str(i) for i in ids) + "]\n").encode())
+    else:  # the bytes of each piece, as llama-tokenize writes them
+        for i in ids:
+            out.write(b"%6d -> '" % i + tok.token_bytes(i) + b"'\n")
+    if args.show_count:
+        out.write(b"Total number of tokens: %d\n" % len(ids))
+    out.flush()
+    return 0
+
+
+COMMANDS["tokenize"] = _cmd_tokenize
 
 
 def _user_errors():
