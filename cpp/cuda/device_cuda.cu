@@ -79,8 +79,8 @@ struct CudaDevice final : Device {
         cudaSetDevice(ordinal);
         void* p = nullptr;
         ck(cudaMalloc(&p, bytes ? bytes : 256), ("cudaMalloc " + std::to_string(bytes) + " bytes for " + label).c_str());
-        auto b = std::make_shared<Buffer>();
-        b->device = this; b->dev = p; b->bytes = bytes; b->label = label;
+        auto b = new_buffer();
+        b->dev = p; b->bytes = bytes; b->label = label;
         ++n_allocs; bytes_allocated += bytes;
         return b;
     }
@@ -345,9 +345,8 @@ struct CudaDevice final : Device {
 
 }  // namespace
 
-// One device object per GPU for the life of the process (like CUDA's primary context),
-// never destroyed: a Buffer keeps only a raw Device* and may outlive every shared_ptr to
-// its device (a Python tensor kept after its pool), so the device must stay valid.
+// One device object per GPU for the life of the process, like CUDA's primary context: its
+// stream and scratch are made once, however many times Python asks for cuda_device(0).
 std::shared_ptr<Device> make_cuda_device(int ordinal) {
     static std::mutex mu;
     static std::map<int, CudaDevice*> devices;
