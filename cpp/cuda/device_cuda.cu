@@ -1,0 +1,359 @@
+// device_cuda.cu -- the CUDA device: device memory, one stream, every stage as a kernel,
+// and a recorded plan captured once into a CUDA graph that is launched per token.
+//
+// Memory: alloc() is cudaMalloc (counted in n_allocs). map_file() reads the GGUF once and
+// uploads the whole file to one device buffer, so weight tensors keep their file offsets.
+// Scratch (attention partials) grows before a command list runs -- never inside a graph
+// capture -- and old scratch is kept until the device goes, so a captured graph never
+// points at freed memory.
+//
+// Ordering: every copy and kernel goes on one stream. upload() and set_step() copy from
+// pageable host memory with cudaMemcpyAsync, which stages the bytes before returning, so
+// the host may reuse its buffer at once and the copy still lands in stream order (before
+// the next graph launch reads the step buffer or the token id).
+//
+// Errors a kernel detects (a token id outside the vocabulary, a K/V row past the context)
+// set a flag in device memory; wait() and download() read it and throw. In eager mode the
+// same checks also run on the host before launching, so the message comes at the call.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../engine.h"
+#include "kernels.cuh"
+
+namespace llmetal {
+using namespace llmetal_cuda;
+
+namespace {
+
+void ck(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw Error(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+}
+
+inline unsigned blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
+
+struct GraphExec {
+    cudaGraphExec_t exec = nullptr;
+    ~GraphExec() { if (exec) cudaGraphExecDestroy(exec); }
+};
+
+struct CudaDevice final : Device {
+    explicit CudaDevice(int ordinal) : ordinal(ordinal) {
+        int n = 0;
+        cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess || n == 0)
+            throw Error(std::string("cuda: no usable NVIDIA GPU (") +
+                        (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
+        if (ordinal < 0 || ordinal >= n)
+            throw Error("cuda: device ordinal " + std::to_string(ordinal) + " out of range (" +
+                        std::to_string(n) + " GPUs)");
+        ck(cudaSetDevice(ordinal), "cudaSetDevice");
+        ck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        step_buf = alloc(sizeof(kstep), "step");
+        ck(cudaMemsetAsync(step_buf->dev, 0, sizeof(kstep), stream), "memset step");
+        err_buf = alloc(sizeof(int), "error flag");
+        ck(cudaMemsetAsync(err_buf->dev, 0, sizeof(int), stream), "memset error flag");
+        ck(cudaStreamSynchronize(stream), "init");
+    }
+    ~CudaDevice() override {
+        cudaStreamSynchronize(stream);
+        step_buf.reset();
+        err_buf.reset();
+        for (void* p : scratch_old) cudaFree(p);
+        if (scratch) cudaFree(scratch);
+        cudaStreamDestroy(stream);
+    }
+
+    const char* name() const override { return "cuda"; }
+
+    // ---- memory ----------------------------------------------------------------------------
+    BufferRef alloc(uint64_t bytes, const std::string& label) override {
+        cudaSetDevice(ordinal);
+        void* p = nullptr;
+        ck(cudaMalloc(&p, bytes ? bytes : 256), ("cudaMalloc " + std::to_string(bytes) + " bytes for " + label).c_str());
+        auto b = new_buffer();
+        b->dev = p; b->bytes = bytes; b->label = label;
+        ++n_allocs; bytes_allocated += bytes;
+        return b;
+    }
+
+    BufferRef map_file(const std::string& path) override {
+        FILE* f = std::fopen(path.c_str(), "rb");
+        if (!f) throw Error("cannot open " + path + ": " + std::strerror(errno));
+        std::fseek(f, 0, SEEK_END);
+        long size = std::ftell(f);
+        std::fseek(f, 0, SEEK_SET);
+        if (size <= 0) { std::fclose(f); throw Error("cannot map empty file " + path); }
+        auto b = alloc((uint64_t)size, path);
+        // upload in 64 MiB pieces so the host copy stays small
+        std::vector<char> host(std::min<long>(size, 64l << 20));
+        for (long off = 0; off < size;) {
+            long n = std::min<long>((long)host.size(), size - off);
+            if (std::fread(host.data(), 1, n, f) != (size_t)n) {
+                std::fclose(f);
+                throw Error("short read of " + path);
+            }
+            ck(cudaMemcpy((char*)b->dev + off, host.data(), n, cudaMemcpyHostToDevice), "upload file");
+            off += n;
+        }
+        std::fclose(f);
+        b->read_only = true;
+        b->kind = 1;
+        return b;
+    }
+
+    void free_buffer(Buffer& b) override {
+        if (!b.dev) return;
+        cudaFree(b.dev);   // waits for the device's work that may still read it
+        b.dev = nullptr;
+    }
+
+    void upload(const Binding& dst, const void* src, uint64_t n) override {
+        if (dst.buf->read_only) throw Error("cannot write into read-only buffer " + dst.buf->label);
+        ck(cudaMemcpyAsync(dst.ptr<char>(), src, n, cudaMemcpyHostToDevice, stream), "upload");
+    }
+    void download(void* dst, const Binding& src, uint64_t n) override {
+        ck(cudaMemcpyAsync(dst, src.ptr<char>(), n, cudaMemcpyDeviceToHost, stream), "download");
+        wait();
+    }
+
+    void set_step(const kstep& s) override {
+        hstep = s;
+        ck(cudaMemcpyAsync(step_buf->dev, &hstep, sizeof hstep, cudaMemcpyHostToDevice, stream), "set_step");
+    }
+
+    // ---- execution ---------------------------------------------------------------------------
+    // Before a command list runs: grow the scratch it needs (outside any capture) and run
+    // the host-side checks that the CPU device makes, so errors surface at the call.
+    void prepare(const std::vector<Command>& cmds, bool check_ids) {
+        uint64_t need = 0;
+        for (const Command& c : cmds) {
+            if (c.stage == Stage::attention) {
+                int S, chunk;
+                attention_split(c.a.attention, &S, &chunk);
+                if (S > 1) need = std::max<uint64_t>(need, (uint64_t)c.a.attention.n_tokens * c.a.attention.n_heads *
+                                                             S * (c.a.attention.head_dim + 2) * sizeof(float));
+            }
+            if (c.stage == Stage::kv_store || c.stage == Stage::attention) {
+                int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
+                int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
+                if (hstep.pos0 < 0 || hstep.pos0 + nt > nctx)
+                    throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(hstep.pos0) + ".." +
+                                std::to_string(hstep.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
+            }
+            if (check_ids && c.stage == Stage::embed) {
+                std::vector<int32_t> ids(c.a.embed.n_tokens);
+                ck(cudaMemcpyAsync(ids.data(), c.b[1].ptr<char>(), ids.size() * 4, cudaMemcpyDeviceToHost, stream), "ids");
+                ck(cudaStreamSynchronize(stream), "ids");
+                for (int32_t id : ids)
+                    if (id < 0 || id >= c.a.embed.n_vocab)
+                        throw Error("embed: token id " + std::to_string(id) + " outside the vocabulary");
+            }
+        }
+        if (need > scratch_bytes) {
+            if (scratch) scratch_old.push_back(scratch);   // a captured graph may still use it
+            ck(cudaMalloc(&scratch, need), "cudaMalloc scratch");
+            ++n_allocs; bytes_allocated += need;
+            scratch_bytes = need;
+        }
+    }
+
+    void submit(const std::vector<Command>& cmds) override {
+        cudaSetDevice(ordinal);
+        prepare(cmds, true);
+        for (const Command& c : cmds) run(c);
+    }
+
+    // A plan: captured into a graph on its first replay, then one graph launch per call.
+    void submit_plan(Plan& p) override {
+        cudaSetDevice(ordinal);
+        if (!p.exec) {
+            prepare(p.cmds, true);
+            cudaGraph_t graph = nullptr;
+            ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+            try {
+                for (const Command& c : p.cmds) run(c);
+            } catch (...) {
+                cudaStreamEndCapture(stream, &graph);
+                if (graph) cudaGraphDestroy(graph);
+                throw;
+            }
+            ck(cudaStreamEndCapture(stream, &graph), "end capture");
+            auto ge = std::make_shared<GraphExec>();
+            cudaError_t e = cudaGraphInstantiate(&ge->exec, graph, 0);
+            cudaGraphDestroy(graph);
+            ck(e, "graph instantiate");
+            p.exec = ge;
+        } else {
+            prepare(p.cmds, false);   // position checks only (no sync per token)
+        }
+        ck(cudaGraphLaunch(static_cast<GraphExec*>(p.exec.get())->exec, stream), "graph launch");
+    }
+
+    void wait() override {
+        ck(cudaStreamSynchronize(stream), "synchronize");
+        int err = 0;
+        ck(cudaMemcpy(&err, err_buf->dev, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
+        if (err != ERR_NONE) {
+            cudaMemset(err_buf->dev, 0, sizeof(int));
+            if (err == ERR_EMBED_ID) throw Error("embed: a token id outside the vocabulary reached the GPU");
+            if (err == ERR_KV_POS) throw Error("kv_store: positions exceed the context (on the GPU)");
+            throw Error("cuda: kernel error " + std::to_string(err));
+        }
+    }
+
+    void launched(const char* k) {
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) throw Error(std::string("cuda: launching ") + k + ": " + cudaGetErrorString(e));
+    }
+
+    // ---- stages ---------------------------------------------------------------------------
+    template <int T> void embed_t(const kargs_embed& a, Binding W, Binding ids, Binding out) {
+        dim3 grid(blocks(a.dim, 256), a.n_tokens);
+        kernel_embed<T><<<grid, 256, 0, stream>>>(a, W.ptr<uint8_t>(), ids.ptr<int32_t>(), out.ptr<float>(),
+                                                  (int*)err_buf->dev);
+    }
+    void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding) override {
+        switch (a.wtype) {
+            case KT_F32: embed_t<KT_F32>(a, W, ids, out); break;
+            case KT_F16: embed_t<KT_F16>(a, W, ids, out); break;
+            case KT_BF16: embed_t<KT_BF16>(a, W, ids, out); break;
+            case KT_Q4_0: embed_t<KT_Q4_0>(a, W, ids, out); break;
+            case KT_Q4_1: embed_t<KT_Q4_1>(a, W, ids, out); break;
+            case KT_Q5_0: embed_t<KT_Q5_0>(a, W, ids, out); break;
+            case KT_Q5_1: embed_t<KT_Q5_1>(a, W, ids, out); break;
+            case KT_Q8_0: embed_t<KT_Q8_0>(a, W, ids, out); break;
+            case KT_Q4_K: embed_t<KT_Q4_K>(a, W, ids, out); break;
+            case KT_Q5_K: embed_t<KT_Q5_K>(a, W, ids, out); break;
+            case KT_Q6_K: embed_t<KT_Q6_K>(a, W, ids, out); break;
+            default: throw Error("embed: unsupported weight type " + std::to_string(a.wtype));
+        }
+        launched("kernel_embed");
+    }
+
+    void rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) override {
+        kernel_rmsnorm<<<a.n_rows, 256, 0, stream>>>(a, x.ptr<float>(), w.ptr<float>(), out.ptr<float>());
+        launched("kernel_rmsnorm");
+    }
+
+    template <int T> void matmul_t(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        int vec = (a.n_in % 8 == 0) && ((uintptr_t)x.ptr<float>() % 16 == 0) &&
+                  (QT<T>::QK > 1 || (uintptr_t)W.ptr<uint8_t>() % 16 == 0 && a.row_bytes % 16 == 0);
+        dim3 grid(blocks(a.n_out, MV_WARPS), blocks(a.n_tokens, MV_MT));
+        kernel_matmul<T><<<grid, MV_WARPS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vec);
+    }
+    void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override {
+        switch (a.wtype) {
+            case KT_F32: matmul_t<KT_F32>(a, W, x, y); break;
+            case KT_F16: matmul_t<KT_F16>(a, W, x, y); break;
+            case KT_BF16: matmul_t<KT_BF16>(a, W, x, y); break;
+            case KT_Q4_0: matmul_t<KT_Q4_0>(a, W, x, y); break;
+            case KT_Q4_1: matmul_t<KT_Q4_1>(a, W, x, y); break;
+            case KT_Q5_0: matmul_t<KT_Q5_0>(a, W, x, y); break;
+            case KT_Q5_1: matmul_t<KT_Q5_1>(a, W, x, y); break;
+            case KT_Q8_0: matmul_t<KT_Q8_0>(a, W, x, y); break;
+            case KT_Q4_K: matmul_t<KT_Q4_K>(a, W, x, y); break;
+            case KT_Q5_K: matmul_t<KT_Q5_K>(a, W, x, y); break;
+            case KT_Q6_K: matmul_t<KT_Q6_K>(a, W, x, y); break;
+            default: throw Error("matmul: unsupported weight type " + std::to_string(a.wtype));
+        }
+        launched("kernel_matmul");
+    }
+    void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override { matmul(a, W, x, y); }
+
+    void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override {
+        int64_t n = (int64_t)a.n_tokens * a.n_heads * (a.n_rot / 2);
+        kernel_rope<<<blocks(n, 256), 256, 0, stream>>>(a, x.ptr<float>(), factors ? factors.ptr<float>() : nullptr,
+                                                        step.ptr<kstep>());
+        launched("kernel_rope");
+    }
+
+    void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) override {
+        int64_t n = (int64_t)a.n_tokens * a.kv_dim;
+        kernel_kv_store<<<blocks(n, 256), 256, 0, stream>>>(a, src.ptr<float>(), cache.ptr<__half>(),
+                                                            step.ptr<kstep>(), (int*)err_buf->dev);
+        launched("kernel_kv_store");
+    }
+
+    // How many blocks split one query's keys: decode splits the whole context in chunks of
+    // 256 keys (blocks past the current position exit at once, so the grid is the same for
+    // every token and a graph can hold it); a batch of queries uses at most 4 splits.
+    static void attention_split(const kargs_attention& a, int* S, int* chunk) {
+        int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
+        int s = (span + 255) / 256;
+        if (a.n_tokens > 1) s = std::min(s, 4);
+        s = std::max(s, 1);
+        *S = s;
+        *chunk = (span + s - 1) / s;
+    }
+
+    void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step) override {
+        if (a.head_dim > ATT_MAXD * 32) throw Error("attention: head_dim above 256 is not supported on cuda");
+        int S, chunk;
+        attention_split(a, &S, &chunk);
+        dim3 grid(S, a.n_heads, a.n_tokens);
+        kernel_attention<<<grid, ATT_WARPS * 32, 0, stream>>>(a, q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(),
+                                                              out.ptr<float>(), (float*)scratch, S, chunk,
+                                                              step.ptr<kstep>());
+        launched("kernel_attention");
+        if (S > 1) {
+            kernel_attention_combine<<<dim3(a.n_heads, a.n_tokens), 128, 0, stream>>>(a, (const float*)scratch,
+                                                                                      out.ptr<float>(), S);
+            launched("kernel_attention_combine");
+        }
+    }
+
+    void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
+        kernel_add<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
+        launched("kernel_add");
+    }
+    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
+        kernel_mul<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
+        launched("kernel_mul");
+    }
+    void scale(const kargs_eltwise& a, Binding x, Binding out) override {
+        kernel_scale<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), out.ptr<float>());
+        launched("kernel_scale");
+    }
+    void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
+        kernel_swiglu<<<blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, stream>>>(a, g.ptr<float>(), u.ptr<float>(),
+                                                                                      out.ptr<float>());
+        launched("kernel_swiglu");
+    }
+    void geglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
+        kernel_geglu<<<blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, stream>>>(a, g.ptr<float>(), u.ptr<float>(),
+                                                                                     out.ptr<float>());
+        launched("kernel_geglu");
+    }
+
+    int ordinal;
+    cudaStream_t stream = nullptr;
+    kstep hstep{0, 1, 0, 0};         // host copy of the step buffer (for host-side checks)
+    BufferRef err_buf;
+    void* scratch = nullptr;
+    uint64_t scratch_bytes = 0;
+    std::vector<void*> scratch_old;
+};
+
+}  // namespace
+
+// One device object per GPU for the life of the process, like CUDA's primary context: its
+// stream and scratch are made once, however many times Python asks for cuda_device(0).
+std::shared_ptr<Device> make_cuda_device(int ordinal) {
+    static std::mutex mu;
+    static std::map<int, CudaDevice*> devices;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = devices.find(ordinal);
+    if (it == devices.end()) it = devices.emplace(ordinal, new CudaDevice(ordinal)).first;
+    return std::shared_ptr<Device>(it->second, [](Device*) {});
+}
+
+}  // namespace llmetal

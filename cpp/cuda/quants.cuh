@@ -1,0 +1,185 @@
+// quants.cuh -- GGUF block formats dequantized on the GPU.
+//
+// Two entry points per weight type, both exact mirrors of the CPU's dequant_row
+// (cpp/cpu/quants.cpp), including its order of float operations (explicit __fmul_rn /
+// __fadd_rn, so nvcc cannot fuse a multiply and an add into one differently rounded FMA):
+//   dq1<T>(row, e)        element e of a row (used by embed and by odd-length float rows);
+//   dq8<T>(row, g, w[8])  elements [8g, 8g+8) of a row. Every block format's sub-structure
+//                         is 8-element aligned, so one group never straddles a scale.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "../kargs.h"
+
+namespace llmetal_cuda {
+
+template <int T> struct QT;   // block size (elements) and bytes per block
+template <> struct QT<KT_F32> { static constexpr int QK = 1, BB = 4; };
+template <> struct QT<KT_F16> { static constexpr int QK = 1, BB = 2; };
+template <> struct QT<KT_BF16> { static constexpr int QK = 1, BB = 2; };
+template <> struct QT<KT_Q4_0> { static constexpr int QK = 32, BB = 18; };
+template <> struct QT<KT_Q4_1> { static constexpr int QK = 32, BB = 20; };
+template <> struct QT<KT_Q5_0> { static constexpr int QK = 32, BB = 22; };
+template <> struct QT<KT_Q5_1> { static constexpr int QK = 32, BB = 24; };
+template <> struct QT<KT_Q8_0> { static constexpr int QK = 32, BB = 34; };
+template <> struct QT<KT_Q4_K> { static constexpr int QK = 256, BB = 144; };
+template <> struct QT<KT_Q5_K> { static constexpr int QK = 256, BB = 176; };
+template <> struct QT<KT_Q6_K> { static constexpr int QK = 256, BB = 210; };
+
+// Every block starts 2-byte aligned (block sizes are even, GGUF data is 32-byte aligned).
+__device__ __forceinline__ float ldh(const uint8_t* p) {
+    return __half2float(*(const __half*)p);
+}
+__device__ __forceinline__ uint32_t ld32_2(const uint8_t* p) {   // 4 bytes at a 2-byte boundary
+    const uint16_t* q = (const uint16_t*)p;
+    return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
+}
+
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) packed in 12 bytes.
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// ---- one element ------------------------------------------------------------------------
+template <int T> __device__ float dq1(const uint8_t* row, int e);
+
+template <> __device__ __forceinline__ float dq1<KT_F32>(const uint8_t* row, int e) {
+    return ((const float*)row)[e];
+}
+template <> __device__ __forceinline__ float dq1<KT_F16>(const uint8_t* row, int e) {
+    return __half2float(((const __half*)row)[e]);
+}
+template <> __device__ __forceinline__ float dq1<KT_BF16>(const uint8_t* row, int e) {
+    return __uint_as_float((uint32_t)((const uint16_t*)row)[e] << 16);
+}
+template <> __device__ __forceinline__ float dq1<KT_Q4_0>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 32) * 18;
+    int j = e % 32;
+    int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+    return __fmul_rn((float)(q - 8), ldh(b));
+}
+template <> __device__ __forceinline__ float dq1<KT_Q4_1>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 32) * 20;
+    int j = e % 32;
+    int q = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
+    return __fadd_rn(__fmul_rn((float)q, ldh(b)), ldh(b + 2));
+}
+template <> __device__ __forceinline__ float dq1<KT_Q5_0>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 32) * 22;
+    int j = e % 32;
+    uint32_t qh = ld32_2(b + 2);
+    int q = (j < 16 ? (b[6 + j] & 0xF) : (b[6 + j - 16] >> 4)) | (((qh >> j) & 1) << 4);
+    return __fmul_rn((float)(q - 16), ldh(b));
+}
+template <> __device__ __forceinline__ float dq1<KT_Q5_1>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 32) * 24;
+    int j = e % 32;
+    uint32_t qh = ld32_2(b + 4);
+    int q = (j < 16 ? (b[8 + j] & 0xF) : (b[8 + j - 16] >> 4)) | (((qh >> j) & 1) << 4);
+    return __fadd_rn(__fmul_rn((float)q, ldh(b)), ldh(b + 2));
+}
+template <> __device__ __forceinline__ float dq1<KT_Q8_0>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 32) * 34;
+    return __fmul_rn((float)(int8_t)b[2 + e % 32], ldh(b));
+}
+template <> __device__ __forceinline__ float dq1<KT_Q4_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 144;
+    int w = e % 256, c = w / 64, l = w % 32, hi = (w % 64) >= 32;
+    int sc, m;
+    scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    float d1 = __fmul_rn(ldh(b), (float)sc), o1 = __fmul_rn(ldh(b + 2), (float)m);
+    int q = hi ? (b[16 + c * 32 + l] >> 4) : (b[16 + c * 32 + l] & 0xF);
+    return __fsub_rn(__fmul_rn(d1, (float)q), o1);
+}
+template <> __device__ __forceinline__ float dq1<KT_Q5_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 176;
+    int w = e % 256, c = w / 64, l = w % 32, hi = (w % 64) >= 32;
+    int sc, m;
+    scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+    float d1 = __fmul_rn(ldh(b), (float)sc), o1 = __fmul_rn(ldh(b + 2), (float)m);
+    uint8_t ql = b[48 + c * 32 + l], qh = b[16 + l];
+    int q = (hi ? (ql >> 4) : (ql & 0xF)) + ((qh >> (2 * c + hi)) & 1 ? 16 : 0);
+    return __fsub_rn(__fmul_rn(d1, (float)q), o1);
+}
+template <> __device__ __forceinline__ float dq1<KT_Q6_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 210;
+    int w = e % 256, half = w / 128, r = w % 128, qd = r / 32, l = r % 32;
+    const uint8_t* ql = b + half * 64;
+    const uint8_t* qh = b + 128 + half * 32;
+    const int8_t* sc = (const int8_t*)(b + 192 + half * 8);
+    int lo = (qd & 1) ? ql[l + 32] : ql[l];
+    int q = ((qd & 2) ? (lo >> 4) : (lo & 0xF)) | (((qh[l] >> (2 * qd)) & 3) << 4);
+    return __fmul_rn(__fmul_rn(ldh(b + 208), (float)sc[l / 16 + 2 * qd]), (float)(q - 32));
+}
+
+// ---- eight elements -----------------------------------------------------------------------
+// Generic: eight single-element decodes (the compiler shares the block's scale loads).
+template <int T> __device__ __forceinline__ void dq8(const uint8_t* row, int g, float* w) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = dq1<T>(row, 8 * g + i);
+}
+// The formats on the decode hot path get wide loads.
+template <> __device__ __forceinline__ void dq8<KT_F32>(const uint8_t* row, int g, float* w) {
+    const float4* p = (const float4*)row + 2 * g;   // rows of F32 with K % 8 == 0 are 32-byte aligned
+    float4 a = p[0], b = p[1];
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+template <> __device__ __forceinline__ void dq8<KT_F16>(const uint8_t* row, int g, float* w) {
+    uint4 u = ((const uint4*)row)[g];
+    const __half2* h = (const __half2*)&u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) { float2 f = __half22float2(h[i]); w[2 * i] = f.x; w[2 * i + 1] = f.y; }
+}
+template <> __device__ __forceinline__ void dq8<KT_BF16>(const uint8_t* row, int g, float* w) {
+    uint4 u = ((const uint4*)row)[g];
+    const uint32_t* v = (const uint32_t*)&u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) { w[2 * i] = __uint_as_float(v[i] << 16); w[2 * i + 1] = __uint_as_float(v[i] & 0xFFFF0000u); }
+}
+template <> __device__ __forceinline__ void dq8<KT_Q8_0>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 4) * 34;
+    float d = ldh(b);
+    const uint16_t* q = (const uint16_t*)(b + 2 + 8 * (g % 4));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint16_t v = q[i];
+        w[2 * i] = __fmul_rn((float)(int8_t)(v & 0xFF), d);
+        w[2 * i + 1] = __fmul_rn((float)(int8_t)(v >> 8), d);
+    }
+}
+template <> __device__ __forceinline__ void dq8<KT_Q4_0>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 4) * 18;
+    float d = ldh(b);
+    int s = g % 4;
+    const uint16_t* q = (const uint16_t*)(b + 2 + 8 * (s & 1));
+    int shift = (s >> 1) * 4;   // groups 0,1: low nibbles of qs[0..15]; groups 2,3: high nibbles
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint16_t v = q[i];
+        w[2 * i] = __fmul_rn((float)((int)((v >> shift) & 0xF) - 8), d);
+        w[2 * i + 1] = __fmul_rn((float)((int)((v >> (8 + shift)) & 0xF) - 8), d);
+    }
+}
+template <> __device__ __forceinline__ void dq8<KT_Q4_1>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 4) * 20;
+    float d = ldh(b), m = ldh(b + 2);
+    int s = g % 4;
+    const uint16_t* q = (const uint16_t*)(b + 4 + 8 * (s & 1));
+    int shift = (s >> 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint16_t v = q[i];
+        w[2 * i] = __fadd_rn(__fmul_rn((float)((v >> shift) & 0xF), d), m);
+        w[2 * i + 1] = __fadd_rn(__fmul_rn((float)((v >> (8 + shift)) & 0xF), d), m);
+    }
+}
+
+}  // namespace llmetal_cuda

@@ -1,0 +1,294 @@
+"""The CUDA device against the CPU device: every stage on random inputs, graph replay, and
+end to end on real SmolLM2 weights cut to 4 layers.
+
+All tests here are marked `cuda` and skip (saying why) where the build has no CUDA device
+or no GPU answers; bench/cuda_check.sh runs them on a GPU machine. The CPU device is the
+reference: it is itself checked against float64 numpy in tests/test_stages.py.
+
+Error measure: NMSE = sum((a - b)^2) / sum(b^2) against the CPU result.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmetal import _engine as E
+
+pytestmark = pytest.mark.cuda
+
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, I32, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 26, 30
+QUANTS = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+ALL_W = [F32, F16, BF16] + QUANTS
+# where each block format keeps its float16 scales: (byte offset, is-a-min) per block
+F16_FIELDS = {Q4_0: [0], Q4_1: [0, 2], Q5_0: [0], Q5_1: [0, 2], Q8_0: [0], Q4_K: [0, 2],
+              Q5_K: [0, 2], Q6_K: [208]}
+
+
+def _cuda_or_skip():
+    if "cuda" not in E.build_info()["devices"]:
+        pytest.skip("this build has no CUDA device (built without nvcc)")
+    try:
+        return E.cuda_device(0)
+    except ValueError as e:
+        pytest.skip(f"no usable GPU: {e}")
+
+
+@pytest.fixture(scope="module")
+def devs():
+    """(cpu, cuda); the CPU runs its scalar kernels, the exact float32 reference."""
+    cuda = _cuda_or_skip()
+    E.force_simd("scalar")
+    yield E.cpu_device(2), cuda
+    E.force_simd("best")
+
+
+@pytest.fixture
+def rng():
+    seed = int(os.environ.get("LLMETAL_SEED") or np.random.SeedSequence().entropy % 2**31)
+    print(f"LLMETAL_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
+def nmse(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(((a - b) ** 2).sum() / max((b ** 2).sum(), 1e-300))
+
+
+def random_weight(rng, t, rows, cols):
+    """Raw bytes of a [rows, cols] weight of type t with finite, moderate values."""
+    if t == F32:
+        return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
+    if t == F16:
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    if t == BF16:
+        return (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    qk, bb = E.type_block(t)
+    nb = cols // qk
+    a = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
+    for off in F16_FIELDS[t]:
+        a[:, :, off:off + 2] = (rng.uniform(0.002, 0.02, (rows, nb)).astype(np.float16)
+                                .view(np.uint8).reshape(rows, nb, 2))
+    return a.reshape(rows, nb * bb)
+
+
+class Pair:
+    """The same tensors on the CPU and the CUDA device; run a stage on both, compare."""
+
+    def __init__(self, devs, inputs: dict, outputs: dict):
+        self.sides, self.devs = [], devs
+        for d in devs:
+            pool = E.BufferPool(d)
+            for n, (t, shape, _) in inputs.items():
+                pool.declare(n, t, list(shape))
+            for n, (t, shape) in outputs.items():
+                pool.declare(n, t, list(shape))
+            pool.reserve()
+            for n, (_, _, arr) in inputs.items():
+                pool.get(n).upload(np.ascontiguousarray(arr))
+            for n, (t, shape) in outputs.items():   # poison: unwritten outputs stay NaN
+                pool.get(n).upload(np.full(shape, np.nan, np.float16 if t == F16 else np.float32))
+            self.sides.append(pool)
+
+    def run(self, fn, pos0=0, n_tokens=1):
+        for pool, dev in zip(self.sides, self.devs):
+            dev.set_step(pos0, n_tokens)
+            enc = E.Encoder(dev, eager=True)
+            fn(enc, pool.get)
+            enc.wait()
+
+    def get(self, name):
+        return [p.get(name).to_numpy() for p in self.sides]
+
+
+def assert_close(stage, cpu, gpu, tol):
+    assert np.all(np.isfinite(gpu.astype(np.float32))), f"{stage}: cuda output has non-finite values (unwritten?)"
+    e = nmse(gpu, cpu)
+    assert e <= tol, f"{stage}: NMSE {e:.3g} vs cpu > {tol:g}"
+
+
+# ---- stages ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("wtype", ALL_W)
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 20])
+def test_matmul_every_type(devs, rng, wtype, M):
+    K = 512 if wtype in (Q4_K, Q5_K, Q6_K) else 320
+    N = 67
+    W = random_weight(rng, wtype, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    p = Pair(devs, {"W": (wtype, (N, K), W), "x": (F32, (M, K), x)}, {"y": (F32, (M, N))})
+    p.run(lambda e, g: e.matmul(g("W"), g("x"), g("y")))
+    cpu, gpu = p.get("y")
+    assert_close(f"matmul type {wtype} M={M}", cpu, gpu, 1e-10)
+
+
+@pytest.mark.parametrize("wtype", [F32, F16])
+@pytest.mark.parametrize("K", [17, 75])
+def test_matmul_odd_rows(devs, rng, wtype, K):
+    W = random_weight(rng, wtype, 9, K)
+    x = rng.standard_normal((4, K)).astype(np.float32)
+    p = Pair(devs, {"W": (wtype, (9, K), W), "x": (F32, (4, K), x)}, {"y": (F32, (4, 9))})
+    p.run(lambda e, g: e.logits(g("W"), g("x"), g("y")))
+    assert_close("matmul odd K", *p.get("y"), 1e-10)
+
+
+@pytest.mark.parametrize("wtype", ALL_W)
+def test_embed_every_type_exact(devs, rng, wtype):
+    V, D, T = 40, 512, 6
+    W = random_weight(rng, wtype, V, D)
+    ids = rng.integers(0, V, T).astype(np.int32)
+    p = Pair(devs, {"W": (wtype, (V, D), W), "ids": (I32, (T,), ids)}, {"out": (F32, (T, D))})
+    p.run(lambda e, g: e.embed(g("W"), g("ids"), g("out"), 1.5))
+    cpu, gpu = p.get("out")
+    assert np.array_equal(cpu, gpu), f"embed type {wtype}: {(cpu != gpu).sum()} elements differ from cpu"
+
+
+def test_embed_rejects_bad_id(devs):
+    dev = devs[1]
+    pool = E.BufferPool(dev)
+    pool.declare("W", F32, [10, 32]); pool.declare("ids", I32, [2]); pool.declare("out", F32, [2, 32])
+    pool.reserve()
+    pool.get("ids").upload(np.array([3, 10], np.int32))
+    dev.set_step(0, 2)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        E.Encoder(dev, eager=True).embed(pool.get("W"), pool.get("ids"), pool.get("out"))
+
+
+def test_small_stages(devs, rng):
+    T, D, FF = 5, 200, 96
+    x = rng.standard_normal((T, D)).astype(np.float32) * 3
+    y = rng.standard_normal((T, D)).astype(np.float32)
+    w = rng.standard_normal(D).astype(np.float32)
+    g = rng.standard_normal((T, FF)).astype(np.float32) * 2
+    u = rng.standard_normal((T, FF)).astype(np.float32)
+    ins = {"x": (F32, (T, D), x), "y": (F32, (T, D), y), "w": (F32, (D,), w), "g": (F32, (T, FF), g),
+           "u": (F32, (T, FF), u)}
+    outs = {n: (F32, (T, D)) for n in ("norm", "add", "addb", "mul", "mulb", "scale")}
+    outs.update({n: (F32, (T, FF)) for n in ("swiglu", "geglu")})
+    p = Pair(devs, ins, outs)
+
+    def f(e, gt):
+        e.rmsnorm(gt("x"), gt("w"), gt("norm"), 1e-5)
+        e.add(gt("x"), gt("y"), gt("add")); e.add(gt("x"), gt("w"), gt("addb"))
+        e.mul(gt("x"), gt("y"), gt("mul")); e.mul(gt("x"), gt("w"), gt("mulb"))
+        e.scale(gt("x"), gt("scale"), 0.37)
+        e.swiglu(gt("g"), gt("u"), gt("swiglu")); e.geglu(gt("g"), gt("u"), gt("geglu"))
+    p.run(f)
+    for n, tol in [("norm", 1e-11), ("add", 0), ("addb", 0), ("mul", 0), ("mulb", 0), ("scale", 0),
+                   ("swiglu", 1e-11), ("geglu", 1e-11)]:
+        assert_close(n, *p.get(n), tol)
+
+
+@pytest.mark.parametrize("H,hd,n_rot,mode,ff,T,pos0", [(9, 64, 64, 0, False, 3, 17), (4, 256, 256, 2, False, 2, 1000),
+                                                       (5, 80, 40, 2, True, 4, 500), (8, 128, 128, 0, True, 1, 8000)])
+def test_rope(devs, rng, H, hd, n_rot, mode, ff, T, pos0):
+    x = rng.standard_normal((T, H * hd)).astype(np.float32)
+    fac = rng.uniform(1, 8, n_rot // 2).astype(np.float32)
+    p = Pair(devs, {"x": (F32, (T, H * hd), x), "f": (F32, (n_rot // 2,), fac)}, {})
+    p.run(lambda e, g: e.rope(g("x"), H, n_rot, mode, 10000.0, 0.5, g("f") if ff else None), pos0, T)
+    assert_close("rope", *p.get("x"), 1e-12)
+
+
+def test_kv_store_exact(devs, rng):
+    n_ctx, kvd, T, pos0 = 50, 192, 7, 30
+    src = (rng.standard_normal((T, kvd)) * 10).astype(np.float32)
+    p = Pair(devs, {"src": (F32, (T, kvd), src)}, {"cache": (F16, (n_ctx, kvd))})
+    p.run(lambda e, g: e.kv_store(g("src"), g("cache")), pos0, T)
+    cpu, gpu = p.get("cache")
+    assert np.array_equal(cpu.view(np.uint16), gpu.view(np.uint16)), "kv_store differs from cpu"
+    with pytest.raises(ValueError, match="exceed the context"):
+        p.run(lambda e, g: e.kv_store(g("src"), g("cache")), n_ctx - 3, T)
+
+
+@pytest.mark.parametrize("H,KV,hd,T,pos0,window,softcap", [
+    (9, 3, 64, 1, 0, 0, 0.0), (9, 3, 64, 1, 700, 0, 0.0), (32, 8, 128, 1, 3000, 0, 0.0),
+    (4, 1, 256, 3, 1000, 0, 0.0), (6, 2, 80, 33, 0, 0, 0.0), (12, 4, 64, 16, 990, 0, 0.0),
+    (4, 1, 256, 5, 600, 128, 0.0), (2, 2, 64, 6, 10, 1, 0.0), (8, 4, 64, 4, 200, 0, 30.0),
+    (3, 3, 80, 2, 513, 512, 50.0)])
+def test_attention(devs, rng, H, KV, hd, T, pos0, window, softcap):
+    n_ctx = pos0 + T + 300   # room past the end: decode splits cover the whole context
+    q = (rng.standard_normal((T, H * hd)) * (16 if softcap else 2)).astype(np.float32)
+    K = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
+    V = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
+    K[pos0 + T:] = V[pos0 + T:] = np.nan    # rows no query may read
+    if window > 0 and pos0 - window + 1 > 0:
+        K[:pos0 - window + 1] = V[:pos0 - window + 1] = np.nan
+    p = Pair(devs, {"q": (F32, q.shape, q), "K": (F16, K.shape, K), "V": (F16, V.shape, V)},
+             {"out": (F32, (T, H * hd))})
+    p.run(lambda e, g: e.attention(g("q"), g("K"), g("V"), g("out"), H, KV, 1 / np.sqrt(hd), window, softcap),
+          pos0, T)
+    assert_close("attention", *p.get("out"), 1e-9)
+
+
+# ---- graph replay ------------------------------------------------------------------------------
+def test_graph_replay_matches_eager_cpu(devs, rng):
+    """A one-token plan (embed .. attention .. logits) captured once as a CUDA graph and
+    replayed at successive positions gives the CPU's results at every step, and allocates
+    nothing after its first replay."""
+    V, D, H, KV, hd, n_ctx = 300, 256, 4, 2, 64, 600
+    Wemb = random_weight(rng, Q8_0, V, D)
+    Wq = random_weight(rng, Q4_K, H * hd, D)
+    Wk = random_weight(rng, Q6_K, KV * hd, D)
+    norm = rng.uniform(0.5, 1.5, D).astype(np.float32)
+    outs = []
+    for dev in devs:
+        pool = E.BufferPool(dev)
+        for n, t, s in [("E", Q8_0, (V, D)), ("Wq", Q4_K, (H * hd, D)), ("Wk", Q6_K, (KV * hd, D)),
+                        ("norm", F32, (D,)), ("ids", I32, (1,)), ("x", F32, (1, D)), ("h", F32, (1, D)),
+                        ("q", F32, (1, H * hd)), ("k", F32, (1, KV * hd)), ("att", F32, (1, H * hd)),
+                        ("Kc", F16, (n_ctx, KV * hd)), ("Vc", F16, (n_ctx, KV * hd)), ("lg", F32, (1, V))]:
+            pool.declare(n, t, list(s))
+        pool.reserve()
+        for n, a in [("E", Wemb), ("Wq", Wq), ("Wk", Wk), ("norm", norm)]:
+            pool.get(n).upload(a)
+        g = pool.get
+        enc = E.Encoder(dev, eager=False)
+        enc.begin_record(1)
+        enc.embed(g("E"), g("ids"), g("x"))
+        enc.rmsnorm(g("x"), g("norm"), g("h"), 1e-5)
+        enc.matmul(g("Wq"), g("h"), g("q"))
+        enc.matmul(g("Wk"), g("h"), g("k"))
+        enc.rope(g("q"), H, hd, 0, 10000.0)
+        enc.rope(g("k"), KV, hd, 0, 10000.0)
+        enc.kv_store(g("k"), g("Kc"))
+        enc.kv_store(g("k"), g("Vc"))
+        enc.attention(g("q"), g("Kc"), g("Vc"), g("att"), H, KV, 0.125)
+        enc.logits(g("E"), g("h"), g("lg"))
+        plan = enc.end_record()
+        toks = rng.integers(0, V, 40) if not outs else outs[0][0]
+        rows, n_allocs = [], None
+        for pos, tok in enumerate(toks):
+            enc.replay_token(plan, g("ids"), int(tok), pos)
+            if pos == 0:
+                n_allocs = dev.n_allocs
+            rows.append(np.concatenate([g("att").to_numpy()[0], g("lg").to_numpy()[0]]))
+        assert dev.n_allocs == n_allocs, f"{dev.name}: allocations during replay"
+        outs.append((toks, np.stack(rows)))
+    assert_close("graph replay", outs[0][1], outs[1][1], 1e-9)
+
+
+# ---- end to end on real weights ----------------------------------------------------------------
+def _cut_model():
+    p = os.environ.get("LLMETAL_CUT_GGUF")
+    if p and Path(p).exists():
+        return p
+    pytest.skip("no cut model: set LLMETAL_CUT_GGUF (bench/cuda_check.sh writes it with scripts/cut_gguf.py)")
+
+
+def test_end_to_end_cut_smollm2(devs):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llama_mini import MiniLlama
+    path = _cut_model()
+    prompt = [1, 9690, 28, 253, 1345, 314, 1078, 30, 2]   # fixed ids: no tokenizer needed
+    res = []
+    for dev in devs:
+        m = MiniLlama(dev, path, n_ctx=128, max_batch=16)
+        res.append(m.greedy(prompt, 24))
+    (ids_c, lg_c), (ids_g, lg_g) = res
+    # the prompt's logits (prefill) and every decode step
+    e = nmse(lg_g, lg_c)
+    print(f"end to end: NMSE {e:.3g}, ids {ids_g}")
+    assert ids_c == ids_g, f"greedy ids differ: cpu {ids_c} cuda {ids_g}"
+    assert e <= 1e-3, f"logits NMSE {e:.3g} > 1e-3"
