@@ -156,7 +156,7 @@ def _cmd_trace(args) -> int:
         prompt = DEFAULT_TRACE_PROMPT
     model = _load(args)
     run_trace(model, _tokenizer(model), prompt, layers=args.layers, stages=args.stages, as_json=args.json,
-              console=None if args.json else Console(highlight=False))
+              console=None if args.json else Console(highlight=False, soft_wrap=True))
     return 0
 
 
@@ -188,11 +188,9 @@ def _cmd_generate(args) -> int:
     params = _sampler_params(args, model)
     add_bos = None
     if args.chat:
-        from .chat import render_chat
         msgs = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else [])
         msgs.append({"role": "user", "content": prompt})
-        prompt = render_chat(tok, msgs, add_generation_prompt=True)
-        add_bos = False   # the template writes BOS itself where the model wants one
+        prompt = tok.encode_chat(msgs, add_generation_prompt=True)   # ids; BOS never doubled
     if args.verbose:
         from .sampling import Sampler
         print(f"sampler: {Sampler(params, model.cfg.n_vocab).describe()}", file=sys.stderr)
@@ -207,7 +205,8 @@ def _cmd_generate(args) -> int:
         if not args.json:
             out.write(rec.text)
             out.flush()
-    res.prompt_tokens = tok.encode(prompt, add_bos=add_bos, parse_special=not args.no_parse_special)
+    res.prompt_tokens = (list(prompt) if not isinstance(prompt, str)
+                         else tok.encode(prompt, add_bos=add_bos, parse_special=not args.no_parse_special))
     if args.json:
         print(json.dumps(res.as_json(), ensure_ascii=False))
     else:
@@ -219,7 +218,6 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from .chat import render_chat
     from .generate import stream_generate
     model = _load(args)
     tok = _tokenizer(model)
@@ -238,11 +236,10 @@ def _cmd_chat(args) -> int:
         if not user.strip():
             return 0
         history.append({"role": "user", "content": user})
-        prompt = render_chat(tok, history, add_generation_prompt=True)
+        prompt = tok.encode_chat(history, add_generation_prompt=True)
         reply = ""
         try:
-            for rec in stream_generate(model, tok, prompt, args.n_predict, params, add_bos=False,
-                                       parse_special=not args.no_parse_special):
+            for rec in stream_generate(model, tok, prompt, args.n_predict, params):
                 reply += rec.text
                 sys.stdout.write(rec.text)
                 sys.stdout.flush()
