@@ -277,3 +277,13 @@ def tiny_model(tmp_path):
     def make(name: str = "tiny.gguf", **kw) -> Path:
         return write_tiny_model(tmp_path / name, **kw)
     return make
+
+
+@pytest.fixture(scope="session")
+def run_cli_input():
+    """`python -m llmetal ARGS...` with `stdin_text` fed to its standard input."""
+    def run(args, stdin_text, timeout: float = 300):
+        return subprocess.run([sys.executable, "-m", "llmetal", *map(str, args)], input=stdin_text,
+                              capture_output=True, text=True, timeout=timeout, env=_cli_env(None),
+                              cwd=str(REPO))
+    return run
