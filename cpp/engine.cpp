@@ -220,9 +220,15 @@ void Encoder::push(Command& c) {
 
 static Binding bind(const Tensor& t) { return Binding{t.buf.get(), t.offset}; }
 
-static void need(bool ok, const char* stage, const std::string& what) {
-    if (!ok) throw Error(std::string(stage) + ": " + what);
+[[noreturn]] static void fail(const char* stage, const std::string& what) {
+    throw Error(std::string(stage) + ": " + what);
 }
+// Shape checks run on every stage call (recording a plan included), so the message is built
+// only when the check fails.
+#define need(ok, stage, what)             \
+    do {                                  \
+        if (!(ok)) fail((stage), (what)); \
+    } while (0)
 
 static void need_f32(const Tensor& t, const char* stage, const char* what) {
     need(t.type == KT_F32, stage, std::string(what) + " must be F32, got " + t.repr());
