@@ -97,10 +97,12 @@ def test_bad_tokens_and_overflow(model):
 
 def test_whole_model_vs_float64_reference(model):
     """The engine's composition of stages against llmetal.reference.forward (numpy float64).
-    The CPU quantizes matmul activations to 8 bits, which costs NMSE ~1e-3 on these models."""
+    The CPU quantizes matmul activations to 8 bits, which costs NMSE ~1e-3..1e-2 on these
+    models (llama.cpp differs from itself by up to 5e-2, see test_parity_llamacpp.py); a
+    wrong stage or order gives NMSE ~0.1-1."""
     ids = _ids(model, ["The", "capital", "of", "France", "is"])
     ours = model.logits(ids)
     want = ref.forward(model.gguf, model.cfg, ids)
     for t in range(len(ids)):
-        assert ref.nmse(ours[t], want[t]) < 5e-3, t
+        assert ref.nmse(ours[t], want[t]) < 3e-2, t
     assert int(np.argmax(ours[-1])) == int(np.argmax(want[-1]))
