@@ -10,6 +10,14 @@
 #include "cpu/features.h"
 #include "engine.h"
 
+#ifdef LLMETAL_WITH_METAL_EMU   // tests/metal_emu/device_emu.cpp
+namespace llmetal {
+void metal_counters(Device& d, uint64_t out[7]);
+void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
+                          const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule);
+}
+#endif
+
 namespace nb = nanobind;
 using namespace llmetal;
 
@@ -27,6 +35,9 @@ static nb::dict build_info() {
 #endif
 #ifdef LLMETAL_WITH_METAL
     devices.append("metal");
+#endif
+#ifdef LLMETAL_WITH_METAL_EMU
+    devices.append("metal-emu");
 #endif
     d["devices"] = devices;
 #if defined(__clang__)
@@ -148,6 +159,35 @@ NB_MODULE(_engine, m) {
     m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0,
           "The CPU device with a pool of n_threads (0 = the cores this process may use).");
     m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
+    m.def("metal_device", &make_metal_device, "The Metal device (Apple builds only).");
+    m.def("metal_emu_device", &make_metal_emu_device, nb::arg("schedule") = "forward",
+          "The Metal device's plan run by the CPU emulator of Metal (LLMETAL_METAL_EMU builds).");
+#ifdef LLMETAL_WITH_METAL_EMU
+    m.def("metal_counters", [](Device& d) {
+        uint64_t v[7];
+        metal_counters(d, v);
+        nb::dict r;
+        const char* k[7] = {"command_buffers", "dispatches", "barriers", "emu_threads", "emu_threadgroups",
+                            "emu_switches", "emu_rendezvous"};
+        for (int i = 0; i < 7; ++i) r[k[i]] = v[i];
+        return r;
+    }, "Command buffers, dispatches and barriers of a metal-emu device; the emulator's totals.");
+    // Run one emulated kernel on numpy arrays (bound at [[buffer(1..)]], args bytes at 0).
+    m.def("metal_emu_run_kernel", [](const std::string& name, nb::list arrays, nb::bytes args,
+                                     std::vector<uint32_t> grid, std::vector<uint32_t> tg, uint32_t tg_mem,
+                                     const std::string& schedule) {
+        std::vector<void*> bufs;
+        for (nb::handle a : arrays) {
+            nb::object iface = a.attr("__array_interface__");
+            bufs.push_back((void*)nb::cast<uintptr_t>(nb::cast<nb::tuple>(iface["data"])[0]));
+        }
+        if (grid.size() != 3 || tg.size() != 3) throw Error("metal_emu_run_kernel: grid and tg take 3 values");
+        std::string a(args.c_str(), args.size());
+        a.resize(64);
+        metal_emu_run_kernel(name, bufs, a.data(), grid.data(), tg.data(), tg_mem, schedule);
+    }, nb::arg("name"), nb::arg("arrays"), nb::arg("args"), nb::arg("grid"), nb::arg("tg"),
+       nb::arg("tg_mem") = 0, nb::arg("schedule") = "forward");
+#endif
 
     nb::class_<Tensor>(m, "Tensor")
         .def("__init__", [](Tensor* t, BufferRef buf, uint64_t offset, int type, std::vector<int64_t> shape) {

@@ -8,4 +8,14 @@ std::shared_ptr<Device> make_cuda_device(int) {
     throw Error("this llmetal build has no CUDA device (built without a CUDA toolkit, or LLMETAL_CUDA=OFF)");
 }
 #endif
+#ifndef LLMETAL_WITH_METAL
+std::shared_ptr<Device> make_metal_device() {
+    throw Error("this llmetal build has no Metal device (it is built only on Apple platforms)");
+}
+#endif
+#ifndef LLMETAL_WITH_METAL_EMU
+std::shared_ptr<Device> make_metal_emu_device(const std::string&) {
+    throw Error("this llmetal build has no metal-emu device (configure with -DLLMETAL_METAL_EMU=ON)");
+}
+#endif
 }  // namespace llmetal

@@ -26,15 +26,19 @@ F32, F16, I32 = 0, 1, 26
 
 
 def make_device(device: str | None = "cpu", n_threads: int = 0):
-    """The engine device by name: "cpu" (everywhere), "cuda" (NVIDIA builds)."""
+    """The engine device by name: "cpu" (everywhere), "cuda" (NVIDIA builds), "metal" (Apple
+    builds), "metal-emu" / "metal-emu:reverse" (the Metal device's plan run by a CPU emulator
+    of Metal; builds with LLMETAL_METAL_EMU=ON)."""
     device = device or "cpu"
     if device == "cpu":
         return E.cpu_device(n_threads)
     if device == "cuda":
         return E.cuda_device(0)
     if device == "metal":
-        raise ValueError("the metal device is not built into this llmetal (it exists only on Apple builds)")
-    raise ValueError(f"unknown device '{device}' (cpu, cuda, metal)")
+        return E.metal_device()
+    if device.startswith("metal-emu"):
+        return E.metal_emu_device(device.partition(":")[2] or "forward")
+    raise ValueError(f"unknown device '{device}' (cpu, cuda, metal, metal-emu)")
 
 
 @dataclass

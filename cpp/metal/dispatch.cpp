@@ -1,0 +1,383 @@
+// dispatch.cpp -- stage -> dispatch descriptions (see dispatch.h). Plain C++: the same code
+// plans the real Metal device's command buffers and the metal-emu device's emulated runs.
+#include "dispatch.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace llmetal::metal {
+
+namespace {
+
+inline uint32_t groups(int64_t n, int64_t per) {
+    int64_t g = (n + per - 1) / per;
+    if (g > 0xFFFFFFFFll) throw Error("metal: grid too large");
+    return (uint32_t)std::max<int64_t>(g, 1);
+}
+
+template <class A> void set_args(DispatchDesc& d, const A& a) {
+    static_assert(sizeof(A) <= MAX_ARG_BYTES, "kargs too large for setBytes slot");
+    std::memcpy(d.args, &a, sizeof a);
+    d.args_bytes = sizeof a;
+}
+
+void bind(DispatchDesc& d, int index, const Binding& b) {
+    d.bufs[index] = BufferBinding{b.buf, b.offset};
+    d.n_bufs = std::max(d.n_bufs, index + 1);
+}
+
+// Kernel names: one static string per (family, type), so a description never allocates.
+#define TYPE_TABLE(prefix)                                                                    \
+    switch (t) {                                                                              \
+        case KT_F32: return prefix "f32";                                                     \
+        case KT_F16: return prefix "f16";                                                     \
+        case KT_BF16: return prefix "bf16";                                                   \
+        case KT_Q4_0: return prefix "q4_0";                                                   \
+        case KT_Q4_1: return prefix "q4_1";                                                   \
+        case KT_Q5_0: return prefix "q5_0";                                                   \
+        case KT_Q5_1: return prefix "q5_1";                                                   \
+        case KT_Q8_0: return prefix "q8_0";                                                   \
+        case KT_Q4_K: return prefix "q4_k";                                                   \
+        case KT_Q5_K: return prefix "q5_k";                                                   \
+        case KT_Q6_K: return prefix "q6_k";                                                   \
+    }                                                                                         \
+    throw Error(std::string("metal: no " prefix "<type> kernel for weight type id ") + std::to_string(t));
+
+const char* embed_kernel(int t) { TYPE_TABLE("kernel_embed_") }
+const char* matvec_kernel(int t) { TYPE_TABLE("kernel_matmul_") }
+const char* mm_kernel(int t) { TYPE_TABLE("kernel_matmul_mm_") }
+#undef TYPE_TABLE
+
+}  // namespace
+
+const char* type_suffix(int t) { return matvec_kernel(t) + std::strlen("kernel_matmul_"); }
+
+// ---- hazards ---------------------------------------------------------------------------------
+void Planner::begin() {
+    n_written = n_read = 0;
+    overflow = false;
+}
+
+void Planner::reads(const Binding& b, uint64_t bytes) {
+    if (!b.buf || b.buf->read_only) return;   // weights are never written
+    acc_r[n_acc_r++] = Range{b.buf, b.offset, b.offset + bytes};
+}
+void Planner::writes(const Binding& b, uint64_t bytes) {
+    acc_w[n_acc_w++] = Range{b.buf, b.offset, b.offset + bytes};
+}
+
+void Planner::finish(DispatchDesc& d) {
+    auto hit = [](const Range* rs, int n, const Range& x) {
+        for (int i = 0; i < n; ++i)
+            if (rs[i].b == x.b && rs[i].lo < x.hi && x.lo < rs[i].hi) return true;
+        return false;
+    };
+    bool need = overflow;
+    for (int i = 0; i < n_acc_r && !need; ++i) need = hit(written, n_written, acc_r[i]);           // RAW
+    for (int i = 0; i < n_acc_w && !need; ++i)
+        need = hit(written, n_written, acc_w[i]) || hit(read, n_read, acc_w[i]);                   // WAW, WAR
+    if (need) begin();
+    d.barrier = need;
+    for (int i = 0; i < n_acc_r; ++i) {
+        if (n_read == MAX_RANGES) overflow = true;
+        else read[n_read++] = acc_r[i];
+    }
+    for (int i = 0; i < n_acc_w; ++i) {
+        if (n_written == MAX_RANGES) overflow = true;
+        else written[n_written++] = acc_w[i];
+    }
+    n_acc_r = n_acc_w = 0;
+}
+
+// ---- planning --------------------------------------------------------------------------------
+void Planner::attention_split(const kargs_attention& a, int* S, int* chunk) {
+    // Decode splits the whole context in chunks of ATT_CHUNK keys (splits past the current
+    // position find no key, so the grid is the same for every token and a recorded command
+    // list replays unchanged); a batch of queries uses at most 4 splits.
+    int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
+    int s = (span + ATT_CHUNK - 1) / ATT_CHUNK;
+    if (a.n_tokens > 1) s = std::min(s, 4);
+    s = std::max(s, 1);
+    *S = s;
+    *chunk = (span + s - 1) / s;
+}
+
+uint64_t Planner::scratch_bytes(const Command& c) {
+    if (c.stage != Stage::attention) return 0;
+    const kargs_attention& a = c.a.attention;
+    int S, chunk;
+    attention_split(a, &S, &chunk);
+    return S > 1 ? (uint64_t)a.n_tokens * a.n_heads * S * (a.head_dim + 2) * sizeof(float) : 0;
+}
+
+void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>& out) {
+    const Binding* b = c.b;
+    out.emplace_back();
+    DispatchDesc& d = out.back();
+    d.stage = stage_name(c.stage);
+    const uint32_t EW = EW_THREADS;
+    switch (c.stage) {
+        case Stage::embed: {
+            const kargs_embed& a = c.a.embed;
+            d.kernel = embed_kernel(a.wtype);
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
+            reads(b[1], (uint64_t)a.n_tokens * 4);
+            writes(b[2], (uint64_t)a.n_tokens * a.dim * 4);
+            d.grid[0] = groups(a.dim, EW); d.grid[1] = (uint32_t)a.n_tokens;
+            d.tg[0] = EW;
+            break;
+        }
+        case Stage::rmsnorm: {
+            const kargs_rmsnorm& a = c.a.rmsnorm;
+            d.kernel = "kernel_rmsnorm_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
+            reads(b[0], (uint64_t)a.n_rows * a.dim * 4);
+            reads(b[1], (uint64_t)a.dim * 4);
+            writes(b[2], (uint64_t)a.n_rows * a.dim * 4);
+            d.grid[0] = (uint32_t)a.n_rows;
+            d.tg[0] = NORM_THREADS;
+            break;
+        }
+        case Stage::matmul:
+        case Stage::logits: {
+            const kargs_matmul& a = c.a.matmul;
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
+            reads(b[0], (uint64_t)a.n_out * a.row_bytes);
+            reads(b[1], (uint64_t)a.n_tokens * a.n_in * 4);
+            writes(b[2], (uint64_t)a.n_tokens * a.n_out * 4);
+            if (a.n_tokens > MV_MT && a.n_in % MM_TK == 0) {   // a batch: tiled, matrix units
+                d.kernel = mm_kernel(a.wtype);
+                d.grid[0] = groups(a.n_out, MM_TN); d.grid[1] = groups(a.n_tokens, MM_TM);
+                d.tg[0] = MM_THREADS;
+                d.tg_mem = (MM_TK * MM_TN + MM_TM * MM_TK) * sizeof(float);
+            } else {                                             // decode: one SIMD group per row
+                d.kernel = matvec_kernel(a.wtype);
+                d.grid[0] = groups(a.n_out, MV_SG); d.grid[1] = groups(a.n_tokens, MV_MT);
+                d.tg[0] = MV_SG * 32;
+            }
+            break;
+        }
+        case Stage::rope: {
+            const kargs_rope& a = c.a.rope;
+            d.kernel = "kernel_rope_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]);
+            bind(d, 2, a.has_factors ? b[1] : b[0]);   // a buffer must be bound; unread without factors
+            bind(d, 3, c.step);
+            uint64_t xb = (uint64_t)a.n_tokens * a.n_heads * a.head_dim * 4;
+            reads(b[0], xb);
+            if (a.has_factors) reads(b[1], (uint64_t)a.n_rot / 2 * 4);
+            writes(b[0], xb);
+            d.grid[0] = groups((int64_t)a.n_tokens * a.n_heads * (a.n_rot / 2), EW);
+            d.tg[0] = EW;
+            break;
+        }
+        case Stage::kv_store: {
+            const kargs_kv_store& a = c.a.kv_store;
+            d.kernel = "kernel_kv_store_f16";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, c.step);
+            reads(b[0], (uint64_t)a.n_tokens * a.kv_dim * 4);
+            writes(b[1], (uint64_t)a.n_ctx * a.kv_dim * 2);   // the row depends on the step: all of it
+            d.grid[0] = groups((int64_t)a.n_tokens * a.kv_dim, EW);
+            d.tg[0] = EW;
+            break;
+        }
+        case Stage::attention: {
+            const kargs_attention& a = c.a.attention;
+            if (a.head_dim > ATT_MAXD * 32)
+                throw Error("attention: head_dim above " + std::to_string(ATT_MAXD * 32) + " is not supported on metal");
+            kargs_attention_split p{a, 0, 0, 0, 0};
+            attention_split(a, &p.n_splits, &p.chunk);
+            d.kernel = "kernel_attention_f16";
+            set_args(d, p);
+            Binding part = p.n_splits > 1 ? Binding{scratch, 0} : b[3];   // unused with one split
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]); bind(d, 4, b[3]); bind(d, 5, part);
+            bind(d, 6, c.step);
+            const uint64_t qb = (uint64_t)a.n_tokens * a.n_heads * a.head_dim * 4;
+            const uint64_t cb = (uint64_t)a.n_ctx * a.n_kv_heads * a.head_dim * 2;
+            const uint64_t pb = scratch_bytes(c);
+            reads(b[0], qb); reads(b[1], cb); reads(b[2], cb);
+            if (p.n_splits > 1) writes(part, pb);
+            else writes(b[3], qb);
+            d.grid[0] = (uint32_t)p.n_splits; d.grid[1] = (uint32_t)a.n_heads; d.grid[2] = (uint32_t)a.n_tokens;
+            d.tg[0] = ATT_SG * 32;
+            if (p.n_splits > 1) {
+                finish(d);
+                out.emplace_back();
+                DispatchDesc& e = out.back();
+                e.stage = d.stage;
+                e.kernel = "kernel_attention_combine_f32";
+                set_args(e, p);
+                bind(e, 1, part); bind(e, 2, b[3]);
+                reads(part, pb);
+                writes(b[3], qb);
+                e.grid[0] = (uint32_t)a.n_heads; e.grid[1] = (uint32_t)a.n_tokens;
+                e.tg[0] = ATT_SG * 32;
+                finish(e);
+                return;
+            }
+            break;
+        }
+        case Stage::add:
+        case Stage::mul: {
+            const kargs_eltwise& a = c.a.eltwise;
+            d.kernel = c.stage == Stage::add ? "kernel_add_f32" : "kernel_mul_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
+            reads(b[0], (uint64_t)a.n * 4); reads(b[1], (uint64_t)a.b_n * 4);
+            writes(b[2], (uint64_t)a.n * 4);
+            d.grid[0] = groups(a.n, EW);
+            d.tg[0] = EW;
+            break;
+        }
+        case Stage::scale: {
+            const kargs_eltwise& a = c.a.eltwise;
+            d.kernel = "kernel_scale_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]);
+            reads(b[0], (uint64_t)a.n * 4);
+            writes(b[1], (uint64_t)a.n * 4);
+            d.grid[0] = groups(a.n, EW);
+            d.tg[0] = EW;
+            break;
+        }
+        case Stage::swiglu:
+        case Stage::geglu: {
+            const kargs_glu& a = c.a.glu;
+            d.kernel = c.stage == Stage::swiglu ? "kernel_swiglu_f32" : "kernel_geglu_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
+            const uint64_t n = (uint64_t)a.n_tokens * a.n_ff * 4;
+            reads(b[0], n); reads(b[1], n);
+            writes(b[2], n);
+            d.grid[0] = groups((int64_t)a.n_tokens * a.n_ff, EW);
+            d.tg[0] = EW;
+            break;
+        }
+    }
+    finish(d);
+}
+
+// ---- PlannedDevice -----------------------------------------------------------------------------
+void PlannedDevice::grow_scratch(uint64_t bytes) {
+    // Old scratch goes only when nothing can still use it: submits wait before returning
+    // from this (the devices call it between command buffers).
+    scratch = alloc(bytes, "attention scratch");
+}
+
+void PlannedDevice::set_step(const kstep& s) {
+    hstep = s;
+    upload(Binding{step_buf.get(), 0}, &s, sizeof s);
+}
+
+// The CPU device's checks, made on the host before a command buffer is committed: a kernel
+// cannot throw. The ids are read through the buffer's host pointer (shared storage).
+void PlannedDevice::check(const std::vector<Command>& cmds, bool check_ids) {
+    uint64_t need = 0;
+    for (const Command& c : cmds) {
+        need = std::max(need, Planner::scratch_bytes(c));
+        if (c.stage == Stage::kv_store || c.stage == Stage::attention) {
+            int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
+            int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
+            if (hstep.pos0 < 0 || hstep.pos0 + nt > nctx)
+                throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(hstep.pos0) + ".." +
+                            std::to_string(hstep.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
+        }
+        if (check_ids && c.stage == Stage::embed) {
+            const int32_t* ids = (const int32_t*)((const char*)c.b[1].buf->host + c.b[1].offset);
+            for (int t = 0; t < c.a.embed.n_tokens; ++t)
+                if (ids[t] < 0 || ids[t] >= c.a.embed.n_vocab)
+                    throw Error("embed: token id " + std::to_string(ids[t]) + " outside the vocabulary");
+        }
+    }
+    if (need > (scratch ? scratch->bytes : 0)) grow_scratch(need);
+}
+
+void PlannedDevice::submit(const std::vector<Command>& cmds) {
+    check(cmds, true);
+    descs.clear();
+    planner.begin();
+    for (const Command& c : cmds) planner.plan(c, scratch.get(), descs);
+    ++n_command_buffers;
+    n_dispatches += descs.size();
+    for (auto& d : descs) n_barriers += d.barrier;
+    execute(descs.data(), descs.size());
+}
+
+// A recorded plan: its descriptions are built on the first replay and kept in plan.exec;
+// every later replay only checks positions/ids and executes them (one command buffer).
+struct PlanDescs { std::vector<DispatchDesc> d; Buffer* scratch; };
+
+void PlannedDevice::submit_plan(Plan& p) {
+    check(p.cmds, true);
+    auto* pd = static_cast<PlanDescs*>(p.exec.get());
+    if (!pd || pd->scratch != scratch.get()) {
+        auto n = std::make_shared<PlanDescs>();
+        Planner pl;
+        pl.begin();
+        for (const Command& c : p.cmds) pl.plan(c, scratch.get(), n->d);
+        n->scratch = scratch.get();
+        p.exec = n;
+        pd = n.get();
+    }
+    ++n_command_buffers;
+    n_dispatches += pd->d.size();
+    for (auto& d : pd->d) n_barriers += d.barrier;
+    execute(pd->d.data(), pd->d.size());
+}
+
+void PlannedDevice::one(Stage s, const KArgs& a, std::initializer_list<Binding> b, Binding step) {
+    Command& c = single[0];
+    c.stage = s;
+    c.a = a;
+    int i = 0;
+    for (const Binding& x : b) c.b[i++] = x;
+    for (; i < 5; ++i) c.b[i] = Binding{};
+    c.step = step.buf ? step : Binding{step_buf.get(), 0};
+    submit(single);
+}
+
+void PlannedDevice::embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) {
+    KArgs k; k.embed = a; one(Stage::embed, k, {W, ids, out}, step);
+}
+void PlannedDevice::rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) {
+    KArgs k; k.rmsnorm = a; one(Stage::rmsnorm, k, {x, w, out}, {});
+}
+void PlannedDevice::matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+    KArgs k; k.matmul = a; one(Stage::matmul, k, {W, x, y}, {});
+}
+void PlannedDevice::logits(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+    KArgs k; k.matmul = a; one(Stage::logits, k, {W, x, y}, {});
+}
+void PlannedDevice::rope(const kargs_rope& a, Binding x, Binding factors, Binding step) {
+    KArgs k; k.rope = a; one(Stage::rope, k, {x, factors}, step);
+}
+void PlannedDevice::kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) {
+    KArgs k; k.kv_store = a; one(Stage::kv_store, k, {src, cache}, step);
+}
+void PlannedDevice::attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
+                              Binding step) {
+    KArgs k; k.attention = a; one(Stage::attention, k, {q, kc, vc, out}, step);
+}
+void PlannedDevice::add(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
+    KArgs k; k.eltwise = a; one(Stage::add, k, {x, y, out}, {});
+}
+void PlannedDevice::mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
+    KArgs k; k.eltwise = a; one(Stage::mul, k, {x, y, out}, {});
+}
+void PlannedDevice::scale(const kargs_eltwise& a, Binding x, Binding out) {
+    KArgs k; k.eltwise = a; one(Stage::scale, k, {x, out}, {});
+}
+void PlannedDevice::swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) {
+    KArgs k; k.glu = a; one(Stage::swiglu, k, {g, u, out}, {});
+}
+void PlannedDevice::geglu(const kargs_glu& a, Binding g, Binding u, Binding out) {
+    KArgs k; k.glu = a; one(Stage::geglu, k, {g, u, out}, {});
+}
+
+}  // namespace llmetal::metal

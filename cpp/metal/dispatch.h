@@ -1,0 +1,116 @@
+// dispatch.h -- the Metal device's dispatch planning, in plain C++ (compiled everywhere).
+//
+// Every stage call (a Command) becomes one or two DispatchDescs: which kernel, which buffers
+// and offsets at which [[buffer(i)]] indices, the argument bytes (set with setBytes at index 0),
+// the grid of threadgroups, the threadgroup size and memory, and whether a memory barrier must
+// come before it. Two devices turn the same descriptions into work:
+//   cpp/metal/device.mm            the real Metal device (Apple only): one command buffer and one
+//                                  concurrent compute encoder per submit, memoryBarrier where
+//                                  `barrier` is set, a debug group per stage;
+//   tests/metal_emu/device_emu.cpp the metal-emu device: the same descriptions executed by the
+//                                  CPU emulator of Metal, kernel by kernel.
+// So everything but the Objective-C++ calls themselves runs, and is tested, on Linux.
+//
+// PlannedDevice holds what the two share: host-side checks (token ids, positions), the
+// attention scratch, planning a command list into descriptions (no allocation per dispatch:
+// the description vector keeps its capacity), and a recorded plan's descriptions built once
+// and kept in Plan::exec. A submit is one command buffer (one per token when a plan replays;
+// one per stage in inspection/eager mode, where every stage is committed on its own).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../engine.h"
+#include "kargs_metal.h"
+
+namespace llmetal::metal {
+
+constexpr int MAX_BUFFERS = 8;    // [[buffer(0..7)]]; 0 carries the argument bytes
+constexpr int MAX_ARG_BYTES = 48;
+
+struct BufferBinding {
+    Buffer* buf = nullptr;
+    uint64_t offset = 0;
+};
+
+struct DispatchDesc {
+    const char* kernel = "";                  // kernel_<stage>_<dtype>, a static string
+    const char* stage = "";                   // the engine stage (the debug group's name)
+    BufferBinding bufs[MAX_BUFFERS];          // [[buffer(i)]] for i >= 1 (bufs[0] unused)
+    int n_bufs = 0;                           // indices 1 .. n_bufs - 1 are bound
+    alignas(8) unsigned char args[MAX_ARG_BYTES];   // setBytes(args, args_bytes, index 0)
+    uint32_t args_bytes = 0;
+    uint32_t grid[3] = {1, 1, 1};             // threadgroups per grid (dispatchThreadgroups)
+    uint32_t tg[3] = {1, 1, 1};               // threads per threadgroup
+    uint32_t tg_mem = 0;                      // bytes of [[threadgroup(0)]] memory
+    bool barrier = false;                     // memoryBarrier(buffers) before this dispatch
+};
+
+// The kernel name for a stage and weight type (throws for types without a kernel).
+const char* type_suffix(int wtype);
+
+// Plans command lists into dispatch descriptions and tracks hazards between dispatches of
+// one encoder: a dispatch gets `barrier` when it reads or writes a byte range that an
+// earlier dispatch since the last barrier wrote, or writes a range one of them read.
+struct Planner {
+    // Dispatches appended for command c (1, or 2 for split attention). `scratch` is the
+    // device's attention scratch buffer (large enough: see scratch_bytes).
+    void plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>& out);
+    void begin();   // a new encoder: nothing written yet
+    static uint64_t scratch_bytes(const Command& c);
+    static void attention_split(const kargs_attention& a, int* n_splits, int* chunk);
+
+  private:
+    struct Range { Buffer* b; uint64_t lo, hi; };
+    static constexpr int MAX_RANGES = 64;
+    Range written[MAX_RANGES], read[MAX_RANGES];
+    int n_written = 0, n_read = 0;
+    bool overflow = false;
+    // access of the dispatch being planned
+    Range acc_r[MAX_BUFFERS], acc_w[MAX_BUFFERS];
+    int n_acc_r = 0, n_acc_w = 0;
+    void reads(const Binding& b, uint64_t bytes);
+    void writes(const Binding& b, uint64_t bytes);
+    void finish(DispatchDesc& d);
+};
+
+// The part of a Metal device that is not Metal: everything but memory and execution.
+struct PlannedDevice : Device {
+    // Runs descriptions [0, n) as one command buffer (one compute encoder).
+    virtual void execute(const DispatchDesc* d, size_t n) = 0;
+    // (Re)allocates the attention scratch to at least `bytes` (outside any command buffer).
+    virtual void grow_scratch(uint64_t bytes);
+
+    void set_step(const kstep& s) override;
+    void submit(const std::vector<Command>& cmds) override;
+    void submit_plan(Plan& p) override;
+
+    // The stage methods plan and run one command (Device::run's path; Encoder uses submit).
+    void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) override;
+    void rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) override;
+    void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override;
+    void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override;
+    void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) override;
+    void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
+                   Binding step) override;
+    void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
+    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
+    void scale(const kargs_eltwise& a, Binding x, Binding out) override;
+    void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
+    void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
+    void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override;
+
+    // Counters (tests: one command buffer per token, no allocation per token).
+    uint64_t n_command_buffers = 0, n_dispatches = 0, n_barriers = 0;
+    BufferRef scratch;
+
+  protected:
+    void check(const std::vector<Command>& cmds, bool check_ids);
+    void one(Stage s, const KArgs& a, std::initializer_list<Binding> b, Binding step);
+    kstep hstep{0, 1, 0, 0};              // host copy of the step buffer, for the checks
+    Planner planner;
+    std::vector<DispatchDesc> descs;      // reused: keeps its capacity between submits
+    std::vector<Command> single{1};       // the stage methods' one-command list
+};
+
+}  // namespace llmetal::metal

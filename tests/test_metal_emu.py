@@ -1,0 +1,277 @@
+"""The Metal device, verified through the CPU emulation of Metal (the `metal-emu` device).
+
+`metal-emu` runs the Metal device's own dispatch plan (cpp/metal/dispatch.cpp: kernel names,
+buffer indices, grids, threadgroup sizes and memory, barriers) with the unmodified
+metal/*.metal kernels compiled as C++ (tests/metal_emu/prepass.py + metal_shim.h), one fiber
+per Metal thread, so barriers and SIMD-group operations rendezvous as on a GPU. Every test runs
+under two schedules: "forward" and "reverse" (threads, threadgroups, and the dispatches between
+two barriers in reverse order), and threadgroup memory starts as NaN: a missing barrier or an
+unwritten element shows up as a wrong or non-finite result.
+
+What this cannot check (needs a Mac: .github/workflows/macos-metal.yml): that the Metal compiler
+accepts the sources, address-space errors, fast-math numerics, and speed.
+
+Contents:
+  * every stage test of tests/test_stages.py (same inputs, poisoning, guard rows, tolerances)
+    on metal-emu, except rope, whose tolerance is 1e-7 here: Metal has no double, the angle is
+    float (as in ggml's kernels), off by ~1e-4 rad at position 1000;
+  * mat-vec and tiled (simdgroup_float8x8) matmul for every weight type against gguf's
+    dequantization; embed for every weight type;
+  * the plan: hazards found by the planner (barriers), one command buffer per token,
+    no allocation per token; a whole cut SmolLM2 run against the CPU device;
+  * the emulator's self-tests: a missing barrier reads NaN, divergent simd_sum and a barrier
+    not reached by every thread are reported with file:line, shuffles and 8x8 matrices.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from llmetal import _engine as E
+
+if "metal-emu" not in E.build_info()["devices"]:
+    pytest.skip("this build has no metal-emu device (configure with -DLLMETAL_METAL_EMU=ON)",
+                allow_module_level=True)
+
+import test_stages as S  # noqa: E402  (the stage tests, re-run here on metal-emu)
+from test_stages import (  # noqa: E402,F401  (collected by pytest in this module)
+    test_attention, test_binary, test_embed, test_embed_rejects_ids_outside_vocab, test_glu,
+    test_kv_store, test_kv_store_rejects_positions_past_context, test_logits, test_matmul,
+    test_rmsnorm, test_rmsnorm_per_head, test_rope, test_scale)
+
+SCHEDULES = ["forward", "reverse"]
+_DEVICES = {}
+
+
+def emu_device(schedule):
+    if schedule not in _DEVICES:
+        _DEVICES[schedule] = E.metal_emu_device(schedule)
+    return _DEVICES[schedule]
+
+
+@pytest.fixture(params=SCHEDULES)
+def device(request, monkeypatch):
+    """The metal-emu device under each schedule (replaces test_stages' cpu/cuda fixture)."""
+    monkeypatch.setitem(S.TOL, "rope", 1e-7)   # float angles: see the module docstring
+    return emu_device(request.param)
+
+
+@pytest.fixture
+def simd():
+    """SIMD levels only concern the CPU device: one run."""
+    return "n/a"
+
+
+# ---- every weight type: mat-vec and tiled matmul, embed -------------------------------------
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf import quants  # noqa: E402
+
+import test_matmul as TM  # noqa: E402
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
+def test_matmul_all_types(schedule, wtype):
+    """M = 1, 3 (mat-vec kernel_matmul_<t>), 17, 40 (tiled kernel_matmul_mm_<t>, with a partial
+    tile); K with odd block counts; N = 35 (a partial tile of 32 rows)."""
+    dev = emu_device(schedule)
+    rng = np.random.default_rng(4321 + int(wtype))
+    block = E.type_block(int(wtype))[0]
+    ks = {1: [64, 100], 32: [32, 96], 256: [256, 768]}[block]
+    for M in (1, 3, 17, 40):
+        for K in ks:
+            N = 35
+            wq = TM.make_weights(rng, wtype, N, K)
+            ref_w = quants.dequantize(wq, wtype).astype(np.float64).reshape(N, K)
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            pool = E.BufferPool(dev)
+            pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, [M, K]); pool.declare("y", 0, [M + 1, N])
+            pool.reserve()
+            W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
+            W.upload(wq); X.upload(x)
+            Y.upload(np.full((M + 1, N), np.nan, np.float32))
+            E.Encoder(dev, eager=True).matmul(W, X, Y.rows(0, M))
+            y = Y.to_numpy()
+            assert np.isnan(y[M]).all(), f"{wtype.name} M={M} K={K}: wrote past the output"
+            y = y[:M]
+            assert np.isfinite(y).all(), f"{wtype.name} {schedule} M={M} K={K}: unwritten or non-finite outputs"
+            ref = x.astype(np.float64) @ ref_w.T
+            err = TM.nmse(y, ref)
+            # no activation quantization here: float32 dot products of exact weights
+            assert err <= 1e-10, f"{wtype.name} {schedule} M={M} K={K} N={N}: NMSE {err:.2e}"
+
+
+@pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
+def test_embed_all_types(wtype):
+    dev = emu_device("reverse")
+    rng = np.random.default_rng(99 + int(wtype))
+    block = E.type_block(int(wtype))[0]
+    V, D = 40, max(block, 64)
+    wq = TM.make_weights(rng, wtype, V, D)
+    ref_w = quants.dequantize(wq, wtype).reshape(V, D)
+    ids = np.array([0, V - 1, 7, 7, 23], np.int32)
+    pool = E.BufferPool(dev)
+    pool.declare("W", int(wtype), [V, D]); pool.declare("ids", 26, [5]); pool.declare("out", 0, [5, D])
+    pool.reserve()
+    pool.get("W").upload(wq); pool.get("ids").upload(ids)
+    E.Encoder(dev, eager=True).embed(pool.get("W"), pool.get("ids"), pool.get("out"), 1.0)
+    np.testing.assert_array_equal(pool.get("out").to_numpy(), ref_w[ids].astype(np.float32))
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+def test_planner_puts_barriers_on_hazards():
+    """Dispatches that only read what earlier ones read run without a barrier; one that reads
+    what an earlier one wrote gets one (counted by the device)."""
+    dev = emu_device("reverse")
+    pool = E.BufferPool(dev)
+    for n in ("a", "b", "c", "d", "e"):
+        pool.declare(n, 0, [4, 64])
+    pool.reserve()
+    a, b, c, d, e = (pool.get(n) for n in "abcde")
+    rng = np.random.default_rng(0)
+    va, vb = rng.standard_normal((4, 64)).astype(np.float32), rng.standard_normal((4, 64)).astype(np.float32)
+    a.upload(va); b.upload(vb)
+    enc = E.Encoder(dev, eager=False)
+    c0 = E.metal_counters(dev)
+    enc.add(a, b, c)      # c = a + b
+    enc.mul(a, b, d)      # d = a * b   (independent: no barrier)
+    enc.add(c, d, e)      # e = c + d   (reads c and d: barrier)
+    enc.scale(e, c, 2.0)  # c = 2e      (reads e, overwrites c: barrier)
+    enc.commit()
+    c1 = E.metal_counters(dev)
+    assert c1["command_buffers"] - c0["command_buffers"] == 1
+    assert c1["dispatches"] - c0["dispatches"] == 4
+    assert c1["barriers"] - c0["barriers"] == 2
+    # the reverse schedule ran (mul, add) backwards: still right, because they are independent
+    np.testing.assert_allclose(c.to_numpy(), 2 * ((va + vb) + va * vb), rtol=1e-6)
+
+
+def _cut_smollm2(tmp_path_factory, layers=2):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llmetal import models
+    src = models.resolve("smollm2")
+    out = tmp_path_factory.mktemp("cut") / f"smollm2-{layers}l.gguf"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(root / "scripts/cut_gguf.py"), str(src), str(out), "--layers", str(layers)],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_cut(tmp_path_factory):
+    return _cut_smollm2(tmp_path_factory)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_whole_model_matches_cpu(smollm2_cut, schedule):
+    """SmolLM2 cut to 2 layers: a 12-token prompt in one batch (the tiled matmul), then 16
+    greedy tokens through the recorded one-token plan (mat-vec, split attention over n_ctx 600).
+    The CPU device picks the tokens; metal-emu is fed the same ones. At every step: logits NMSE
+    <= 1e-3, and the same argmax, except at a near-tie of the CPU's logits (top two within 0.1:
+    the CPU quantizes activations to 8 bits, the Metal kernels do not, so a near-tie may break
+    either way; then metal-emu's pick must be one of the CPU's tied tokens). One command buffer
+    per token; no allocation per token after the first."""
+    import llmetal
+    from llmetal import reference as R
+    from llmetal.generate import Decoder
+    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 378, 314, 2]   # a fixed id sequence
+    N = 16
+
+    cpu = llmetal.load(str(smollm2_cut), device="cpu", n_ctx=600, n_batch=16, n_out=1)
+    cl = [cpu.prefill(prompt).copy()]
+    toks, dec = [], Decoder(cpu)
+    for i in range(N):
+        toks.append(int(np.argmax(cl[-1])))
+        cl.append(dec.step(toks[-1], len(prompt) + i).copy())
+
+    m = llmetal.load(str(smollm2_cut), device=f"metal-emu:{schedule}", n_ctx=600, n_batch=16, n_out=1)
+    ml = [m.prefill(prompt).copy()]
+    dec, counts = Decoder(m), []
+    for i in range(N):
+        c0, a0 = E.metal_counters(m.device)["command_buffers"], E.alloc_count()
+        ml.append(dec.step(toks[i], len(prompt) + i).copy())
+        counts.append((E.metal_counters(m.device)["command_buffers"] - c0, E.alloc_count() - a0))
+
+    ties = 0
+    for i, (a, b) in enumerate(zip(ml, cl)):
+        e = R.nmse(a, b)
+        assert e <= 1e-3, f"step {i}: logits NMSE {e:.2e}"
+        top = np.sort(b)[::-1]
+        if np.argmax(a) != np.argmax(b):
+            ties += 1
+            assert top[0] - top[1] < 0.1 and b[np.argmax(a)] >= top[0] - 0.1, \
+                f"step {i}: metal-emu picks {np.argmax(a)}, cpu {np.argmax(b)} (cpu margin {top[0] - top[1]:.3f})"
+    assert ties <= 2, f"{ties} near-ties broke differently"
+    assert all(cb == 1 for cb, _ in counts), f"command buffers per token: {counts}"
+    assert all(al == 0 for _, al in counts[1:]), f"allocations per token: {counts}"
+
+
+# ---- the emulator itself ------------------------------------------------------------------------
+def _run(name, arrays, args, tg, schedule, grid=(1, 1, 1)):
+    E.metal_emu_run_kernel(name, arrays, args, list(grid), list(tg), 0, schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_emu_barrier_and_poison(schedule):
+    """With its barrier the neighbour exchange is exact; without it, some thread reads its
+    neighbour's slot before it is written and gets the NaN poison (forward: every thread but
+    the last; reverse: the last thread, reading slot 0)."""
+    x = np.arange(1, 65, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    _run("selftest_neighbour", [x, out], struct.pack("ii", 64, 0), (64, 1, 1), schedule)
+    np.testing.assert_array_equal(out, np.roll(x, -1))
+    out[:] = 0
+    _run("selftest_neighbour", [x, out], struct.pack("ii", 64, 1), (64, 1, 1), schedule)
+    assert np.isnan(out).sum() == (63 if schedule == "forward" else 1)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_emu_reports_divergent_simd_sum(schedule):
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    _run("selftest_simd_sum", [x, out], struct.pack("ii", 64, 0), (64, 1, 1), schedule)
+    np.testing.assert_array_equal(out, np.repeat([x[:32].sum(), x[32:].sum()], 32))
+    with pytest.raises(ValueError, match=r"divergent SIMD-group operation.*simd_sum at tests/metal_emu/selftest.metal:\d+"
+                                         r".*threads 16-31: returned"):
+        _run("selftest_simd_sum", [x, out], struct.pack("ii", 64, 1), (64, 1, 1), schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_emu_reports_barrier_not_reached(schedule):
+    out = np.zeros(64, np.float32)
+    _run("selftest_early_return", [out], struct.pack("ii", 64, 0), (64, 1, 1), schedule)
+    assert (out == 1).all()
+    with pytest.raises(ValueError, match=r"threadgroup_barrier not reached by every thread.*"
+                                         r"threads 0-31: threadgroup_barrier at tests/metal_emu/selftest.metal:\d+; "
+                                         r"threads 32-63: returned"):
+        _run("selftest_early_return", [out], struct.pack("ii", 64, 1), (64, 1, 1), schedule)
+
+
+def test_emu_shuffles_and_matrices():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(32).astype(np.float32)
+    out = np.zeros(160, np.float32)
+    _run("selftest_shuffles", [x, out], b"\0" * 8, (32, 1, 1), "forward")
+    lanes = np.arange(32)
+    np.testing.assert_array_equal(out[:32], x[lanes ^ 1])
+    np.testing.assert_array_equal(out[32:64], np.where(lanes + 3 < 32, x[np.minimum(lanes + 3, 31)], x))
+    np.testing.assert_array_equal(out[64:96], np.full(32, x[5]))
+    np.testing.assert_array_equal(out[96:128], np.full(32, x.max()))
+    np.testing.assert_array_equal(out[128:160], np.full(32, x.min()))
+    A = rng.standard_normal((8, 8)).astype(np.float32)
+    B = rng.standard_normal((8, 8)).astype(np.float32)
+    C = np.zeros((8, 8), np.float32)
+    _run("selftest_mma", [A, B, C], b"\0" * 8, (32, 1, 1), "reverse")
+    np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=1e-5, atol=1e-5)
+
+
+def test_emu_unknown_kernel_and_schedule():
+    with pytest.raises(ValueError, match="no kernel named kernel_nope"):
+        _run("kernel_nope", [], b"", (1, 1, 1), "forward")
+    with pytest.raises(ValueError, match="schedule must be"):
+        E.metal_emu_device("sideways")
