@@ -29,7 +29,8 @@ def _add_runtime(p, n_ctx):
     p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
     p.add_argument("-c", "--ctx-size", type=int, default=n_ctx, help="context size (tokens)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="prompt batch size")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "metal"], help="compute device")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "metal", "metal-emu"],
+                   help="compute device (metal-emu: the Metal kernels on a CPU emulator, slow)")
 
 
 def _add_generation(p, chat=False):
