@@ -2,7 +2,7 @@
 
     python bench/cuda_bench.py MODEL.gguf [MODEL.gguf ...] [--tokens 128] [--check-cpu]
 
-Per model: decode tokens/s through the recorded one-token plan (a CUDA graph, replayed
+Per model (llmetal.load): decode tokens/s through the recorded one-token plan (a CUDA graph, replayed
 with replay_token; no logits read back inside the timed loop, one wait at the end), the
 same with the logits row read back every token, prefill of 512 tokens, and the decode
 bandwidth (weight bytes streamed per token x tokens/s) next to a measured device-to-device
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from llama_mini import MiniLlama  # noqa: E402
-
-from llmetal import _engine as E  # noqa: E402
+import llmetal  # noqa: E402
+from llmetal.generate import Decoder  # noqa: E402
 
 
 def copy_roof_gbs():
@@ -44,45 +41,60 @@ def copy_roof_gbs():
     return 2 * n / float(np.median(times)) / 1e9
 
 
-def weight_bytes(m: MiniLlama) -> int:
-    """Bytes of weights a decode step streams: every matrix but the embedding table (one row)."""
+def weight_bytes(m) -> int:
+    """Bytes of weights a decode step streams: every matrix but the embedding table (one row),
+    which a tied output projection streams in full."""
     tot = 0
-    for name, t in m.w.items():
-        if name == "token_embd.weight" and "output.weight" in m.w:
+    for name, t in m.gguf.tensors.items():
+        if name == "token_embd.weight" and not m.cfg.tied_output:
             continue
         tot += t.nbytes
     return tot
 
 
+def greedy(device, path, prompt, n):
+    m = llmetal.load(path, device=device, n_ctx=64, n_batch=16, n_out=16)
+    rows = [m.logits(prompt)]
+    dec = Decoder(m)
+    ids = [int(np.argmax(rows[0][-1]))]
+    for i in range(n - 1):
+        rows.append(dec.step(ids[-1], len(prompt) + i).copy()[None])
+        ids.append(int(np.argmax(rows[-1])))
+    return ids, np.concatenate(rows)
+
+
 def bench(path, n_tok, check_cpu):
     print(f"bench {path}", flush=True)
-    dev = E.cuda_device(0)
-    m = MiniLlama(dev, path, n_ctx=1024, max_batch=512)
+    m = llmetal.load(path, device="cuda", n_ctx=1024, n_batch=512, n_out=1)
     rng = np.random.default_rng(0)
-    prompt = rng.integers(0, m.vocab, 512).astype(np.int32)
-    # prefill 512 (first call records and captures; time the second)
-    m.prefill(prompt)
-    t0 = time.perf_counter(); m.prefill(prompt); pp = 512 / (time.perf_counter() - t0)
-    plan = m.decode_plan()
+    prompt = rng.integers(0, m.cfg.n_vocab, 512).tolist()
+    m.prefill(prompt)   # warm-up
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter(); m.prefill(prompt); times.append(time.perf_counter() - t0)
+    pp = 512 / float(np.median(times))
+    dec = Decoder(m)
+    plan = dec.record()
+    ids = m.full["ids"].rows(0, 1)
     for i in range(8):   # warm-up: graph capture on the first replay
-        m.decode(plan, 1 + i, 512 + i, read=False)
-    dev.wait()
+        m.enc.replay_token(plan, ids, 1 + i, 512 + i)
+    m.device.wait()
+    dec.step(1, 520)
     t0 = time.perf_counter()
-    for i in range(n_tok):
-        m.decode(plan, 1 + i % 100, 520 + i, read=False)
-    dev.wait()
-    tg = n_tok / (time.perf_counter() - t0)
+    for i in range(n_tok):   # no logits read back: one graph launch per token
+        m.enc.replay_token(plan, ids, 1 + i % 100, 520 + i)
+    dec.step(1, 520 + n_tok)   # one download at the end waits for all of them
+    tg = (n_tok + 1) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     tok = 1
     for i in range(n_tok):
-        tok = int(np.argmax(m.decode(plan, tok, 520 + i)))
+        tok = int(np.argmax(dec.step(tok, 520 + i)))
     tg_read = n_tok / (time.perf_counter() - t0)
     wb = weight_bytes(m)
     res = dict(model=os.path.basename(path), pp512=pp, tg=tg, tg_read=tg_read, wbytes=wb, gbs=wb * tg / 1e9)
-    if check_cpu:
-        prompt = [1, 9690, 28, 253, 1345, 314, 1078, 30, 2]
-        g = MiniLlama(dev, path, n_ctx=64, max_batch=16).greedy(prompt, 4)
-        c = MiniLlama(E.cpu_device(0), path, n_ctx=64, max_batch=16).greedy(prompt, 4)
+    if check_cpu and os.path.getsize(path) < 2e9:   # the CPU side of 8B shapes takes too long
+        prompt = [1, 9690, 28, 253, 1345, 314, 1078, 30, 2, 504, 3]
+        g, c = greedy("cuda", path, prompt, 4), greedy("cpu", path, prompt, 4)
         err = float(((g[1] - c[1]) ** 2).sum() / (c[1] ** 2).sum())
         res.update(ids_match=g[0] == c[0], nmse=err, ids=g[0])
     return res

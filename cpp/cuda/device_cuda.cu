@@ -28,6 +28,7 @@
 
 #include "../engine.h"
 #include "kernels.cuh"
+#include "matmul.cuh"
 
 namespace llmetal {
 using namespace llmetal_cuda;
@@ -69,6 +70,7 @@ struct CudaDevice final : Device {
         err_buf.reset();
         for (void* p : scratch_old) cudaFree(p);
         if (scratch) cudaFree(scratch);
+        if (qscratch) cudaFree(qscratch);
         cudaStreamDestroy(stream);
     }
 
@@ -158,12 +160,35 @@ struct CudaDevice final : Device {
                         throw Error("embed: token id " + std::to_string(id) + " outside the vocabulary");
             }
         }
-        if (need > scratch_bytes) {
-            if (scratch) scratch_old.push_back(scratch);   // a captured graph may still use it
-            ck(cudaMalloc(&scratch, need), "cudaMalloc scratch");
-            ++n_allocs; bytes_allocated += need;
-            scratch_bytes = need;
+        grow(&scratch, &scratch_bytes, need);
+        // decode matmuls: the activations quantized to 8 bits (int8 values, then the scales)
+        uint64_t qneed = 0;
+        for (const Command& c : cmds) {
+            if ((c.stage == Stage::matmul || c.stage == Stage::logits) && mmvq_type(c.a.matmul.wtype) &&
+                c.a.matmul.n_tokens <= MV_MAX_TOKENS)
+                qneed = std::max<uint64_t>(qneed, q8_bytes(c.a.matmul));
         }
+        grow(&qscratch, &qscratch_bytes, qneed);
+    }
+
+    // Grow a scratch buffer (outside any capture); the old one stays until the device goes,
+    // because a captured graph may still point at it.
+    void grow(void** p, uint64_t* have, uint64_t need) {
+        if (need <= *have) return;
+        if (*p) scratch_old.push_back(*p);
+        ck(cudaMalloc(p, need), "cudaMalloc scratch");
+        ++n_allocs; bytes_allocated += need;
+        *have = need;
+    }
+    static constexpr int MV_MAX_TOKENS = 8;   // above this, prefill on tensor cores
+    static bool mmvq_type(int t) {
+        return t == KT_Q4_0 || t == KT_Q4_1 || t == KT_Q5_0 || t == KT_Q5_1 || t == KT_Q8_0 || t == KT_Q4_K ||
+               t == KT_Q5_K || t == KT_Q6_K;
+    }
+    static int q8_block(int t) { return (t == KT_Q4_K || t == KT_Q5_K || t == KT_Q6_K) ? 256 : 32; }
+    static uint64_t q8_values_bytes(const kargs_matmul& a) { return ((uint64_t)a.n_tokens * a.n_in + 255) & ~255ull; }
+    static uint64_t q8_bytes(const kargs_matmul& a) {
+        return q8_values_bytes(a) + (uint64_t)a.n_tokens * (a.n_in / q8_block(a.wtype)) * sizeof(float);
     }
 
     void submit(const std::vector<Command>& cmds) override {
@@ -244,7 +269,75 @@ struct CudaDevice final : Device {
         launched("kernel_rmsnorm");
     }
 
+    // The widest load (16, 8, 4 or 2 bytes) that divides both the weight rows' start and length.
+    static int load_width(const kargs_matmul& a, const void* W) {
+        for (int v = 16; v > 2; v >>= 1)
+            if (a.row_bytes % v == 0 && (uintptr_t)W % v == 0) return v;
+        return 2;
+    }
+
+    // Warps per row for the mat-vec kernels: 1 when the matrix has rows enough to give every
+    // SM ~32 warps (132 SMs on an H100), else 2 or 4 -- never more than the row has windows.
+    static int row_split(int n_out, int n_windows) {
+        int s = n_out >= 4096 ? 1 : n_out >= 2048 ? 2 : 4;
+        while (s > 1 && n_windows < s) s >>= 1;
+        return s;
+    }
+
+    // Decode, quantized weights: stage 1 quantizes the activations, stage 2 streams the rows.
+    template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        constexpr int QB = MVQ<T>::QB;
+        int8_t* xq = (int8_t*)qscratch;
+        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
+        const int64_t n = (int64_t)a.n_tokens * a.n_in;
+        kernel_quantize_q8<QB><<<blocks(n, 256), 256, 0, stream>>>(x.ptr<float>(), xq, xd, a.n_in, n);
+        launched("kernel_quantize_q8");
+        const int vw = load_width(a, W.ptr<uint8_t>());
+        const int split = row_split(a.n_out, (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB);
+        const unsigned grid = blocks(a.n_out, MV_ROWS / split);
+        if (a.n_tokens == 1)
+            kernel_mmvq<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, split);
+        else
+            kernel_mmvq<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, split);
+        launched("kernel_mmvq");
+    }
+
+    // Prefill: tensor cores on weight tiles dequantized to fp16 in shared memory.
+    template <int T> void matmul_tc(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        dim3 grid(blocks(a.n_tokens, TC_BM), blocks(a.n_out, TC_BN));
+        kernel_gemm_tc<T><<<grid, 256, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>());
+        launched("kernel_gemm_tc");
+    }
+
     template <int T> void matmul_t(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        const bool x16 = (uintptr_t)x.ptr<float>() % 16 == 0;
+        if constexpr (T != KT_F32 && T != KT_BF16) {
+            if (a.n_tokens > MV_MAX_TOKENS && a.n_in % TC_BK == 0 && x16 &&
+                (T != KT_F16 || (uintptr_t)W.ptr<uint8_t>() % 16 == 0)) {
+                matmul_tc<T>(a, W, x, y);
+                return;
+            }
+        }
+        if constexpr (T == KT_F16) {
+            if (a.n_tokens <= MV_MAX_TOKENS && a.n_in % 8 == 0 && x16) {
+                const int vw = load_width(a, W.ptr<uint8_t>());
+                const int split = row_split(a.n_out, (a.n_in + 1023) / 1024);
+                const unsigned grid = blocks(a.n_out, MV_ROWS / split);
+                if (a.n_tokens == 1)
+                    kernel_mv_f16<1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
+                else
+                    kernel_mv_f16<8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
+                launched("kernel_mv_f16");
+                return;
+            }
+        }
+        if constexpr (T != KT_F32 && T != KT_F16 && T != KT_BF16) {
+            if (a.n_tokens <= MV_MAX_TOKENS) {
+                matmul_mmvq<T>(a, W, x, y);
+                return;
+            }
+        }
+        // F32 / BF16 weights, and odd shapes: one warp per row, float activations
         int vec = (a.n_in % 8 == 0) && ((uintptr_t)x.ptr<float>() % 16 == 0) &&
                   (QT<T>::QK > 1 || (uintptr_t)W.ptr<uint8_t>() % 16 == 0 && a.row_bytes % 16 == 0);
         dim3 grid(blocks(a.n_out, MV_WARPS), blocks(a.n_tokens, MV_MT));
@@ -284,11 +377,12 @@ struct CudaDevice final : Device {
     }
 
     // How many blocks split one query's keys: decode splits the whole context in chunks of
-    // 256 keys (blocks past the current position exit at once, so the grid is the same for
-    // every token and a graph can hold it); a batch of queries uses at most 4 splits.
+    // 64 keys (blocks past the current position exit at once, so the grid is the same for
+    // every token and a graph can hold it; each warp then waits on memory only ~4 times);
+    // a batch of queries uses at most 4 splits.
     static void attention_split(const kargs_attention& a, int* S, int* chunk) {
         int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
-        int s = (span + 255) / 256;
+        int s = (span + 63) / 64;
         if (a.n_tokens > 1) s = std::min(s, 4);
         s = std::max(s, 1);
         *S = s;
@@ -338,8 +432,10 @@ struct CudaDevice final : Device {
     cudaStream_t stream = nullptr;
     kstep hstep{0, 1, 0, 0};         // host copy of the step buffer (for host-side checks)
     BufferRef err_buf;
-    void* scratch = nullptr;
+    void* scratch = nullptr;          // attention partials
     uint64_t scratch_bytes = 0;
+    void* qscratch = nullptr;         // quantized activations of decode matmuls
+    uint64_t qscratch_bytes = 0;
     std::vector<void*> scratch_old;
 };
 

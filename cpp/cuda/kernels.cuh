@@ -155,13 +155,14 @@ __global__ void kernel_kv_store(kargs_kv_store a, const float* src, __half* cach
 
 // ---- attention (flash-decoding) --------------------------------------------------------------
 // Grid (n_splits, n_heads, n_tokens), 4 warps a block. Split s of query (t, h) covers the
-// visible keys [lo + s*chunk, lo + (s+1)*chunk) ∩ [lo, pos]; each warp takes every 4th key of
-// it, keeps a running max / sum / weighted V (online softmax) with head_dim spread over the
+// visible keys [lo + s*chunk, lo + (s+1)*chunk) ∩ [lo, pos]; each warp takes every 4th group
+// of ATT_KG keys of it, keeps a running max / sum / weighted V (online softmax) with head_dim spread over the
 // lanes, and the 4 warps merge in shared memory. With one split the block writes the output;
 // otherwise it writes (max, sum, acc[hd]) to `part` and kernel_attention_combine merges.
 // Keys outside the visible range are never read (the tests put NaN there).
 constexpr int ATT_WARPS = 4;
 constexpr int ATT_MAXD = 8;   // head_dim <= 256
+constexpr int ATT_KG = 8;     // keys a warp loads together
 
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 kernel_attention(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
@@ -182,28 +183,53 @@ kernel_attention(kargs_attention a, const float* q, const __half* kc, const __ha
         qv[i] = d < hd ? qr[d] : 0.f;
         acc[i] = 0.f;
     }
+    // Keys go in groups of ATT_KG per warp: the group's K rows are loaded together (their
+    // latencies overlap), then its V rows, so a warp waits on memory twice per group rather
+    // than twice per key.
     float mx = -INFINITY, sum = 0.f;
-    for (int j = j0 + warp; j < j1; j += ATT_WARPS) {
-        const __half* kr = kc + (int64_t)j * kv_dim + g * hd;
-        float p = 0.f;
+    for (int jg = j0 + warp * ATT_KG; jg < j1; jg += ATT_WARPS * ATT_KG) {
+        float sc[ATT_KG];
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; ++i) {
-            int d = lane + 32 * i;
-            if (d < hd) p += qv[i] * __half2float(kr[d]);
-        }
-        float sc = warp_sum(p) * a.scale;
-        if (a.softcap > 0.f) sc = a.softcap * tanhf(sc / a.softcap);
-        float nm = fmaxf(mx, sc);
-        float corr = __expf(mx - nm);   // 0 on the first key (mx = -inf)
-        float pe = __expf(sc - nm);
-        sum = sum * corr + pe;
-        const __half* vr = vc + (int64_t)j * kv_dim + g * hd;
+        for (int u = 0; u < ATT_KG; ++u) {
+            const int j = jg + u;
+            float p = 0.f;
+            if (j < j1) {
+                const __half* kr = kc + (int64_t)j * kv_dim + g * hd;
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; ++i) {
-            int d = lane + 32 * i;
-            if (d < hd) acc[i] = acc[i] * corr + pe * __half2float(vr[d]);
+                for (int i = 0; i < ATT_MAXD; ++i) {
+                    int d = lane + 32 * i;
+                    if (d < hd) p += qv[i] * __half2float(kr[d]);
+                }
+            }
+            sc[u] = p;
         }
-        mx = nm;
+        float gm = mx;
+#pragma unroll
+        for (int u = 0; u < ATT_KG; ++u) {
+            float v = warp_sum(sc[u]) * a.scale;
+            if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
+            sc[u] = jg + u < j1 ? v : -INFINITY;
+            gm = fmaxf(gm, sc[u]);
+        }
+        const float corr = __expf(mx - gm);   // 0 on the first group (mx = -inf)
+        sum *= corr;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; ++i) acc[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < ATT_KG; ++u) {
+            const int j = jg + u;
+            if (j < j1) {
+                const float pe = __expf(sc[u] - gm);
+                sum += pe;
+                const __half* vr = vc + (int64_t)j * kv_dim + g * hd;
+#pragma unroll
+                for (int i = 0; i < ATT_MAXD; ++i) {
+                    int d = lane + 32 * i;
+                    if (d < hd) acc[i] += pe * __half2float(vr[d]);
+                }
+            }
+        }
+        mx = gm;
     }
 
     // merge the warps

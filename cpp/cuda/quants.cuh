@@ -182,4 +182,49 @@ template <> __device__ __forceinline__ void dq8<KT_Q4_1>(const uint8_t* row, int
     }
 }
 
+
+// Q5_0: values 8s..8s+7 of a block; fifth bits from qh (bit v for value v).
+template <> __device__ __forceinline__ void dq8<KT_Q5_0>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 4) * 22;
+    float d = ldh(b);
+    int s = g % 4;
+    uint32_t qh = ld32_2(b + 2) >> (8 * s);
+    const uint16_t* q = (const uint16_t*)(b + 6 + 8 * (s & 1));
+    int shift = (s >> 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint16_t v = q[i];
+        int q0 = ((v >> shift) & 0xF) | (((qh >> (2 * i)) & 1) << 4);
+        int q1 = ((v >> (8 + shift)) & 0xF) | (((qh >> (2 * i + 1)) & 1) << 4);
+        w[2 * i] = __fmul_rn((float)(q0 - 16), d);
+        w[2 * i + 1] = __fmul_rn((float)(q1 - 16), d);
+    }
+}
+// Q4_K: group g covers values 8g..8g+7; sub-block (g%32)/4 shares one scale and min.
+template <> __device__ __forceinline__ void dq8<KT_Q4_K>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 32) * 144;
+    int v = g % 32, sb = v / 4, p = v % 4;
+    int sc, m;
+    scale_min_k4(sb, b + 4, &sc, &m);
+    float d1 = __fmul_rn(ldh(b), (float)sc), o1 = __fmul_rn(ldh(b + 2), (float)m);
+    const uint8_t* q = b + 16 + 32 * (sb / 2) + 8 * p;
+    int sh = 4 * (sb & 1);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fsub_rn(__fmul_rn(d1, (float)((q[i] >> sh) & 0xF)), o1);
+}
+// Q6_K: group g covers values 8g..8g+7 (one half of a 16-value sub-block).
+template <> __device__ __forceinline__ void dq8<KT_Q6_K>(const uint8_t* row, int g, float* w) {
+    const uint8_t* b = row + (g / 32) * 210;
+    int e0 = 8 * (g % 32), h = e0 / 128, qd = (e0 / 32) % 4, l0 = e0 % 32;
+    const uint8_t* ql = b + 64 * h + 32 * (qd & 1) + l0;
+    const uint8_t* qh = b + 128 + 32 * h + l0;
+    float ds = __fmul_rn(ldh(b + 208), (float)(int8_t)b[192 + e0 / 16]);
+    int sl = 4 * (qd >> 1), shh = 2 * qd;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int q = ((ql[i] >> sl) & 0xF) | (((qh[i] >> shh) & 3) << 4);
+        w[i] = __fmul_rn(ds, (float)(q - 32));
+    }
+}
+
 }  // namespace llmetal_cuda
