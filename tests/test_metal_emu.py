@@ -8,7 +8,7 @@ under two schedules: "forward" and "reverse" (threads, threadgroups, and the dis
 two barriers in reverse order), and threadgroup memory starts as NaN: a missing barrier or an
 unwritten element shows up as a wrong or non-finite result.
 
-What this cannot check (needs a Mac: .github/workflows/macos-metal.yml): that the Metal compiler
+What this cannot check (needs a Mac: .github/workflows/macos.yml): that the Metal compiler
 accepts the sources, address-space errors, fast-math numerics, and speed.
 
 Contents:
@@ -20,7 +20,10 @@ Contents:
   * the plan: hazards found by the planner (barriers), one command buffer per token,
     no allocation per token; a whole cut SmolLM2 run against the CPU device;
   * the emulator's self-tests: a missing barrier reads NaN, divergent simd_sum and a barrier
-    not reached by every thread are reported with file:line, shuffles and 8x8 matrices.
+    not reached by every thread are reported with file:line, shuffles and 8x8 matrices; its
+    pool of OS threads (1 and 3) runs every threadgroup once and names the first failing
+    group in the schedule's order.
+The whole SmolLM2 and Gemma-3 on metal-emu: tests/test_metal_emu_models.py.
 """
 from __future__ import annotations
 
@@ -283,3 +286,57 @@ def test_emu_unknown_kernel_and_schedule():
         _run("kernel_nope", [], b"", (1, 1, 1), "forward")
     with pytest.raises(ValueError, match="schedule must be"):
         E.metal_emu_device("sideways")
+
+
+# The pool of OS threads (runtime.h): threadgroups of a large dispatch are shared out, each
+# whole on one thread. Run in a subprocess per pool size, since the size is read once.
+_POOL_SCRIPT = r"""
+import struct, sys, numpy as np
+from llmetal import _engine as E
+# 1. a synchronization error in many threadgroups: the first in the schedule's order is named,
+#    however the groups were shared out
+for sched, first in (("forward", "(0,0,0)"), ("reverse", "(15,0,0)")):
+    out = np.zeros(64, np.float32)
+    E.metal_emu_run_kernel("selftest_early_return", [out], struct.pack("ii", 64, 0), [16, 1, 1], [64, 1, 1], 0, sched)
+    assert (out == 1).all()
+    try:
+        E.metal_emu_run_kernel("selftest_early_return", [out], struct.pack("ii", 64, 1), [16, 1, 1], [64, 1, 1], 0, sched)
+        raise SystemExit("no error reported")
+    except ValueError as e:
+        assert "not reached by every thread of threadgroup " + first in str(e), str(e)
+# 2. a mat-vec of 512 threadgroups: every group runs once, and the result is exact
+dev = E.metal_emu_device(sys.argv[1])
+rng = np.random.default_rng(1)
+N, K = 2048, 256
+w, x = rng.standard_normal((N, K)).astype(np.float32), rng.standard_normal((1, K)).astype(np.float32)
+pool = E.BufferPool(dev)
+pool.declare("W", 0, [N, K]); pool.declare("x", 0, [1, K]); pool.declare("y", 0, [1, N]); pool.reserve()
+pool.get("W").upload(w); pool.get("x").upload(x)
+g0 = E.metal_counters(dev)["emu_threadgroups"]
+E.Encoder(dev, eager=True).matmul(pool.get("W"), pool.get("x"), pool.get("y"))
+assert E.metal_counters(dev)["emu_threadgroups"] - g0 == N // 4
+y, ref = pool.get("y").to_numpy(), x.astype(np.float64) @ w.T.astype(np.float64)
+assert ((y - ref) ** 2).sum() / (ref ** 2).sum() < 1e-12
+print("ok")
+"""
+
+
+@pytest.mark.skipif(REAL, reason="the emulator's thread pool")
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("schedule", ["forward", "reverse"])
+def test_emu_thread_pool(threads, schedule):
+    import subprocess
+    import sys
+    env = dict(os.environ, LLMETAL_EMU_THREADS=threads)
+    r = subprocess.run([sys.executable, "-c", _POOL_SCRIPT, schedule], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_emu_thread_pool_size_checked():
+    import subprocess
+    import sys
+    env = dict(os.environ, LLMETAL_EMU_THREADS="zero")
+    r = subprocess.run([sys.executable, "-c", _POOL_SCRIPT, "forward"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "LLMETAL_EMU_THREADS must be a number from 1 to 256, not 'zero'" in r.stderr

@@ -9,10 +9,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #if !defined(__x86_64__)
@@ -35,11 +40,6 @@ KernelFn find_kernel(const char* name) {
 std::string kernel_names() {
     std::string s;
     for (auto& kv : registry()) s += (s.empty() ? "" : ", ") + kv.first;
-    return s;
-}
-
-Stats& stats() {
-    static Stats s;
     return s;
 }
 
@@ -83,9 +83,9 @@ llmetal_emu_trampoline:
 
 namespace {
 
-constexpr size_t STACK_BYTES = 128 << 10;   // per fiber; a guard page below each
-
 enum class St : uint8_t { ready, parked, done };
+
+struct Runner;
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -93,7 +93,8 @@ struct Fiber {
 #else
     ucontext_t uc;
 #endif
-    char* stack = nullptr;
+    char* stack = nullptr;      // lowest usable byte
+    size_t stack_bytes = 0;
     St st = St::ready;
     // where it is parked
     Scope scope = Scope::simd;
@@ -109,21 +110,34 @@ struct Fiber {
 
 struct TgDecl { void* p; size_t bytes; const char* type; };
 
+constexpr size_t TG_MEM_MAX = 32768;   // Metal's threadgroup memory per threadgroup
+
+// One OS thread's fibers and the state of the threadgroup it runs. Fiber i's slot is
+// [header page | guard page | stack], FIBER_SLOT_BYTES long and aligned to it; the stack's
+// top is staggered by (i % 16) * 256 bytes so that the hot top frames of the fibers do not
+// all fall into the same cache sets.
 struct Runner {
     Runner() {
         const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        region_bytes = (STACK_BYTES + page) * MAX_THREADS;
+        region_bytes = FIBER_SLOT_BYTES * (MAX_THREADS + 1);   // one slot more, for alignment
         region = (char*)mmap(nullptr, region_bytes, PROT_READ | PROT_WRITE,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (region == MAP_FAILED) throw std::runtime_error("metal-emu: cannot map fiber stacks");
+        char* first = (char*)(((uintptr_t)region + FIBER_SLOT_BYTES - 1) & ~(FIBER_SLOT_BYTES - 1));
         fibers.resize(MAX_THREADS);
         for (int i = 0; i < MAX_THREADS; ++i) {
-            char* base = region + i * (STACK_BYTES + page);
-            mprotect(base, page, PROT_NONE);     // a stack overflow faults instead of corrupting
-            fibers[i].stack = base + page;
+            char* base = first + (size_t)i * FIBER_SLOT_BYTES;
+            auto* h = (FiberHeader*)base;
+            h->slot = &fibers[i].slot;
+            h->fiber = &fibers[i];
+            h->runner = this;
+            mprotect(base + page, page, PROT_NONE);   // a stack overflow faults instead of corrupting
+            fibers[i].stack = base + 2 * page;
+            fibers[i].stack_bytes = FIBER_SLOT_BYTES - 2 * page - (size_t)(i % 16) * 256;
         }
-        arena.resize(64 << 10);
+        arena.resize(TG_MEM_MAX);
         decls.reserve(64);
+        all.reserve(MAX_THREADS);
     }
     ~Runner() { munmap(region, region_bytes); }
 
@@ -133,9 +147,12 @@ struct Runner {
     std::vector<unsigned char> arena;    // threadgroup memory of the running group
     size_t arena_used = 0;
     std::vector<TgDecl> decls;           // threadgroup declarations of the running group
+    void* tgbuf[8] = {};                 // [[threadgroup(i)]] of the running group
+    std::vector<int> all;                // 0 .. n-1 (error messages)
     const Launch* launch = nullptr;
     Fiber* cur = nullptr;
     std::string error;
+    Stats st;                            // this OS thread's counts, not yet added to the totals
 #if defined(__x86_64__)
     void* main_sp = nullptr;
 #else
@@ -143,30 +160,31 @@ struct Runner {
 #endif
 };
 
-thread_local Runner* T = nullptr;
-
+// The calling OS thread's runner (outside fibers: the scheduler side).
 Runner& runner() {
     static thread_local std::unique_ptr<Runner> r;
     if (!r) r.reset(new Runner());
-    T = r.get();
     return *r;
 }
 
-void to_scheduler() {
-    Runner& r = *T;
-    ++stats().switches;
+// Inside a fiber: its runner and fiber, from the stack slot's header.
+inline Runner& fiber_runner() { return *(Runner*)my_header().runner; }
+inline Fiber& fiber_self() { return *(Fiber*)my_header().fiber; }
+
+void to_scheduler(Runner& r, Fiber& f) {
 #if defined(__x86_64__)
-    llmetal_emu_switch(&r.cur->sp, r.main_sp);
+    llmetal_emu_switch(&f.sp, r.main_sp);
 #else
-    swapcontext(&r.cur->uc, &r.main_uc);
+    swapcontext(&f.uc, &r.main_uc);
 #endif
 }
 
 void fiber_main(void* arg) {
     Fiber* f = (Fiber*)arg;
-    T->launch->fn(f->ctx);
+    Runner& r = fiber_runner();
+    r.launch->fn(f->ctx);
     f->st = St::done;
-    to_scheduler();
+    to_scheduler(r, *f);
     __builtin_trap();   // never resumed
 }
 
@@ -180,7 +198,7 @@ void start_fiber(Fiber& f) {
     f.st = St::ready;
     f.tg_decl = 0;
 #if defined(__x86_64__)
-    uintptr_t top = ((uintptr_t)f.stack + STACK_BYTES) & ~(uintptr_t)15;
+    uintptr_t top = ((uintptr_t)f.stack + f.stack_bytes) & ~(uintptr_t)15;
     void** sp = (void**)(top - 72);
     sp[0] = nullptr;                       // r15
     sp[1] = nullptr;                       // r14
@@ -193,7 +211,7 @@ void start_fiber(Fiber& f) {
 #else
     getcontext(&f.uc);
     f.uc.uc_stack.ss_sp = f.stack;
-    f.uc.uc_stack.ss_size = STACK_BYTES;
+    f.uc.uc_stack.ss_size = f.stack_bytes;
     f.uc.uc_link = nullptr;
     uintptr_t p = (uintptr_t)&f;
     makecontext(&f.uc, (void (*)())fiber_main_uc, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
@@ -202,7 +220,7 @@ void start_fiber(Fiber& f) {
 
 void resume(Runner& r, Fiber& f) {
     r.cur = &f;
-    ++stats().switches;
+    r.st.switches += 2;   // there and back
 #if defined(__x86_64__)
     llmetal_emu_switch(&r.main_sp, f.sp);
 #else
@@ -210,6 +228,10 @@ void resume(Runner& r, Fiber& f) {
 #endif
     r.cur = nullptr;
 }
+
+// The same source position: string literals of one file are usually one object, so the
+// pointer comparison decides almost always and strcmp runs only for distinct pointers.
+inline bool same_str(const char* a, const char* b) { return a == b || std::strcmp(a, b) == 0; }
 
 std::string site(const Fiber& f) {
     if (f.st == St::done) return "returned";
@@ -246,60 +268,67 @@ std::string where_they_are(Runner& r, const std::vector<int>& idx) {
     throw std::runtime_error(std::string("metal-emu: ") + r.launch->name + ": " + what);
 }
 
-thread_local std::vector<int> scratch_all;
-
 void run_group(Runner& r, const Launch& l, Schedule sched, uint32_t gx, uint32_t gy, uint32_t gz) {
     const uint32_t nx = l.tg[0], ny = l.tg[1], nz = l.tg[2];
     const int n = (int)(nx * ny * nz);
-    // threadgroup memory: [[threadgroup(i)]] buffers first, poisoned; declarations follow
-    std::memset(r.arena.data(), 0xFF, r.arena.size());
+    // threadgroup memory: [[threadgroup(i)]] buffers first, poisoned here; declarations follow,
+    // each poisoned when the first thread reaches it (tg_alloc). Only the bytes in use are
+    // filled: the same as poisoning the whole arena, for nothing else can be read.
     r.arena_used = 0;
     r.decls.clear();
-    void* tgbuf[8] = {};
     for (int i = 0; i < 8; ++i) {
+        r.tgbuf[i] = nullptr;
         if (!l.tg_mem[i]) continue;
-        tgbuf[i] = r.arena.data() + r.arena_used;
+        r.tgbuf[i] = r.arena.data() + r.arena_used;
+        std::memset(r.tgbuf[i], 0xFF, l.tg_mem[i]);
         r.arena_used += (l.tg_mem[i] + 15) & ~15u;
     }
+    const Pos3 tgpig{gx, gy, gz}, tptg{nx, ny, nz}, tgpg{l.grid[0], l.grid[1], l.grid[2]};
+    const Pos3 tpg{l.grid[0] * nx, l.grid[1] * ny, l.grid[2] * nz};
+    uint32_t tx = 0, ty = 0, tz = 0;
     for (int i = 0; i < n; ++i) {
         Fiber& f = r.fibers[i];
         ThreadCtx& c = f.ctx;
-        std::memcpy(c.buf, l.buf, sizeof c.buf);
-        std::memcpy(c.tgbuf, tgbuf, sizeof c.tgbuf);
-        uint32_t tx = i % nx, ty = (i / nx) % ny, tz = i / (nx * ny);
+        c.buf = l.buf;
+        c.tgbuf = r.tgbuf;
         c.tpitg = {tx, ty, tz};
-        c.tgpig = {gx, gy, gz};
-        c.tptg = {nx, ny, nz};
-        c.tgpg = {l.grid[0], l.grid[1], l.grid[2]};
-        c.tpg = {l.grid[0] * nx, l.grid[1] * ny, l.grid[2] * nz};
+        c.tgpig = tgpig;
+        c.tptg = tptg;
+        c.tgpg = tgpg;
+        c.tpg = tpg;
         c.tpig = {gx * nx + tx, gy * ny + ty, gz * nz + tz};
         c.tiitg = (uint32_t)i;
         c.tiisg = (uint32_t)(i % SIMD_WIDTH);
         c.sgitg = (uint32_t)(i / SIMD_WIDTH);
         start_fiber(f);
+        if (++tx == nx) { tx = 0; if (++ty == ny) { ty = 0; ++tz; } }
     }
-    stats().threads += n;
-    ++stats().threadgroups;
+    r.st.threads += n;
+    ++r.st.threadgroups;
     const int n_sg = (n + SIMD_WIDTH - 1) / SIMD_WIDTH;
-    std::vector<int>& all = scratch_all;
-    all.resize(n);
-    for (int i = 0; i < n; ++i) all[i] = i;
+    auto all = [&]() -> const std::vector<int>& {   // for error messages only
+        r.all.resize(n);
+        for (int i = 0; i < n; ++i) r.all[i] = i;
+        return r.all;
+    };
 
     for (;;) {
         // one pass: run every ready fiber to its next sync point
+        bool live = false;
         for (int k = 0; k < n; ++k) {
             Fiber& f = r.fibers[sched == Schedule::forward ? k : n - 1 - k];
-            if (f.st != St::ready) continue;
-            resume(r, f);
-            if (!r.error.empty()) {
-                std::string e = r.error;
-                r.error.clear();
-                sync_error(r, e + " (thread " + std::to_string(f.ctx.tiitg) + ")");
+            if (f.st == St::ready) {
+                resume(r, f);
+                if (!r.error.empty()) {
+                    std::string e = r.error;
+                    r.error.clear();
+                    sync_error(r, e + " (thread " + std::to_string(f.ctx.tiitg) + ")");
+                }
             }
+            live |= f.st != St::done;
         }
-        bool live = false, progress = false;
-        for (int i = 0; i < n; ++i) live |= r.fibers[i].st != St::done;
         if (!live) return;
+        bool progress = false;
         // SIMD-group operations
         for (int g = 0; g < n_sg; ++g) {
             const int b = g * SIMD_WIDTH, e = std::min(n, b + SIMD_WIDTH);
@@ -312,7 +341,7 @@ void run_group(Runner& r, const Launch& l, Schedule sched, uint32_t gx, uint32_t
             for (int i = b; i < e; ++i) {
                 const Fiber& f = r.fibers[i];
                 same &= f.st == St::parked && f.scope == Scope::simd && f.line == f0.line &&
-                        std::strcmp(f.file, f0.file) == 0 && std::strcmp(f.op, f0.op) == 0;
+                        same_str(f.file, f0.file) && same_str(f.op, f0.op);
             }
             if (!same) {
                 std::vector<int> lanes;
@@ -332,7 +361,7 @@ void run_group(Runner& r, const Launch& l, Schedule sched, uint32_t gx, uint32_t
             for (int i = b; i < e; ++i) slots[i - b] = &r.fibers[i].slot;
             if (f0.resolve) f0.resolve(slots, e - b);
             for (int i = b; i < e; ++i) r.fibers[i].st = St::ready;
-            ++stats().rendezvous;
+            ++r.st.rendezvous;
             progress = true;
         }
         if (progress) continue;
@@ -344,25 +373,170 @@ void run_group(Runner& r, const Launch& l, Schedule sched, uint32_t gx, uint32_t
             bool at = f.st == St::parked && f.scope == Scope::group;
             if (at && !first) first = &f;
             any_at_barrier |= at;
-            all_at_barrier &= at && f.line == first->line && std::strcmp(f.file, first->file) == 0;
+            all_at_barrier &= at && f.line == first->line && same_str(f.file, first->file);
         }
         if (all_at_barrier) {
             for (int i = 0; i < n; ++i) r.fibers[i].st = St::ready;
-            ++stats().rendezvous;
+            ++r.st.rendezvous;
             continue;
         }
         if (any_at_barrier)
             sync_error(r, "threadgroup_barrier not reached by every thread of threadgroup (" + std::to_string(gx) +
-                              "," + std::to_string(gy) + "," + std::to_string(gz) + "): " + where_they_are(r, all) +
+                              "," + std::to_string(gy) + "," + std::to_string(gz) + "): " + where_they_are(r, all()) +
                               " (never return or branch around a barrier)");
-        sync_error(r, "deadlock: " + where_they_are(r, all));
+        sync_error(r, "deadlock: " + where_they_are(r, all()));
     }
 }
 
+// ---- the totals and the pool of OS threads ----------------------------------------------------
+std::atomic<uint64_t> tot_threads{0}, tot_switches{0}, tot_rendezvous{0}, tot_groups{0};
+
+void flush_stats(Runner& r) {
+    tot_threads += r.st.threads;
+    tot_switches += r.st.switches;
+    tot_rendezvous += r.st.rendezvous;
+    tot_groups += r.st.threadgroups;
+    r.st = Stats{};
+}
+
+// Threadgroup k of a dispatch in the schedule's order, as (x, y, z).
+inline void group_at(const Launch& l, Schedule s, uint64_t total, uint64_t k, uint32_t g3[3]) {
+    uint64_t g = s == Schedule::forward ? k : total - 1 - k;
+    g3[0] = (uint32_t)(g % l.grid[0]);
+    g3[1] = (uint32_t)((g / l.grid[0]) % l.grid[1]);
+    g3[2] = (uint32_t)(g / ((uint64_t)l.grid[0] * l.grid[1]));
+}
+
+// The pool: the calling thread and n-1 workers take chunks of threadgroups, in the schedule's
+// order, from a shared counter. The first error in schedule order wins; the others stop
+// taking work once one is seen.
+struct Pool {
+    explicit Pool(int n) {
+        for (int i = 1; i < n; ++i) workers.emplace_back([this] { loop(); });
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> g(mu);
+            quit = true;
+        }
+        cv_work.notify_all();
+        for (auto& t : workers) t.join();
+    }
+    int size() const { return (int)workers.size() + 1; }
+
+    void run(const Launch& l, Schedule s, uint64_t total) {
+        std::lock_guard<std::mutex> one_at_a_time(run_mu);   // devices used from several threads
+        launch = &l;
+        sched = s;
+        n_groups = total;
+        chunk = std::max<uint64_t>(1, total / ((uint64_t)size() * 8));
+        next = 0;
+        err_k = UINT64_MAX;
+        err_seen = UINT64_MAX;
+        err_msg.clear();
+        {
+            std::lock_guard<std::mutex> g(mu);
+            busy = (int)workers.size();
+            ++generation;
+        }
+        cv_work.notify_all();
+        work();
+        std::unique_lock<std::mutex> g(mu);
+        cv_done.wait(g, [this] { return busy == 0; });
+        launch = nullptr;
+        if (err_k != UINT64_MAX) throw std::runtime_error(err_msg);
+    }
+
+  private:
+    void loop() {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> g(mu);
+                cv_work.wait(g, [&] { return quit || generation != seen; });
+                if (quit) return;
+                seen = generation;
+            }
+            work();
+            {
+                std::lock_guard<std::mutex> g(mu);
+                --busy;
+            }
+            cv_done.notify_one();
+        }
+    }
+    void work() {
+        Runner& r = runner();
+        const Launch& l = *launch;
+        r.launch = &l;
+        for (;;) {
+            uint64_t k0 = next.fetch_add(chunk);
+            if (k0 >= n_groups || err_seen.load(std::memory_order_relaxed) <= k0) break;
+            uint64_t k1 = std::min(n_groups, k0 + chunk);
+            uint64_t k = k0;
+            try {
+                for (; k < k1; ++k) {
+                    uint32_t g[3];
+                    group_at(l, sched, n_groups, k, g);
+                    run_group(r, l, sched, g[0], g[1], g[2]);
+                }
+            } catch (const std::runtime_error& e) {
+                std::lock_guard<std::mutex> g(mu);
+                if (k < err_k) { err_k = k; err_msg = e.what(); }
+                err_seen = err_k;
+                break;
+            }
+        }
+        r.launch = nullptr;
+        flush_stats(r);
+    }
+
+    std::vector<std::thread> workers;
+    std::mutex run_mu, mu;
+    std::condition_variable cv_work, cv_done;
+    uint64_t generation = 0;
+    int busy = 0;
+    bool quit = false;
+    // the dispatch being run
+    const Launch* launch = nullptr;
+    Schedule sched = Schedule::forward;
+    uint64_t n_groups = 0, chunk = 1;
+    std::atomic<uint64_t> next{0};
+    std::atomic<uint64_t> err_seen{UINT64_MAX};
+    uint64_t err_k = UINT64_MAX;   // under mu
+    std::string err_msg;
+};
+
+int pool_size_from_env() {
+    if (const char* e = std::getenv("LLMETAL_EMU_THREADS")) {
+        char* end = nullptr;
+        long v = std::strtol(e, &end, 10);
+        if (end == e || *end || v < 1 || v > 256)
+            throw std::runtime_error(std::string("LLMETAL_EMU_THREADS must be a number from 1 to 256, not '") + e + "'");
+        return (int)v;
+    }
+    unsigned hc = std::thread::hardware_concurrency();
+    return (int)std::min(8u, std::max(1u, hc));
+}
+
+Pool& pool() {
+    static Pool p(pool_size_from_env());
+    return p;
+}
+
+// A dispatch goes to the pool when it has enough threadgroups to share: smaller ones run on
+// the calling thread (waking the workers costs more than they would save).
+constexpr uint64_t POOL_MIN_GROUPS = 8;
+
 }  // namespace
 
+Stats stats() {
+    return Stats{tot_threads.load(), tot_switches.load(), tot_rendezvous.load(), tot_groups.load()};
+}
+
+int pool_threads() { return pool().size(); }
+
 void run(const Launch& l, Schedule sched) {
-    Runner& r = runner();
     uint64_t n = (uint64_t)l.tg[0] * l.tg[1] * l.tg[2];
     if (!l.fn) throw std::runtime_error(std::string("metal-emu: no kernel for ") + l.name);
     if (n == 0 || n > MAX_THREADS)
@@ -370,24 +544,37 @@ void run(const Launch& l, Schedule sched) {
                                  " threads (1.." + std::to_string(MAX_THREADS) + " allowed)");
     uint64_t tgm = 0;
     for (uint32_t b : l.tg_mem) tgm += (b + 15) & ~15u;
-    if (tgm > 32768)
+    if (tgm > TG_MEM_MAX)
         throw std::runtime_error(std::string("metal-emu: ") + l.name + ": " + std::to_string(tgm) +
                                  " bytes of threadgroup memory (Metal allows 32768)");
-    r.launch = &l;
-    const uint32_t G[3] = {l.grid[0], l.grid[1], l.grid[2]};
-    const uint64_t total = (uint64_t)G[0] * G[1] * G[2];
-    for (uint64_t k = 0; k < total; ++k) {
-        uint64_t g = sched == Schedule::forward ? k : total - 1 - k;
-        run_group(r, l, sched, (uint32_t)(g % G[0]), (uint32_t)((g / G[0]) % G[1]), (uint32_t)(g / ((uint64_t)G[0] * G[1])));
+#if defined(LLMETAL_EMU_F16C)
+    static const bool f16c = __builtin_cpu_supports("f16c");
+    if (!f16c)
+        throw std::runtime_error("metal-emu: this build converts half with F16C instructions, which this CPU lacks "
+                                 "(rebuild with a compiler that does not accept -mf16c, or on this machine)");
+#endif
+    const uint64_t total = (uint64_t)l.grid[0] * l.grid[1] * l.grid[2];
+    Pool& p = pool();
+    if (p.size() > 1 && total >= POOL_MIN_GROUPS) {
+        p.run(l, sched, total);
+        return;
     }
-    r.launch = nullptr;
+    Runner& r = runner();
+    r.launch = &l;
+    struct Done {   // the counts and the launch pointer, also when a group throws
+        Runner& r;
+        ~Done() { r.launch = nullptr; flush_stats(r); }
+    } done{r};
+    for (uint64_t k = 0; k < total; ++k) {
+        uint32_t g[3];
+        group_at(l, sched, total, k, g);
+        run_group(r, l, sched, g[0], g[1], g[2]);
+    }
 }
 
 // ---- called from inside fibers ---------------------------------------------------------------
-Slot& my_slot() { return T->cur->slot; }
-
 void sync(Scope scope, const char* op, const char* file, int line, ResolveFn resolve, int uniform_bytes) {
-    Fiber& f = *T->cur;
+    Fiber& f = fiber_self();
     f.st = St::parked;
     f.scope = scope;
     f.op = op;
@@ -395,12 +582,12 @@ void sync(Scope scope, const char* op, const char* file, int line, ResolveFn res
     f.line = line;
     f.resolve = resolve;
     f.uniform_bytes = uniform_bytes;
-    to_scheduler();
+    to_scheduler(fiber_runner(), f);
 }
 
 void* tg_alloc(size_t bytes, size_t align, const char* type, const char* file, int line) {
-    Runner& r = *T;
-    Fiber& f = *r.cur;
+    Runner& r = fiber_runner();
+    Fiber& f = fiber_self();
     int k = f.tg_decl++;
     if (k < (int)r.decls.size()) {   // another thread reached this declaration first
         const TgDecl& d = r.decls[k];
@@ -410,17 +597,19 @@ void* tg_alloc(size_t bytes, size_t align, const char* type, const char* file, i
         return d.p;
     }
     size_t off = (r.arena_used + align - 1) & ~(align - 1);
-    if (off + bytes > 32768)
+    if (off + bytes > TG_MEM_MAX)
         fail(std::string("threadgroup declaration at ") + file + ":" + std::to_string(line) +
              " exceeds Metal's 32768 bytes of threadgroup memory");
     r.arena_used = off + bytes;
+    std::memset(r.arena.data() + off, 0xFF, bytes);   // poison: fresh for this threadgroup
     r.decls.push_back({r.arena.data() + off, bytes, type});
     return r.arena.data() + off;
 }
 
 void fail(const std::string& msg) {
-    T->error = msg;
-    to_scheduler();
+    Runner& r = fiber_runner();
+    r.error = msg;
+    to_scheduler(r, fiber_self());
     __builtin_trap();   // the scheduler never resumes a failed fiber
 }
 

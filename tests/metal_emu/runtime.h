@@ -16,6 +16,13 @@
 // Threadgroup memory (declared arrays and [[threadgroup(n)]] buffers) is poisoned with 0xFF
 // bytes (a NaN for float and half, -1 for integers) at the start of every threadgroup, so a
 // read before a write, or across a missing barrier, shows as NaN in the result.
+//
+// Threadgroups of one dispatch are independent (Metal gives no ordering between them), so a
+// large dispatch is spread over a small pool of OS threads: each threadgroup runs whole on
+// one OS thread, with that thread's own fibers. The schedule orders the threadgroups each
+// OS thread takes (forward: ascending, reverse: descending) as well as the fibers of a group.
+// LLMETAL_EMU_THREADS sets the pool size (default: the machine's cores, at most 8; 1 runs
+// everything on the calling thread, in exactly the schedule's order).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,8 +35,8 @@ namespace emu {
 struct Pos3 { uint32_t x, y, z; };
 
 struct ThreadCtx {
-    void* buf[31];                // [[buffer(i)]]
-    void* tgbuf[8];               // [[threadgroup(i)]]
+    void* const* buf;             // [[buffer(i)]]: the launch's array, shared by every thread
+    void* const* tgbuf;           // [[threadgroup(i)]]: the group's array, shared likewise
     Pos3 tpig, tgpig, tpitg, tptg, tgpg, tpg;   // thread/threadgroup positions and sizes
     uint32_t tiitg;               // thread_index_in_threadgroup
     uint32_t tiisg, sgitg;        // lane in its SIMD group, SIMD group in its threadgroup
@@ -64,9 +71,11 @@ void run(const Launch& l, Schedule s);
 constexpr int SIMD_WIDTH = 32;
 constexpr int MAX_THREADS = 1024;
 
-// Statistics (for the tests and for curiosity): fiber switches and rendezvous made.
+// Statistics (for the tests and for curiosity): fiber switches and rendezvous made, summed
+// over every OS thread of the pool (each counts its own and adds them up after a dispatch).
 struct Stats { uint64_t threads = 0, switches = 0, rendezvous = 0, threadgroups = 0; };
-Stats& stats();
+Stats stats();
+int pool_threads();   // OS threads a large dispatch is spread over (LLMETAL_EMU_THREADS)
 
 // ---- the interface the shim (metal_shim.h) calls from inside a fiber ---------------------
 // A collective: every participating lane parks with its value and op; `resolve` then
@@ -79,7 +88,17 @@ struct Slot {
 };
 using ResolveFn = void (*)(Slot* const* lanes, int n);
 enum class Scope { simd, group };   // a SIMD group, the whole threadgroup
-Slot& my_slot();   // the calling fiber's slot: write `in` (and `arg`), then sync, then read `out`
+
+// Every fiber's stack lies in its own FIBER_SLOT_BYTES-aligned slot whose first bytes hold a
+// FiberHeader, so code running on a fiber finds its fiber from the stack address alone: no
+// thread-local lookup (a call into the dynamic linker from a shared library) per operation.
+constexpr uintptr_t FIBER_SLOT_BYTES = uintptr_t(256) << 10;
+struct FiberHeader { Slot* slot; void* fiber; void* runner; };
+inline FiberHeader& my_header() {
+    return *(FiberHeader*)((uintptr_t)__builtin_frame_address(0) & ~(FIBER_SLOT_BYTES - 1));
+}
+// the calling fiber's slot: write `in` (and `arg`), then sync, then read `out`
+inline Slot& my_slot() { return *my_header().slot; }
 void sync(Scope scope, const char* op, const char* file, int line, ResolveFn resolve, int uniform_bytes);
 void* tg_alloc(size_t bytes, size_t align, const char* type, const char* file, int line);
 [[noreturn]] void fail(const std::string& msg);   // an error found inside a fiber
