@@ -5,7 +5,7 @@
 // NEVER COMPILED OR RUN BY THE PROJECT: no Apple hardware exists where llmetal is built and
 // tested. The plan it encodes and the kernels it runs are tested on Linux through the metal-emu
 // device (tests/test_metal_emu.py); this file is exercised only by the macOS workflow
-// (.github/workflows/macos-metal.yml) on machines of users who have a Mac.
+// (.github/workflows/macos.yml) on machines of users who have a Mac.
 //
 //   kernels    MSL source embedded at build time (scripts/metal_embed.py -> metal_source.inc),
 //              compiled once when the device is made; pipelines made on first use and cached
