@@ -310,6 +310,61 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
     assert_close("graph replay", outs[0][1], outs[1][1], 1e-9)
 
 
+def test_fused_decode_stages_match_cpu(devs, rng):
+    """The command shapes the CUDA device fuses (add + rmsnorm + 8-bit quantization for the
+    next matmul, one quantization shared by two matmuls of the same input, swiglu +
+    quantization, rope q + rope k + both kv_stores in one kernel, neox pairs) give the CPU's
+    results, replayed as a graph, at several positions."""
+    D, FF, H, KV, hd, n_ctx = 512, 1024, 8, 2, 64, 64
+    W = {"Wq": (Q8_0, H * hd, D), "Wk": (Q4_0, KV * hd, D), "Wv": (Q4_0, KV * hd, D),
+         "Wg": (Q4_K, FF, D), "Wu": (Q4_K, FF, D), "Wd": (Q8_0, D, FF)}
+    arrays = {n: random_weight(rng, t, r, c) for n, (t, r, c) in W.items()}
+    norm = rng.uniform(0.5, 1.5, D).astype(np.float32)
+    x0 = rng.standard_normal((1, D)).astype(np.float32)
+    o0 = rng.standard_normal((1, D)).astype(np.float32)
+    outs = []
+    for dev in devs:
+        pool = E.BufferPool(dev)
+        for n, (t, r, c) in W.items():
+            pool.declare(n, t, [r, c])
+        for n, t, s in [("norm", F32, (D,)), ("ids", I32, (1,)), ("x", F32, (1, D)), ("o", F32, (1, D)),
+                        ("h", F32, (1, D)), ("q", F32, (1, H * hd)), ("k", F32, (1, KV * hd)),
+                        ("v", F32, (1, KV * hd)), ("g", F32, (1, FF)), ("u", F32, (1, FF)), ("s", F32, (1, FF)),
+                        ("Kc", F16, (n_ctx, KV * hd)), ("Vc", F16, (n_ctx, KV * hd))]:
+            pool.declare(n, t, list(s))
+        pool.reserve()
+        g = pool.get
+        for n, a in list(arrays.items()) + [("norm", norm)]:
+            g(n).upload(a)
+        enc = E.Encoder(dev, eager=False)
+        enc.begin_record(1)
+        enc.add(g("x"), g("o"), g("x"))
+        enc.rmsnorm(g("x"), g("norm"), g("h"), 1e-5)
+        enc.matmul(g("Wq"), g("h"), g("q"))
+        enc.matmul(g("Wk"), g("h"), g("k"))
+        enc.matmul(g("Wv"), g("h"), g("v"))
+        enc.rope(g("q"), H, hd, 2, 500000.0)
+        enc.rope(g("k"), KV, hd, 2, 500000.0)
+        enc.kv_store(g("k"), g("Kc"))
+        enc.kv_store(g("v"), g("Vc"))
+        enc.rmsnorm(g("x"), g("norm"), g("h"), 1e-5)
+        enc.matmul(g("Wg"), g("h"), g("g"))
+        enc.matmul(g("Wu"), g("h"), g("u"))
+        enc.swiglu(g("g"), g("u"), g("s"))
+        enc.matmul(g("Wd"), g("s"), g("o"))
+        plan = enc.end_record()
+        rows = []
+        for step, pos in enumerate([0, 1, 7, 40]):
+            g("x").upload(x0 * (step + 1))
+            g("o").upload(o0)
+            enc.replay_token(plan, g("ids"), 0, pos)
+            rows.append(np.concatenate([g(n).to_numpy()[0] for n in ("x", "h", "q", "k", "v", "s", "o")] +
+                                       [g("Kc").to_numpy()[pos].astype(np.float32),
+                                        g("Vc").to_numpy()[pos].astype(np.float32)]))
+        outs.append(np.stack(rows))
+    assert_close("fused stages", outs[0], outs[1], 1e-9)
+
+
 # ---- end to end on real weights ----------------------------------------------------------------
 def _cut_model():
     p = os.environ.get("LLMETAL_CUT_GGUF")

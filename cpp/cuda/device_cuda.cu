@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -194,7 +195,7 @@ struct CudaDevice final : Device {
     void submit(const std::vector<Command>& cmds) override {
         cudaSetDevice(ordinal);
         prepare(cmds, true);
-        for (const Command& c : cmds) run(c);
+        run_list(cmds);
     }
 
     // A plan: captured into a graph on its first replay, then one graph launch per call.
@@ -205,7 +206,7 @@ struct CudaDevice final : Device {
             cudaGraph_t graph = nullptr;
             ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
             try {
-                for (const Command& c : p.cmds) run(c);
+                run_list(p.cmds);
             } catch (...) {
                 cudaStreamEndCapture(stream, &graph);
                 if (graph) cudaGraphDestroy(graph);
@@ -238,6 +239,150 @@ struct CudaDevice final : Device {
     void launched(const char* k) {
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) throw Error(std::string("cuda: launching ") + k + ": " + cudaGetErrorString(e));
+    }
+
+    // ---- fused decode stages ------------------------------------------------------------------
+    // run_list() runs a command list in order. Where fusion is on (the default; set
+    // LLMETAL_CUDA_FUSE=0 to run every stage split), it first looks for a few fixed
+    // patterns of consecutive commands -- the shapes Model.forward records -- and runs each
+    // as ONE named kernel that does exactly the split stages' arithmetic:
+    //   add + rmsnorm [+ quantize]   kernel_add_rmsnorm_q  (residual add, norm, and the 8-bit
+    //   rmsnorm [+ quantize]         kernel_add_rmsnorm_q   copy the next quantized matmul reads)
+    //   swiglu [+ quantize]          kernel_swiglu_q
+    //   rope q, rope k, kv_store k, kv_store v      kernel_rope_kv_store
+    // and a quantized decode matmul whose input was already quantized (by a fused stage, or by
+    // the previous matmul of the same input: Q/K/V, gate/up) skips kernel_quantize_q8.
+    // Eager mode commits one stage at a time, so it always runs the stages split; a profiler
+    // trace shows the fused kernels under these names.
+    struct QCache { const float* src = nullptr; int64_t n = 0; int qb = 0; };
+    QCache qcache;   // what qscratch holds now: the 8-bit copy of n floats at src, blocks of qb
+    const bool fuse = [] { const char* e = std::getenv("LLMETAL_CUDA_FUSE"); return !(e && e[0] == '0'); }();
+
+    // QB of the 8-bit activations a command's decode matmul reads (0: not such a matmul).
+    static int decode_qb(const Command& c) {
+        if (c.stage != Stage::matmul && c.stage != Stage::logits) return 0;
+        const kargs_matmul& m = c.a.matmul;
+        return mmvq_type(m.wtype) && m.n_tokens <= MV_MAX_TOKENS ? q8_block(m.wtype) : 0;
+    }
+    static bool same(const Binding& a, const Binding& b) { return a.buf == b.buf && a.offset == b.offset; }
+    static bool a16(const Binding& b) { return (uintptr_t)b.ptr<char>() % 16 == 0; }
+    static bool overlaps(const Binding& a, uint64_t na, const Binding& b, uint64_t nb) {
+        const char *p = a.ptr<char>(), *q = b.ptr<char>();
+        return p < q + nb && q < p + na;
+    }
+
+    void run_list(const std::vector<Command>& cmds) {
+        qcache = {};
+        for (size_t i = 0; i < cmds.size();) {
+            const size_t n = fuse ? run_fused(cmds, i) : 0;
+            if (n) { i += n; continue; }
+            const Command& c = cmds[i++];
+            if (!decode_qb(c)) qcache = {};   // any other stage may write what qscratch copies
+            run(c);
+            if (c.stage == Stage::matmul || c.stage == Stage::logits) {
+                const kargs_matmul& m = c.a.matmul;
+                if (overlaps(c.b[2], (uint64_t)m.n_tokens * m.n_out * 4, c.b[1], (uint64_t)m.n_tokens * m.n_in * 4))
+                    qcache = {};
+            }
+        }
+    }
+
+    // Try the fused patterns at cmds[i]; returns how many commands ran (0: none matched).
+    size_t run_fused(const std::vector<Command>& cmds, size_t i) {
+        const Command& c = cmds[i];
+        const Command* nx = i + 1 < cmds.size() ? &cmds[i + 1] : nullptr;
+        // the next quantized decode matmul reading `out` [rows, dim]: fuse its quantization
+        auto consumer_qb = [&](const Command* m, const Binding& out, int rows, int dim) {
+            const int qb = m ? decode_qb(*m) : 0;
+            return qb && same(m->b[1], out) && m->a.matmul.n_tokens == rows && m->a.matmul.n_in == dim &&
+                   dim % qb == 0 ? qb : 0;
+        };
+        if (c.stage == Stage::add && nx && nx->stage == Stage::rmsnorm) {
+            const kargs_eltwise& e = c.a.eltwise;
+            const kargs_rmsnorm& r = nx->a.rmsnorm;
+            if (same(nx->b[0], c.b[2]) && e.b_n == e.n && e.n == (int64_t)r.n_rows * r.dim &&
+                rmsnorm_fused(r, c.b[0], c.b[1], c.b[2], nx->b[1], nx->b[2], true,
+                              i + 2 < cmds.size() ? &cmds[i + 2] : nullptr, consumer_qb))
+                return 2;
+        }
+        if (c.stage == Stage::rmsnorm &&
+            rmsnorm_fused(c.a.rmsnorm, c.b[0], Binding{}, Binding{}, c.b[1], c.b[2], false, nx, consumer_qb))
+            return 1;
+        if (c.stage == Stage::swiglu) {
+            const kargs_glu& g = c.a.glu;
+            const int qb = consumer_qb(nx, c.b[2], g.n_tokens, g.n_ff);
+            if (!qb) return 0;
+            const kargs_matmul& m = nx->a.matmul;
+            int8_t* xq = (int8_t*)qscratch;
+            float* xd = (float*)((char*)qscratch + q8_values_bytes(m));
+            const int64_t n = (int64_t)g.n_tokens * g.n_ff;
+            if (qb == 32)
+                kernel_swiglu_q<32><<<blocks(n, 256), 256, 0, stream>>>(g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
+                                                                         c.b[2].ptr<float>(), xq, xd);
+            else
+                kernel_swiglu_q<256><<<blocks(n, 256), 256, 0, stream>>>(g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
+                                                                          c.b[2].ptr<float>(), xq, xd);
+            launched("kernel_swiglu_q");
+            qcache = {c.b[2].ptr<float>(), n, qb};
+            return 1;
+        }
+        if (c.stage == Stage::rope && i + 3 < cmds.size()) {
+            const Command &rk = cmds[i + 1], &sk = cmds[i + 2], &sv = cmds[i + 3];
+            const kargs_rope &q = c.a.rope, &k = rk.a.rope;
+            if (rk.stage == Stage::rope && sk.stage == Stage::kv_store && sv.stage == Stage::kv_store &&
+                q.n_rot == q.head_dim && k.n_rot == q.n_rot && k.head_dim == q.head_dim && k.mode == q.mode &&
+                k.freq_base == q.freq_base && k.freq_scale == q.freq_scale && k.has_factors == q.has_factors &&
+                (!q.has_factors || same(rk.b[1], c.b[1])) && k.n_tokens == q.n_tokens &&
+                same(sk.b[0], rk.b[0]) && sk.a.kv_store.kv_dim == k.n_heads * k.head_dim &&
+                sv.a.kv_store.kv_dim == sk.a.kv_store.kv_dim && sk.a.kv_store.n_tokens == k.n_tokens &&
+                sv.a.kv_store.n_tokens == k.n_tokens && sv.a.kv_store.n_ctx == sk.a.kv_store.n_ctx &&
+                // v must not be q or k: the split stages would store the rotated values
+                !overlaps(sv.b[0], (uint64_t)k.n_tokens * sv.a.kv_store.kv_dim * 4, c.b[0],
+                          (uint64_t)q.n_tokens * q.n_heads * q.head_dim * 4) &&
+                !overlaps(sv.b[0], (uint64_t)k.n_tokens * sv.a.kv_store.kv_dim * 4, rk.b[0],
+                          (uint64_t)k.n_tokens * k.n_heads * k.head_dim * 4)) {
+                const int64_t n = (int64_t)q.n_tokens * (q.n_heads + k.n_heads) * (q.n_rot / 2) +
+                                  (int64_t)k.n_tokens * sk.a.kv_store.kv_dim;
+                kernel_rope_kv_store<<<blocks(n, 256), 256, 0, stream>>>(
+                    q, k, sk.a.kv_store.n_ctx, c.b[0].ptr<float>(), rk.b[0].ptr<float>(), sv.b[0].ptr<float>(),
+                    q.has_factors ? c.b[1].ptr<float>() : nullptr, sk.b[1].ptr<__half>(), sv.b[1].ptr<__half>(),
+                    c.step.ptr<kstep>(), (int*)err_buf->dev);
+                launched("kernel_rope_kv_store");
+                qcache = {};
+                return 4;
+            }
+        }
+        return 0;
+    }
+
+    // [add +] rmsnorm [+ quantize for `next`] as one kernel_add_rmsnorm_q, when the shapes
+    // allow it (see the kernel); false: nothing ran.
+    template <class QbFn>
+    bool rmsnorm_fused(const kargs_rmsnorm& r, Binding x, Binding y, Binding sum, Binding w, Binding out, bool add,
+                       const Command* next, QbFn consumer_qb) {
+        const int nv = r.dim / 4;
+        if (r.dim % 4 || !a16(x) || !a16(w) || !a16(out) || (add && (!a16(y) || !a16(sum)))) return false;
+        const int qb = consumer_qb(next, out, r.n_rows, r.dim);
+        const int unit = qb == 256 ? 64 : 32;   // threads of one quantization block (see the kernel)
+        int nt = (nv + RMS_V - 1) / RMS_V;
+        nt = std::max(unit, (nt + unit - 1) / unit * unit);
+        if (nt > 1024) return false;
+        if (!add && !qb && r.n_rows > 1) return false;   // a plain multi-row norm: the split kernel is as good
+        int8_t* xq = nullptr;
+        float* xd = nullptr;
+        if (qb) {
+            xq = (int8_t*)qscratch;
+            xd = (float*)((char*)qscratch + q8_values_bytes(next->a.matmul));
+        }
+        const float *xp = x.ptr<float>(), *yp = add ? y.ptr<float>() : nullptr, *wp = w.ptr<float>();
+        float *sp = add ? sum.ptr<float>() : nullptr, *op = out.ptr<float>();
+#define LLM_RMS(ADD, QB) kernel_add_rmsnorm_q<ADD, QB><<<r.n_rows, nt, 0, stream>>>(r, xp, yp, sp, wp, op, xq, xd)
+        if (add) { if (qb == 32) LLM_RMS(true, 32); else if (qb == 256) LLM_RMS(true, 256); else LLM_RMS(true, 0); }
+        else { if (qb == 32) LLM_RMS(false, 32); else if (qb == 256) LLM_RMS(false, 256); else LLM_RMS(false, 0); }
+#undef LLM_RMS
+        launched("kernel_add_rmsnorm_q");
+        qcache = qb ? QCache{out.ptr<float>(), (int64_t)r.n_rows * r.dim, qb} : QCache{};
+        return true;
     }
 
     // ---- stages ---------------------------------------------------------------------------
@@ -290,8 +435,11 @@ struct CudaDevice final : Device {
         int8_t* xq = (int8_t*)qscratch;
         float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
         const int64_t n = (int64_t)a.n_tokens * a.n_in;
-        kernel_quantize_q8<QB><<<blocks(n, 256), 256, 0, stream>>>(x.ptr<float>(), xq, xd, a.n_in, n);
-        launched("kernel_quantize_q8");
+        if (!(qcache.src == x.ptr<float>() && qcache.n == n && qcache.qb == QB)) {
+            kernel_quantize_q8<QB><<<blocks(n, 256), 256, 0, stream>>>(x.ptr<float>(), xq, xd, a.n_in, n);
+            launched("kernel_quantize_q8");
+            qcache = {x.ptr<float>(), n, QB};
+        }
         const int vw = load_width(a, W.ptr<uint8_t>());
         const int split = row_split(a.n_out, (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB);
         const unsigned grid = blocks(a.n_out, MV_ROWS / split);

@@ -44,24 +44,134 @@ __global__ void kernel_embed(kargs_embed a, const uint8_t* W, const int32_t* ids
     out[(int64_t)t * a.dim + e] = a.scale != 1.0f ? __fmul_rn(v, a.scale) : v;
 }
 
-// ---- rmsnorm: one block of 256 threads per row --------------------------------------------
+// ---- 8-bit quantization of activations, shared by the quantize stage and the fused stages --
+// Value i of a tensor whose rows are a multiple of QB long goes to xq[i]; block i / QB gets
+// the scale xd[i / QB] = amax / 127 and q = round-half-even(v / d), exactly as the CPU device
+// (cpp/cpu/quants.cpp quantize_row_q8 / _q8k). `amax` must already be the block's max |v|.
+__device__ __forceinline__ void store_q8(float v, float amax, int64_t i, int QB, int8_t* xq, float* xd) {
+    const float d = amax / 127.0f;                // IEEE division, as the CPU
+    const float inv = d > 0.f ? 1.0f / d : 0.0f;
+    xq[i] = (int8_t)(int)rintf(__fmul_rn(v, inv));   // |v * inv| <= 127
+    if (i % QB == 0) xd[i / QB] = d;
+}
+
+// Max |v| over a block of QB consecutive threads of a 256-thread block (one value a thread):
+// a warp shuffle for QB = 32, and shared memory across the 8 warps for QB = 256.
+template <int QB>
+__device__ __forceinline__ float block_amax(float v) {
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (QB == 256) {
+        __shared__ float s[8];
+        if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = amax;
+        __syncthreads();
+        amax = s[0];
+#pragma unroll
+        for (int w = 1; w < 8; ++w) amax = fmaxf(amax, s[w]);
+    }
+    return amax;
+}
+
+// ---- rmsnorm ------------------------------------------------------------------------------
+// Two kernels, the same arithmetic as the CPU: the sum of squares in double (cheap on an
+// H100, and it keeps the scale r, hence the 8-bit copies downstream, bit-identical to the
+// CPU's), r = 1/sqrt(mean + eps) rounded to float, out = (x * r) * w rounded per product.
+//
+// kernel_rmsnorm: any row length; one block of 256 threads per row.
+__device__ __forceinline__ double block_sum(double v, double* part /* [32] shared */) {
+    v = warp_sum_d(v);
+    __syncthreads();   // `part` may still be read from a previous call
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
+    return t;
+}
+
 __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, float* out) {
     const float* xr = x + (int64_t)blockIdx.x * a.dim;
     float* o = out + (int64_t)blockIdx.x * a.dim;
-    double ss = 0;   // double, as the CPU does: keeps the norm exact to float for any row length
-    for (int i = threadIdx.x; i < a.dim; i += blockDim.x) ss += (double)xr[i] * xr[i];
     __shared__ double part[32];
-    ss = warp_sum_d(ss);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        double v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
-        v = warp_sum_d(v);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    float r = (float)(1.0 / sqrt(part[0] / a.dim + (double)a.eps));
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < a.dim; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = block_sum(ss, part);
+    const float r = (float)(1.0 / sqrt(ss / a.dim + (double)a.eps));
     for (int i = threadIdx.x; i < a.dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
+}
+
+// kernel_add_rmsnorm_q<ADD, QB>: the fused decode stage (named so in a trace):
+//   ADD:     s = x + y is written to `sum` first (the residual add that precedes the norm),
+//   always:  out = rmsnorm(s) * w,
+//   QB > 0:  out is also quantized to 8 bits (xq, xd) for the quantized matmuls that read it,
+//            so they skip their own quantize stage.
+// One block per row; thread i keeps the row's float4s i, i + nt, ... (up to RMS_V of them)
+// in registers, so the row is read once and every load is issued before the first use.
+// Needs dim % 4 == 0, 16-byte aligned rows, dim <= 4 * RMS_V * blockDim, and for QB > 0 a
+// block size that is a multiple of QB / 4 threads (8 or 64) so a quantization block never
+// straddles two register slots.
+constexpr int RMS_V = 4;
+template <bool ADD, int QB>
+__global__ void __launch_bounds__(1024)
+kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
+                     int8_t* xq, float* xd) {
+    __shared__ double part[32];
+    const int nv = a.dim / 4, nt = blockDim.x;
+    const int64_t r0 = (int64_t)blockIdx.x * nv;   // row start, in float4s
+    float4 v[RMS_V];
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < RMS_V; ++j) {
+        const int c = threadIdx.x + j * nt;
+        v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (c < nv) v[j] = ((const float4*)x)[r0 + c];
+    }
+    if (ADD) {
+#pragma unroll
+        for (int j = 0; j < RMS_V; ++j) {
+            const int c = threadIdx.x + j * nt;
+            if (c < nv) {
+                const float4 u = ((const float4*)y)[r0 + c];
+                v[j] = make_float4(v[j].x + u.x, v[j].y + u.y, v[j].z + u.z, v[j].w + u.w);
+                ((float4*)sum)[r0 + c] = v[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < RMS_V; ++j)
+        ss += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
+    ss = block_sum(ss, part);
+    const float r = (float)(1.0 / sqrt(ss / a.dim + (double)a.eps));
+    __shared__ float s_amax[RMS_V][32];
+#pragma unroll
+    for (int j = 0; j < RMS_V; ++j) {
+        const int c = threadIdx.x + j * nt;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (c < nv) {
+            const float4 g = ((const float4*)w)[c];
+            o = make_float4(__fmul_rn(__fmul_rn(v[j].x, r), g.x), __fmul_rn(__fmul_rn(v[j].y, r), g.y),
+                            __fmul_rn(__fmul_rn(v[j].z, r), g.z), __fmul_rn(__fmul_rn(v[j].w, r), g.w));
+            ((float4*)out)[r0 + c] = o;
+        }
+        if (QB > 0) {   // every thread takes part in the shuffles (zeros past the row)
+            float amax = fmaxf(fmaxf(fabsf(o.x), fabsf(o.y)), fmaxf(fabsf(o.z), fabsf(o.w)));
+#pragma unroll
+            for (int s = 1; s < (QB == 32 ? 8 : 32); s <<= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, s));
+            if (QB == 256) {   // 64 threads: this warp and its neighbour
+                if ((threadIdx.x & 31) == 0) s_amax[j][threadIdx.x >> 5] = amax;
+                __syncthreads();
+                amax = fmaxf(s_amax[j][(threadIdx.x >> 5) & ~1], s_amax[j][(threadIdx.x >> 5) | 1]);
+            }
+            if (c < nv) {
+                const int64_t i = (r0 + c) * 4;   // first value of this float4 in the tensor
+                store_q8(o.x, amax, i, QB, xq, xd);
+                store_q8(o.y, amax, i + 1, QB, xq, xd);
+                store_q8(o.z, amax, i + 2, QB, xq, xd);
+                store_q8(o.w, amax, i + 3, QB, xq, xd);
+            }
+        }
+    }
 }
 
 // ---- matmul: y[t, n] = sum_k W[n, k] x[t, k] ---------------------------------------------------
@@ -119,8 +229,32 @@ kernel_matmul(kargs_matmul a, const uint8_t* W, const float* x, float* y, int ve
 }
 
 // ---- rope, in place: one thread per rotated pair -----------------------------------------------
-// The angle is computed in double, as the CPU does: a float angle at position ~1000 is off
-// by ~1e-4 rad, far above the stage's tolerance.
+// The angle is computed in double, as the CPU does (a float angle at position ~1000 is off by
+// ~1e-4 rad, far above the stage's tolerance), then reduced to [-pi, pi] in double, and only
+// the sine and cosine are taken in float: the reduced angle is exact to ~1e-7 rad, and float
+// sincos is many times cheaper than double.
+__device__ __forceinline__ void rope_cs(const kargs_rope& a, const float* ff, int pos, int i, float* c, float* s) {
+    double theta = (double)pos * (double)a.freq_scale * pow((double)a.freq_base, -2.0 * i / a.n_rot);
+    if (a.has_factors) theta /= (double)ff[i];
+    const double two_pi = 6.283185307179586;
+    theta -= two_pi * rint(theta / two_pi);
+    sincosf((float)theta, s, c);
+}
+
+// Rotate pair i of row xr (mode: norm pairs (2i, 2i+1), neox pairs (i, i + n_rot/2)); returns
+// the two indices and the rotated values.
+__device__ __forceinline__ void rope_pair(const kargs_rope& a, float* xr, int i, float c, float s, int* i0, int* i1,
+                                          float* y0, float* y1) {
+    const int half = a.n_rot / 2;
+    *i0 = a.mode == KROPE_NEOX ? i : 2 * i;
+    *i1 = a.mode == KROPE_NEOX ? i + half : 2 * i + 1;
+    const float x0 = xr[*i0], x1 = xr[*i1];
+    *y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    *y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    xr[*i0] = *y0;
+    xr[*i1] = *y1;
+}
+
 __global__ void kernel_rope(kargs_rope a, float* x, const float* ff, const kstep* step) {
     const int half = a.n_rot / 2;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -128,16 +262,47 @@ __global__ void kernel_rope(kargs_rope a, float* x, const float* ff, const kstep
     int i = (int)(idx % half);
     int64_t r = idx / half;             // row = t * n_heads + h
     int t = (int)(r / a.n_heads);
-    int pos = step->pos0 + t;
-    double theta = (double)pos * (double)a.freq_scale * pow((double)a.freq_base, -2.0 * i / a.n_rot);
-    if (a.has_factors) theta /= (double)ff[i];
-    float c = (float)cos(theta), s = (float)sin(theta);
-    float* xr = x + r * a.head_dim;
-    int i0 = a.mode == KROPE_NEOX ? i : 2 * i;
-    int i1 = a.mode == KROPE_NEOX ? i + half : 2 * i + 1;
-    float x0 = xr[i0], x1 = xr[i1];
-    xr[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-    xr[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    float c, s, y0, y1;
+    int i0, i1;
+    rope_cs(a, ff, step->pos0 + t, i, &c, &s);
+    rope_pair(a, x + r * a.head_dim, i, c, s, &i0, &i1, &y0, &y1);
+}
+
+// kernel_rope_kv_store: the fused stage for the four commands rope(q), rope(k),
+// kv_store(k -> k cache), kv_store(v -> v cache) in one launch (n_rot == head_dim):
+// threads [0, nq) rotate q's pairs, [nq, nq + nk) rotate k's pairs and write both values
+// to the k cache as f16, the rest copy v to the v cache. Same arithmetic as the split stages.
+__global__ void kernel_rope_kv_store(kargs_rope aq, kargs_rope ak, int n_ctx, float* q, float* k, const float* v,
+                                     const float* ff, __half* kc, __half* vc, const kstep* step, int* err) {
+    const int half = aq.n_rot / 2, hd = aq.head_dim, kv_dim = ak.n_heads * hd;
+    const int64_t nq = (int64_t)aq.n_tokens * aq.n_heads * half, nk = (int64_t)ak.n_tokens * ak.n_heads * half;
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= nq + nk + (int64_t)ak.n_tokens * kv_dim) return;
+    const int rope_q = idx < nq;
+    int64_t r;
+    if (idx < nq + nk) {
+        const int64_t p = rope_q ? idx : idx - nq;
+        const int i = (int)(p % half);
+        r = p / half;                                   // row = t * n_heads + h
+        const int t = (int)(r / (rope_q ? aq.n_heads : ak.n_heads));
+        const int row = step->pos0 + t;
+        float c, s, y0, y1;
+        int i0, i1;
+        rope_cs(aq, ff, row, i, &c, &s);
+        rope_pair(aq, (rope_q ? q : k) + r * hd, i, c, s, &i0, &i1, &y0, &y1);
+        if (!rope_q) {
+            if (row < 0 || row >= n_ctx) { atomicExch(err, ERR_KV_POS); return; }
+            __half* cr = kc + (int64_t)row * kv_dim + (r % ak.n_heads) * hd;
+            cr[i0] = __float2half_rn(y0);
+            cr[i1] = __float2half_rn(y1);
+        }
+    } else {
+        const int64_t e = idx - nq - nk;
+        const int t = (int)(e / kv_dim), c = (int)(e % kv_dim);
+        const int row = step->pos0 + t;
+        if (row < 0 || row >= n_ctx) { atomicExch(err, ERR_KV_POS); return; }
+        vc[(int64_t)row * kv_dim + c] = __float2half_rn(v[e]);
+    }
 }
 
 // ---- kv_store: cache[pos0 + t, :] = half(src[t, :]) ------------------------------------------
@@ -303,6 +468,22 @@ __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float
         float v = g[i];
         out[i] = v / (1.0f + expf(-v)) * u[i];
     }
+}
+// kernel_swiglu_q<QB>: the fused stage swiglu + the 8-bit quantization of its output for
+// the quantized matmul that reads it next (n_ff % QB == 0; blocks of 256 threads).
+template <int QB>
+__global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float* g, const float* u, float* out,
+                                                       int8_t* xq, float* xd) {
+    const int64_t n = (int64_t)a.n_tokens * a.n_ff;
+    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    float v = 0.f;
+    if (i < n) {
+        const float gv = g[i];
+        v = gv / (1.0f + expf(-gv)) * u[i];
+        out[i] = v;
+    }
+    const float amax = block_amax<QB>(v);
+    if (i < n) store_q8(v, amax, i, QB, xq, xd);
 }
 __global__ void kernel_geglu(kargs_glu a, const float* g, const float* u, float* out) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -30,6 +30,7 @@
 
 #include "../kargs.h"
 #include "quants.cuh"
+#include "kernels.cuh"   // block_amax, store_q8
 
 namespace llmetal_cuda {
 
@@ -40,22 +41,8 @@ template <int QB>
 __global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, int8_t* xq, float* xd, int K, int64_t n) {
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // n = T*K, a multiple of QB
     const float v = i < n ? x[i] : 0.f;
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if (QB == 256) {   // across the block's 8 warps
-        __shared__ float s[8];
-        if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = amax;
-        __syncthreads();
-        amax = s[0];
-#pragma unroll
-        for (int w = 1; w < 8; ++w) amax = fmaxf(amax, s[w]);
-    }
-    if (i >= n) return;
-    const float d = amax / 127.0f;                // IEEE division, as the CPU
-    const float inv = d > 0.f ? 1.0f / d : 0.0f;
-    xq[i] = (int8_t)(int)rintf(__fmul_rn(v, inv));   // round half to even, |v*inv| <= 127
-    if (i % QB == 0) xd[i / QB] = d;
+    const float amax = block_amax<QB>(v);
+    if (i < n) store_q8(v, amax, i, QB, xq, xd);
 }
 
 // ---- stage 2: quantized mat-vec ---------------------------------------------------------------
