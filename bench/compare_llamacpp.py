@@ -1,0 +1,160 @@
+"""Side-by-side CPU speed: llama.cpp's llama-bench against `python -m llmetal bench`.
+
+    python bench/compare_llamacpp.py                       # SmolLM2 Q4_1 + synthetic llama3-1b Q8_0
+    python bench/compare_llamacpp.py --rounds 7 --models smollm2
+    python bench/compare_llamacpp.py --json results.json   # also keep every sample
+
+Both programs run on the same GGUF files with the same thread count (-t, default 2), the same
+tests (pp512 = one 512-token prompt, tg128 = 128 generated tokens) and one repetition per
+process. The two are interleaved round by round (llama.cpp, llmetal, llama.cpp, ...), so a
+burst of load from the other tenants of a shared machine hits both alike; the load average
+(1 min) is recorded before every run. Each process runs under /usr/bin/time -v, which gives
+its peak resident memory.
+
+The table reports, per model and test, the best and the median of the rounds for each program
+and the ratio llmetal / llama.cpp of each. On a noisy machine the best is the better estimate
+of what the code can do; the median says what a user would typically see.
+
+llama-bench is looked up in $LLAMA_BENCH, then /work/oracle/llama.cpp-build/bin; when absent it
+is built with scripts/oracle/build_llamacpp.sh (tools only, about 10 minutes on 2 cores).
+The synthetic Llama-3-1B-shaped Q8_0 model is written once with synth_gguf.py (random weights,
+SmolLM2's tokenizer) into /tmp.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def find_llama_bench() -> str:
+    """llama-bench from $LLAMA_BENCH, the oracle build, PATH, or a fresh oracle build."""
+    cands = [os.environ.get("LLAMA_BENCH"), "/work/oracle/llama.cpp-build/bin/llama-bench",
+             shutil.which("llama-bench")]
+    for c in cands:
+        if c and os.access(c, os.X_OK):
+            return c
+    print("llama-bench not found: building it with scripts/oracle/build_llamacpp.sh", file=sys.stderr)
+    subprocess.run(["bash", str(ROOT / "scripts/oracle/build_llamacpp.sh")], check=True,
+                   env={**os.environ, "SKIP_PY": "1"})
+    oracle = Path(os.environ.get("ORACLE_DIR", "/work/oracle/llama.cpp-build")) / "bin/llama-bench"
+    if not oracle.exists():
+        sys.exit(f"error: the build did not produce {oracle}")
+    return str(oracle)
+
+
+def model_paths(names: list[str]) -> dict[str, str]:
+    from llmetal.models import resolve
+    smol = str(resolve("smollm2"))
+    out = {}
+    for n in names:
+        if n == "smollm2":
+            out["SmolLM2-135M Q4_1"] = smol
+        elif n == "llama3-1b":
+            p = Path("/tmp/llmetal-synth-llama3-1b-q8_0.gguf")
+            if not p.exists():
+                tool = os.environ.get("SYNTH_GGUF", "/work/shared/tools/synth_gguf.py")
+                subprocess.run([sys.executable, tool, "--tok", smol, "--shape", "llama3-1b",
+                                "--qtype", "Q8_0", "-o", str(p)], check=True)
+            out["llama3-1B-shape Q8_0 (synthetic)"] = str(p)
+        else:
+            sys.exit(f"error: unknown model '{n}' (smollm2, llama3-1b)")
+    return out
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+def timed(cmd: list[str], env=None) -> tuple[str, int]:
+    """Run cmd under /usr/bin/time -v; returns (stdout, peak RSS in bytes)."""
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+    return r.stdout, int(m.group(1)) * 1024 if m else 0
+
+
+def run_llamacpp(bench: str, model: str, p: int, n: int, t: int) -> tuple[dict, int]:
+    out, rss = timed([bench, "-m", model, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t), "-o", "json"])
+    res = json.loads(out)
+    return {("pp" if r["n_prompt"] else "tg") + str(r["n_prompt"] or r["n_gen"]): r["avg_ts"] for r in res}, rss
+
+
+def run_llmetal(model: str, p: int, n: int, t: int) -> tuple[dict, int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    out, rss = timed([sys.executable, "-m", "llmetal", "bench", "-m", model, "-p", str(p), "-n", str(n),
+                      "-r", "1", "-t", str(t), "-o", "json"], env=env)
+    return {r["test"]: r["avg_ts"] for r in json.loads(out)}, rss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="smollm2,llama3-1b", help="comma list: smollm2, llama3-1b")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one repetition each)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("--json", help="write every sample to this file")
+    args = ap.parse_args()
+
+    bench = find_llama_bench()
+    models = model_paths([m.strip() for m in args.models.split(",") if m.strip()])
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"# {cpu}, {os.cpu_count()} CPUs, threads={args.threads}, rounds={args.rounds}")
+    print(f"# llama-bench: {bench}")
+
+    record = {}
+    for label, path in models.items():
+        samples = {"llama.cpp": {}, "llmetal": {}}
+        rss = {"llama.cpp": 0, "llmetal": 0}
+        loads = []
+        for r in range(args.rounds):
+            for prog in ("llama.cpp", "llmetal"):
+                loads.append(load_avg())
+                if prog == "llama.cpp":
+                    ts, peak = run_llamacpp(bench, path, args.n_prompt, args.n_gen, args.threads)
+                else:
+                    ts, peak = run_llmetal(path, args.n_prompt, args.n_gen, args.threads)
+                rss[prog] = max(rss[prog], peak)
+                for test, v in ts.items():
+                    samples[prog].setdefault(test, []).append(v)
+                print(f"  {label} round {r + 1} {prog:9s} load {loads[-1]:.2f}: " +
+                      "  ".join(f"{k} {v:.1f}" for k, v in ts.items()), file=sys.stderr, flush=True)
+        record[label] = {"samples": samples, "peak_rss": rss, "load_avg": loads, "path": path}
+
+    print()
+    print("| model | test | llama.cpp best | llama.cpp median | llmetal best | llmetal median "
+          "| ratio best | ratio median |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, rec in record.items():
+        s = rec["samples"]
+        for test in s["llama.cpp"]:
+            a, b = s["llama.cpp"][test], s["llmetal"].get(test, [0.0])
+            ab, am, bb, bm = max(a), statistics.median(a), max(b), statistics.median(b)
+            print(f"| {label} | {test} | {ab:.1f} | {am:.1f} | {bb:.1f} | {bm:.1f} | "
+                  f"{bb / ab:.2f}x | {bm / am:.2f}x |")
+    print()
+    print("| model | llama.cpp peak RSS | llmetal peak RSS | load avg (1 min) min / median / max |")
+    print("|---|---:|---:|---|")
+    for label, rec in record.items():
+        la = rec["load_avg"]
+        print(f"| {label} | {rec['peak_rss']['llama.cpp'] / 2**20:.0f} MiB | "
+              f"{rec['peak_rss']['llmetal'] / 2**20:.0f} MiB | "
+              f"{min(la):.2f} / {statistics.median(la):.2f} / {max(la):.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
