@@ -38,13 +38,16 @@ GAP_TIE = 0.6   # llama.cpp flips its own greedy token (FA on vs off) at gaps up
 
 # (model, greedy prompt index) -> the step where llmetal's greedy run leaves llama.cpp's.
 # Each is a step where llama.cpp's own top-2 logits are within GAP_TIE (asserted below);
-# llama.cpp with flash attention on leaves its own flash-attention-off run at 6 of these
-# 9 (smollm2) / 4 of 9 (gemma3) prompts too (the noise fixtures' free_ids).
+# llama.cpp with flash attention on leaves its own flash-attention-off run at 6 (smollm2) /
+# 4 (gemma3) of the 12 prompts too (the noise fixtures' free_ids).
+# Re-derived when the CPU attention became a SIMD kernel (f32 lanes, vector exp): its output
+# is closer to float64 than the scalar loop's (NMSE 1.2e-13 vs 3.8e-13 on a SmolLM2-shaped
+# prefill), yet that moves which near-tie each greedy run flips at.
 ACCEPTED_DIVERGENCES = {
-    ("smollm2", 1): 12, ("smollm2", 3): 20, ("smollm2", 4): 7, ("smollm2", 5): 13,
-    ("smollm2", 6): 8, ("smollm2", 7): 1, ("smollm2", 8): 3, ("smollm2", 10): 0, ("smollm2", 11): 6,
-    ("gemma3", 0): 12, ("gemma3", 1): 23, ("gemma3", 2): 0, ("gemma3", 3): 4, ("gemma3", 5): 11,
-    ("gemma3", 6): 6, ("gemma3", 7): 27, ("gemma3", 8): 25, ("gemma3", 10): 1,
+    ("smollm2", 1): 6, ("smollm2", 3): 20, ("smollm2", 4): 7, ("smollm2", 5): 31,
+    ("smollm2", 8): 10, ("smollm2", 10): 0, ("smollm2", 11): 8,
+    ("gemma3", 0): 9, ("gemma3", 1): 23, ("gemma3", 3): 4, ("gemma3", 5): 12,
+    ("gemma3", 6): 5, ("gemma3", 7): 2, ("gemma3", 10): 3,
 }
 
 

@@ -410,7 +410,7 @@ ATTN_CASES = [
 
 
 @pytest.mark.parametrize("H,KV,hd,T,pos0,window,softcap", ATTN_CASES)
-def test_attention(device, request, H, KV, hd, T, pos0, window, softcap):
+def test_attention(device, simd, request, H, KV, hd, T, pos0, window, softcap):
     rng, seed = rng_for(request)
     n_ctx = pos0 + T + 5
     kv_dim = KV * hd
@@ -431,7 +431,7 @@ def test_attention(device, request, H, KV, hd, T, pos0, window, softcap):
     got = rig.out("out", seed, "attention")
     ref = R.attention(q, K, V, H, KV, pos0, scale, window, softcap)
     check("attention", got, ref, seed,
-          f"H={H} KV={KV} hd={hd} T={T} pos0={pos0} window={window} softcap={softcap}")
+          f"H={H} KV={KV} hd={hd} T={T} pos0={pos0} window={window} softcap={softcap} simd={simd}")
 
 
 def test_attention_reference_properties(request):

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -164,14 +165,28 @@ struct CpuDevice final : Device {
                    Binding step) override {
         const kstep* s = step.ptr<kstep>();
         if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx) throw Error("attention: positions exceed the context");
-        auto f = [&](int ith, int nth) {
-            int64_t b, e;
-            split((int64_t)a.n_tokens * a.n_heads, ith, nth, &b, &e);
-            float* sc = tmp(ith, (size_t)s->pos0 + a.n_tokens + 2 * a.head_dim + 64);
-            for (int64_t r = b; r < e; ++r) {
-                int t = (int)(r / a.n_heads), h = (int)(r % a.n_heads);
-                attention_row(a, q.ptr<float>() + r * a.head_dim, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(),
-                              out.ptr<float>() + r * a.head_dim, h, s->pos0 + t, sc);
+        // Work items are (token, KV head): the query heads that share a KV head run together,
+        // so each K / V row is read once per group. Items are taken from a shared counter,
+        // longest first (the last token sees the most rows), so threads finish together even
+        // when the work per item grows with the position or a core is busy elsewhere.
+        const int grp = a.n_heads / a.n_kv_heads, hd = a.head_dim;
+        const int64_t n_items = (int64_t)a.n_tokens * a.n_kv_heads;
+        const AttnGroup simd = attention_kernel(a);
+        std::atomic<int64_t> next{0};
+        auto f = [&](int ith, int) {
+            float* sc = tmp(ith, (size_t)grp * (s->pos0 + a.n_tokens + 8) + 2 * hd + 64);
+            for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+                const int t = a.n_tokens - 1 - (int)(it / a.n_kv_heads), g = (int)(it % a.n_kv_heads);
+                const int64_t r0 = (int64_t)t * a.n_heads + (int64_t)g * grp;   // first query row
+                const float* qr = q.ptr<float>() + r0 * hd;
+                float* o = out.ptr<float>() + r0 * hd;
+                if (simd) {
+                    simd(a, qr, o, grp, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(), g, s->pos0 + t, sc);
+                } else {
+                    for (int i = 0; i < grp; ++i)
+                        attention_row(a, qr + i * hd, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(), o + i * hd,
+                                      g * grp + i, s->pos0 + t, sc);
+                }
             }
         };
         pool.run(f);

@@ -68,6 +68,15 @@ void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc,
     for (int d = 0; d < hd; ++d) out[d] = acc[d] * inv;
 }
 
+AttnGroup attention_kernel(const kargs_attention& a) {
+    if (a.head_dim % 16 != 0 || a.n_heads / a.n_kv_heads > 64) return nullptr;
+    switch (active_simd()) {
+        case Simd::avx2: return attn_group_avx2();
+        case Simd::avx512: return attn_group_avx512();
+        default: return nullptr;   // scalar; NEON has no attention kernel yet
+    }
+}
+
 RowDot matmul_kernel(int t, Simd level) {
     RowDot k = nullptr;
     switch (level) {

@@ -20,6 +20,10 @@ void f32_to_f16_row(const float* x, uint16_t* y, int n);
 void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
                    float* out, int h, int pos, float* sc);
 
+// The SIMD attention kernel for the active level, or null for the scalar path (attention_row
+// per head): null also where the shape does not suit it (head_dim % 16 != 0, groups > 64).
+AttnGroup attention_kernel(const kargs_attention& a);
+
 // Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
 // the weight type and the active SIMD level, and quantizes the activations into the
 // device's scratch) and run (each thread computes its share of the output rows).

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../kargs.h"
+
 namespace llmetal::cpu {
 
 // Dequantize n elements (a multiple of the type's block size) starting at src.
@@ -59,6 +61,14 @@ RowDot rowdot_scalar(int ktype);
 RowDot rowdot_avx2(int ktype);     // AVX2 + FMA + F16C
 RowDot rowdot_avx512(int ktype);   // AVX-512 F/BW/VL + VNNI (on CPUs with AVX512_VNNI)
 RowDot rowdot_neon(int ktype);     // arm64 NEON (sdot where the build targets dotprod)
+
+// Attention of the nq query rows of one token that share KV head g (heads g*nq .. g*nq+nq-1,
+// rows of head_dim floats at q and out), at position pos; `sc` is scratch of at least
+// nq * (pos + 8) floats. Null where a level has none (the scalar path loops attention_row).
+using AttnGroup = void (*)(const kargs_attention& a, const float* q, float* out, int nq,
+                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc);
+AttnGroup attn_group_avx2();       // AVX2 + FMA + F16C
+AttnGroup attn_group_avx512();     // the same code compiled for AVX-512 F/BW/VL (32 vector registers)
 
 // ---- shared block helpers (plain C, usable from every level) -------------------------
 // Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:

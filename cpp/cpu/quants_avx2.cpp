@@ -2,6 +2,9 @@
 // that target attribute and vpmaddubsw + vpmaddwd as the integer multiply-accumulate.
 #include "quants.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "../kargs.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -20,8 +23,10 @@ namespace avx2 {
 }  // namespace avx2
 
 RowDot rowdot_avx2(int t) { return avx2::x86_table(t); }
+AttnGroup attn_group_avx2() { return avx2::attn_group; }
 #else
 RowDot rowdot_avx2(int) { return nullptr; }
+AttnGroup attn_group_avx2() { return nullptr; }
 #endif
 
 }  // namespace llmetal::cpu

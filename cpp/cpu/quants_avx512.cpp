@@ -4,6 +4,9 @@
 // No AMX instruction is ever emitted.
 #include "quants.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "../kargs.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -22,8 +25,10 @@ namespace avx512 {
 }  // namespace avx512
 
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
+AttnGroup attn_group_avx512() { return avx512::attn_group; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
+AttnGroup attn_group_avx512() { return nullptr; }
 #endif
 
 }  // namespace llmetal::cpu

@@ -337,4 +337,135 @@ static RowDot x86_table(int t) {
     return nullptr;
 }
 
+// ---- attention: the query heads of one token that share a KV head --------------------
+// Same math as attention_row (kernels.cpp), for nq query rows at once so each f16 K / V row
+// is loaded and converted once per group instead of once per head: scores q.k in f32 (K
+// converted by F16C), a vectorized softmax, then out = sum_j p_j V_j with the output held
+// in registers over the whole sweep of j. Needs head_dim % 16 == 0 (the caller checks).
+
+// exp(x) for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2/2, exp(r) by its
+// Taylor series to r^7 (truncation below 1e-8 relative), times 2^n built in the exponent
+// bits. Below -87 (where 2^n would leave the normal range) the result is ~0 as it should;
+// a NaN passes through (max_ps returns its second operand when one is NaN).
+static inline TGT __m256 exp_neg8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);   // ln2, high part
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);     // ln2, low part
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline TGT __m256 f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+
+// Scores of NQ query rows (q, stride hd) against n K rows; row i of scores at sc + i * ns.
+template <int NQ>
+static TGT void attn_scores(const float* q, int hd, const uint16_t* k, int kv_dim, int n, float* sc, int ns) {
+    for (int j = 0; j < n; ++j, k += kv_dim) {
+        __m256 s[NQ];
+        for (int i = 0; i < NQ; ++i) s[i] = _mm256_setzero_ps();
+        for (int d = 0; d < hd; d += 8) {
+            const __m256 kf = f16x8(k + d);
+            for (int i = 0; i < NQ; ++i) s[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * hd + d), kf, s[i]);
+        }
+        for (int i = 0; i < NQ; ++i) sc[i * ns + j] = hsum(s[i]);
+    }
+}
+
+// out rows (stride hd) = sum_j p[i][j] V_j for NQ rows; 16 output columns at a time stay in
+// registers for the whole sweep over the n V rows.
+template <int NQ>
+static TGT void attn_values(const float* p, int ns, int hd, const uint16_t* v, int kv_dim, int n, float* out) {
+    for (int d = 0; d < hd; d += 16) {
+        __m256 a0[NQ], a1[NQ];
+        for (int i = 0; i < NQ; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+        const uint16_t* vj = v + d;
+        for (int j = 0; j < n; ++j, vj += kv_dim) {
+            const __m256 v0 = f16x8(vj), v1 = f16x8(vj + 8);
+            for (int i = 0; i < NQ; ++i) {
+                const __m256 pj = _mm256_broadcast_ss(p + i * ns + j);
+                a0[i] = _mm256_fmadd_ps(pj, v0, a0[i]);
+                a1[i] = _mm256_fmadd_ps(pj, v1, a1[i]);
+            }
+        }
+        for (int i = 0; i < NQ; ++i) {
+            _mm256_storeu_ps(out + i * hd + d, a0[i]);
+            _mm256_storeu_ps(out + i * hd + d + 8, a1[i]);
+        }
+    }
+}
+
+// AttnGroup entry (quants.h): query rows q[0..nq) of one token at position pos, all reading
+// KV head g; `sc` holds nq * (n rounded up to 8) floats.
+static TGT void attn_group(const kargs_attention& a, const float* q, float* out, int nq,
+                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc) {
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
+    const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
+    const int n = pos - lo + 1, ns = (n + 7) & ~7;
+    const uint16_t* k = kc + (int64_t)lo * kv_dim + g * hd;
+    const uint16_t* v = vc + (int64_t)lo * kv_dim + g * hd;
+    // scores, 4 query rows at a time (4 accumulators + the K vector fit the 16 registers)
+    for (int i = 0; i < nq; i += 4) {
+        const float* qi = q + i * hd;
+        float* si = sc + i * ns;
+        switch (std::min(4, nq - i)) {
+            case 1: attn_scores<1>(qi, hd, k, kv_dim, n, si, ns); break;
+            case 2: attn_scores<2>(qi, hd, k, kv_dim, n, si, ns); break;
+            case 3: attn_scores<3>(qi, hd, k, kv_dim, n, si, ns); break;
+            default: attn_scores<4>(qi, hd, k, kv_dim, n, si, ns); break;
+        }
+    }
+    // softmax of each row, left unnormalized; 1/sum is applied to the output
+    float inv[64];   // nq <= 64 (checked by the caller)
+    for (int i = 0; i < nq; ++i) {
+        float* s = sc + i * ns;
+        for (int j = 0; j < n; ++j) {
+            float x = s[j] * a.scale;
+            if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
+            s[j] = x;
+        }
+        for (int j = n; j < ns; ++j) s[j] = -INFINITY;   // padding: exp gives ~0, never summed
+        __m256 mx = _mm256_set1_ps(-INFINITY);
+        for (int j = 0; j < ns; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const __m256 vmax = _mm256_set1_ps(_mm_cvtss_f32(m4));
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < ns; j += 8) {
+            __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
+            if (j + 8 > n)   // zero the padding lanes
+                e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                        _mm256_set1_epi32(n - j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+            _mm256_storeu_ps(s + j, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        inv[i] = 1.0f / hsum(sum);
+    }
+    for (int i = 0; i < nq; i += 4) {
+        const float* pi = sc + i * ns;
+        float* oi = out + i * hd;
+        switch (std::min(4, nq - i)) {
+            case 1: attn_values<1>(pi, ns, hd, v, kv_dim, n, oi); break;
+            case 2: attn_values<2>(pi, ns, hd, v, kv_dim, n, oi); break;
+            case 3: attn_values<3>(pi, ns, hd, v, kv_dim, n, oi); break;
+            default: attn_values<4>(pi, ns, hd, v, kv_dim, n, oi); break;
+        }
+    }
+    for (int i = 0; i < nq; ++i) {
+        const __m256 f = _mm256_set1_ps(inv[i]);
+        for (int d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(out + i * hd + d, _mm256_mul_ps(_mm256_loadu_ps(out + i * hd + d), f));
+    }
+}
+
 #undef TGT
