@@ -35,7 +35,7 @@ inline void split(int64_t n, int ith, int nth, int64_t* b, int64_t* e) {
 }
 
 struct CpuDevice final : Device {
-    explicit CpuDevice(int n_threads) : pool(n_threads), scratch(n_threads) {
+    explicit CpuDevice(int n_threads) : pool(n_threads), scratch(n_threads), counters(pool.size()) {
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
     }
@@ -123,6 +123,16 @@ struct CpuDevice final : Device {
 
     void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override {
         MatmulJob job = matmul_prepare(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), &pool, &act_scratch);
+        // chunks of ~1/8 of a share: fine enough to even out, coarse enough that the counters
+        // are touched rarely
+        const int nth = pool.size();
+        job.counters = counters.data();
+        job.chunk = std::max(4, (int)((a.n_out / (8 * nth) + 3) & ~3));
+        for (int i = 0; i < nth; ++i) {
+            int b, e;
+            matmul_share(a.n_out, i, nth, &b, &e);
+            counters[i].next.store(b, std::memory_order_relaxed);
+        }
         auto f = [&](int ith, int nth) {
             matmul_run(job, ith, nth, tmp(ith, (size_t)a.n_in + 64));
         };
@@ -135,10 +145,12 @@ struct CpuDevice final : Device {
         const float* ff = factors ? factors.ptr<float>() : nullptr;
         auto f = [&](int ith, int nth) {
             int64_t b, e;
-            split((int64_t)a.n_tokens * a.n_heads, ith, nth, &b, &e);
-            for (int64_t r = b; r < e; ++r) {
-                int t = (int)(r / a.n_heads);
-                rope_row(x.ptr<float>() + r * a.head_dim, a, s->pos0 + t, ff);
+            split(a.n_tokens, ith, nth, &b, &e);
+            float* cs = tmp(ith, (size_t)a.n_rot + 16);
+            for (int64_t t = b; t < e; ++t) {
+                rope_table(a, s->pos0 + (int)t, ff, cs);   // one table per token, shared by its heads
+                for (int h = 0; h < a.n_heads; ++h)
+                    rope_apply(x.ptr<float>() + (t * a.n_heads + h) * a.head_dim, a, cs);
             }
         };
         pool.run(f);
@@ -242,6 +254,7 @@ struct CpuDevice final : Device {
     ThreadPool pool;
     std::vector<std::vector<float>> scratch;
     std::vector<uint8_t> act_scratch;   // activations prepared for the matmul kernels
+    std::vector<MatmulJob::Counter> counters;   // matmul work stealing, one per thread
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "f16.h"
 #include "quants.h"
+#include "threadpool.h"
 
 namespace llmetal::cpu {
 
@@ -21,13 +22,21 @@ void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps) {
     for (int i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
 }
 
-void rope_row(float* x, const kargs_rope& a, int pos, const float* ff) {
+void rope_table(const kargs_rope& a, int pos, const float* ff, float* cs) {
     const int half = a.n_rot / 2;
     for (int i = 0; i < half; ++i) {
         // theta_i = pos * freq_scale * base^(-2i/n_rot) / factor_i
         double theta = (double)pos * a.freq_scale * std::pow((double)a.freq_base, -2.0 * i / a.n_rot);
         if (ff) theta /= ff[i];
-        float c = (float)std::cos(theta), s = (float)std::sin(theta);
+        cs[i] = (float)std::cos(theta);
+        cs[half + i] = (float)std::sin(theta);
+    }
+}
+
+void rope_apply(float* x, const kargs_rope& a, const float* cs) {
+    const int half = a.n_rot / 2;
+    for (int i = 0; i < half; ++i) {
+        const float c = cs[i], s = cs[half + i];
         int i0 = a.mode == KROPE_NEOX ? i : 2 * i;
         int i1 = a.mode == KROPE_NEOX ? i + half : 2 * i + 1;
         float x0 = x[i0], x1 = x[i1];
@@ -92,7 +101,7 @@ RowDot matmul_kernel(int t, Simd level) {
 }
 
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
-                         ThreadPool*, std::vector<uint8_t>* scratch) {
+                         ThreadPool* pool, std::vector<uint8_t>* scratch) {
     const int fmt = act_format(a.wtype);  // throws for unsupported types
     MatmulJob j{a, W, y, (const uint8_t*)x, (size_t)a.n_in * sizeof(float), matmul_kernel(a.wtype, active_simd())};
     if (fmt != 0) {
@@ -101,33 +110,61 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
         size_t need = j.xq_stride * a.n_tokens + 64;
         if (scratch->size() < need) scratch->resize(need);
         uint8_t* base = scratch->data();
-        for (int t = 0; t < a.n_tokens; ++t) {
-            const float* xr = x + (int64_t)t * a.n_in;
-            if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
-            else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
-        }
+        auto quantize = [&](int ith, int nth) {
+            for (int t = ith; t < a.n_tokens; t += nth) {
+                const float* xr = x + (int64_t)t * a.n_in;
+                if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
+                else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
+            }
+        };
+        // a batch is quantized by all threads (a separate fork-join: every row must be
+        // ready before any thread starts its dots); one token is not worth waking them
+        if (pool && a.n_tokens >= 4) pool->run(quantize);
+        else quantize(0, 1);
         j.xq = base;
     }
     return j;
 }
 
 void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
-    // Split output rows in chunks of 4 so threads do not share cache lines of y.
-    int64_t per = ((j.a.n_out + nth - 1) / nth + 3) & ~int64_t(3);
-    int n0 = (int)std::min<int64_t>(j.a.n_out, per * ith);
-    int n1 = (int)std::min<int64_t>(j.a.n_out, n0 + per);
     const int M = j.a.n_tokens, K = j.a.n_in, N = j.a.n_out;
-    float out[4];
     // For each weight row, sweep the tokens 4 at a time: the row (a few KB) stays in L1
     // while every token reads it, and the kernel unpacks each weight block once per 4 tokens.
-    for (int n = n0; n < n1; ++n) {
-        const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
-        for (int t = 0; t < M; t += 4) {
-            int nx = std::min(4, M - t);
-            j.dot(K, w, j.xq + t * j.xq_stride, j.xq_stride, nx, out);
-            for (int u = 0; u < nx; ++u) j.y[(int64_t)(t + u) * N + n] = out[u];
+    auto rows = [&](int n0, int n1) {
+        float out[4];
+        for (int n = n0; n < n1; ++n) {
+            const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
+            for (int t = 0; t < M; t += 4) {
+                int nx = std::min(4, M - t);
+                j.dot(K, w, j.xq + t * j.xq_stride, j.xq_stride, nx, out);
+                for (int u = 0; u < nx; ++u) j.y[(int64_t)(t + u) * N + n] = out[u];
+            }
         }
+    };
+    if (j.counters) {
+        // Own share first, front to back: one contiguous stream of weight rows, which keeps
+        // the hardware prefetchers running (handing chunks out from one shared counter
+        // interleaved the threads' rows and made decode 40% slower). Then the chunks the
+        // other threads have not taken yet: a thread slowed down by another process on its
+        // core gets help instead of holding everyone up.
+        for (int k = 0; k < nth; ++k) {
+            const int s = (ith + k) % nth;
+            int b, e;
+            matmul_share(N, s, nth, &b, &e);
+            for (int n0; (n0 = j.counters[s].next.fetch_add(j.chunk, std::memory_order_relaxed)) < e;)
+                rows(n0, std::min(e, n0 + j.chunk));
+        }
+        return;
     }
+    int b, e;
+    matmul_share(N, ith, nth, &b, &e);
+    rows(b, e);
+}
+
+void matmul_share(int n_out, int ith, int nth, int* b, int* e) {
+    int64_t per = ((n_out + nth - 1) / nth + 3) & ~int64_t(3);
+    *b = (int)std::min<int64_t>(n_out, per * ith);
+    *e = (int)std::min<int64_t>(n_out, per * ith + per);
 }
 
 }  // namespace llmetal::cpu

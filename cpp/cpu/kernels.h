@@ -1,6 +1,7 @@
 // kernels.h -- the CPU device's row kernels. Each stage method in device_cpu.cpp splits
 // its work over threads and calls these on its share of rows.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -13,7 +14,10 @@ namespace llmetal::cpu {
 class ThreadPool;
 
 void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps);
-void rope_row(float* x, const kargs_rope& a, int pos, const float* factors);
+// RoPE in two steps: the cos / sin table of one position (n_rot floats: cos of the n_rot/2
+// angles, then their sin), computed once per token, then applied to each head's row.
+void rope_table(const kargs_rope& a, int pos, const float* factors, float* cs);
+void rope_apply(float* x, const kargs_rope& a, const float* cs);
 void f32_to_f16_row(const float* x, uint16_t* y, int n);
 // One query row of head h at position pos against cache rows [lo, pos]; `sc` is scratch
 // of at least pos + 1 floats.
@@ -34,7 +38,16 @@ struct MatmulJob {
     const uint8_t* xq;    // prepared activation rows (f32 as is, or BlockQ8 / BlockQ8K)
     size_t xq_stride;     // bytes from one prepared activation row to the next
     RowDot dot;           // the row kernel (quants.h)
+    // Optional work stealing: when set (one counter per thread), each thread runs its own
+    // contiguous share of rows in chunks of `chunk` rows (a multiple of 4) taken from its
+    // counter, then helps with the other shares' remaining chunks; else a static split.
+    struct alignas(64) Counter { std::atomic<int> next; };
+    Counter* counters = nullptr;
+    int chunk = 0;
 };
+// The rows [*b, *e) of share ith of nth (a multiple of 4 rows, so no two threads write one
+// 16-byte piece of y; matmul_run's counters start at *b).
+void matmul_share(int n_out, int ith, int nth, int* b, int* e);
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch);
 void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);

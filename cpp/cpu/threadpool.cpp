@@ -30,23 +30,34 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         fn(ctx, 0, 1);
         return;
     }
+    // Publish the job: fn_ / ctx_ first, then the unclaimed shares (release), then the
+    // generation that wakes the workers. (pending_ is not reset: it is back at 0 after every
+    // job, and a worker waking late for an old job may be holding it at 1 for a moment.)
     fn_ = fn;
     ctx_ = ctx;
-    pending_.store(n_ - 1, std::memory_order_relaxed);
+    todo_.store(((n_ >= 64 ? ~0ull : (1ull << n_) - 1)) & ~1ull, std::memory_order_release);
     {
         // the lock orders the publication with sleeping workers' wait
         std::lock_guard<std::mutex> l(mu_);
         gen_.fetch_add(1, std::memory_order_release);
     }
     if (sleepers_.load() > 0) cv_.notify_all();
-    // Every thread must finish before this frame (which owns the job) returns, even when
-    // one of them throws; the first exception is rethrown here, on the calling thread.
-    try {
-        fn(ctx, 0, n_);
-    } catch (...) {
-        std::lock_guard<std::mutex> l(err_mu_);
-        if (!error_) error_ = std::current_exception();
-    }
+    // Every share must finish before this frame (which owns the job) returns, even when one
+    // of them throws; the first exception is rethrown here, on the calling thread.
+    auto guarded = [&](int ith) {
+        try {
+            fn(ctx, ith, n_);
+        } catch (...) {
+            std::lock_guard<std::mutex> l(err_mu_);
+            if (!error_) error_ = std::current_exception();
+        }
+    };
+    guarded(0);
+    // Take back the shares nobody claimed and run them here.
+    uint64_t left = todo_.exchange(0, std::memory_order_acq_rel);
+    for (int i = 1; i < n_ && i < 64; ++i)
+        if (left & (1ull << i)) guarded(i);
+    // Wait for the shares workers did claim (they are running now).
     while (pending_.load(std::memory_order_acquire) != 0) LLM_PAUSE();
     if (error_) {
         std::exception_ptr e = error_;
@@ -57,6 +68,7 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
 
 void ThreadPool::worker(int ith) {
     uint64_t seen = 0;
+    const uint64_t bit = 1ull << (ith < 64 ? ith : 0);
     for (;;) {
         int spins = 0;
         while (gen_.load(std::memory_order_acquire) == seen) {
@@ -72,11 +84,20 @@ void ThreadPool::worker(int ith) {
         }
         seen = gen_.load(std::memory_order_acquire);
         if (stop_.load()) return;
-        try {
-            fn_(ctx_, ith, n_);
-        } catch (...) {
-            std::lock_guard<std::mutex> l(err_mu_);
-            if (!error_) error_ = std::current_exception();
+        if (ith >= 64) continue;   // more threads than claim bits: the caller runs the rest
+        // Claim share ith: count it as running first, so the caller cannot miss it between
+        // the claim and the count. (A stale wake-up from an earlier job finds its bit clear,
+        // or claims the current job, whose fn_ / ctx_ were published before todo_.)
+        pending_.fetch_add(1, std::memory_order_acq_rel);
+        if (todo_.fetch_and(~bit, std::memory_order_acq_rel) & bit) {
+            Fn fn = fn_;
+            void* ctx = ctx_;
+            try {
+                fn(ctx, ith, n_);
+            } catch (...) {
+                std::lock_guard<std::mutex> l(err_mu_);
+                if (!error_) error_ = std::current_exception();
+            }
         }
         pending_.fetch_sub(1, std::memory_order_release);
     }

@@ -1,6 +1,13 @@
-// threadpool.h -- a small fork-join pool: run(fn) calls fn(ith, nth) on every thread
-// (the caller is thread 0) and returns when all are done. Workers spin briefly for the
-// next job, then sleep, so back-to-back stages start fast without burning idle cores.
+// threadpool.h -- a small fork-join pool: run(fn) calls fn(ith, nth) once for every share
+// ith in [0, nth) and returns when all are done. The caller runs share 0; worker i runs
+// share i if it claims it in time. Workers spin briefly for the next job, then sleep, so
+// back-to-back stages start fast without burning idle cores.
+//
+// Shares are claimed, not assigned: when the caller has finished share 0 it takes every
+// share no worker has claimed yet and runs it itself. On a machine shared with other
+// processes a worker is often not running when a job starts (its core is busy elsewhere);
+// without claiming, the caller would spin until the scheduler brings it back, for every
+// stage of every token. With it, a missing worker costs at worst a single-threaded stage.
 // No allocation per job: the job is a function pointer plus a context pointer.
 #pragma once
 #include <atomic>
@@ -31,7 +38,8 @@ class ThreadPool {
     int n_;
     std::vector<std::thread> threads_;
     std::atomic<uint64_t> gen_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<int> pending_{0};     // claimed shares still running
+    std::atomic<uint64_t> todo_{0};   // bit i: share i (1..63) not claimed yet
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
     std::exception_ptr error_;   // the first exception a thread threw in this job

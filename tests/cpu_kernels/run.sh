@@ -8,6 +8,6 @@ CXX=${1:-${CXX:-g++}}
 shift || true
 OUT=${OUT_DIR:-build/cpu_kernels}
 mkdir -p "$OUT"
-SRC="tests/cpu_kernels/test_cpu_kernels.cpp cpp/cpu/kernels.cpp cpp/cpu/features.cpp cpp/cpu/quants.cpp $(ls cpp/cpu/quants_*.cpp)"
+SRC="tests/cpu_kernels/test_cpu_kernels.cpp cpp/cpu/kernels.cpp cpp/cpu/threadpool.cpp cpp/cpu/features.cpp cpp/cpu/quants.cpp $(ls cpp/cpu/quants_*.cpp)"
 $CXX -std=c++17 -O2 -Wall -Wno-unused-function -Icpp "$@" $SRC -o "$OUT/test_cpu_kernels" -lpthread
 if [ -n "${RUNNER:-}" ]; then $RUNNER "$OUT/test_cpu_kernels"; else "$OUT/test_cpu_kernels"; fi
