@@ -132,6 +132,7 @@ struct DotFloat {
 struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
     static constexpr int Bytes = 18;
     static constexpr bool Signed = false;
+    static constexpr bool HasOff = true;   // the block has an offset / min term
     static TGT __m256i q(const uint8_t* b) { return nibbles_32(b + 2); }
     static TGT float d(const uint8_t* b) { return h2f(b); }
     static TGT float off(const uint8_t* b) { return -8.0f * h2f(b); }
@@ -139,6 +140,7 @@ struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
 struct Q4_1 {  // {f16 d; f16 m; u8 qs[16]}: value q * d + m
     static constexpr int Bytes = 20;
     static constexpr bool Signed = false;
+    static constexpr bool HasOff = true;   // the block has an offset / min term
     static TGT __m256i q(const uint8_t* b) { return nibbles_32(b + 4); }
     static TGT float d(const uint8_t* b) { return h2f(b); }
     static TGT float off(const uint8_t* b) { return h2f(b + 2); }
@@ -153,6 +155,7 @@ static inline TGT __m256i q5_values(const uint8_t* qh_p, const uint8_t* qs) {
 struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
     static constexpr int Bytes = 22;
     static constexpr bool Signed = false;
+    static constexpr bool HasOff = true;   // the block has an offset / min term
     static TGT __m256i q(const uint8_t* b) { return q5_values(b + 2, b + 6); }
     static TGT float d(const uint8_t* b) { return h2f(b); }
     static TGT float off(const uint8_t* b) { return -16.0f * h2f(b); }
@@ -160,6 +163,7 @@ struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
 struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
     static constexpr int Bytes = 24;
     static constexpr bool Signed = false;
+    static constexpr bool HasOff = true;   // the block has an offset / min term
     static TGT __m256i q(const uint8_t* b) { return q5_values(b + 4, b + 8); }
     static TGT float d(const uint8_t* b) { return h2f(b); }
     static TGT float off(const uint8_t* b) { return h2f(b + 2); }
@@ -167,6 +171,7 @@ struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
 struct Q8_0 {  // {f16 d; i8 qs[32]}: value q * d, q signed
     static constexpr int Bytes = 34;
     static constexpr bool Signed = true;
+    static constexpr bool HasOff = false;
     static TGT __m256i q(const uint8_t* b) { return load32(b + 2); }
     static TGT float d(const uint8_t* b) { return h2f(b); }
     static TGT float off(const uint8_t*) { return 0.0f; }
@@ -194,7 +199,7 @@ struct DotQ32 {
                 if (B::Signed) s = _mm256_sign_epi8(s, q);
                 __m256i p = dot_us(_mm256_setzero_si256(), uq, s);
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.d), acc[j]);
-                corr[j] += off * a.s;
+                if (B::HasOff) corr[j] += off * a.s;   // Q8_0 has no offset: skip the sum
             }
         }
         for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]) + corr[j];
