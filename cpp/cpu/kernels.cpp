@@ -103,7 +103,15 @@ RowDot matmul_kernel(int t, Simd level) {
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch) {
     const int fmt = act_format(a.wtype);  // throws for unsupported types
-    MatmulJob j{a, W, y, (const uint8_t*)x, (size_t)a.n_in * sizeof(float), matmul_kernel(a.wtype, active_simd())};
+    MatmulJob j{a, W, y, (const uint8_t*)x, (size_t)a.n_in * sizeof(float), matmul_kernel(a.wtype, active_simd()),
+                nullptr};
+    // Batches take two weight rows per call where the level has a tile kernel for the type
+    // (the AVX-512 kernels need VNNI, as in matmul_kernel).
+    if (a.n_tokens >= 2) {
+        const Simd lv = active_simd();
+        if (lv == Simd::avx2 || (lv == Simd::avx512 && !features().avx512vnni)) j.dot2 = rowdot2_avx2(a.wtype);
+        else if (lv == Simd::avx512) j.dot2 = rowdot2_avx512(a.wtype);
+    }
     if (fmt != 0) {
         // Quantize every activation row once; all output rows (all threads) share them.
         j.xq_stride = act_row_bytes(fmt, a.n_in);
@@ -131,8 +139,22 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
     // For each weight row, sweep the tokens 4 at a time: the row (a few KB) stays in L1
     // while every token reads it, and the kernel unpacks each weight block once per 4 tokens.
     auto rows = [&](int n0, int n1) {
-        float out[4];
-        for (int n = n0; n < n1; ++n) {
+        float out[8];
+        int n = n0;
+        if (j.dot2) {   // pairs of rows: each activation block loaded once for both
+            for (; n + 2 <= n1; n += 2) {
+                const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
+                for (int t = 0; t < M; t += 4) {
+                    int nx = std::min(4, M - t);
+                    j.dot2(K, w, j.a.row_bytes, j.xq + t * j.xq_stride, j.xq_stride, nx, out);
+                    for (int u = 0; u < nx; ++u) {
+                        j.y[(int64_t)(t + u) * N + n] = out[u];
+                        j.y[(int64_t)(t + u) * N + n + 1] = out[4 + u];
+                    }
+                }
+            }
+        }
+        for (; n < n1; ++n) {
             const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
             for (int t = 0; t < M; t += 4) {
                 int nx = std::min(4, M - t);

@@ -38,6 +38,7 @@ struct MatmulJob {
     const uint8_t* xq;    // prepared activation rows (f32 as is, or BlockQ8 / BlockQ8K)
     size_t xq_stride;     // bytes from one prepared activation row to the next
     RowDot dot;           // the row kernel (quants.h)
+    RowDot2 dot2;         // two-row tile kernel for batches (null: rows one at a time)
     // Optional work stealing: when set (one counter per thread), each thread runs its own
     // contiguous share of rows in chunks of `chunk` rows (a multiple of 4) taken from its
     // counter, then helps with the other shares' remaining chunks; else a static split.

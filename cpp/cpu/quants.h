@@ -55,11 +55,18 @@ void quantize_row_q8k(const float* x, BlockQ8K* y, int K);
 // activation format.
 using RowDot = void (*)(int K, const uint8_t* w, const uint8_t* x, size_t x_stride, int nx, float* y);
 
+// Two weight rows at once (w and w + w_stride): y[r * 4 + j] for row r in {0, 1}, j < nx.
+using RowDot2 = void (*)(int K, const uint8_t* w, size_t w_stride, const uint8_t* x, size_t x_stride,
+                         int nx, float* y);
+
 // Kernels per level; null where a level has no kernel for the type (or is not built
 // for this architecture). The caller checks the CPU supports the level.
 RowDot rowdot_scalar(int ktype);
 RowDot rowdot_avx2(int ktype);     // AVX2 + FMA + F16C
 RowDot rowdot_avx512(int ktype);   // AVX-512 F/BW/VL + VNNI (on CPUs with AVX512_VNNI)
+// Two-row tiles (prefill), null where a level / type has none (matmul then uses RowDot).
+RowDot2 rowdot2_avx2(int ktype);
+RowDot2 rowdot2_avx512(int ktype);
 RowDot rowdot_neon(int ktype);     // arm64 NEON (sdot where the build targets dotprod)
 
 // Attention of the nq query rows of one token that share KV head g (heads g*nq .. g*nq+nq-1,

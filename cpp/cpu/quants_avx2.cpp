@@ -23,9 +23,11 @@ namespace avx2 {
 }  // namespace avx2
 
 RowDot rowdot_avx2(int t) { return avx2::x86_table(t); }
+RowDot2 rowdot2_avx2(int t) { return avx2::x86_table2(t); }
 AttnGroup attn_group_avx2() { return avx2::attn_group; }
 #else
 RowDot rowdot_avx2(int) { return nullptr; }
+RowDot2 rowdot2_avx2(int) { return nullptr; }
 AttnGroup attn_group_avx2() { return nullptr; }
 #endif
 

@@ -25,9 +25,11 @@ namespace avx512 {
 }  // namespace avx512
 
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
+RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnGroup attn_group_avx512() { return avx512::attn_group; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
+RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnGroup attn_group_avx512() { return nullptr; }
 #endif
 

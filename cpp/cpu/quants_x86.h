@@ -206,6 +206,50 @@ struct DotQ32 {
     }
 };
 
+// Two weight rows (w and w + ws) against NX activation rows: each activation block is loaded
+// once for both rows (prefill: the loads and scale broadcasts are shared by the tile).
+// y[r * 4 + j] = dot(row r, activation row j). Same arithmetic per (row, token) as DotQ32.
+template <class B>
+struct DotQ32x2 {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, size_t ws, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8* xb[NX];
+        __m256 acc0[NX], acc1[NX];
+        float corr0[NX], corr1[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8*)(x + j * xs);
+            acc0[j] = acc1[j] = _mm256_setzero_ps();
+            corr0[j] = corr1[j] = 0;
+        }
+        const uint8_t* w1 = w + ws;
+        for (int b = 0; b < K / 32; ++b, w += B::Bytes, w1 += B::Bytes) {
+            const __m256i q0 = B::q(w), q1 = B::q(w1);
+            const float d0 = B::d(w), d1 = B::d(w1);
+            const float off0 = B::HasOff ? B::off(w) : 0.0f, off1 = B::HasOff ? B::off(w1) : 0.0f;
+            const __m256i uq0 = B::Signed ? _mm256_abs_epi8(q0) : q0;
+            const __m256i uq1 = B::Signed ? _mm256_abs_epi8(q1) : q1;
+            for (int j = 0; j < NX; ++j) {
+                const BlockQ8& a = xb[j][b];
+                const __m256i s = load32(a.qs);
+                const __m256i s0 = B::Signed ? _mm256_sign_epi8(s, q0) : s;
+                const __m256i s1 = B::Signed ? _mm256_sign_epi8(s, q1) : s;
+                const __m256i p0 = dot_us(_mm256_setzero_si256(), uq0, s0);
+                const __m256i p1 = dot_us(_mm256_setzero_si256(), uq1, s1);
+                acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d0 * a.d), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(d1 * a.d), acc1[j]);
+                if (B::HasOff) {
+                    corr0[j] += off0 * a.s;
+                    corr1[j] += off1 * a.s;
+                }
+            }
+        }
+        for (int j = 0; j < NX; ++j) {
+            y[j] = hsum(acc0[j]) + corr0[j];
+            y[4 + j] = hsum(acc1[j]) + corr1[j];
+        }
+    }
+};
+
 // ---- K-quants (activations in BlockQ8K) -------------------------------------------------
 
 // Q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} and Q5_K {..., u8 qh[32]; u8 qs[128]}:
@@ -323,6 +367,28 @@ TGT void rowdot(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, fl
         case 3: Kern::template run<3>(K, w, x, xs, y); break;
         default: Kern::template run<4>(K, w, x, xs, y); break;
     }
+}
+
+template <class Kern>
+TGT void rowdot2(int K, const uint8_t* w, size_t ws, const uint8_t* x, size_t xs, int nx, float* y) {
+    switch (nx) {
+        case 1: Kern::template run<1>(K, w, ws, x, xs, y); break;
+        case 2: Kern::template run<2>(K, w, ws, x, xs, y); break;
+        case 3: Kern::template run<3>(K, w, ws, x, xs, y); break;
+        default: Kern::template run<4>(K, w, ws, x, xs, y); break;
+    }
+}
+
+// Two-row tiles exist for the 32-value block formats.
+static RowDot2 x86_table2(int t) {
+    switch (t) {
+        case KT_Q4_0: return rowdot2<DotQ32x2<Q4_0>>;
+        case KT_Q4_1: return rowdot2<DotQ32x2<Q4_1>>;
+        case KT_Q5_0: return rowdot2<DotQ32x2<Q5_0>>;
+        case KT_Q5_1: return rowdot2<DotQ32x2<Q5_1>>;
+        case KT_Q8_0: return rowdot2<DotQ32x2<Q8_0>>;
+    }
+    return nullptr;
 }
 
 static RowDot x86_table(int t) {
