@@ -150,13 +150,14 @@ def test_matmul_every_type(devs, rng, wtype, M):
     assert_close(f"matmul (tensor cores) type {wtype} M={M} vs cpu", cpu, gpu, 1e-3)
 
 
-@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_K, Q6_K, F16])
+@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K, F16])
 @pytest.mark.parametrize("N", [37, 4100])
 def test_matmul_decode_wide_rows(devs, rng, wtype, N):
     """Rows several windows long, 16-byte aligned (the streamed fast path) and not (K=576,
-    SmolLM2's width: 8-, 4- or 2-byte loads), 1 and 5 tokens; 37 rows (2 or 4 warps share a
-    row) and 4100 (one warp a row, a partial last block)."""
-    for K in ([4096] if wtype in (Q4_K, Q6_K) else [4096, 576]):
+    SmolLM2's width: 8- or 4-byte copies; K=4064: rows only 2-byte aligned for Q4_0 / Q5_0 /
+    Q8_0, copied synchronously), 1 and 5 tokens; 37 rows (fewer rows than warps) and 4100
+    (more rows than an H100 keeps resident warps: a warp walks two rows, one window sequence)."""
+    for K in ([4096] if wtype in (Q4_K, Q6_K) else [4096, 576, 4064]):
         for M in ((1, 5) if N < 100 else (1,)):
             W = random_weight(rng, wtype, N, K)
             x = rng.standard_normal((M, K)).astype(np.float32)

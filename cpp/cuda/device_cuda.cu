@@ -59,6 +59,9 @@ struct CudaDevice final : Device {
                         std::to_string(n) + " GPUs)");
         ck(cudaSetDevice(ordinal), "cudaSetDevice");
         ck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        ck(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, ordinal), "SM count");
+        mv_occupancy<KT_Q4_0>(); mv_occupancy<KT_Q4_1>(); mv_occupancy<KT_Q5_0>(); mv_occupancy<KT_Q5_1>();
+        mv_occupancy<KT_Q8_0>(); mv_occupancy<KT_Q4_K>(); mv_occupancy<KT_Q5_K>(); mv_occupancy<KT_Q6_K>();
         step_buf = alloc(sizeof(kstep), "step");
         ck(cudaMemsetAsync(step_buf->dev, 0, sizeof(kstep), stream), "memset step");
         err_buf = alloc(sizeof(int), "error flag");
@@ -429,6 +432,14 @@ struct CudaDevice final : Device {
         return s;
     }
 
+    // Resident blocks per SM of kernel_mmvq<T, 1 | 8> (shared memory and registers decide).
+    int n_sm = 1;
+    int mv_resident[32][2] = {};
+    template <int T> void mv_occupancy() {
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][0], kernel_mmvq<T, 1>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][1], kernel_mmvq<T, 8>, MV_ROWS * 32, 0), "occupancy");
+    }
+
     // Decode, quantized weights: stage 1 quantizes the activations, stage 2 streams the rows.
     template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
         constexpr int QB = MVQ<T>::QB;
@@ -441,12 +452,17 @@ struct CudaDevice final : Device {
             qcache = {x.ptr<float>(), n, QB};
         }
         const int vw = load_width(a, W.ptr<uint8_t>());
-        const int split = row_split(a.n_out, (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB);
-        const unsigned grid = blocks(a.n_out, MV_ROWS / split);
-        if (a.n_tokens == 1)
-            kernel_mmvq<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, split);
+        // persistent warps: as few rows per warp as the resident warps allow, then as few warps
+        // as give every warp that many rows (a balanced single wave)
+        const int nt8 = a.n_tokens > 1;
+        const int64_t resident = (int64_t)n_sm * std::max(1, mv_resident[T][nt8]) * MV_ROWS;
+        const int64_t rpw = (a.n_out + resident - 1) / resident;
+        const int nwarps = (int)((a.n_out + rpw - 1) / rpw);
+        const unsigned grid = blocks(nwarps, MV_ROWS);
+        if (!nt8)
+            kernel_mmvq<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
         else
-            kernel_mmvq<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, split);
+            kernel_mmvq<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
         launched("kernel_mmvq");
     }
 

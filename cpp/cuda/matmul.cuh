@@ -6,15 +6,15 @@
 //                            (cpp/cpu/quants.cpp quantize_row_q8 / _q8k: d = amax/127,
 //                            q = round-half-even(x / d)), so the integer dots below give the
 //                            CPU's numbers up to the order of the float sums.
-//   kernel_mmvq<T, NT>       decode (1..8 tokens): one warp per weight row. The warp streams
-//                            its row through a private shared-memory window with 16-byte
-//                            coalesced loads (lane i loads bytes 16i.., the next chunk is
-//                            fetched into registers while the current one is computed), then
-//                            each lane takes 8-weight units of the blocks in the window,
-//                            unpacks them to two words of four signed bytes and dots them with
-//                            the 8-bit activations by dp4a. Per unit:
-//                              acc += xd * (ud * dot(w, xq) + um * sum(xq))
-//                            ud: the block (or sub-block) scale, um: its min (Q4_1, Q5_1,
+//   kernel_mmvq<T, NT>       decode (1..8 tokens): persistent warps, each owning a few whole
+//                            weight rows. A warp streams its rows' ~2 KB windows through a
+//                            ring of 4 shared-memory slots by cp.async (16-byte coalesced
+//                            copies, 3 windows in flight while one is computed), then each
+//                            lane unpacks whole pieces of blocks (16 or 32 weights) to words
+//                            of four signed bytes and dots them with the 8-bit activations
+//                            by dp4a. Per piece:
+//                              acc += xd * (d * dot(w, xq) + m * sum(xq))
+//                            d: the block (or sub-block) scale, m: its min (Q4_1, Q5_1,
 //                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
 //                            are subtracted inside the integer words.
 //   kernel_mv_f16<NT>        decode with F16 weights: the same window, float activations.
@@ -75,87 +75,191 @@ __device__ __forceinline__ int spread4(uint32_t b) {
     return (int)(((b & 1) | ((b & 2) << 7) | ((b & 4) << 14) | ((b & 8) << 21)) << 4);
 }
 
-// One unit = 8 consecutive weights of a row: w0/w1 = 4 signed bytes each, scale ud, min um.
-struct Unit { int w0, w1; float ud, um; };
+// ---- one "piece" of a weight block per lane ---------------------------------------------------
+// A piece is the bytes of one block that a lane dots at once: 16 weights for the 32-value
+// formats (PPB = 2 pieces a block), 32 for the K-quants (PPB = 8). load() reads it from the
+// shared-memory window (2-byte reads where the format's blocks are only 2-byte aligned, 4-, 8-
+// or 16-byte reads where they are wider), unpacks it to words of four signed bytes; dot()
+// dots them with the 8-bit activations of the block (x: its first value; 4-, 8- or 16-byte
+// loads through the read-only cache: they are a few KB, read by every warp) and returns the
+// piece's sum in units of the activation scale:
+//     sum over sub-blocks of  d_w * dot(q, xq) + m_w * sum(xq)
+// (m_w: the min of Q4_1 / Q5_1 / Q4_K / Q5_K; the zero points 8, 16, 32 of Q4_0 / Q5_0 / Q6_K
+// are subtracted inside the bytes). Lanes take consecutive pieces, so a warp reads a
+// contiguous stretch of the window.
+constexpr int M4 = 0x0F0F0F0F;
+__device__ __forceinline__ int dp4(int a, int b, int c) { return __dp4a(a, b, c); }
+__device__ __forceinline__ int sum4(int2 v) { return dp4(0x01010101, v.x, dp4(0x01010101, v.y, 0)); }
+__device__ __forceinline__ int sum4(int4 v) {
+    return dp4(0x01010101, v.x, dp4(0x01010101, v.y, dp4(0x01010101, v.z, dp4(0x01010101, v.w, 0))));
+}
+__device__ __forceinline__ int2 ldx2(const int8_t* p) { return __ldg((const int2*)p); }
+__device__ __forceinline__ int4 ldx4(const int8_t* p) { return __ldg((const int4*)p); }
 
-// Unpack unit u (0-based, 8 values each) of the window starting at block 0 = `s`.
-template <int T> __device__ __forceinline__ Unit unit(const uint8_t* s, int u);
+template <int T> struct Piece;
 
-template <> __device__ __forceinline__ Unit unit<KT_Q8_0>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 2) * 34;
-    const uint8_t* q = b + 2 + 8 * (u & 3);
-    return {sm32_2(q), sm32_2(q + 4), ldh(b), 0.f};
-}
-template <> __device__ __forceinline__ Unit unit<KT_Q4_0>(const uint8_t* s, int u) {
-    // values 8j..8j+7 of a block: j=0,1 low nibbles of qs[0..7], qs[8..15]; j=2,3 high nibbles
-    const uint8_t* b = s + (u >> 2) * 18;
-    const int j = u & 3, sh = 4 * (j >> 1);
-    const uint8_t* q = b + 2 + 8 * (j & 1);
-    int w0 = (sm32_2(q) >> sh) & 0x0F0F0F0F, w1 = (sm32_2(q + 4) >> sh) & 0x0F0F0F0F;
-    return {(int)__vsub4(w0, 0x08080808), (int)__vsub4(w1, 0x08080808), ldh(b), 0.f};
-}
-template <> __device__ __forceinline__ Unit unit<KT_Q4_1>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 2) * 20;
-    const int j = u & 3, sh = 4 * (j >> 1);
-    const uint8_t* q = b + 4 + 8 * (j & 1);
-    return {(sm32_2(q) >> sh) & 0x0F0F0F0F, (sm32_2(q + 4) >> sh) & 0x0F0F0F0F, ldh(b), ldh(b + 2)};
-}
-// Q5: the fifth bit of value v of the block is bit v of qh; unit j holds values 8j..8j+7.
-template <> __device__ __forceinline__ Unit unit<KT_Q5_0>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 2) * 22;
-    const int j = u & 3, sh = 4 * (j >> 1);
-    const uint32_t hb = ((uint32_t)sm32_2(b + 2) >> (8 * j)) & 0xFF;
-    const uint8_t* q = b + 6 + 8 * (j & 1);
-    int w0 = ((sm32_2(q) >> sh) & 0x0F0F0F0F) | spread4(hb & 0xF);
-    int w1 = ((sm32_2(q + 4) >> sh) & 0x0F0F0F0F) | spread4(hb >> 4);
-    return {(int)__vsub4(w0, 0x10101010), (int)__vsub4(w1, 0x10101010), ldh(b), 0.f};
-}
-template <> __device__ __forceinline__ Unit unit<KT_Q5_1>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 2) * 24;
-    const int j = u & 3, sh = 4 * (j >> 1);
-    const uint32_t hb = ((uint32_t)sm32_2(b + 4) >> (8 * j)) & 0xFF;
-    const uint8_t* q = b + 8 + 8 * (j & 1);
-    int w0 = ((sm32_2(q) >> sh) & 0x0F0F0F0F) | spread4(hb & 0xF);
-    int w1 = ((sm32_2(q + 4) >> sh) & 0x0F0F0F0F) | spread4(hb >> 4);
-    return {w0, w1, ldh(b), ldh(b + 2)};
-}
-// Q4_K / Q5_K: 32 units a block; sub-block sb = v/4 (32 values, 6-bit scale and min), value
-// 32*sb + l sits in qs[32*(sb/2) + l], low nibble for even sb, high for odd; Q5_K's fifth bit
-// is bit sb of qh[l].
-template <> __device__ __forceinline__ Unit unit<KT_Q4_K>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 5) * 144;
-    const int v = u & 31, sb = v >> 2, p = v & 3, sh = 4 * (sb & 1);
-    const uint8_t* q = b + 16 + 32 * (sb >> 1) + 8 * p;
-    int sc, m;
-    scale_min_k4(sb, b + 4, &sc, &m);
-    return {(sm32_2(q) >> sh) & 0x0F0F0F0F, (sm32_2(q + 4) >> sh) & 0x0F0F0F0F, ldh(b) * (float)sc,
-            -(ldh(b + 2) * (float)m)};
-}
-template <> __device__ __forceinline__ Unit unit<KT_Q5_K>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 5) * 176;
-    const int v = u & 31, sb = v >> 2, p = v & 3, sh = 4 * (sb & 1);
-    const uint8_t* q = b + 48 + 32 * (sb >> 1) + 8 * p;
-    const uint8_t* h = b + 16 + 8 * p;
-    int sc, m;
-    scale_min_k4(sb, b + 4, &sc, &m);
-    int w0 = ((sm32_2(q) >> sh) & 0x0F0F0F0F) | (((sm32_2(h) >> sb) & 0x01010101) << 4);
-    int w1 = ((sm32_2(q + 4) >> sh) & 0x0F0F0F0F) | (((sm32_2(h + 4) >> sb) & 0x01010101) << 4);
-    return {w0, w1, ldh(b) * (float)sc, -(ldh(b + 2) * (float)m)};
-}
-// Q6_K: 32 units a block. Value e = 128*h + 32*qd + l: low 4 bits in ql[64h + 32*(qd&1) + l]
-// (high nibble for qd >= 2), top 2 bits at bit 2*qd of qh[32h + l]; 16-value sub-block e/16
-// has an int8 scale; the value is d * scale * (q - 32).
-template <> __device__ __forceinline__ Unit unit<KT_Q6_K>(const uint8_t* s, int u) {
-    const uint8_t* b = s + (u >> 5) * 210;
-    const int v = u & 31, e0 = 8 * v, h = e0 >> 7, qd = (e0 >> 5) & 3, l0 = e0 & 31;
-    const uint8_t* ql = b + 64 * h + 32 * (qd & 1) + l0;
-    const uint8_t* qh = b + 128 + 32 * h + l0;
-    const int sl = 4 * (qd >> 1), shh = 2 * qd;
-    int w0 = ((sm32_2(ql) >> sl) & 0x0F0F0F0F) | (((sm32_2(qh) >> shh) & 0x03030303) << 4);
-    int w1 = ((sm32_2(ql + 4) >> sl) & 0x0F0F0F0F) | (((sm32_2(qh + 4) >> shh) & 0x03030303) << 4);
-    const float sc = (float)(int8_t)b[192 + (e0 >> 4)];
-    return {(int)__vsub4(w0, 0x20202020), (int)__vsub4(w1, 0x20202020), ldh(b + 208) * sc, 0.f};
-}
+// Q8_0 (34 B: d, 32 x int8): piece pp = values 16pp..16pp+15
+template <> struct Piece<KT_Q8_0> {
+    static constexpr int PPB = 2;
+    int q[4], off; float d;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const uint8_t* s = b + 2 + 16 * pp;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = sm32_2(s + 4 * i);
+        d = ldh(b); off = 16 * pp;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const {
+        const int4 v = ldx4(x + off);
+        return d * (float)dp4(q[0], v.x, dp4(q[1], v.y, dp4(q[2], v.z, dp4(q[3], v.w, 0))));
+    }
+};
+
+// Q4_0 / Q4_1 / Q5_0 / Q5_1: qs byte j holds value j (low nibble) and value j + 16 (high).
+// Piece pp = qs bytes 8pp..8pp+7: values 8pp.. (lo) and 16 + 8pp.. (hi).
+struct Piece32 {
+    int lo[2], hi[2], off; float d, m;
+    __device__ __forceinline__ float dot_(const int8_t* x, bool with_min) const {
+        const int2 a = ldx2(x + off), b = ldx2(x + 16 + off);
+        float r = d * (float)dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(hi[0], b.x, dp4(hi[1], b.y, 0))));
+        if (with_min) r += m * (float)(sum4(a) + sum4(b));
+        return r;
+    }
+    // nibbles of a0, a1 (+ fifth bits hl / hh, one bit per value) into lo / hi, minus z per byte
+    __device__ __forceinline__ void unpack(int a0, int a1, uint32_t hl, uint32_t hh, int z) {
+        lo[0] = (a0 & M4) | spread4(hl & 0xF);
+        lo[1] = (a1 & M4) | spread4(hl >> 4);
+        hi[0] = ((a0 >> 4) & M4) | spread4(hh & 0xF);
+        hi[1] = ((a1 >> 4) & M4) | spread4(hh >> 4);
+        if (z) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) { lo[i] = (int)__vsub4(lo[i], z); hi[i] = (int)__vsub4(hi[i], z); }
+        }
+    }
+};
+template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q - 8)
+    static constexpr int PPB = 2;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const uint8_t* s = b + 2 + 8 * pp;
+        unpack(sm32_2(s), sm32_2(s + 4), 0, 0, 0x08080808);
+        d = ldh(b); off = 8 * pp;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, false); }
+};
+template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d q + m
+    static constexpr int PPB = 2;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int* q = (const int*)(b + 4 + 8 * pp);   // 20-byte blocks: 4-byte aligned
+        unpack(q[0], q[1], 0, 0, 0);
+        d = ldh(b); m = ldh(b + 2); off = 8 * pp;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, true); }
+};
+// Q5: the fifth bit of value v of the block is bit v of qh.
+template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value = d (q - 16)
+    static constexpr int PPB = 2;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const uint32_t qh = (uint32_t)sm32_2(b + 2);
+        const uint8_t* s = b + 6 + 8 * pp;
+        unpack(sm32_2(s), sm32_2(s + 4), (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF, 0x10101010);
+        d = ldh(b); off = 8 * pp;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, false); }
+};
+template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; value = d q + m
+    static constexpr int PPB = 2;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const uint32_t qh = *(const uint32_t*)(b + 4);   // 24-byte blocks: 8-byte aligned
+        const int2 a = *(const int2*)(b + 8 + 8 * pp);
+        unpack(a.x, a.y, (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF, 0);
+        d = ldh(b); m = ldh(b + 2); off = 8 * pp;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, true); }
+};
+
+// Q4_K (144 B) / Q5_K (176 B): d, dmin, 12 bytes of 6-bit scales and mins, [Q5_K: qh[32]],
+// qs[128]. Sub-block sb (32 values) lies in qs[32 (sb/2) ..], low nibbles for even sb, high
+// for odd; Q5_K's fifth bit of value l of sub-block sb is bit sb of qh[l]. Piece pp: pair
+// g = pp/2 of sub-blocks, half h = pp%2 of their values: 16 qs bytes, 16-byte aligned (both
+// block sizes are multiples of 16), 16 values of sub-block 2g (lo) and 16 of 2g + 1 (hi).
+struct PieceK {
+    int lo[4], hi[4], sc0, sc1, m0, m1, off; float d, dm;
+    __device__ __forceinline__ void scales(const uint8_t* b, int g) {
+        scale_min_k4(2 * g, b + 4, &sc0, &m0);
+        scale_min_k4(2 * g + 1, b + 4, &sc1, &m1);
+        d = ldh(b); dm = ldh(b + 2);
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const {
+        const int4 a = ldx4(x + off), c = ldx4(x + off + 32);
+        const int s0 = dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(lo[2], a.z, dp4(lo[3], a.w, 0))));
+        const int s1 = dp4(hi[0], c.x, dp4(hi[1], c.y, dp4(hi[2], c.z, dp4(hi[3], c.w, 0))));
+        return d * (float)(sc0 * s0 + sc1 * s1) - dm * (float)(m0 * sum4(a) + m1 * sum4(c));
+    }
+};
+template <> struct Piece<KT_Q4_K> : PieceK {
+    static constexpr int PPB = 8;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int g = pp >> 1, h = pp & 1;
+        const int4 q = *(const int4*)(b + 16 + 32 * g + 16 * h);
+        const int qa[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { lo[i] = qa[i] & M4; hi[i] = (qa[i] >> 4) & M4; }
+        scales(b, g);
+        off = 64 * g + 16 * h;
+    }
+};
+template <> struct Piece<KT_Q5_K> : PieceK {
+    static constexpr int PPB = 8;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int g = pp >> 1, h = pp & 1;
+        const int4 q = *(const int4*)(b + 48 + 32 * g + 16 * h);
+        const int4 e = *(const int4*)(b + 16 + 16 * h);
+        const int qa[4] = {q.x, q.y, q.z, q.w}, ea[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = (qa[i] & M4) | (((ea[i] >> (2 * g)) & 0x01010101) << 4);
+            hi[i] = ((qa[i] >> 4) & M4) | (((ea[i] >> (2 * g + 1)) & 0x01010101) << 4);
+        }
+        scales(b, g);
+        off = 64 * g + 16 * h;
+    }
+};
+
+// Q6_K (210 B): ql[128], qh[64], int8 scales[16], d. Value e = 128 hh + 32 qd + l: low 4 bits
+// in ql[64 hh + 32 (qd & 1) + l] (high nibble for qd >= 2), top 2 bits at bit 2 qd of
+// qh[32 hh + l]; 16-value sub-block e/16 has an int8 scale; value = d scale (q - 32).
+// Piece pp: hh = pp/4, l = 8 (pp%4) .. +7, all four qd: 32 values from 8 + 8 + 8 bytes.
+template <> struct Piece<KT_Q6_K> {
+    static constexpr int PPB = 8;
+    int w[4][2], sc[4], off; float d;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int hh = pp >> 2, l0 = 8 * (pp & 3);
+        const uint8_t* qa = b + 64 * hh + l0;   // qd 0 (low nibbles), 2 (high)
+        const uint8_t* qc = qa + 32;            // qd 1, 3
+        const uint8_t* qh = b + 128 + 32 * hh + l0;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int a = sm32_2(qa + 4 * i), c = sm32_2(qc + 4 * i), h = sm32_2(qh + 4 * i);
+            w[0][i] = (a & M4) | ((h & 0x03030303) << 4);
+            w[1][i] = (c & M4) | (((h >> 2) & 0x03030303) << 4);
+            w[2][i] = ((a >> 4) & M4) | (((h >> 4) & 0x03030303) << 4);
+            w[3][i] = ((c >> 4) & M4) | (((h >> 6) & 0x03030303) << 4);
+#pragma unroll
+            for (int qd = 0; qd < 4; ++qd) w[qd][i] = (int)__vsub4(w[qd][i], 0x20202020);
+        }
+#pragma unroll
+        for (int qd = 0; qd < 4; ++qd) sc[qd] = (int8_t)b[192 + 8 * hh + 2 * qd + (l0 >> 4)];
+        d = ldh(b + 208); off = 128 * hh + l0;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x) const {
+        int s = 0;
+#pragma unroll
+        for (int qd = 0; qd < 4; ++qd) {
+            const int2 v = ldx2(x + off + 32 * qd);
+            s += sc[qd] * dp4(w[qd][0], v.x, dp4(w[qd][1], v.y, 0));
+        }
+        return d * (float)s;
+    }
+};
 
 // Copy `nbytes` of a row into the warp's window. vw (16, 8, 4 or 2) divides the row's start
 // address and length; the 16-byte path is the hot one (weights of aligned rows).
@@ -250,44 +354,108 @@ __device__ __forceinline__ void row_out(float* acc, float (*red)[NT], float* y, 
     }
 }
 
-// y[t, n] = sum_k W[n, k] x[t, k] for t < n_tokens <= NT, from the quantized activations.
+// ---- the quantized mat-vec: persistent warps, a ring of asynchronous copies ------------------
+// Each warp owns rows r, r + nwarps, r + 2 nwarps, ... (the host picks nwarps so that every warp
+// gets the same number of rows and all warps are resident at once) and walks the windows of
+// those rows as one sequence, keeping MV_STAGES - 1 windows of it in flight while it computes
+// the current one: cp.async copies the weights from global to the warp's ring slot without
+// passing through registers, so the next windows -- also those of the next row -- are already
+// on their way while this one is dotted. The activations are read from global memory (a few
+// KB, in the L1 after the first warps). Each lane dots whole pieces of blocks (see Piece), the
+// warp reduces by shuffles when a row ends, and lane 0 writes it: no shared reduction and no
+// block-wide barrier.
+constexpr int MV_STAGES = 4;
+
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int vw) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    if (vw == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
+    else if (vw == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Copy `nbytes` (a multiple of vw) from src to the slot: asynchronous for vw 16, 8, 4;
+// rows only 2-byte aligned are copied synchronously.
+__device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, int nbytes, int vw, int lane) {
+    if (vw >= 4) {
+        for (int i = lane * vw; i < nbytes; i += 32 * vw) cp_async(dst + i, src + i, vw);
+    } else {
+        for (int i = lane; i < nbytes / 2; i += 32) ((uint16_t*)dst)[i] = __ldg((const uint16_t*)src + i);
+    }
+}
+
+// y[t, n] = sum_k W[n, k] x[t, k] for t < n_tokens <= NT, from the quantized activations
+// (xq: int8 [T][K], xd: one float per QK values [T][K / QK]; QB = QK for every format here).
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd, float* y, int vw, int split) {
-    constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, QB = MVQ<T>::QB;
-    constexpr int UPB = QK / 8;   // units per block
-    __shared__ __align__(16) uint8_t win[MV_ROWS][MV_WIN];
-    __shared__ float red[MV_ROWS][NT];
+kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd, float* y, int vw, int nwarps) {
+    constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
+    static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
+    constexpr int WB = NB * BB;                         // bytes of a full window
+    constexpr int IT = (NB * PPB + 31) / 32;            // pieces per lane of a full window
+    static_assert(WB <= MV_WIN && WB % 16 == 0, "window");
+    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    // `split` warps (1, 2 or 4) share a row, taking every split-th window: small matrices
-    // still put enough warps (and bytes in flight) on every SM
-    const int n = blockIdx.x * (MV_ROWS / split) + warp / split;
-    const bool valid = n < a.n_out;
-    const int K = a.n_in, mc = min(NT, a.n_tokens), nxd = K / QB;
+    const int gw = blockIdx.x * MV_ROWS + warp;
+    if (gw >= nwarps || gw >= a.n_out) return;   // whole warps leave; no block barrier follows
+    const int K = a.n_in, nblocks = K / QK, nwin = (nblocks + NB - 1) / NB, mc = min(NT, a.n_tokens);
+    const int nrows = (a.n_out - gw + nwarps - 1) / nwarps;
+    const int total = nrows * nwin;   // windows this warp computes
+    uint8_t* slots = ring[warp][0];
+
+    // issue window i of the sequence (row gw + (i / nwin) nwarps, window i % nwin) into its slot;
+    // one commit group per window, empty past the end, so the group count stays uniform
+    auto issue = [&](int i) {
+        if (i < total) {
+            const int r = gw + (i / nwin) * nwarps, w = i % nwin;
+            const int nb = min(NB, nblocks - w * NB);
+            window_copy(slots + (i % MV_STAGES) * MV_WIN, W + (uint64_t)r * a.row_bytes + (uint64_t)w * WB,
+                        nb * BB, vw, lane);
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < MV_STAGES - 1; ++i) issue(i);
+
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-    if (valid) stream_row<BB, NB>(W + (uint64_t)n * a.row_bytes, K / QK, vw, win[warp], lane, warp % split, split,
-                       [&](const uint8_t* sm, int nb, int b0) {
-        const int nu = nb * UPB;
-        for (int u = lane; u < nu; u += 32) {
-            const Unit w = unit<T>(sm, u);
-            const int e = b0 * QK + 8 * u;   // first value of the unit in the row
+    int w = 0, r = gw;   // the window being computed and its row
+    for (int i = 0; i < total; ++i) {
+        issue(i + MV_STAGES - 1);
+        cp_async_wait<MV_STAGES - 1>();   // this lane's copies of window i have landed
+        __syncwarp();                     // ... and every lane's
+        const uint8_t* sm = slots + (i % MV_STAGES) * MV_WIN;
+        const int np = min(NB, nblocks - w * NB) * PPB, b0 = w * NB;
 #pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                if (t < mc) {
-                    const int2 xv = *(const int2*)(xq + (int64_t)t * K + e);
-                    const float d = xd[t * nxd + e / QB];
-                    const int dot = __dp4a(w.w0, xv.x, __dp4a(w.w1, xv.y, 0));
-                    float r = w.ud * (float)dot;
-                    if (T == KT_Q4_1 || T == KT_Q5_1 || T == KT_Q4_K || T == KT_Q5_K)
-                        r += w.um * (float)__dp4a(0x01010101, xv.x, __dp4a(0x01010101, xv.y, 0));
-                    acc[t] += d * r;
-                }
+        for (int j = 0; j < IT; ++j) {
+            const int p = lane + 32 * j;
+            if (p < np) {
+                const int kb = p / PPB;
+                Piece<T> pc;
+                pc.load(sm + kb * BB, p % PPB);
+                const int blk = b0 + kb;
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+                    if (t < mc) acc[t] += __ldg(xd + (int64_t)t * nblocks + blk) * pc.dot(xq + (int64_t)t * K + blk * QK);
             }
         }
-    });
-    row_out<NT>(acc, red, y, a, n, valid, mc, lane, warp, split);
+        __syncwarp();   // the slot is refilled by a later issue
+        if (++w == nwin) {   // the row is done: reduce over the warp and write it
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                float s = acc[t];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                if (lane == 0 && t < mc) y[(int64_t)t * a.n_out + r] = s;
+                acc[t] = 0.f;
+            }
+            w = 0;
+            r += nwarps;
+        }
+    }
+    cp_async_wait<0>();
 }
 
 // F16 weights, float activations (the CPU device keeps them float too): K % 8 == 0.
