@@ -24,12 +24,12 @@ Two yardsticks, because the two devices round differently on purpose:
         NMSE(cpu, reference) <= 3e-2   (test_model.py's bound for the CPU's 8-bit noise):
     the issue's 1e-3 where the CPU's own noise allows it (most steps), else the CPU's
     measured distance from the exact model with 50% slack. Greedy ids: metal-emu's argmax is
-    the CPU's token at every step, except at a step listed in NEAR_TIES, where the CPU's
-    top-2 logits must be within GAP_TIE and metal-emu must pick the CPU's runner-up (and,
-    by the rule above, the reference's choice). One is listed: Gemma-3's last step (15),
-    CPU top-2 gap 0.031, where the reference and metal-emu both pick the CPU's runner-up; so
-    metal-emu's own greedy ids are the CPU's for 15 of 16 Gemma-3 tokens and all 16 of
-    SmolLM2's.
+    the CPU's token at every step, except at a near-tie of the CPU's (top-2 logits within
+    GAP_TIE), where metal-emu must pick the CPU's runner-up AND the float64 model must pick it
+    too (the exact model arbitrates: metal-emu is right there, the CPU's 8-bit rounding tipped
+    it), at most MAX_NEAR_TIES times per model. Which steps are near-ties moves whenever the
+    CPU kernels change rounding (seen: Gemma-3 step 15 with one attention kernel, step 5 with
+    the next), so the rule is checked rather than a list of steps.
   * the plan: one command buffer per token, and zero allocations (E.alloc_count(): every
     malloc/new/mmap of the engine) across the replayed tokens after the first (which
     records the plan).
@@ -68,10 +68,7 @@ CPU_NMSE = 1e-3       # the issue's bound vs the CPU device...
 CPU_NOISE_SLACK = 1.5  # ...or 1.5x the CPU's own distance from the float64 model, if larger
 CPU_NOISE_MAX = 3e-2  # the CPU's 8-bit activation noise on these models (test_model.py)
 GAP_TIE = 0.1         # a CPU near-tie: top-2 within this may break either way
-# (model, step) -> why metal-emu may pick the CPU's runner-up there.
-NEAR_TIES: dict[tuple[str, int], str] = {
-    ("gemma3", 15): "cpu top-2 gap 0.031 (236761 '.' over 532); the float64 reference picks 532, as metal-emu does",
-}
+MAX_NEAR_TIES = 2     # CPU/metal-emu disagreements allowed per model, each at a CPU near-tie
 
 CASES = [(m, s) for m in ("smollm2", "gemma3") for s in ("forward", "reverse")]
 
@@ -137,11 +134,11 @@ def test_whole_model_on_metal_emu(name, schedule):
         c0, c1, cgap = top2(cpu)
         pick = int(np.argmax(got))
         if pick != c0:
-            assert (name, i) in NEAR_TIES, \
-                f"{name} {schedule} step {i}: metal-emu picks {pick}, cpu {c0} (cpu top-2 gap {cgap:.3f})"
-            assert cgap < GAP_TIE and pick == c1, \
-                f"{name} {schedule} step {i}: listed near-tie, but cpu gap {cgap:.3f} / pick {pick} not runner-up {c1}"
+            # a near-tie of the CPU's: the CPU's runner-up, and the exact (float64) model's choice
+            assert cgap < GAP_TIE and pick == c1 and pick == r0, \
+                (f"{name} {schedule} step {i}: metal-emu picks {pick}, cpu {c0} (cpu top-2 gap {cgap:.3f}, "
+                 f"runner-up {c1}), reference {r0}")
     # the greedy ids as a whole (while they agree, teacher-forced ids are free-running ids)
     ids = [int(np.argmax(v)) for v in logits[:-1]]
     differ = [i for i, (a, b) in enumerate(zip(ids, toks)) if a != b]
-    assert all((name, i) in NEAR_TIES for i in differ), (ids, toks)
+    assert len(differ) <= MAX_NEAR_TIES, (differ, ids, toks)
