@@ -68,7 +68,7 @@ def shapes_for(t):
     if block == 1:
         ks = [64, 100, 515]          # 515: not a multiple of the vector width
     elif block == 32:
-        ks = [32, 96, 480]           # 1, 3, 15 blocks
+        ks = [32, 96, 480, 512]      # 1, 3, 15 (8 + 7), 16 blocks (groups of 8 in wide kernels)
     else:
         ks = [256, 768]              # 1, 3 super-blocks
     return [(m, k, 35) for m in (1, 3, 17) for k in ks]

@@ -19,7 +19,13 @@ namespace llmetal::cpu {
 namespace avx512 {
 #define X86_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define X86_VNNI 1
+// gcc 12's AVX-512 headers use _mm512_undefined_*() as pass-through operands and then
+// warn that they are uninitialized once inlined (a header false positive): silenced here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "quants_x86.h"
+#pragma GCC diagnostic pop
 #undef X86_TARGET
 #undef X86_VNNI
 }  // namespace avx512
