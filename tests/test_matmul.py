@@ -149,3 +149,49 @@ def test_force_simd_restored():
     assert E.simd_level() == E.best_simd()
     with pytest.raises(Exception):
         E.force_simd("neon" if E.best_simd() != "neon" else "avx2")
+
+
+@pytest.mark.parametrize("level", simd_levels())
+def test_matmul_mapped_q8_0(tmp_path, level):
+    """Q8_0 weights in a mapped (read-only) file: at the AVX-512 VNNI level the CPU device
+    repacks them into 16-row groups at first use (N a multiple of 16) and keeps the copy.
+    Checked against numpy and against the same weights uploaded (never repacked), on two
+    files at once (two copies must not be confused), over two calls (the kept copy)."""
+    rng = np.random.default_rng(4321)
+    dev = E.cpu_device(n_threads=2)
+    E.force_simd(level)
+    try:
+        for N in (48, 40):             # 40: not a multiple of 16, the GGUF layout is used
+            for K in (32, 480, 512):
+                ws = [make_weights(rng, T.Q8_0, N, K) for _ in range(2)]
+                paths = []
+                for i, wq in enumerate(ws):
+                    p = tmp_path / f"w{N}_{K}_{i}.bin"
+                    p.write_bytes(b"\0" * 96 + wq.tobytes())   # weights at an offset, as in a GGUF
+                    paths.append(p)
+                mapped = [E.Tensor(dev.map_file(str(p)), 96, int(T.Q8_0), [N, K]) for p in paths]
+                for M in (1, 3, 17):
+                    pool = E.BufferPool(dev)
+                    pool.declare("W", int(T.Q8_0), [N, K]); pool.declare("x", 0, [M, K])
+                    pool.declare("y", 0, [M, N])
+                    pool.reserve()
+                    W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
+                    for i, wq in enumerate(ws):
+                        W.upload(wq)
+                        for call in range(2):
+                            x = rng.standard_normal((M, K)).astype(np.float32)
+                            X.upload(x)
+                            Y.upload(np.full((M, N), np.nan, np.float32))
+                            E.Encoder(dev, eager=True).matmul(W, X, Y)
+                            y_up = Y.to_numpy()
+                            Y.upload(np.full((M, N), np.nan, np.float32))
+                            E.Encoder(dev, eager=True).matmul(mapped[i], X, Y)
+                            y_map = Y.to_numpy()
+                            ref = x.astype(np.float64) @ quants.dequantize(wq, T.Q8_0).astype(np.float64).T
+                            what = f"{level} N={N} K={K} M={M} file {i} call {call}"
+                            assert np.isfinite(y_map).all(), f"{what}: unwritten outputs"
+                            assert nmse(y_map, ref) <= TOL[T.Q8_0], f"{what}: NMSE vs numpy {nmse(y_map, ref):.2e}"
+                            err = nmse(y_map, y_up.astype(np.float64))
+                            assert err <= 1e-10, f"{what}: mapped vs uploaded NMSE {err:.2e}"
+    finally:
+        E.force_simd("best")

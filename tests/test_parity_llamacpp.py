@@ -42,11 +42,16 @@ GAP_TIE = 0.6   # llama.cpp flips its own greedy token (FA on vs off) at gaps up
 # 4 (gemma3) of the 12 prompts too (the noise fixtures' free_ids).
 # Re-derived when the CPU attention became a SIMD kernel (f32 lanes, vector exp): its output
 # is closer to float64 than the scalar loop's (NMSE 1.2e-13 vs 3.8e-13 on a SmolLM2-shaped
-# prefill), yet that moves which near-tie each greedy run flips at.
+# prefill), yet that moves which near-tie each greedy run flips at. Again for the CPU's
+# repacked Q8_0 kernel (AVX-512 VNNI: each block's integer sum exact before one float
+# scale, where the other kernels convert 8 partial sums): gemma3 prompt 1 now leaves at
+# step 6 (gap 0.539) instead of 23; its logits differ from the GGUF-layout kernels' by
+# rounding (NMSE ~2e-14 per Q8_0 matmul), which Gemma-3's 8-bit activation re-quantization
+# amplifies over 18 layers.
 ACCEPTED_DIVERGENCES = {
     ("smollm2", 1): 6, ("smollm2", 3): 20, ("smollm2", 4): 7, ("smollm2", 5): 31,
     ("smollm2", 8): 10, ("smollm2", 10): 0, ("smollm2", 11): 8,
-    ("gemma3", 0): 9, ("gemma3", 1): 23, ("gemma3", 3): 4, ("gemma3", 5): 12,
+    ("gemma3", 0): 9, ("gemma3", 1): 6, ("gemma3", 3): 4, ("gemma3", 5): 12,
     ("gemma3", 6): 5, ("gemma3", 7): 2, ("gemma3", 10): 3,
 }
 

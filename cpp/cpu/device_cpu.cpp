@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <unordered_map>
 
 #include "../engine.h"
 #include "f16.h"
@@ -68,6 +70,9 @@ struct CpuDevice final : Device {
 
     void free_buffer(Buffer& b) override {
         if (!b.host) return;
+        // repacked copies of weights in this buffer go with it
+        for (auto it = repacked.begin(); it != repacked.end();)
+            it = it->second.buf == &b ? repacked.erase(it) : std::next(it);
         if (b.kind == 1) { munmap(b.host, b.bytes); ::close(b.fd); }
         else std::free(b.host);
         b.host = b.dev = nullptr;
@@ -121,13 +126,57 @@ struct CpuDevice final : Device {
         pool.run(f);
     }
 
+    // ---- weights repacked for the CPU kernels ----------------------------------------
+    // Read-only (mapped GGUF) Q8_0 weights are copied once, at their first matmul, into the
+    // 16-row layout of quants.h when the active kernels can use it; the copy is owned here,
+    // keyed by the weights' address, and dropped with their buffer. The mapped pages are
+    // then released from this process (madvise DONTNEED: they stay in the page cache, and
+    // anything else reading them, e.g. embed from a tied output matrix, faults them back
+    // in), so resident memory holds the weights once. LLMETAL_CPU_REPACK=0 turns it off.
+    struct Repacked {
+        Buffer* buf = nullptr;
+        std::unique_ptr<uint8_t, decltype(&std::free)> data{nullptr, &std::free};
+    };
+    std::unordered_map<const uint8_t*, Repacked> repacked;
+    const bool repack_enabled = [] {
+        const char* e = std::getenv("LLMETAL_CPU_REPACK");
+        return !(e && std::strcmp(e, "0") == 0);
+    }();
+
+    const uint8_t* repacked_weights(const kargs_matmul& a, Binding W) {
+        if (!repack_enabled || !W.buf->read_only || !matmul_kernel16(a)) return nullptr;
+        const uint8_t* src = W.ptr<uint8_t>();
+        auto it = repacked.find(src);
+        if (it != repacked.end()) return it->second.data.get();
+        const size_t bytes = (size_t)a.n_out * a.row_bytes;   // 16 x 34 per 16 x 32 values: same size
+        void* p = nullptr;
+        if (posix_memalign(&p, 64, bytes) != 0)
+            throw Error("cpu: out of memory repacking " + std::to_string(bytes) + " bytes of weights");
+        Repacked r;
+        r.buf = W.buf;
+        r.data.reset((uint8_t*)p);
+        const int groups = a.n_out / kQ8x16Rows;
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(groups, ith, nth, &b, &e);
+            repack_q8_0_x16(src, a.row_bytes, a.n_in, (int)b, (int)e, (uint8_t*)p);
+        };
+        pool.run(f);
+        // release the source pages from this process (whole pages inside the matrix only)
+        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t lo = ((uintptr_t)src + pg - 1) & ~(pg - 1), hi = ((uintptr_t)src + bytes) & ~(pg - 1);
+        if (hi > lo) madvise((void*)lo, hi - lo, MADV_DONTNEED);
+        return repacked.emplace(src, std::move(r)).first->second.data.get();
+    }
+
     void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override {
-        MatmulJob job = matmul_prepare(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), &pool, &act_scratch);
+        const uint8_t* Wr = repacked_weights(a, W);
+        MatmulJob job = matmul_prepare(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), &pool, &act_scratch, Wr);
         // chunks of ~1/8 of a share: fine enough to even out, coarse enough that the counters
-        // are touched rarely
+        // are touched rarely (multiples of 16 rows, the repacked groups)
         const int nth = pool.size();
         job.counters = counters.data();
-        job.chunk = std::max(4, (int)((a.n_out / (8 * nth) + 3) & ~3));
+        job.chunk = std::max(16, (int)((a.n_out / (8 * nth) + 15) & ~15));
         for (int i = 0; i < nth; ++i) {
             int b, e;
             matmul_share(a.n_out, i, nth, &b, &e);

@@ -100,8 +100,14 @@ RowDot matmul_kernel(int t, Simd level) {
     return k;
 }
 
+RowDot16 matmul_kernel16(const kargs_matmul& a) {
+    if (a.wtype != KT_Q8_0 || a.n_out % kQ8x16Rows != 0) return nullptr;
+    if (active_simd() != Simd::avx512 || !features().avx512vnni) return nullptr;
+    return rowdot16_q8_0_avx512();
+}
+
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
-                         ThreadPool* pool, std::vector<uint8_t>* scratch) {
+                         ThreadPool* pool, std::vector<uint8_t>* scratch, const uint8_t* Wr) {
     const int fmt = act_format(a.wtype);  // throws for unsupported types
     MatmulJob j{a, W, y, (const uint8_t*)x, (size_t)a.n_in * sizeof(float), matmul_kernel(a.wtype, active_simd()),
                 nullptr};
@@ -115,14 +121,30 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
     if (fmt != 0) {
         // Quantize every activation row once; all output rows (all threads) share them.
         j.xq_stride = act_row_bytes(fmt, a.n_in);
-        size_t need = j.xq_stride * a.n_tokens + 64;
+        if (Wr) {
+            j.Wr = Wr;
+            j.dot16 = matmul_kernel16(a);
+            if (!j.dot16) throw Error("matmul: repacked weights given where no 16-row kernel applies");
+            j.xc_stride = (size_t)a.n_in / 32;
+        }
+        const size_t xq_bytes = (j.xq_stride * a.n_tokens + 63) & ~size_t(63);
+        size_t need = xq_bytes + j.xc_stride * a.n_tokens * sizeof(int32_t) + 64;
         if (scratch->size() < need) scratch->resize(need);
         uint8_t* base = scratch->data();
+        int32_t* xc = (int32_t*)(base + xq_bytes);
         auto quantize = [&](int ith, int nth) {
             for (int t = ith; t < a.n_tokens; t += nth) {
                 const float* xr = x + (int64_t)t * a.n_in;
                 if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
                 else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
+                if (Wr) {   // the repacked weights are q + 128: the blocks' -128 * sum(qs)
+                    const BlockQ8* xb = (const BlockQ8*)(base + t * j.xq_stride);
+                    for (size_t b = 0; b < j.xc_stride; ++b) {
+                        int sum = 0;
+                        for (int i = 0; i < 32; ++i) sum += xb[b].qs[i];
+                        xc[t * j.xc_stride + b] = -128 * sum;
+                    }
+                }
             }
         };
         // a batch is quantized by all threads (a separate fork-join: every row must be
@@ -130,6 +152,7 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
         if (pool && a.n_tokens >= 4) pool->run(quantize);
         else quantize(0, 1);
         j.xq = base;
+        j.xc = xc;
     }
     return j;
 }
@@ -141,6 +164,15 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
     auto rows = [&](int n0, int n1) {
         float out[8];
         int n = n0;
+        if (j.dot16) {   // repacked: 16 rows per call, written straight into y (n0, n1 multiples of 16)
+            for (; n + 16 <= n1; n += 16) {
+                const uint8_t* wg = j.Wr + (uint64_t)(n / 16) * (K / 32) * kQ8x16BlockBytes;
+                for (int t = 0; t < M; t += 4)
+                    j.dot16(K, wg, j.xq + t * j.xq_stride, j.xq_stride, j.xc + t * j.xc_stride, j.xc_stride,
+                            std::min(4, M - t), j.y + (int64_t)t * N + n, N);
+            }
+            return;
+        }
         if (j.dot2) {   // pairs of rows: each activation block loaded once for both
             for (; n + 2 <= n1; n += 2) {
                 const uint8_t* w = j.W + (uint64_t)n * j.a.row_bytes;
@@ -184,7 +216,7 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
 }
 
 void matmul_share(int n_out, int ith, int nth, int* b, int* e) {
-    int64_t per = ((n_out + nth - 1) / nth + 3) & ~int64_t(3);
+    int64_t per = ((n_out + nth - 1) / nth + 15) & ~int64_t(15);
     *b = (int)std::min<int64_t>(n_out, per * ith);
     *e = (int)std::min<int64_t>(n_out, per * ith + per);
 }

@@ -45,12 +45,24 @@ struct MatmulJob {
     struct alignas(64) Counter { std::atomic<int> next; };
     Counter* counters = nullptr;
     int chunk = 0;
+    // Q8_0 repacked in 16-row groups (quants.h): when set, rows go 16 at a time through
+    // dot16 from Wr (row ranges are then multiples of 16), with xc the activation blocks'
+    // -128 * sum(qs), xc_stride ints per activation row.
+    const uint8_t* Wr = nullptr;
+    RowDot16 dot16 = nullptr;
+    const int32_t* xc = nullptr;
+    size_t xc_stride = 0;
 };
-// The rows [*b, *e) of share ith of nth (a multiple of 4 rows, so no two threads write one
-// 16-byte piece of y; matmul_run's counters start at *b).
+// The 16-row repacked kernel for a matmul, or null where it does not apply: Q8_0 weights,
+// n_out a multiple of 16, at the AVX-512 level on a CPU with AVX512_VNNI.
+RowDot16 matmul_kernel16(const kargs_matmul& a);
+// The rows [*b, *e) of share ith of nth (a multiple of 16 rows: no two threads write one
+// 16-byte piece of y, and the 16-row repacked groups stay whole; matmul_run's counters
+// start at *b).
 void matmul_share(int n_out, int ith, int nth, int* b, int* e);
+// Wr: the weights repacked for matmul_kernel16 (null: use W as it is).
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
-                         ThreadPool* pool, std::vector<uint8_t>* scratch);
+                         ThreadPool* pool, std::vector<uint8_t>* scratch, const uint8_t* Wr = nullptr);
 void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);
 // The row kernel matmul uses for a weight type at a SIMD level (throws if there is none).
 RowDot matmul_kernel(int ktype, Simd level);

@@ -205,6 +205,21 @@ void quantize_row_q8(const float* x, BlockQ8* y, int K) {
     }
 }
 
+void repack_q8_0_x16(const uint8_t* src, size_t row_bytes, int K, int g0, int g1, uint8_t* dst) {
+    const int nb = K / 32;
+    for (int g = g0; g < g1; ++g) {
+        for (int b = 0; b < nb; ++b) {
+            uint8_t* o = dst + ((size_t)g * nb + b) * kQ8x16BlockBytes;
+            for (int r = 0; r < 16; ++r) {
+                const uint8_t* blk = src + (size_t)(g * 16 + r) * row_bytes + (size_t)b * 34;
+                std::memcpy(o + 2 * r, blk, 2);   // the f16 scale
+                for (int k = 0; k < 8; ++k)
+                    for (int i = 0; i < 4; ++i) o[32 + 64 * k + 4 * r + i] = blk[2 + 4 * k + i] ^ 0x80;
+            }
+        }
+    }
+}
+
 void quantize_row_q8k(const float* x, BlockQ8K* y, int K) {
     for (int b = 0; b < K / 256; ++b, x += 256, ++y) {
         float inv, d = q8_scale(x, 256, &inv);

@@ -69,6 +69,27 @@ RowDot2 rowdot2_avx2(int ktype);
 RowDot2 rowdot2_avx512(int ktype);
 RowDot rowdot_neon(int ktype);     // arm64 NEON (sdot where the build targets dotprod)
 
+// ---- Q8_0 repacked in groups of 16 rows (AVX-512 VNNI decode and prefill) -------------
+// The CPU device copies read-only (mapped) Q8_0 weights into this layout at first use when
+// the AVX-512 VNNI kernels are active; the GGUF mapping itself is never changed. Per group
+// of 16 rows and block b (32 columns), 544 bytes = 16 x 34, so bits per weight are unchanged:
+//   16 f16 scales (row r's d at byte 2r), then for k = 0..7 and r = 0..15 the 4 bytes
+//   k*4 .. k*4+3 of row r's block, each XOR 0x80 (q + 128, unsigned).
+// A zmm load of 64 bytes is then "4 values of 16 rows", and one vpdpbusd against 4
+// activation bytes broadcast to all lanes gives 16 rows' partial dots at once: no
+// horizontal sums, one float conversion and scale per block for 16 rows. The +128 is
+// taken out by starting each block's integer sum at -128 * sum(activation block).
+constexpr int kQ8x16Rows = 16;
+constexpr int kQ8x16BlockBytes = 16 * 34;
+// Rows [g0 * 16, g1 * 16) of a Q8_0 matrix (rows row_bytes apart, K columns) into dst,
+// which holds the whole repacked matrix.
+void repack_q8_0_x16(const uint8_t* src, size_t row_bytes, int K, int g0, int g1, uint8_t* dst);
+// y[j * y_stride + r] (r < 16, j < nx <= 4) = dot(row r of the group at wg, activation row
+// j at x + j * x_stride); xc + j * xc_stride holds -128 * sum(qs) of each activation block.
+using RowDot16 = void (*)(int K, const uint8_t* wg, const uint8_t* x, size_t x_stride, const int32_t* xc,
+                          size_t xc_stride, int nx, float* y, size_t y_stride);
+RowDot16 rowdot16_q8_0_avx512();   // null where not built (the caller checks AVX512_VNNI)
+
 // Attention of the nq query rows of one token that share KV head g (heads g*nq .. g*nq+nq-1,
 // rows of head_dim floats at q and out), at position pos; `sc` is scratch of at least
 // nq * (pos + 8) floats. Null where a level has none (the scalar path loops attention_row).

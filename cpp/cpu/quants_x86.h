@@ -276,6 +276,55 @@ struct DotQ8_0_512 {
 };
 #endif
 
+#if X86_VNNI
+// Q8_0 repacked in groups of 16 rows (quants.h, repack_q8_0_x16): lane r of every vector is
+// row r. Per block: the 16 scales in one conversion, the 512 value bytes in 8 zmm loads
+// shared by the NX activation rows, then per activation row 8 vpdpbusd (unsigned weights x
+// 4 signed activation bytes broadcast), in two chains, the first starting at the -128 *
+// sum correction, one conversion and one FMA for all 16 rows.
+template <int NX>
+static TGT void q8_0x16_run(int K, const uint8_t* wg, const uint8_t* x, size_t xs, const int32_t* xc,
+                            size_t xcs, float* y, size_t ys) {
+    const BlockQ8* xb[NX];
+    const int32_t* cj[NX];
+    __m512 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8*)(x + j * xs);
+        cj[j] = xc + j * xcs;
+        acc[j] = _mm512_setzero_ps();
+    }
+    const int nb = K / 32;
+    for (int b = 0; b < nb; ++b, wg += kQ8x16BlockBytes) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)wg));
+        __m512i wv[8];
+        for (int k = 0; k < 8; ++k) wv[k] = _mm512_loadu_si512(wg + 32 + 64 * k);
+        for (int j = 0; j < NX; ++j) {
+            const BlockQ8& a = xb[j][b];
+            int32_t a4[8];
+            std::memcpy(a4, a.qs, 32);
+            __m512i d0 = _mm512_set1_epi32(cj[j][b]), d1 = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k += 2) {
+                d0 = _mm512_dpbusd_epi32(d0, wv[k], _mm512_set1_epi32(a4[k]));
+                d1 = _mm512_dpbusd_epi32(d1, wv[k + 1], _mm512_set1_epi32(a4[k + 1]));
+            }
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)),
+                                     _mm512_mul_ps(dw, _mm512_set1_ps(a.d)), acc[j]);
+        }
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + j * ys, acc[j]);
+}
+
+static TGT void rowdot16_q8_0(int K, const uint8_t* wg, const uint8_t* x, size_t xs, const int32_t* xc,
+                              size_t xcs, int nx, float* y, size_t ys) {
+    switch (nx) {
+        case 1: q8_0x16_run<1>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 2: q8_0x16_run<2>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 3: q8_0x16_run<3>(K, wg, x, xs, xc, xcs, y, ys); break;
+        default: q8_0x16_run<4>(K, wg, x, xs, xc, xcs, y, ys); break;
+    }
+}
+#endif
+
 // Two weight rows (w and w + ws) against NX activation rows: each activation block is loaded
 // once for both rows (prefill: the loads and scale broadcasts are shared by the tile).
 // y[r * 4 + j] = dot(row r, activation row j). Same arithmetic per (row, token) as DotQ32.
