@@ -1,6 +1,14 @@
 // engine.cpp -- types, tensors, the buffer pool and the encoder (device independent).
 #include "engine.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 namespace llmetal {
@@ -108,6 +116,35 @@ const char* stage_name(Stage s) {
 }
 
 void Device::submit_plan(Plan& p) { submit(p.cmds); }
+
+BufferRef map_file_readonly(Device& d, const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size == 0) { ::close(fd); throw Error("cannot map empty file " + path); }
+    void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) { ::close(fd); throw Error("mmap failed for " + path + ": " + std::strerror(errno)); }
+    auto b = d.new_buffer();
+    b->host = b->dev = p; b->bytes = st.st_size; b->read_only = true;
+    b->label = path; b->kind = 1; b->fd = fd;
+    return b;
+}
+
+void free_host_buffer(Buffer& b) {
+    if (!b.host) return;
+    if (b.kind == 1) { munmap(b.host, b.bytes); ::close(b.fd); }
+    else std::free(b.host);
+    b.host = b.dev = nullptr;
+}
+
+void check_positions(const Command& c, const kstep& s) {
+    if (c.stage != Stage::kv_store && c.stage != Stage::attention) return;
+    int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
+    int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
+    if (s.pos0 < 0 || s.pos0 + nt > nctx)
+        throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(s.pos0) + ".." +
+                    std::to_string(s.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
+}
 
 void Device::run(const Command& c) {
     const Binding* b = c.b;

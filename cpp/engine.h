@@ -155,6 +155,14 @@ struct Device : std::enable_shared_from_this<Device> {
     void run(const Command& c);
 };
 
+// Host-memory helpers shared by the devices whose memory is the host's (cpu, metal-emu):
+// a whole file mapped read-only (weights stay in place), and freeing either kind of buffer.
+BufferRef map_file_readonly(Device& d, const std::string& path);
+void free_host_buffer(Buffer& b);
+// The host-side check every device makes before running kv_store / attention: the batch's
+// positions must fit the context (a GPU kernel cannot throw, so GPUs check before submitting).
+void check_positions(const Command& c, const kstep& s);
+
 std::shared_ptr<Device> make_cpu_device(int n_threads);
 uint64_t alloc_count();   // allocations made by engine code so far (alloc_hooks.cpp)
 std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent

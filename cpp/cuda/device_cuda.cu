@@ -148,13 +148,7 @@ struct CudaDevice final : Device {
                 if (S > 1) need = std::max<uint64_t>(need, (uint64_t)c.a.attention.n_tokens * c.a.attention.n_heads *
                                                              S * (c.a.attention.head_dim + 2) * sizeof(float));
             }
-            if (c.stage == Stage::kv_store || c.stage == Stage::attention) {
-                int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
-                int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
-                if (hstep.pos0 < 0 || hstep.pos0 + nt > nctx)
-                    throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(hstep.pos0) + ".." +
-                                std::to_string(hstep.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
-            }
+            check_positions(c, hstep);
             if (check_ids && c.stage == Stage::embed) {
                 std::vector<int32_t> ids(c.a.embed.n_tokens);
                 ck(cudaMemcpyAsync(ids.data(), c.b[1].ptr<char>(), ids.size() * 4, cudaMemcpyDeviceToHost, stream), "ids");

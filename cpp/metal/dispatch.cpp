@@ -281,13 +281,7 @@ void PlannedDevice::check(const std::vector<Command>& cmds, bool check_ids) {
     uint64_t need = 0;
     for (const Command& c : cmds) {
         need = std::max(need, Planner::scratch_bytes(c));
-        if (c.stage == Stage::kv_store || c.stage == Stage::attention) {
-            int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
-            int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
-            if (hstep.pos0 < 0 || hstep.pos0 + nt > nctx)
-                throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(hstep.pos0) + ".." +
-                            std::to_string(hstep.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
-        }
+        check_positions(c, hstep);
         if (check_ids && c.stage == Stage::embed) {
             const int32_t* ids = (const int32_t*)((const char*)c.b[1].buf->host + c.b[1].offset);
             for (int t = 0; t < c.a.embed.n_tokens; ++t)

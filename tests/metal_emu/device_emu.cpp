@@ -47,24 +47,9 @@ struct EmuDevice final : metal::PlannedDevice {
         bytes_allocated += bytes;
         return b;
     }
-    BufferRef map_file(const std::string& path) override {
-        int fd = ::open(path.c_str(), O_RDONLY);
-        if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
-        struct stat st;
-        if (fstat(fd, &st) != 0 || st.st_size == 0) { ::close(fd); throw Error("cannot map empty file " + path); }
-        void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-        if (p == MAP_FAILED) { ::close(fd); throw Error("mmap failed for " + path + ": " + std::strerror(errno)); }
-        auto b = new_buffer();
-        b->host = b->dev = p; b->bytes = st.st_size; b->read_only = true;
-        b->label = path; b->kind = 1; b->fd = fd;
-        return b;
-    }
-    void free_buffer(Buffer& b) override {
-        if (!b.host) return;
-        if (b.kind == 1) { munmap(b.host, b.bytes); ::close(b.fd); }
-        else std::free(b.host);
-        b.host = b.dev = nullptr;
-    }
+    BufferRef map_file(const std::string& path) override { return map_file_readonly(*this, path); }
+    void free_buffer(Buffer& b) override { free_host_buffer(b); }
+
     void upload(const Binding& dst, const void* src, uint64_t n) override {
         if (dst.buf->read_only) throw Error("cannot write into read-only buffer " + dst.buf->label);
         std::memcpy(dst.ptr<char>(), src, n);
