@@ -366,6 +366,70 @@ def test_fused_decode_stages_match_cpu(devs, rng):
     assert_close("fused stages", outs[0], outs[1], 1e-9)
 
 
+# ---- grouped mat-vecs: one launch for Q/K/V and for gate/up ------------------------------------
+# LLMETAL_CUDA_FUSE is read once, when the process makes its CUDA device, so the fused and the
+# split runs are two child processes replaying the same plan on the same weights.
+_GROUP_CHILD = r"""
+import sys, numpy as np
+from llmetal import _engine as E
+z = np.load(sys.argv[1])
+D, FF, KV = (int(v) for v in z["dims"])
+dev = E.cuda_device(0)
+pool = E.BufferPool(dev)
+W = [("Wq", int(z["tq"]), D), ("Wk", int(z["tq"]), KV), ("Wv", int(z["tq"]), KV),
+     ("Wg", int(z["tg"]), FF), ("Wu", int(z["tg"]), FF),
+     ("Wa", int(z["tq"]), KV), ("Wb", int(z["tg"]), KV)]
+for n, t, r in W:
+    pool.declare(n, t, [r, D])
+for n, c in [("x", D), ("q", D), ("k", KV), ("v", KV), ("g", FF), ("u", FF), ("a", KV), ("b", KV), ("ids", 1)]:
+    pool.declare(n, 26 if n == "ids" else 0, [1, c])
+pool.reserve()
+g = pool.get
+for n, _, _ in W:
+    g(n).upload(z[n])
+enc = E.Encoder(dev, eager=False)
+enc.begin_record(1)
+enc.matmul(g("Wq"), g("x"), g("q")); enc.matmul(g("Wk"), g("x"), g("k")); enc.matmul(g("Wv"), g("x"), g("v"))
+enc.matmul(g("Wg"), g("x"), g("g")); enc.matmul(g("Wu"), g("x"), g("u"))
+enc.matmul(g("Wa"), g("x"), g("a")); enc.matmul(g("Wb"), g("x"), g("b"))   # types differ: split
+plan = enc.end_record()
+rows = []
+for step in range(3):
+    g("x").upload(z["x"] * (step + 1))
+    enc.replay_token(plan, g("ids"), 0, step)
+    rows.append(np.concatenate([g(n).to_numpy()[0] for n in "qkvguab"]))
+np.save(sys.argv[2], np.stack(rows))
+"""
+
+
+@pytest.mark.parametrize("tq,tg", [(Q4_0, Q4_0), (Q8_0, Q4_1), (Q4_K, Q6_K), (Q5_0, Q5_K)])
+def test_grouped_matvec_matches_split(devs, rng, tmp_path, tq, tg):
+    """Q/K/V (three weights, one input) and gate/up (two) run as one kernel_mmvq_group each
+    when fused; the results equal LLMETAL_CUDA_FUSE=0's split kernel_mmvq runs (NMSE <= 1e-12:
+    the same integer dots, the same sums per row). Shapes: K/V rows not a multiple of the warp
+    count, and gate/up with more rows than resident warps (several rows per warp)."""
+    import subprocess
+    import sys
+    D, FF, KV = 512, 4100, 200
+    arrs = {n: random_weight(rng, t, r, D) for n, t, r in
+            [("Wq", tq, D), ("Wk", tq, KV), ("Wv", tq, KV), ("Wg", tg, FF), ("Wu", tg, FF), ("Wa", tq, KV), ("Wb", tg, KV)]}
+    src = tmp_path / "in.npz"
+    np.savez(src, dims=np.array([D, FF, KV]), tq=tq, tg=tg, x=rng.standard_normal((1, D)).astype(np.float32), **arrs)
+    outs = []
+    for fuse in ("1", "0"):
+        dst = tmp_path / f"out{fuse}.npy"
+        env = dict(os.environ, LLMETAL_CUDA_FUSE=fuse)
+        r = subprocess.run([sys.executable, "-c", _GROUP_CHILD, str(src), str(dst)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"fuse={fuse}: {r.stderr[-2000:]}"
+        outs.append(np.load(dst))
+    fused, split = outs
+    assert (split ** 2).sum() > 0, "split run gave zeros"
+    e = nmse(fused, split)
+    print(f"grouped vs split: NMSE {e:.3e}, max |diff| {np.abs(fused - split).max():.3e}")
+    assert e <= 1e-12, f"grouped mat-vec differs from split: NMSE {e:.3e}"
+
+
 # ---- end to end on real weights ----------------------------------------------------------------
 def _cut_model():
     p = os.environ.get("LLMETAL_CUT_GGUF")

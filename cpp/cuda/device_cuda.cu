@@ -247,6 +247,7 @@ struct CudaDevice final : Device {
     //   rmsnorm [+ quantize]         kernel_add_rmsnorm_q   copy the next quantized matmul reads)
     //   swiglu [+ quantize]          kernel_swiglu_q
     //   rope q, rope k, kv_store k, kv_store v      kernel_rope_kv_store
+    //   2-3 decode matmuls of one input and type    kernel_mmvq_group  (Q/K/V, gate/up)
     // and a quantized decode matmul whose input was already quantized (by a fused stage, or by
     // the previous matmul of the same input: Q/K/V, gate/up) skips kernel_quantize_q8.
     // Eager mode commits one stage at a time, so it always runs the stages split; a profiler
@@ -305,6 +306,7 @@ struct CudaDevice final : Device {
         if (c.stage == Stage::rmsnorm &&
             rmsnorm_fused(c.a.rmsnorm, c.b[0], Binding{}, Binding{}, c.b[1], c.b[2], false, nx, consumer_qb))
             return 1;
+        if (size_t n = matmul_group_at(cmds, i)) return n;
         if (c.stage == Stage::swiglu) {
             const kargs_glu& g = c.a.glu;
             const int qb = consumer_qb(nx, c.b[2], g.n_tokens, g.n_ff);
@@ -350,6 +352,36 @@ struct CudaDevice final : Device {
             }
         }
         return 0;
+    }
+
+    // 2 or 3 consecutive quantized decode matmuls (Stage::matmul, not logits) of one weight
+    // type, token count and K reading the same input -- Q/K/V, gate/up -- as one
+    // kernel_mmvq_group. Each output must lie apart from the input and from the other outputs
+    // (the split matmuls would otherwise see each other's writes); weights of different types
+    // run split. Returns how many commands ran (0: no group here).
+    size_t matmul_group_at(const std::vector<Command>& cmds, size_t i) {
+        const Command& c = cmds[i];
+        if (c.stage != Stage::matmul || !decode_qb(c)) return 0;
+        const kargs_matmul& a = c.a.matmul;
+        const uint64_t nx = (uint64_t)a.n_tokens * a.n_in * 4;
+        const Command* ms[MVG_MAX];
+        int n = 0;
+        for (size_t j = i; j < cmds.size() && n < MVG_MAX; ++j) {
+            const Command& m = cmds[j];
+            const kargs_matmul& b = m.a.matmul;
+            if (m.stage != Stage::matmul || !decode_qb(m) || b.wtype != a.wtype || b.n_in != a.n_in ||
+                b.n_tokens != a.n_tokens || !same(m.b[1], c.b[1]))
+                break;
+            const uint64_t ny = (uint64_t)b.n_tokens * b.n_out * 4;
+            bool apart = !overlaps(m.b[2], ny, c.b[1], nx);
+            for (int k = 0; k < n && apart; ++k)
+                apart = !overlaps(m.b[2], ny, ms[k]->b[2], (uint64_t)ms[k]->a.matmul.n_tokens * ms[k]->a.matmul.n_out * 4);
+            if (!apart) break;
+            ms[n++] = &m;
+        }
+        if (n < 2) return 0;
+        matmul_group_any(ms, n);
+        return (size_t)n;
     }
 
     // [add +] rmsnorm [+ quantize for `next`] as one kernel_add_rmsnorm_q, when the shapes
@@ -429,13 +461,17 @@ struct CudaDevice final : Device {
     // Resident blocks per SM of kernel_mmvq<T, 1 | 8> (shared memory and registers decide).
     int n_sm = 1;
     int mv_resident[32][2] = {};
+    int mvg_resident[32][2] = {};   // the same for kernel_mmvq_group<T, 1 | 8>
     template <int T> void mv_occupancy() {
         ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][0], kernel_mmvq<T, 1>, MV_ROWS * 32, 0), "occupancy");
         ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][1], kernel_mmvq<T, 8>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][0], kernel_mmvq_group<T, 1>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][1], kernel_mmvq_group<T, 8>, MV_ROWS * 32, 0), "occupancy");
     }
 
     // Decode, quantized weights: stage 1 quantizes the activations, stage 2 streams the rows.
-    template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+    // The 8-bit copy of x in qscratch (quantized now unless qcache says it is there already).
+    template <int T> void quantize_for(const kargs_matmul& a, Binding x) {
         constexpr int QB = MVQ<T>::QB;
         int8_t* xq = (int8_t*)qscratch;
         float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
@@ -445,6 +481,11 @@ struct CudaDevice final : Device {
             launched("kernel_quantize_q8");
             qcache = {x.ptr<float>(), n, QB};
         }
+    }
+    template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        quantize_for<T>(a, x);
+        int8_t* xq = (int8_t*)qscratch;
+        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
         const int vw = load_width(a, W.ptr<uint8_t>());
         // persistent warps: as few rows per warp as the resident warps allow, then as few warps
         // as give every warp that many rows (a balanced single wave)
@@ -458,6 +499,54 @@ struct CudaDevice final : Device {
         else
             kernel_mmvq<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
         launched("kernel_mmvq");
+    }
+
+    // Decode, 2 or 3 quantized weights of one type reading the same input (Q/K/V, gate/up):
+    // one quantization (or none, when qcache has it), then one kernel_mmvq_group. The warps
+    // are shared out as for one matrix of all the rows: as few rows per warp as the resident
+    // warps allow, each weight getting enough warps for its rows at that rate.
+    template <int T> void matmul_group(const Command* const* ms, int n) {
+        const kargs_matmul& a = ms[0]->a.matmul;
+        quantize_for<T>(a, ms[0]->b[1]);
+        int8_t* xq = (int8_t*)qscratch;
+        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
+        const int nt8 = a.n_tokens > 1;
+        int64_t rows = 0;
+        for (int j = 0; j < n; ++j) rows += ms[j]->a.matmul.n_out;
+        const int64_t resident = (int64_t)n_sm * std::max(1, mvg_resident[T][nt8]) * MV_ROWS;
+        const int64_t rpw = (rows + resident - 1) / resident;
+        MvGroup g{};
+        g.n = n;
+        int64_t nw = 0;
+        for (int j = 0; j < n; ++j) {
+            const Command& c = *ms[j];
+            g.W[j] = c.b[0].ptr<uint8_t>();
+            g.y[j] = c.b[2].ptr<float>();
+            g.row_bytes[j] = c.a.matmul.row_bytes;
+            g.n_out[j] = c.a.matmul.n_out;
+            g.vw[j] = load_width(c.a.matmul, g.W[j]);
+            g.nwarps[j] = (int)((c.a.matmul.n_out + rpw - 1) / rpw);
+            nw += g.nwarps[j];
+        }
+        const unsigned grid = blocks(nw, MV_ROWS);
+        if (!nt8)
+            kernel_mmvq_group<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, g, xq, xd);
+        else
+            kernel_mmvq_group<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, g, xq, xd);
+        launched("kernel_mmvq_group");
+    }
+    void matmul_group_any(const Command* const* ms, int n) {
+        switch (ms[0]->a.matmul.wtype) {
+            case KT_Q4_0: matmul_group<KT_Q4_0>(ms, n); break;
+            case KT_Q4_1: matmul_group<KT_Q4_1>(ms, n); break;
+            case KT_Q5_0: matmul_group<KT_Q5_0>(ms, n); break;
+            case KT_Q5_1: matmul_group<KT_Q5_1>(ms, n); break;
+            case KT_Q8_0: matmul_group<KT_Q8_0>(ms, n); break;
+            case KT_Q4_K: matmul_group<KT_Q4_K>(ms, n); break;
+            case KT_Q5_K: matmul_group<KT_Q5_K>(ms, n); break;
+            case KT_Q6_K: matmul_group<KT_Q6_K>(ms, n); break;
+            default: throw Error("matmul group: unsupported weight type " + std::to_string(ms[0]->a.matmul.wtype));
+        }
     }
 
     // Prefill: tensor cores on weight tiles dequantized to fp16 in shared memory.

@@ -385,24 +385,24 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
     }
 }
 
+// The rows of one weight that warp gw (of nwarps working on it) owns: rows gw, gw + nwarps, ...
 // y[t, n] = sum_k W[n, k] x[t, k] for t < n_tokens <= NT, from the quantized activations
 // (xq: int8 [T][K], xd: one float per QK values [T][K / QK]; QB = QK for every format here).
+// A row's sum depends only on the row (its windows in order, the same lanes, the same
+// shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group
+// give bit-identical results.
 template <int T, int NT>
-__global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd, float* y, int vw, int nwarps) {
+__device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const int8_t* xq, const float* xd,
+                                          float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane) {
     constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
     static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
     constexpr int WB = NB * BB;                         // bytes of a full window
     constexpr int IT = (NB * PPB + 31) / 32;            // pieces per lane of a full window
     static_assert(WB <= MV_WIN && WB % 16 == 0, "window");
-    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int gw = blockIdx.x * MV_ROWS + warp;
     if (gw >= nwarps || gw >= a.n_out) return;   // whole warps leave; no block barrier follows
     const int K = a.n_in, nblocks = K / QK, nwin = (nblocks + NB - 1) / NB, mc = min(NT, a.n_tokens);
     const int nrows = (a.n_out - gw + nwarps - 1) / nwarps;
     const int total = nrows * nwin;   // windows this warp computes
-    uint8_t* slots = ring[warp][0];
 
     // issue window i of the sequence (row gw + (i / nwin) nwarps, window i % nwin) into its slot;
     // one commit group per window, empty past the end, so the group count stays uniform
@@ -456,6 +456,46 @@ kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd,
         }
     }
     cp_async_wait<0>();
+}
+
+template <int T, int NT>
+__global__ void __launch_bounds__(MV_ROWS * 32)
+kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd, float* y, int vw, int nwarps) {
+    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    mmvq_rows<T, NT>(a, W, xq, xd, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane);
+}
+
+// ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
+// The weights of a group share the type, K and the token count, and read the same 8-bit
+// activations; each has its own rows, output and load width. The grid's warps are laid out
+// weight after weight: warps [0, nwarps[0]) walk weight 0's rows, the next nwarps[1] weight
+// 1's, ... -- each exactly as kernel_mmvq would with that many warps -- so one launch (one
+// start-up, one drain) covers what were 2 or 3 small launches.
+constexpr int MVG_MAX = 3;
+struct MvGroup {
+    const uint8_t* W[MVG_MAX];
+    float* y[MVG_MAX];
+    uint64_t row_bytes[MVG_MAX];
+    int n_out[MVG_MAX], vw[MVG_MAX], nwarps[MVG_MAX];
+    int n;   // weights in the group (2 or 3)
+};
+template <int T, int NT>
+__global__ void __launch_bounds__(MV_ROWS * 32)
+kernel_mmvq_group(kargs_matmul a, MvGroup g, const int8_t* xq, const float* xd) {
+    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int gw = blockIdx.x * MV_ROWS + warp;
+#pragma unroll
+    for (int j = 0; j < MVG_MAX; ++j) {
+        if (j < g.n && gw < g.nwarps[j]) {
+            a.n_out = g.n_out[j];
+            a.row_bytes = g.row_bytes[j];
+            mmvq_rows<T, NT>(a, g.W[j], xq, xd, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane);
+            return;
+        }
+        gw -= g.nwarps[j];
+    }
 }
 
 // F16 weights, float activations (the CPU device keeps them float too): K % 8 == 0.
