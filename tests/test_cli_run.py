@@ -65,8 +65,14 @@ def test_generate_chat_template(run_cli):
     r = run_cli("generate", "--chat", "-p", "What is 2+2?", "-n", "16", "--temp", "0", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["prompt_tokens"].count(1) >= 2       # <|im_start|> opened for the turns
-    assert out["prompt_tokens"][-3:] != []
+    from llmetal.models import resolve
+    from llmetal.tokenizer import Tokenizer
+    tok = Tokenizer.from_gguf(resolve("smollm2"))
+    want = tok.encode("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", parse_special=True)
+    ids = out["prompt_tokens"]
+    assert ids[-len(want):] == want, "the template's user turn and generation prompt end the prompt"
+    assert not (ids[0] == ids[1] == tok.bos_id), "BOS doubled"
+    assert out["tokens"] and out["text"].strip()
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -78,6 +84,13 @@ def test_generate_chat_template(run_cli):
     (("bench", "-r", "0"), "-r"),
     (("generate", "-m", "/nonexistent.gguf", "-p", "x"), "no such model"),
     (("generate", "-m", "gemma3", "--chat", "-p", "x"), "chat_template"),
+    (("generate", "-p", "hi", "-t", "-1"), "--threads"),
+    (("bench", "-b", "0"), "--batch-size"),
+    (("generate", "-p", "hi", "-n", "-2"), "--n-predict"),
+    (("generate", "-f", "/nonexistent/prompt.txt"), "prompt.txt"),
+    (("generate", "-p", "hi", "--device", "metal"), "no Metal device"),
+    (("trace", "-m", "gemma3", "-c", "999999", "-p", "x"), "n_ctx"),
+    (("tokenize", "-p", "x", "-m", "/dev/null"), "/dev/null"),
 ])
 def test_errors_are_one_line_exit_2(run_cli, args, needle):
     r = run_cli(*args, timeout=300)
