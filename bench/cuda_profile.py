@@ -1,6 +1,7 @@
 """Where a decode step's time goes on the CUDA device: the kernels of N replayed tokens.
 
     python bench/cuda_profile.py MODEL.gguf [--tokens 10] [--pos 520] [--trace out.json]
+    python bench/cuda_profile.py MODEL.gguf --prefill 512      # one 512-token prompt instead
 
 Replays the recorded one-token plan (one CUDA graph launch per token) under torch.profiler,
 which records every kernel the graph runs through CUPTI with its real start and end on the
@@ -29,10 +30,21 @@ def main():
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--pos", type=int, default=520)
     ap.add_argument("--trace", default=None)
+    ap.add_argument("--prefill", type=int, default=0, help="profile one prompt of this many tokens")
     a = ap.parse_args()
     torch.cuda.init()
     m = llmetal.load(a.model, device="cuda", n_ctx=1024, n_batch=512, n_out=1)
     rng = np.random.default_rng(0)
+    if a.prefill:
+        prompt = rng.integers(0, m.cfg.n_vocab, a.prefill).tolist()
+        m.prefill(prompt)   # warm-up: scratch, module load
+        m.device.wait()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(a.tokens):
+                m.prefill(prompt)
+            m.device.wait()
+        report(prof, a, f"prefill {a.prefill}", a.prefill)
+        return
     m.prefill(rng.integers(0, m.cfg.n_vocab, a.pos).tolist())
     dec = Decoder(m)
     plan = dec.record()
@@ -44,6 +56,11 @@ def main():
         for i in range(a.tokens):
             m.enc.replay_token(plan, ids, 1 + i, a.pos + 4 + i)
         m.device.wait()
+    report(prof, a, f"pos {a.pos}", 1)
+
+
+def report(prof, a, what, per):
+    """Per kernel: launches, GPU us and share, per token (per prompt token for prefill)."""
     if a.trace:
         prof.export_chrome_trace(a.trace)
     kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -55,16 +72,18 @@ def main():
         name = e.name.split("(")[0].split("<")[0].replace("void ", "").replace("llmetal_cuda::", "")
         tot[name] += e.time_range.elapsed_us()
         cnt[name] += 1
-    span = (kern[-1].time_range.end - kern[0].time_range.start) / a.tokens
-    busy = sum(tot.values()) / a.tokens
+    n = a.tokens   # replays (decode tokens, or prompts)
+    span = (kern[-1].time_range.end - kern[0].time_range.start) / n
+    busy = sum(tot.values()) / n
     gaps = [max(0.0, kern[i + 1].time_range.start - kern[i].time_range.end) for i in range(len(kern) - 1)]
-    print(f"{os.path.basename(a.model)} fuse={os.environ.get('LLMETAL_CUDA_FUSE', '1')} pos {a.pos}: "
-          f"{len(kern) / a.tokens:.0f} kernels/token, GPU span {span:.0f} us/token, kernels busy {busy:.0f} us, "
+    print(f"{os.path.basename(a.model)} fuse={os.environ.get('LLMETAL_CUDA_FUSE', '1')} "
+          f"pdl={os.environ.get('LLMETAL_CUDA_PDL', '1')} {what}: {len(kern) / n:.0f} kernels/run, "
+          f"GPU span {span:.0f} us/run ({per * 1e6 / span:.0f} t/s), kernels busy {busy:.0f} us, "
           f"median gap {np.median(gaps):.2f} us")
-    print(f"  {'kernel':<28} {'n/tok':>6} {'us/tok':>8} {'us each':>8} {'share':>6}")
+    print(f"  {'kernel':<28} {'n/run':>6} {'us/run':>8} {'us each':>8} {'share':>6}")
     for name in sorted(tot, key=tot.get, reverse=True):
-        print(f"  {name:<28} {cnt[name] / a.tokens:6.0f} {tot[name] / a.tokens:8.1f} "
-              f"{tot[name] / cnt[name]:8.2f} {100 * tot[name] / a.tokens / span:5.1f}%")
+        print(f"  {name:<28} {cnt[name] / n:6.0f} {tot[name] / n:8.1f} "
+              f"{tot[name] / cnt[name]:8.2f} {100 * tot[name] / n / span:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -150,14 +150,34 @@ def test_matmul_every_type(devs, rng, wtype, M):
     assert_close(f"matmul (tensor cores) type {wtype} M={M} vs cpu", cpu, gpu, 1e-3)
 
 
-@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K, F16])
+@pytest.mark.parametrize("wtype", [Q4_0, Q6_K])
+def test_matmul_prefill_row_chunks(devs, rng, wtype):
+    """Prefill dequantizes the weights to fp16 in chunks of at most 32M values (8192 rows at
+    K = 4096) and runs one GEMM per chunk into its columns of y: 8328 rows are a full chunk
+    and a second one of 136 rows (a partial 128-row tile); 130 tokens are a full token tile
+    and a partial one. Against float64 on the exact weights, every output written (NaN
+    poison)."""
+    N, K, M = 8192 + 136, 4096, 130
+    W = random_weight(rng, wtype, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    p = Pair(devs[1:], {"W": (wtype, (N, K), W), "x": (F32, (M, K), x)}, {"y": (F32, (M, N))})
+    p.run(lambda e, g: e.matmul(g("W"), g("x"), g("y")))
+    (gpu,) = p.get("y")
+    ref = x.astype(np.float64) @ dequantized(devs, wtype, W, N, K).T
+    assert_close(f"prefill matmul type {wtype} {M}x{N}x{K} vs float64", ref, gpu, 1e-6)
+    for c in (0, 8191, 8192, N - 1):   # each chunk's first and last columns, not just the norm
+        e = nmse(gpu[:, c], ref[:, c])
+        assert e <= 1e-5, f"column {c}: NMSE {e:.3g}"
+
+
+@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K, F16])
 @pytest.mark.parametrize("N", [37, 4100])
 def test_matmul_decode_wide_rows(devs, rng, wtype, N):
     """Rows several windows long, 16-byte aligned (the streamed fast path) and not (K=576,
     SmolLM2's width: 8- or 4-byte copies; K=4064: rows only 2-byte aligned for Q4_0 / Q5_0 /
     Q8_0, copied synchronously), 1 and 5 tokens; 37 rows (fewer rows than warps) and 4100
     (more rows than an H100 keeps resident warps: a warp walks two rows, one window sequence)."""
-    for K in ([4096] if wtype in (Q4_K, Q6_K) else [4096, 576, 4064]):
+    for K in ([4096] if wtype in (Q4_K, Q5_K, Q6_K) else [4096, 576, 4064]):
         for M in ((1, 5) if N < 100 else (1,)):
             W = random_weight(rng, wtype, N, K)
             x = rng.standard_normal((M, K)).astype(np.float32)
@@ -428,6 +448,45 @@ def test_grouped_matvec_matches_split(devs, rng, tmp_path, tq, tg):
     e = nmse(fused, split)
     print(f"grouped vs split: NMSE {e:.3e}, max |diff| {np.abs(fused - split).max():.3e}")
     assert e <= 1e-12, f"grouped mat-vec differs from split: NMSE {e:.3e}"
+
+
+# The same weights as a chain: q = Wq x, then every other matmul reads q (quantized by its own
+# kernel, then grouped mat-vecs): each launch depends on the one before it.
+_PDL_CHILD = _GROUP_CHILD.replace(
+    'enc.matmul(g("Wk"), g("x"), g("k")); enc.matmul(g("Wv"), g("x"), g("v"))',
+    'enc.matmul(g("Wk"), g("q"), g("k")); enc.matmul(g("Wv"), g("q"), g("v"))').replace(
+    'enc.matmul(g("Wg"), g("x"), g("g")); enc.matmul(g("Wu"), g("x"), g("u"))',
+    'enc.matmul(g("Wg"), g("q"), g("g")); enc.matmul(g("Wu"), g("q"), g("u"))').replace(
+    'enc.matmul(g("Wa"), g("x"), g("a")); enc.matmul(g("Wb"), g("x"), g("b"))',
+    'enc.matmul(g("Wa"), g("q"), g("a")); enc.matmul(g("Wb"), g("q"), g("b"))')
+assert _PDL_CHILD.count('g("q"), g(') == 6, "the chain's edits must all apply"
+
+
+
+def test_pdl_off_is_bit_identical(devs, rng, tmp_path):
+    """Programmatic dependent launch only changes when a kernel's blocks start (they wait in
+    pdl_wait for the previous kernel's results), never what they compute: a fused graph replay
+    gives the same bits with LLMETAL_CUDA_PDL=0. A kernel that read its input before waiting
+    would give stale values here, different from run to run."""
+    import subprocess
+    import sys
+    D, FF, KV = 512, 4100, 200
+    arrs = {n: random_weight(rng, t, r, D) for n, t, r in
+            [("Wq", Q4_0, D), ("Wk", Q4_0, KV), ("Wv", Q4_0, KV), ("Wg", Q4_K, FF), ("Wu", Q4_K, FF),
+             ("Wa", Q4_0, KV), ("Wb", Q4_K, KV)]}
+    src = tmp_path / "in.npz"
+    np.savez(src, dims=np.array([D, FF, KV]), tq=Q4_0, tg=Q4_K, x=rng.standard_normal((1, D)).astype(np.float32), **arrs)
+    outs = []
+    for pdl in ("1", "0", "1"):
+        dst = tmp_path / f"out{len(outs)}.npy"
+        env = dict(os.environ, LLMETAL_CUDA_PDL=pdl)
+        r = subprocess.run([sys.executable, "-c", _PDL_CHILD, str(src), str(dst)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"pdl={pdl}: {r.stderr[-2000:]}"
+        outs.append(np.load(dst))
+    assert (outs[1] ** 2).sum() > 0, "run gave zeros"
+    assert np.array_equal(outs[0], outs[1]), "PDL on and off differ"
+    assert np.array_equal(outs[0], outs[2]), "two runs with PDL on differ"
 
 
 # ---- end to end on real weights ----------------------------------------------------------------

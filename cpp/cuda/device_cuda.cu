@@ -60,6 +60,11 @@ struct CudaDevice final : Device {
         ck(cudaSetDevice(ordinal), "cudaSetDevice");
         ck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
         ck(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, ordinal), "SM count");
+        int cc = 0;
+        ck(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, ordinal), "compute capability");
+        const char* env = std::getenv("LLMETAL_CUDA_PDL");
+        pdl = cc >= 9 && !(env && std::strcmp(env, "0") == 0);
+        ck(cudaFuncSetAttribute(kernel_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, GM_SMEM), "gemm smem");
         mv_occupancy<KT_Q4_0>(); mv_occupancy<KT_Q4_1>(); mv_occupancy<KT_Q5_0>(); mv_occupancy<KT_Q5_1>();
         mv_occupancy<KT_Q8_0>(); mv_occupancy<KT_Q4_K>(); mv_occupancy<KT_Q5_K>(); mv_occupancy<KT_Q6_K>();
         step_buf = alloc(sizeof(kstep), "step");
@@ -75,6 +80,7 @@ struct CudaDevice final : Device {
         for (void* p : scratch_old) cudaFree(p);
         if (scratch) cudaFree(scratch);
         if (qscratch) cudaFree(qscratch);
+        if (hscratch) cudaFree(hscratch);
         cudaStreamDestroy(stream);
     }
 
@@ -167,6 +173,12 @@ struct CudaDevice final : Device {
                 qneed = std::max<uint64_t>(qneed, q8_bytes(c.a.matmul));
         }
         grow(&qscratch, &qscratch_bytes, qneed);
+        // prefill matmuls: fp16 copies of the activations and of a chunk of weight rows
+        uint64_t hneed = 0;
+        for (const Command& c : cmds)
+            if ((c.stage == Stage::matmul || c.stage == Stage::logits) && gemm_shape(c.a.matmul))
+                hneed = std::max(hneed, gemm_x_bytes(c.a.matmul) + gemm_w_bytes(c.a.matmul));
+        grow(&hscratch, &hscratch_bytes, hneed);
     }
 
     // Grow a scratch buffer (outside any capture); the old one stays until the device goes,
@@ -179,6 +191,21 @@ struct CudaDevice final : Device {
         *have = need;
     }
     static constexpr int MV_MAX_TOKENS = 8;   // above this, prefill on tensor cores
+    // Prefill on the tensor cores: more than MV_MAX_TOKENS tokens and K a multiple of the
+    // GEMM's step (every block format's K is). The weights go to fp16 in chunks of rows of at
+    // most 64 MB (a multiple of the GEMM's tile), F16 weights with aligned rows are used as
+    // they are.
+    static bool gemm_shape(const kargs_matmul& a) {
+        return a.n_tokens > MV_MAX_TOKENS && a.n_in % GM_BK == 0 && a.wtype != KT_BF16;
+    }
+    static int gemm_chunk_rows(const kargs_matmul& a) {
+        const int64_t fit = std::max<int64_t>(GM_BN, ((32ll << 20) / a.n_in) / GM_BN * GM_BN);
+        return (int)std::min<int64_t>(fit, ((int64_t)a.n_out + GM_BN - 1) / GM_BN * GM_BN);
+    }
+    static uint64_t gemm_x_bytes(const kargs_matmul& a) { return ((uint64_t)a.n_tokens * a.n_in * 2 + 255) & ~255ull; }
+    static uint64_t gemm_w_bytes(const kargs_matmul& a) {
+        return a.wtype == KT_F16 ? 0 : (uint64_t)gemm_chunk_rows(a) * a.n_in * 2;   // F16 rows: see matmul_gemm
+    }
     static bool mmvq_type(int t) {
         return t == KT_Q4_0 || t == KT_Q4_1 || t == KT_Q5_0 || t == KT_Q5_1 || t == KT_Q8_0 || t == KT_Q4_K ||
                t == KT_Q5_K || t == KT_Q6_K;
@@ -231,6 +258,26 @@ struct CudaDevice final : Device {
             if (err == ERR_KV_POS) throw Error("kv_store: positions exceed the context (on the GPU)");
             throw Error("cuda: kernel error " + std::to_string(err));
         }
+    }
+
+    // Every kernel is launched here: on the one stream, with the programmatic-serialization
+    // attribute where the GPU has it (sm_90+; LLMETAL_CUDA_PDL=0 turns it off), so a kernel's
+    // blocks are scheduled while the previous kernel drains and wait in pdl_wait()
+    // (kernels.cuh) for its results. Inside a graph capture this becomes a programmatic edge.
+    template <class... P, class... A>
+    void launch(const char* name, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = at;
+        cfg.numAttrs = pdl ? 1 : 0;
+        cudaError_t e = cudaLaunchKernelEx(&cfg, k, args...);
+        if (e != cudaSuccess) throw Error(std::string("cuda: launching ") + name + ": " + cudaGetErrorString(e));
     }
 
     void launched(const char* k) {
@@ -316,10 +363,10 @@ struct CudaDevice final : Device {
             float* xd = (float*)((char*)qscratch + q8_values_bytes(m));
             const int64_t n = (int64_t)g.n_tokens * g.n_ff;
             if (qb == 32)
-                kernel_swiglu_q<32><<<blocks(n, 256), 256, 0, stream>>>(g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
+                launch("kernel_swiglu_q", kernel_swiglu_q<32>, blocks(n, 256), 256, 0, g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
                                                                          c.b[2].ptr<float>(), xq, xd);
             else
-                kernel_swiglu_q<256><<<blocks(n, 256), 256, 0, stream>>>(g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
+                launch("kernel_swiglu_q", kernel_swiglu_q<256>, blocks(n, 256), 256, 0, g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
                                                                           c.b[2].ptr<float>(), xq, xd);
             launched("kernel_swiglu_q");
             qcache = {c.b[2].ptr<float>(), n, qb};
@@ -342,7 +389,7 @@ struct CudaDevice final : Device {
                           (uint64_t)k.n_tokens * k.n_heads * k.head_dim * 4)) {
                 const int64_t n = (int64_t)q.n_tokens * (q.n_heads + k.n_heads) * (q.n_rot / 2) +
                                   (int64_t)k.n_tokens * sk.a.kv_store.kv_dim;
-                kernel_rope_kv_store<<<blocks(n, 256), 256, 0, stream>>>(
+                launch("kernel_rope_kv_store", kernel_rope_kv_store, blocks(n, 256), 256, 0, 
                     q, k, sk.a.kv_store.n_ctx, c.b[0].ptr<float>(), rk.b[0].ptr<float>(), sv.b[0].ptr<float>(),
                     q.has_factors ? c.b[1].ptr<float>() : nullptr, sk.b[1].ptr<__half>(), sv.b[1].ptr<__half>(),
                     c.step.ptr<kstep>(), (int*)err_buf->dev);
@@ -405,7 +452,7 @@ struct CudaDevice final : Device {
         }
         const float *xp = x.ptr<float>(), *yp = add ? y.ptr<float>() : nullptr, *wp = w.ptr<float>();
         float *sp = add ? sum.ptr<float>() : nullptr, *op = out.ptr<float>();
-#define LLM_RMS(ADD, QB) kernel_add_rmsnorm_q<ADD, QB><<<r.n_rows, nt, 0, stream>>>(r, xp, yp, sp, wp, op, xq, xd)
+#define LLM_RMS(ADD, QB) launch("kernel_add_rmsnorm_q", kernel_add_rmsnorm_q<ADD, QB>, r.n_rows, nt, 0, r, xp, yp, sp, wp, op, xq, xd)
         if (add) { if (qb == 32) LLM_RMS(true, 32); else if (qb == 256) LLM_RMS(true, 256); else LLM_RMS(true, 0); }
         else { if (qb == 32) LLM_RMS(false, 32); else if (qb == 256) LLM_RMS(false, 256); else LLM_RMS(false, 0); }
 #undef LLM_RMS
@@ -417,7 +464,7 @@ struct CudaDevice final : Device {
     // ---- stages ---------------------------------------------------------------------------
     template <int T> void embed_t(const kargs_embed& a, Binding W, Binding ids, Binding out) {
         dim3 grid(blocks(a.dim, 256), a.n_tokens);
-        kernel_embed<T><<<grid, 256, 0, stream>>>(a, W.ptr<uint8_t>(), ids.ptr<int32_t>(), out.ptr<float>(),
+        launch("kernel_embed", kernel_embed<T>, grid, 256, 0, a, W.ptr<uint8_t>(), ids.ptr<int32_t>(), out.ptr<float>(),
                                                   (int*)err_buf->dev);
     }
     void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding) override {
@@ -439,7 +486,7 @@ struct CudaDevice final : Device {
     }
 
     void rmsnorm(const kargs_rmsnorm& a, Binding x, Binding w, Binding out) override {
-        kernel_rmsnorm<<<a.n_rows, 256, 0, stream>>>(a, x.ptr<float>(), w.ptr<float>(), out.ptr<float>());
+        launch("kernel_rmsnorm", kernel_rmsnorm, a.n_rows, 256, 0, a, x.ptr<float>(), w.ptr<float>(), out.ptr<float>());
         launched("kernel_rmsnorm");
     }
 
@@ -477,7 +524,7 @@ struct CudaDevice final : Device {
         float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
         const int64_t n = (int64_t)a.n_tokens * a.n_in;
         if (!(qcache.src == x.ptr<float>() && qcache.n == n && qcache.qb == QB)) {
-            kernel_quantize_q8<QB><<<blocks(n, 256), 256, 0, stream>>>(x.ptr<float>(), xq, xd, a.n_in, n);
+            launch("kernel_quantize_q8", kernel_quantize_q8<QB>, blocks(n, 256), 256, 0, x.ptr<float>(), xq, xd, a.n_in, n);
             launched("kernel_quantize_q8");
             qcache = {x.ptr<float>(), n, QB};
         }
@@ -495,9 +542,9 @@ struct CudaDevice final : Device {
         const int nwarps = (int)((a.n_out + rpw - 1) / rpw);
         const unsigned grid = blocks(nwarps, MV_ROWS);
         if (!nt8)
-            kernel_mmvq<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
         else
-            kernel_mmvq<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
         launched("kernel_mmvq");
     }
 
@@ -530,9 +577,9 @@ struct CudaDevice final : Device {
         }
         const unsigned grid = blocks(nw, MV_ROWS);
         if (!nt8)
-            kernel_mmvq_group<T, 1><<<grid, MV_ROWS * 32, 0, stream>>>(a, g, xq, xd);
+            launch("kernel_mmvq_group", kernel_mmvq_group<T, 1>, grid, MV_ROWS * 32, 0, a, g, xq, xd);
         else
-            kernel_mmvq_group<T, 8><<<grid, MV_ROWS * 32, 0, stream>>>(a, g, xq, xd);
+            launch("kernel_mmvq_group", kernel_mmvq_group<T, 8>, grid, MV_ROWS * 32, 0, a, g, xq, xd);
         launched("kernel_mmvq_group");
     }
     void matmul_group_any(const Command* const* ms, int n) {
@@ -549,19 +596,34 @@ struct CudaDevice final : Device {
         }
     }
 
-    // Prefill: tensor cores on weight tiles dequantized to fp16 in shared memory.
-    template <int T> void matmul_tc(const kargs_matmul& a, Binding W, Binding x, Binding y) {
-        dim3 grid(blocks(a.n_tokens, TC_BM), blocks(a.n_out, TC_BN));
-        kernel_gemm_tc<T><<<grid, 256, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>());
-        launched("kernel_gemm_tc");
+    // Prefill: activations and weights (chunk by chunk) to fp16, then the tensor-core GEMM.
+    template <int T> void matmul_gemm(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        const int M = a.n_tokens, N = a.n_out, K = a.n_in;
+        __half* xh = (__half*)hscratch;                             // [M][K]
+        __half* wh = (__half*)((char*)hscratch + gemm_x_bytes(a));  // [chunk rows][K]
+        const int64_t n4 = (int64_t)M * K / 4;
+        launch("kernel_f32_to_f16", kernel_f32_to_f16, blocks(n4, 256), 256, 0, x.ptr<float>(), xh, n4);
+        const int nc = gemm_chunk_rows(a);
+        for (int r0 = 0; r0 < N; r0 += nc) {
+            const int rows = std::min(nc, N - r0);
+            const uint8_t* wr = W.ptr<uint8_t>() + (uint64_t)r0 * a.row_bytes;
+            const __half* wp = (const __half*)wr;   // F16: the weights themselves
+            if constexpr (T != KT_F16) {
+                launch("kernel_dequant_f16", kernel_dequant_f16<T>, blocks((int64_t)rows * K / 8, 256), 256, 0, wr,
+                       a.row_bytes, K, rows, wh);
+                wp = wh;
+            }
+            launch("kernel_gemm_f16", kernel_gemm_f16, dim3(blocks(M, GM_BM), blocks(rows, GM_BN)), 256, GM_SMEM, xh,
+                   wp, y.ptr<float>() + r0, M, rows, K, N);
+        }
     }
 
     template <int T> void matmul_t(const kargs_matmul& a, Binding W, Binding x, Binding y) {
         const bool x16 = (uintptr_t)x.ptr<float>() % 16 == 0;
         if constexpr (T != KT_F32 && T != KT_BF16) {
-            if (a.n_tokens > MV_MAX_TOKENS && a.n_in % TC_BK == 0 && x16 &&
-                (T != KT_F16 || (uintptr_t)W.ptr<uint8_t>() % 16 == 0)) {
-                matmul_tc<T>(a, W, x, y);
+            if (gemm_shape(a) && x16 && hscratch_bytes >= gemm_x_bytes(a) + gemm_w_bytes(a) &&
+                (T != KT_F16 || ((uintptr_t)W.ptr<uint8_t>() % 16 == 0 && a.row_bytes == 2ull * a.n_in))) {
+                matmul_gemm<T>(a, W, x, y);
                 return;
             }
         }
@@ -571,9 +633,9 @@ struct CudaDevice final : Device {
                 const int split = row_split(a.n_out, (a.n_in + 1023) / 1024);
                 const unsigned grid = blocks(a.n_out, MV_ROWS / split);
                 if (a.n_tokens == 1)
-                    kernel_mv_f16<1><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
+                    launch("kernel_mv_f16", kernel_mv_f16<1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
                 else
-                    kernel_mv_f16<8><<<grid, MV_ROWS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
+                    launch("kernel_mv_f16", kernel_mv_f16<8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vw, split);
                 launched("kernel_mv_f16");
                 return;
             }
@@ -588,7 +650,7 @@ struct CudaDevice final : Device {
         int vec = (a.n_in % 8 == 0) && ((uintptr_t)x.ptr<float>() % 16 == 0) &&
                   (QT<T>::QK > 1 || (uintptr_t)W.ptr<uint8_t>() % 16 == 0 && a.row_bytes % 16 == 0);
         dim3 grid(blocks(a.n_out, MV_WARPS), blocks(a.n_tokens, MV_MT));
-        kernel_matmul<T><<<grid, MV_WARPS * 32, 0, stream>>>(a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vec);
+        launch("kernel_matmul", kernel_matmul<T>, grid, MV_WARPS * 32, 0, a, W.ptr<uint8_t>(), x.ptr<float>(), y.ptr<float>(), vec);
     }
     void matmul(const kargs_matmul& a, Binding W, Binding x, Binding y) override {
         switch (a.wtype) {
@@ -611,14 +673,14 @@ struct CudaDevice final : Device {
 
     void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override {
         int64_t n = (int64_t)a.n_tokens * a.n_heads * (a.n_rot / 2);
-        kernel_rope<<<blocks(n, 256), 256, 0, stream>>>(a, x.ptr<float>(), factors ? factors.ptr<float>() : nullptr,
+        launch("kernel_rope", kernel_rope, blocks(n, 256), 256, 0, a, x.ptr<float>(), factors ? factors.ptr<float>() : nullptr,
                                                         step.ptr<kstep>());
         launched("kernel_rope");
     }
 
     void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) override {
         int64_t n = (int64_t)a.n_tokens * a.kv_dim;
-        kernel_kv_store<<<blocks(n, 256), 256, 0, stream>>>(a, src.ptr<float>(), cache.ptr<__half>(),
+        launch("kernel_kv_store", kernel_kv_store, blocks(n, 256), 256, 0, a, src.ptr<float>(), cache.ptr<__half>(),
                                                             step.ptr<kstep>(), (int*)err_buf->dev);
         launched("kernel_kv_store");
     }
@@ -641,36 +703,36 @@ struct CudaDevice final : Device {
         int S, chunk;
         attention_split(a, &S, &chunk);
         dim3 grid(S, a.n_heads, a.n_tokens);
-        kernel_attention<<<grid, ATT_WARPS * 32, 0, stream>>>(a, q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(),
+        launch("kernel_attention", kernel_attention, grid, ATT_WARPS * 32, 0, a, q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(),
                                                               out.ptr<float>(), (float*)scratch, S, chunk,
                                                               step.ptr<kstep>());
         launched("kernel_attention");
         if (S > 1) {
-            kernel_attention_combine<<<dim3(a.n_heads, a.n_tokens), 128, 0, stream>>>(a, (const float*)scratch,
+            launch("kernel_attention_combine", kernel_attention_combine, dim3(a.n_heads, a.n_tokens), 128, 0, a, (const float*)scratch,
                                                                                       out.ptr<float>(), S);
             launched("kernel_attention_combine");
         }
     }
 
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        kernel_add<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
+        launch("kernel_add", kernel_add, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
         launched("kernel_add");
     }
     void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        kernel_mul<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
+        launch("kernel_mul", kernel_mul, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
         launched("kernel_mul");
     }
     void scale(const kargs_eltwise& a, Binding x, Binding out) override {
-        kernel_scale<<<blocks(a.n, 256), 256, 0, stream>>>(a, x.ptr<float>(), out.ptr<float>());
+        launch("kernel_scale", kernel_scale, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), out.ptr<float>());
         launched("kernel_scale");
     }
     void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        kernel_swiglu<<<blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, stream>>>(a, g.ptr<float>(), u.ptr<float>(),
+        launch("kernel_swiglu", kernel_swiglu, blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, a, g.ptr<float>(), u.ptr<float>(),
                                                                                       out.ptr<float>());
         launched("kernel_swiglu");
     }
     void geglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        kernel_geglu<<<blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, stream>>>(a, g.ptr<float>(), u.ptr<float>(),
+        launch("kernel_geglu", kernel_geglu, blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, a, g.ptr<float>(), u.ptr<float>(),
                                                                                      out.ptr<float>());
         launched("kernel_geglu");
     }
@@ -683,6 +745,9 @@ struct CudaDevice final : Device {
     uint64_t scratch_bytes = 0;
     void* qscratch = nullptr;         // quantized activations of decode matmuls
     uint64_t qscratch_bytes = 0;
+    void* hscratch = nullptr;         // fp16 activations + weight chunk of prefill matmuls
+    uint64_t hscratch_bytes = 0;
+    bool pdl = false;                 // launch with programmatic dependent launch (sm_90+)
     std::vector<void*> scratch_old;
 };
 

@@ -16,6 +16,31 @@ namespace llmetal_cuda {
 // Error codes a kernel can raise (read back by Device::wait()).
 enum : int { ERR_NONE = 0, ERR_EMBED_ID = 1, ERR_KV_POS = 2 };
 
+// ---- programmatic dependent launch (sm_90) ---------------------------------------------------
+// The device launches every kernel with the programmatic-serialization attribute, so a kernel's
+// blocks may be scheduled while the kernel before it in the stream is still draining. Two rules
+// keep that safe, and every kernel here follows them:
+//   pdl_wait()     blocks until the previous kernel has finished and its writes are visible.
+//                  Nothing before it may read what an earlier kernel wrote or write anything
+//                  an earlier kernel reads; only the weights (never written) may be touched.
+//   pdl_release()  lets the next kernel's blocks be scheduled (they start and stop at their
+//                  own pdl_wait()). Called right after pdl_wait(), so at most one kernel is
+//                  waiting ahead of the running one.
+// Most kernels call pdl_enter() (both) as their first statement; the mat-vecs first start
+// fetching their weight rows, then wait. On older GPUs (the compute_80 PTX) both are no-ops,
+// and so they are for a launch without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void pdl_enter() { pdl_wait(); pdl_release(); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -31,6 +56,7 @@ __device__ __forceinline__ double warp_sum_d(double v) {
 // One thread per output element: a table lookup, no reuse to exploit.
 template <int T>
 __global__ void kernel_embed(kargs_embed a, const uint8_t* W, const int32_t* ids, float* out, int* err) {
+    pdl_enter();
     int t = blockIdx.y;
     int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= a.dim) return;
@@ -90,6 +116,7 @@ __device__ __forceinline__ double block_sum(double v, double* part /* [32] share
 }
 
 __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, float* out) {
+    pdl_enter();
     const float* xr = x + (int64_t)blockIdx.x * a.dim;
     float* o = out + (int64_t)blockIdx.x * a.dim;
     __shared__ double part[32];
@@ -115,6 +142,7 @@ template <bool ADD, int QB>
 __global__ void __launch_bounds__(1024)
 kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
                      int8_t* xq, float* xd) {
+    pdl_enter();
     __shared__ double part[32];
     const int nv = a.dim / 4, nt = blockDim.x;
     const int64_t r0 = (int64_t)blockIdx.x * nv;   // row start, in float4s
@@ -186,6 +214,7 @@ constexpr int MV_MT = 8;      // tokens per launch row
 template <int T>
 __global__ void __launch_bounds__(MV_WARPS * 32)
 kernel_matmul(kargs_matmul a, const uint8_t* W, const float* x, float* y, int vec) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     const int n = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
     if (n >= a.n_out) return;
@@ -256,6 +285,7 @@ __device__ __forceinline__ void rope_pair(const kargs_rope& a, float* xr, int i,
 }
 
 __global__ void kernel_rope(kargs_rope a, float* x, const float* ff, const kstep* step) {
+    pdl_enter();
     const int half = a.n_rot / 2;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)a.n_tokens * a.n_heads * half) return;
@@ -274,6 +304,7 @@ __global__ void kernel_rope(kargs_rope a, float* x, const float* ff, const kstep
 // to the k cache as f16, the rest copy v to the v cache. Same arithmetic as the split stages.
 __global__ void kernel_rope_kv_store(kargs_rope aq, kargs_rope ak, int n_ctx, float* q, float* k, const float* v,
                                      const float* ff, __half* kc, __half* vc, const kstep* step, int* err) {
+    pdl_enter();
     const int half = aq.n_rot / 2, hd = aq.head_dim, kv_dim = ak.n_heads * hd;
     const int64_t nq = (int64_t)aq.n_tokens * aq.n_heads * half, nk = (int64_t)ak.n_tokens * ak.n_heads * half;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -307,6 +338,7 @@ __global__ void kernel_rope_kv_store(kargs_rope aq, kargs_rope ak, int n_ctx, fl
 
 // ---- kv_store: cache[pos0 + t, :] = half(src[t, :]) ------------------------------------------
 __global__ void kernel_kv_store(kargs_kv_store a, const float* src, __half* cache, const kstep* step, int* err) {
+    pdl_enter();
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)a.n_tokens * a.kv_dim) return;
     int t = (int)(idx / a.kv_dim), c = (int)(idx % a.kv_dim);
@@ -332,6 +364,7 @@ constexpr int ATT_KG = 8;     // keys a warp loads together
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 kernel_attention(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
                  float* part, int n_splits, int chunk, const kstep* step) {
+    pdl_enter();
     const int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
@@ -431,6 +464,7 @@ kernel_attention(kargs_attention a, const float* q, const __half* kc, const __ha
 
 // Merge the splits of each (t, h): grid (n_heads, n_tokens), one thread per head dim.
 __global__ void kernel_attention_combine(kargs_attention a, const float* part, float* out, int n_splits) {
+    pdl_enter();
     const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
     const int64_t qi = (int64_t)t * a.n_heads + h;
     const float* pr = part + qi * n_splits * (hd + 2);
@@ -451,18 +485,22 @@ __global__ void kernel_attention_combine(kargs_attention a, const float* part, f
 
 // ---- elementwise ---------------------------------------------------------------------------
 __global__ void kernel_add(kargs_eltwise a, const float* x, const float* y, float* out) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < a.n) out[i] = x[i] + y[a.b_n == a.n ? i : i % a.b_n];
 }
 __global__ void kernel_mul(kargs_eltwise a, const float* x, const float* y, float* out) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < a.n) out[i] = x[i] * y[a.b_n == a.n ? i : i % a.b_n];
 }
 __global__ void kernel_scale(kargs_eltwise a, const float* x, float* out) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < a.n) out[i] = x[i] * a.s;
 }
 __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float* out) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (int64_t)a.n_tokens * a.n_ff) {
         float v = g[i];
@@ -474,6 +512,7 @@ __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float
 template <int QB>
 __global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float* g, const float* u, float* out,
                                                        int8_t* xq, float* xd) {
+    pdl_enter();
     const int64_t n = (int64_t)a.n_tokens * a.n_ff;
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
     float v = 0.f;
@@ -486,6 +525,7 @@ __global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float*
     if (i < n) store_q8(v, amax, i, QB, xq, xd);
 }
 __global__ void kernel_geglu(kargs_glu a, const float* g, const float* u, float* out) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (int64_t)a.n_tokens * a.n_ff) {
         float v = g[i];

@@ -18,14 +18,12 @@
 //                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
 //                            are subtracted inside the integer words.
 //   kernel_mv_f16<NT>        decode with F16 weights: the same window, float activations.
-//   kernel_gemm_tc<T>        prefill (more than 8 tokens): tensor cores. A 128-row x 64-token
-//                            tile per block; each 32-wide step dequantizes the weight tile to
-//                            fp16 in shared memory (dq8, quants.cuh), converts the activation
-//                            tile to fp16, and 8 warps run wmma 16x16x16 products into float
-//                            accumulators.
+//   kernel_dequant_f16<T>,   prefill (more than 8 tokens): the weights (a chunk of rows at a
+//   kernel_f32_to_f16,       time) and the activations to fp16 in scratch memory, then a
+//   kernel_gemm_f16          tensor-core GEMM (mma.sync m16n8k16, float accumulators, a
+//                            4-stage cp.async pipeline, 128 x 128 tiles).
 #pragma once
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
 
 #include "../kargs.h"
@@ -39,6 +37,7 @@ namespace llmetal_cuda {
 // xq [T][K] int8, xd [T][K/QB] float.
 template <int QB>
 __global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, int8_t* xq, float* xd, int K, int64_t n) {
+    pdl_enter();
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // n = T*K, a multiple of QB
     const float v = i < n ? x[i] : 0.f;
     const float amax = block_amax<QB>(v);
@@ -47,21 +46,24 @@ __global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, int8_t
 
 // ---- stage 2: quantized mat-vec ---------------------------------------------------------------
 constexpr int MV_ROWS = 4;          // warps (= weight rows) per block
-constexpr int MV_WIN = 2048;        // bytes of one warp's shared-memory window
-constexpr int MV_LD = MV_WIN / 16 / 32;   // 16-byte loads per lane per window
+constexpr int MV_WIN = 2304;        // bytes of one warp's shared-memory window
+constexpr int MV_LD = (MV_WIN + 511) / 512;   // 16-byte loads per lane per window (at most)
 
 // Blocks per window for each format: a whole number of blocks whose bytes are a multiple of
 // 16, so every window but a row's last starts 16-byte aligned (given an aligned row).
 template <int T> struct MVQ;
-// Windows of about 2 KB: each warp keeps that much in flight while it computes the previous
-// window (with 32 warps an SM, ~64 KB in flight: enough to cover DRAM latency at full rate).
-template <> struct MVQ<KT_Q4_0> { static constexpr int NB = 112, QB = 32; };   // 2016 B
+// Windows of about 2 KB: each warp keeps three in flight while it computes one (24 warps an
+// SM: ~160 KB in flight, plenty to cover DRAM latency at full rate). Where it fits, a window
+// is a power-of-two number of blocks, so the usual row widths (K = 2048, 4096, 8192, 14336:
+// 64, 128, 256, 448 blocks of 32) split into equal windows -- a short last window costs a
+// whole round trip for a sliver of work (Q4_0 at K = 4096 was 112 + 16 blocks).
+template <> struct MVQ<KT_Q4_0> { static constexpr int NB = 128, QB = 32; };   // 2304 B
 template <> struct MVQ<KT_Q4_1> { static constexpr int NB = 96, QB = 32; };    // 1920 B
 template <> struct MVQ<KT_Q5_0> { static constexpr int NB = 88, QB = 32; };    // 1936 B
 template <> struct MVQ<KT_Q5_1> { static constexpr int NB = 80, QB = 32; };    // 1920 B
-template <> struct MVQ<KT_Q8_0> { static constexpr int NB = 56, QB = 32; };    // 1904 B
-template <> struct MVQ<KT_Q4_K> { static constexpr int NB = 14, QB = 256; };   // 2016 B
-template <> struct MVQ<KT_Q5_K> { static constexpr int NB = 11, QB = 256; };   // 1936 B
+template <> struct MVQ<KT_Q8_0> { static constexpr int NB = 64, QB = 32; };    // 2176 B
+template <> struct MVQ<KT_Q4_K> { static constexpr int NB = 16, QB = 256; };   // 2304 B
+template <> struct MVQ<KT_Q5_K> { static constexpr int NB = 8, QB = 256; };    // 1408 B
 template <> struct MVQ<KT_Q6_K> { static constexpr int NB = 8, QB = 256; };    // 1680 B
 template <> struct MVQ<KT_F16> { static constexpr int NB = 1024, QB = 1; };   // "blocks" = values
 
@@ -400,6 +402,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     constexpr int IT = (NB * PPB + 31) / 32;            // pieces per lane of a full window
     static_assert(WB <= MV_WIN && WB % 16 == 0, "window");
     if (gw >= nwarps || gw >= a.n_out) return;   // whole warps leave; no block barrier follows
+                                                 // (and touch no memory: no pdl_wait needed)
     const int K = a.n_in, nblocks = K / QK, nwin = (nblocks + NB - 1) / NB, mc = min(NT, a.n_tokens);
     const int nrows = (a.n_out - gw + nwarps - 1) / nwarps;
     const int total = nrows * nwin;   // windows this warp computes
@@ -417,6 +420,10 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     };
 #pragma unroll
     for (int i = 0; i < MV_STAGES - 1; ++i) issue(i);
+    // The weights are never written: their first windows are fetched before waiting for the
+    // kernel that writes the activations (see pdl_wait), so that round trip overlaps its drain.
+    pdl_wait();
+    pdl_release();
 
     float acc[NT];
 #pragma unroll
@@ -504,6 +511,7 @@ __global__ void __launch_bounds__(MV_ROWS * 32)
 kernel_mv_f16(kargs_matmul a, const uint8_t* W, const float* x, float* y, int vw, int split) {
     __shared__ __align__(16) uint8_t win[MV_ROWS][MV_WIN];
     __shared__ float red[MV_ROWS][NT];
+    pdl_enter();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n = blockIdx.x * (MV_ROWS / split) + warp / split;
     const bool valid = n < a.n_out;
@@ -534,101 +542,145 @@ kernel_mv_f16(kargs_matmul a, const uint8_t* W, const float* x, float* y, int vw
 }
 
 // ---- stage 3: prefill on tensor cores -----------------------------------------------------------
-// Block tile: TC_BN weight rows x TC_BM tokens, K in steps of 32. 8 warps in a 2 (tokens) x 4
-// (rows) grid, each owning a 32 x 32 piece of the output as 2 x 2 wmma 16x16 float fragments.
-// Loading a step: weights, 128 rows x 32 values = 512 groups of 8 (2 per thread) through dq8;
-// activations, 64 tokens x 32 floats = 512 groups of 4 (2 per thread). Both go to registers
-// first, so the next step's global loads overlap this step's products; two shared buffers
-// let one barrier per step suffice.
-constexpr int TC_BN = 128, TC_BM = 64, TC_BK = 32, TC_LD = TC_BK + 8;   // +8 halves: no bank conflicts
-
+// Three kernels: the weights (a chunk of rows at a time) and the activations go to fp16 in
+// scratch memory, then one GEMM on the tensor cores:
+//   kernel_dequant_f16<T>  W rows -> fp16 [rows][K], each group of 8 through dq8 (the CPU's
+//                          dequantization) and rounded to nearest fp16;
+//   kernel_f32_to_f16      x [M][K] float -> fp16;
+//   kernel_gemm_f16        Y[m][n] = sum_k X[m][k] W[n][k], fp16 products summed in float.
+// Dequantizing once per prompt chunk (not once per tile of tokens, as a fused kernel would)
+// costs a write and a read of the fp16 copy (2 B per weight), small next to the products at
+// 512 tokens (2 * 512 flops per weight).
 template <int T>
 __global__ void __launch_bounds__(256)
-kernel_gemm_tc(kargs_matmul a, const uint8_t* W, const float* x, float* y) {
-    using namespace nvcuda;
-    struct Bufs { __half w[2][TC_BN][TC_LD]; __half x[2][TC_BM][TC_LD]; };
-    constexpr int SMEM = sizeof(Bufs) > TC_BM * TC_BN * 4 ? sizeof(Bufs) : TC_BM * TC_BN * 4;
-    __shared__ __align__(32) uint8_t smem[SMEM];
-    Bufs& S = *(Bufs*)smem;
-    const int tid = threadIdx.x, warp = tid >> 5;
-    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;   // tokens fastest: tiles of one
-    const int K = a.n_in, nk = K / TC_BK;                         // weight slab share the L2
+kernel_dequant_f16(const uint8_t* W, uint64_t row_bytes, int K, int rows, __half* out) {
+    pdl_enter();   // `out` may still be read by the previous GEMM
+    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // group of 8 values
+    const int gpr = K / 8;
+    if (i >= (int64_t)rows * gpr) return;
+    const int r = (int)(i / gpr), g = (int)(i % gpr);
+    float w[8];
+    dq8<T>(W + (uint64_t)r * row_bytes, g, w);
+    __half2 h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[2 * j], w[2 * j + 1]);
+    *(uint4*)(out + (int64_t)r * K + 8 * g) = *(const uint4*)h;
+}
 
-    uint4 wr[2];      // 8 halves each
-    uint2 xr[2][2];   // 4 halves each (2 float4 -> 2 x 4 halves)
-    auto fetch = [&](int kt) {
+__global__ void __launch_bounds__(256) kernel_f32_to_f16(const float* x, __half* out, int64_t n4) {
+    pdl_enter();
+    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // group of 4 values
+    if (i >= n4) return;
+    const float4 v = ((const float4*)x)[i];
+    const __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+    ((uint2*)out)[i] = make_uint2(*(const uint32_t*)&a, *(const uint32_t*)&b);
+}
+
+// The GEMM. Block tile: GM_BM tokens x GM_BN weight rows, K in steps of GM_BK = 32 halves
+// (64 bytes a row: 4 chunks of 16 B). GM_STAGES steps are in flight in shared memory, filled
+// by cp.async (16 B, zero-filled past the last token / row), so the loads of step kt + 3 run
+// while step kt is multiplied. 8 warps in a 2 (tokens) x 4 (rows) grid; each warp owns a
+// 64 x 32 piece of Y as 4 x 4 mma.m16n8k16 tiles (64 float accumulators a thread), loading its
+// operands with ldmatrix. Shared rows are 64 B, so 8 consecutive rows at the same chunk would
+// hit 2 bank groups; the chunk index is XOR-ed with (row / 2) % 4, which spreads any 8
+// consecutive rows over all 8 groups (conflict-free ldmatrix).
+constexpr int GM_BM = 128, GM_BN = 128, GM_BK = 32, GM_STAGES = 4;
+constexpr int GM_TILE = GM_BK * 2 * (GM_BM + GM_BN);   // bytes of one stage (A then B)
+constexpr int GM_SMEM = GM_STAGES * GM_TILE;           // 64 KB: dynamic shared memory
+static_assert(GM_BM == GM_BN, "one row count for both tiles");
+
+__device__ __forceinline__ uint32_t gm_swz(int row, int chunk) {   // byte offset in a tile
+    return (uint32_t)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
+}
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// X [M][K], W [N][K] fp16 with K % 32 == 0 and 16-byte aligned rows; Y row stride ldy floats.
+__global__ void __launch_bounds__(256)
+kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K, int ldy) {
+    extern __shared__ __align__(128) uint8_t gsm[];
+    pdl_enter();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.x * GM_BM, n0 = blockIdx.y * GM_BN;   // tokens fastest: the blocks
+    const int wm = warp >> 2, wn = warp & 3;                      // of one weight slab run together
+    const int nk = K / GM_BK;
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(gsm);
+
+    // stage s of step kt: 2 x 512 chunks of 16 B, 4 per thread
+    auto load = [&](int kt, int s) {
+        const uint32_t A = base + s * GM_TILE, B = A + GM_BM * 64;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            const int g = tid + 256 * i, r = g >> 2, c = g & 3;   // row r, group c (8 values)
-            float w[8];
-            if (n0 + r < a.n_out) {
-                dq8<T>(W + (uint64_t)(n0 + r) * a.row_bytes, kt * 4 + c, w);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j) w[j] = 0.f;
-            }
-            __half2 h[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[2 * j], w[2 * j + 1]);
-            wr[i] = *(uint4*)h;
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int g = tid + 256 * i, r = g >> 3, c = g & 7;   // token r, group c (4 values)
-            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (m0 + r < a.n_tokens) v = *(const float4*)(x + (int64_t)(m0 + r) * K + kt * TC_BK + 4 * c);
-            __half2 h0 = __floats2half2_rn(v.x, v.y), h1 = __floats2half2_rn(v.z, v.w);
-            xr[i][0] = make_uint2(*(uint32_t*)&h0, *(uint32_t*)&h1);
+            const int idx = tid + 256 * i, r = idx >> 2, c = idx & 3;
+            const bool va = m0 + r < M, vb = n0 + r < N;
+            cp_async16_zfill(A + gm_swz(r, c), X + (int64_t)(va ? m0 + r : 0) * K + kt * GM_BK + 8 * c, va);
+            cp_async16_zfill(B + gm_swz(r, c), W + (int64_t)(vb ? n0 + r : 0) * K + kt * GM_BK + 8 * c, vb);
         }
     };
-    auto store = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int g = tid + 256 * i;
-            *(uint4*)&S.w[buf][g >> 2][8 * (g & 3)] = wr[i];
-            *(uint2*)&S.x[buf][g >> 3][4 * (g & 7)] = xr[i][0];
-        }
-    };
 
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    float acc[4][4][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-    const int wm = warp >> 2, wn = warp & 3;   // this warp: tokens 32*wm.., rows 32*wn..
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-    fetch(0);
+#pragma unroll
+    for (int s = 0; s < GM_STAGES - 1; ++s) {
+        if (s < nk) load(s, s);
+        cp_async_commit();
+    }
     for (int kt = 0; kt < nk; ++kt) {
-        const int buf = kt & 1;
-        store(buf);
-        __syncthreads();
-        if (kt + 1 < nk) fetch(kt + 1);
+        cp_async_wait<GM_STAGES - 2>();   // step kt has landed (this thread's copies) ...
+        __syncthreads();                  // ... everyone's; and step kt - 1's slot is free
+        if (kt + GM_STAGES - 1 < nk) load(kt + GM_STAGES - 1, (kt + GM_STAGES - 1) % GM_STAGES);
+        cp_async_commit();
+        const uint32_t A = base + (kt % GM_STAGES) * GM_TILE, B = A + GM_BM * 64;
 #pragma unroll
-        for (int kk = 0; kk < TC_BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
+        for (int kk = 0; kk < 2; ++kk) {   // two k16 steps
+            uint32_t af[4][4], bf[2][4];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &S.x[buf][32 * wm + 16 * i][kk], TC_LD);
+            for (int i = 0; i < 4; ++i)    // tokens 64 wm + 16 i ..: lanes 0-15 rows at k 0-7, 16-31 at k 8-15
+                ldsm_x4(af[i], A + gm_swz(64 * wm + 16 * i + (lane & 15), 2 * kk + (lane >> 4)));
 #pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &S.w[buf][32 * wn + 16 * j][kk], TC_LD);
+            for (int j = 0; j < 2; ++j)    // rows 32 wn + 16 j ..: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, lo), (hi)
+                ldsm_x4(bf[j], B + gm_swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+                for (int j = 0; j < 4; ++j) mma_16816(acc[i][j], af[i], bf[j >> 1][2 * (j & 1)], bf[j >> 1][2 * (j & 1) + 1]);
         }
     }
-    __syncthreads();   // the buffers become the output tile
-    float* out = (float*)smem;   // [TC_BM][TC_BN]
+    cp_async_wait<0>();
+
+    // accumulator (i, j): rows g and g + 8 of the m16 tile, columns 2t, 2t + 1 of the n8 tile
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(out + (32 * wm + 16 * i) * TC_BN + 32 * wn + 16 * j, acc[i][j], TC_BN,
-                                    wmma::mem_row_major);
-    __syncthreads();
-    for (int idx = tid; idx < TC_BM * TC_BN; idx += 256) {
-        const int r = idx / TC_BN, c = idx % TC_BN;
-        if (m0 + r < a.n_tokens && n0 + c < a.n_out) y[(int64_t)(m0 + r) * a.n_out + n0 + c] = out[idx];
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + 32 * wn + 8 * j + 2 * t;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = m0 + 64 * wm + 16 * i + g + 8 * h;
+                if (m < M) {
+                    if (n < N) Y[(int64_t)m * ldy + n] = acc[i][j][2 * h];
+                    if (n + 1 < N) Y[(int64_t)m * ldy + n + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+        }
     }
 }
 
