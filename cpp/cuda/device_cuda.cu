@@ -30,6 +30,7 @@
 #include "../engine.h"
 #include "kernels.cuh"
 #include "matmul.cuh"
+#include "attention.cuh"
 
 namespace llmetal {
 using namespace llmetal_cuda;
@@ -64,7 +65,12 @@ struct CudaDevice final : Device {
         ck(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, ordinal), "compute capability");
         const char* env = std::getenv("LLMETAL_CUDA_PDL");
         pdl = cc >= 9 && !(env && std::strcmp(env, "0") == 0);
-        ck(cudaFuncSetAttribute(kernel_gemm_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, GM_SMEM), "gemm smem");
+        ck(cudaFuncSetAttribute(kernel_gemm_f16<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, gm_smem(128)), "gemm smem");
+        ck(cudaFuncSetAttribute(kernel_gemm_f16<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, gm_smem(64)), "gemm smem");
+        ck(cudaFuncSetAttribute(kernel_attention_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem(64)),
+           "attention smem");
+        ck(cudaFuncSetAttribute(kernel_attention_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem(128)),
+           "attention smem");
         mv_occupancy<KT_Q4_0>(); mv_occupancy<KT_Q4_1>(); mv_occupancy<KT_Q5_0>(); mv_occupancy<KT_Q5_1>();
         mv_occupancy<KT_Q8_0>(); mv_occupancy<KT_Q4_K>(); mv_occupancy<KT_Q5_K>(); mv_occupancy<KT_Q6_K>();
         step_buf = alloc(sizeof(kstep), "step");
@@ -613,8 +619,14 @@ struct CudaDevice final : Device {
                        a.row_bytes, K, rows, wh);
                 wp = wh;
             }
-            launch("kernel_gemm_f16", kernel_gemm_f16, dim3(blocks(M, GM_BM), blocks(rows, GM_BN)), 256, GM_SMEM, xh,
-                   wp, y.ptr<float>() + r0, M, rows, K, N);
+            // 128-token tiles unless that gives fewer blocks than two per SM (Q/K/V, o at 512
+            // tokens: 4 x 32 tiles for 132 SMs); then 64-token tiles, twice the blocks
+            if ((int64_t)blocks(M, 128) * blocks(rows, GM_BN) >= 2 * n_sm)
+                launch("kernel_gemm_f16", kernel_gemm_f16<128>, dim3(blocks(M, 128), blocks(rows, GM_BN)), 256,
+                       gm_smem(128), xh, wp, y.ptr<float>() + r0, M, rows, K, N);
+            else
+                launch("kernel_gemm_f16", kernel_gemm_f16<64>, dim3(blocks(M, 64), blocks(rows, GM_BN)), 256,
+                       gm_smem(64), xh, wp, y.ptr<float>() + r0, M, rows, K, N);
         }
     }
 
@@ -690,8 +702,10 @@ struct CudaDevice final : Device {
     // every token and a graph can hold it; each warp then waits on memory only ~4 times);
     // a batch of queries uses at most 4 splits.
     static void attention_split(const kargs_attention& a, int* S, int* chunk) {
+        // Splits of 32 keys: one group of ATT_KG keys per warp, so a split costs one round trip
+        // for its K rows and one for its V rows (64-key splits took two of each). At most 256.
         int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
-        int s = (span + 63) / 64;
+        int s = std::min((span + 31) / 32, 256);
         if (a.n_tokens > 1) s = std::min(s, 4);
         s = std::max(s, 1);
         *S = s;
@@ -700,6 +714,19 @@ struct CudaDevice final : Device {
 
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step) override {
         if (a.head_dim > ATT_MAXD * 32) throw Error("attention: head_dim above 256 is not supported on cuda");
+        // a prompt (16 tokens or more) with head size 64 or 128: tiles of queries on the tensor cores
+        const bool aligned = (uintptr_t)q.ptr<float>() % 16 == 0 && (uintptr_t)kc.ptr<__half>() % 16 == 0 &&
+                             (uintptr_t)vc.ptr<__half>() % 16 == 0;
+        if (a.n_tokens >= 16 && aligned && (a.head_dim == 64 || a.head_dim == 128)) {
+            const dim3 grid(blocks(a.n_tokens, FA_BQ), a.n_heads);
+            if (a.head_dim == 64)
+                launch("kernel_attention_prefill", kernel_attention_prefill<64>, grid, FA_THREADS, fa_smem(64), a,
+                       q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(), out.ptr<float>(), step.ptr<kstep>());
+            else
+                launch("kernel_attention_prefill", kernel_attention_prefill<128>, grid, FA_THREADS, fa_smem(128), a,
+                       q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(), out.ptr<float>(), step.ptr<kstep>());
+            return;
+        }
         int S, chunk;
         attention_split(a, &S, &chunk);
         dim3 grid(S, a.n_heads, a.n_tokens);

@@ -16,7 +16,7 @@
 //                              acc += xd * (d * dot(w, xq) + m * sum(xq))
 //                            d: the block (or sub-block) scale, m: its min (Q4_1, Q5_1,
 //                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
-//                            are subtracted inside the integer words.
+//                            come off the integer sums as z * sum(xq), exactly.
 //   kernel_mv_f16<NT>        decode with F16 weights: the same window, float activations.
 //   kernel_dequant_f16<T>,   prefill (more than 8 tokens): the weights (a chunk of rows at a
 //   kernel_f32_to_f16,       time) and the activations to fp16 in scratch memory, then a
@@ -81,13 +81,13 @@ __device__ __forceinline__ int spread4(uint32_t b) {
 // A piece is the bytes of one block that a lane dots at once: 16 weights for the 32-value
 // formats (PPB = 2 pieces a block), 32 for the K-quants (PPB = 8). load() reads it from the
 // shared-memory window (2-byte reads where the format's blocks are only 2-byte aligned, 4-, 8-
-// or 16-byte reads where they are wider), unpacks it to words of four signed bytes; dot()
+// or 16-byte reads where they are wider), unpacks it to words of four bytes; dot()
 // dots them with the 8-bit activations of the block (x: its first value; 4-, 8- or 16-byte
 // loads through the read-only cache: they are a few KB, read by every warp) and returns the
 // piece's sum in units of the activation scale:
 //     sum over sub-blocks of  d_w * dot(q, xq) + m_w * sum(xq)
-// (m_w: the min of Q4_1 / Q5_1 / Q4_K / Q5_K; the zero points 8, 16, 32 of Q4_0 / Q5_0 / Q6_K
-// are subtracted inside the bytes). Lanes take consecutive pieces, so a warp reads a
+// (m_w: the min of Q4_1 / Q5_1 / Q4_K / Q5_K; for Q4_0 / Q5_0 / Q6_K, q is the unsigned code
+// and the zero point z = 8, 16, 32 enters as - z * sum(xq)). Lanes take consecutive pieces, so a warp reads a
 // contiguous stretch of the window.
 constexpr int M4 = 0x0F0F0F0F;
 __device__ __forceinline__ int dp4(int a, int b, int c) { return __dp4a(a, b, c); }
@@ -117,44 +117,45 @@ template <> struct Piece<KT_Q8_0> {
 };
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1: qs byte j holds value j (low nibble) and value j + 16 (high).
-// Piece pp = qs bytes 8pp..8pp+7: values 8pp.. (lo) and 16 + 8pp.. (hi).
+// Piece pp = qs bytes 8pp..8pp+7: values 8pp.. (lo) and 16 + 8pp.. (hi). The bytes stay the
+// unsigned codes q (0..15 or 0..31); a zero point z (8 or 16) comes off the integer sum as
+// z * sum(x): sum (q - z) x = sum q x - z sum x exactly, and the four byte sums by dp4a cost
+// less than subtracting z from every byte (no byte-wise subtract instruction on sm_90).
 struct Piece32 {
     int lo[2], hi[2], off; float d, m;
-    __device__ __forceinline__ float dot_(const int8_t* x, bool with_min) const {
+    __device__ __forceinline__ float dot_(const int8_t* x, int z, bool with_min) const {
         const int2 a = ldx2(x + off), b = ldx2(x + 16 + off);
-        float r = d * (float)dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(hi[0], b.x, dp4(hi[1], b.y, 0))));
+        int s = dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(hi[0], b.x, dp4(hi[1], b.y, 0))));
+        if (z) s -= z * (sum4(a) + sum4(b));
+        float r = d * (float)s;
         if (with_min) r += m * (float)(sum4(a) + sum4(b));
         return r;
     }
-    // nibbles of a0, a1 (+ fifth bits hl / hh, one bit per value) into lo / hi, minus z per byte
-    __device__ __forceinline__ void unpack(int a0, int a1, uint32_t hl, uint32_t hh, int z) {
+    // nibbles of a0, a1 (+ fifth bits hl / hh, one bit per value) into lo / hi
+    __device__ __forceinline__ void unpack(int a0, int a1, uint32_t hl, uint32_t hh) {
         lo[0] = (a0 & M4) | spread4(hl & 0xF);
         lo[1] = (a1 & M4) | spread4(hl >> 4);
         hi[0] = ((a0 >> 4) & M4) | spread4(hh & 0xF);
         hi[1] = ((a1 >> 4) & M4) | spread4(hh >> 4);
-        if (z) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) { lo[i] = (int)__vsub4(lo[i], z); hi[i] = (int)__vsub4(hi[i], z); }
-        }
     }
 };
 template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q - 8)
     static constexpr int PPB = 2;
     __device__ __forceinline__ void load(const uint8_t* b, int pp) {
         const uint8_t* s = b + 2 + 8 * pp;
-        unpack(sm32_2(s), sm32_2(s + 4), 0, 0, 0x08080808);
+        unpack(sm32_2(s), sm32_2(s + 4), 0, 0);
         d = ldh(b); off = 8 * pp;
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, false); }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 8, false); }
 };
 template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d q + m
     static constexpr int PPB = 2;
     __device__ __forceinline__ void load(const uint8_t* b, int pp) {
         const int* q = (const int*)(b + 4 + 8 * pp);   // 20-byte blocks: 4-byte aligned
-        unpack(q[0], q[1], 0, 0, 0);
+        unpack(q[0], q[1], 0, 0);
         d = ldh(b); m = ldh(b + 2); off = 8 * pp;
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, true); }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 0, true); }
 };
 // Q5: the fifth bit of value v of the block is bit v of qh.
 template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value = d (q - 16)
@@ -162,20 +163,20 @@ template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value
     __device__ __forceinline__ void load(const uint8_t* b, int pp) {
         const uint32_t qh = (uint32_t)sm32_2(b + 2);
         const uint8_t* s = b + 6 + 8 * pp;
-        unpack(sm32_2(s), sm32_2(s + 4), (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF, 0x10101010);
+        unpack(sm32_2(s), sm32_2(s + 4), (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF);
         d = ldh(b); off = 8 * pp;
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, false); }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 16, false); }
 };
 template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; value = d q + m
     static constexpr int PPB = 2;
     __device__ __forceinline__ void load(const uint8_t* b, int pp) {
         const uint32_t qh = *(const uint32_t*)(b + 4);   // 24-byte blocks: 8-byte aligned
         const int2 a = *(const int2*)(b + 8 + 8 * pp);
-        unpack(a.x, a.y, (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF, 0);
+        unpack(a.x, a.y, (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF);
         d = ldh(b); m = ldh(b + 2); off = 8 * pp;
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, true); }
+    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 0, true); }
 };
 
 // Q4_K (144 B) / Q5_K (176 B): d, dmin, 12 bytes of 6-bit scales and mins, [Q5_K: qh[32]],
@@ -245,8 +246,6 @@ template <> struct Piece<KT_Q6_K> {
             w[1][i] = (c & M4) | (((h >> 2) & 0x03030303) << 4);
             w[2][i] = ((a >> 4) & M4) | (((h >> 4) & 0x03030303) << 4);
             w[3][i] = ((c >> 4) & M4) | (((h >> 6) & 0x03030303) << 4);
-#pragma unroll
-            for (int qd = 0; qd < 4; ++qd) w[qd][i] = (int)__vsub4(w[qd][i], 0x20202020);
         }
 #pragma unroll
         for (int qd = 0; qd < 4; ++qd) sc[qd] = (int8_t)b[192 + 8 * hh + 2 * qd + (l0 >> 4)];
@@ -256,8 +255,8 @@ template <> struct Piece<KT_Q6_K> {
         int s = 0;
 #pragma unroll
         for (int qd = 0; qd < 4; ++qd) {
-            const int2 v = ldx2(x + off + 32 * qd);
-            s += sc[qd] * dp4(w[qd][0], v.x, dp4(w[qd][1], v.y, 0));
+            const int2 v = ldx2(x + off + 32 * qd);   // codes 0..63; the zero point 32 as 32 sum(x)
+            s += sc[qd] * (dp4(w[qd][0], v.x, dp4(w[qd][1], v.y, 0)) - 32 * sum4(v));
         }
         return d * (float)s;
     }
@@ -435,18 +434,25 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
         __syncwarp();                     // ... and every lane's
         const uint8_t* sm = slots + (i % MV_STAGES) * MV_WIN;
         const int np = min(NB, nblocks - w * NB) * PPB, b0 = w * NB;
+        auto piece = [&](int p) {
+            const int kb = p / PPB;
+            Piece<T> pc;
+            pc.load(sm + kb * BB, p % PPB);
+            const int blk = b0 + kb;
 #pragma unroll
-        for (int j = 0; j < IT; ++j) {
-            const int p = lane + 32 * j;
-            if (p < np) {
-                const int kb = p / PPB;
-                Piece<T> pc;
-                pc.load(sm + kb * BB, p % PPB);
-                const int blk = b0 + kb;
+            for (int t = 0; t < NT; ++t)
+                if (t < mc) acc[t] += __ldg(xd + (int64_t)t * nblocks + blk) * pc.dot(xq + (int64_t)t * K + blk * QK);
+        };
+        // A full window gives every lane exactly IT pieces (where NB * PPB is a multiple of
+        // 32): no guard, so the compiler can issue all their loads before the first dot
+        // (with a guard per piece they waited one at a time). Same pieces, same order.
+        if (NB * PPB % 32 == 0 && np == NB * PPB) {
 #pragma unroll
-                for (int t = 0; t < NT; ++t)
-                    if (t < mc) acc[t] += __ldg(xd + (int64_t)t * nblocks + blk) * pc.dot(xq + (int64_t)t * K + blk * QK);
-            }
+            for (int j = 0; j < IT; ++j) piece(lane + 32 * j);
+        } else {
+#pragma unroll
+            for (int j = 0; j < IT; ++j)
+                if (lane + 32 * j < np) piece(lane + 32 * j);
         }
         __syncwarp();   // the slot is refilled by a later issue
         if (++w == nwin) {   // the row is done: reduce over the warp and write it
@@ -576,18 +582,18 @@ __global__ void __launch_bounds__(256) kernel_f32_to_f16(const float* x, __half*
     ((uint2*)out)[i] = make_uint2(*(const uint32_t*)&a, *(const uint32_t*)&b);
 }
 
-// The GEMM. Block tile: GM_BM tokens x GM_BN weight rows, K in steps of GM_BK = 32 halves
-// (64 bytes a row: 4 chunks of 16 B). GM_STAGES steps are in flight in shared memory, filled
-// by cp.async (16 B, zero-filled past the last token / row), so the loads of step kt + 3 run
-// while step kt is multiplied. 8 warps in a 2 (tokens) x 4 (rows) grid; each warp owns a
-// 64 x 32 piece of Y as 4 x 4 mma.m16n8k16 tiles (64 float accumulators a thread), loading its
-// operands with ldmatrix. Shared rows are 64 B, so 8 consecutive rows at the same chunk would
-// hit 2 bank groups; the chunk index is XOR-ed with (row / 2) % 4, which spreads any 8
-// consecutive rows over all 8 groups (conflict-free ldmatrix).
-constexpr int GM_BM = 128, GM_BN = 128, GM_BK = 32, GM_STAGES = 4;
-constexpr int GM_TILE = GM_BK * 2 * (GM_BM + GM_BN);   // bytes of one stage (A then B)
-constexpr int GM_SMEM = GM_STAGES * GM_TILE;           // 64 KB: dynamic shared memory
-static_assert(GM_BM == GM_BN, "one row count for both tiles");
+// The GEMM. Block tile: BM tokens (128, or 64 when 128 would leave SMs idle) x GM_BN = 128
+// weight rows, K in steps of GM_BK = 32 halves (64 bytes a row: 4 chunks of 16 B). GM_STAGES
+// steps are in flight in shared memory, filled by cp.async (16 B, zero-filled past the last
+// token / row), so the loads of step kt + 3 run while step kt is multiplied. 8 warps in a
+// 2 (tokens) x 4 (rows) grid; each warp owns a BM/2 x 32 piece of Y as (BM/32) x 4
+// mma.m16n8k16 tiles (64 or 32 float accumulators a thread), loading its operands with
+// ldmatrix. Shared rows are 64 B, so 8 consecutive rows at the same chunk would hit 2 bank
+// groups; the chunk index is XOR-ed with (row / 2) % 4, which spreads any 8 consecutive rows
+// over all 8 groups (conflict-free ldmatrix).
+constexpr int GM_BN = 128, GM_BK = 32, GM_STAGES = 4;
+__host__ __device__ constexpr int gm_tile(int bm) { return GM_BK * 2 * (bm + GM_BN); }   // bytes of one stage (A then B)
+__host__ __device__ constexpr int gm_smem(int bm) { return GM_STAGES * gm_tile(bm); }    // 64 / 48 KB, dynamic
 
 __device__ __forceinline__ uint32_t gm_swz(int row, int chunk) {   // byte offset in a tile
     return (uint32_t)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
@@ -607,31 +613,38 @@ __device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t 
 }
 
 // X [M][K], W [N][K] fp16 with K % 32 == 0 and 16-byte aligned rows; Y row stride ldy floats.
+template <int BM>
 __global__ void __launch_bounds__(256)
 kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K, int ldy) {
+    constexpr int MI = BM / 32;   // m16 tiles a warp
     extern __shared__ __align__(128) uint8_t gsm[];
     pdl_enter();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int m0 = blockIdx.x * GM_BM, n0 = blockIdx.y * GM_BN;   // tokens fastest: the blocks
-    const int wm = warp >> 2, wn = warp & 3;                      // of one weight slab run together
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * GM_BN;   // tokens fastest: the blocks
+    const int wm = warp >> 2, wn = warp & 3;                   // of one weight slab run together
     const int nk = K / GM_BK;
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(gsm);
 
-    // stage s of step kt: 2 x 512 chunks of 16 B, 4 per thread
+    // stage s of step kt: BM x 4 chunks of X, 128 x 4 of W, 16 B each
     auto load = [&](int kt, int s) {
-        const uint32_t A = base + s * GM_TILE, B = A + GM_BM * 64;
+        const uint32_t A = base + s * gm_tile(BM), B = A + BM * 64;
+#pragma unroll
+        for (int i = 0; i < BM / 64; ++i) {
+            const int idx = tid + 256 * i, r = idx >> 2, c = idx & 3;
+            const bool va = m0 + r < M;
+            cp_async16_zfill(A + gm_swz(r, c), X + (int64_t)(va ? m0 + r : 0) * K + kt * GM_BK + 8 * c, va);
+        }
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int idx = tid + 256 * i, r = idx >> 2, c = idx & 3;
-            const bool va = m0 + r < M, vb = n0 + r < N;
-            cp_async16_zfill(A + gm_swz(r, c), X + (int64_t)(va ? m0 + r : 0) * K + kt * GM_BK + 8 * c, va);
+            const bool vb = n0 + r < N;
             cp_async16_zfill(B + gm_swz(r, c), W + (int64_t)(vb ? n0 + r : 0) * K + kt * GM_BK + 8 * c, vb);
         }
     };
 
-    float acc[4][4][4];
+    float acc[MI][4][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -647,18 +660,18 @@ kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K,
         __syncthreads();                  // ... everyone's; and step kt - 1's slot is free
         if (kt + GM_STAGES - 1 < nk) load(kt + GM_STAGES - 1, (kt + GM_STAGES - 1) % GM_STAGES);
         cp_async_commit();
-        const uint32_t A = base + (kt % GM_STAGES) * GM_TILE, B = A + GM_BM * 64;
+        const uint32_t A = base + (kt % GM_STAGES) * gm_tile(BM), B = A + BM * 64;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {   // two k16 steps
-            uint32_t af[4][4], bf[2][4];
+            uint32_t af[MI][4], bf[2][4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i)    // tokens 64 wm + 16 i ..: lanes 0-15 rows at k 0-7, 16-31 at k 8-15
-                ldsm_x4(af[i], A + gm_swz(64 * wm + 16 * i + (lane & 15), 2 * kk + (lane >> 4)));
+            for (int i = 0; i < MI; ++i)   // tokens BM/2 wm + 16 i ..: lanes 0-15 rows at k 0-7, 16-31 at k 8-15
+                ldsm_x4(af[i], A + gm_swz(BM / 2 * wm + 16 * i + (lane & 15), 2 * kk + (lane >> 4)));
 #pragma unroll
             for (int j = 0; j < 2; ++j)    // rows 32 wn + 16 j ..: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, lo), (hi)
                 ldsm_x4(bf[j], B + gm_swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < MI; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) mma_16816(acc[i][j], af[i], bf[j >> 1][2 * (j & 1)], bf[j >> 1][2 * (j & 1) + 1]);
         }
@@ -668,13 +681,13 @@ kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K,
     // accumulator (i, j): rows g and g + 8 of the m16 tile, columns 2t, 2t + 1 of the n8 tile
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < MI; ++i) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int n = n0 + 32 * wn + 8 * j + 2 * t;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const int m = m0 + 64 * wm + 16 * i + g + 8 * h;
+                const int m = m0 + BM / 2 * wm + 16 * i + g + 8 * h;
                 if (m < M) {
                     if (n < N) Y[(int64_t)m * ldy + n] = acc[i][j][2 * h];
                     if (n + 1 < N) Y[(int64_t)m * ldy + n + 1] = acc[i][j][2 * h + 1];

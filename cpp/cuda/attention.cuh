@@ -1,0 +1,208 @@
+// attention.cuh -- attention for a prompt (prefill) on the tensor cores.
+//
+//   kernel_attention_prefill<HD>   one block per (tile of 64 queries, head): the queries go to
+//                                  fp16 once; the visible keys stream through shared memory
+//                                  64 at a time (K and V, double-buffered, cp.async); per tile
+//                                  S = Q K^T (mma.sync m16n8k16, float), scale / softcap /
+//                                  causal and window masks, an online softmax (running max and
+//                                  sum per query row), then O += P V with P rounded to fp16.
+//
+// Same function as kernel_attention (kernels.cuh), which keeps decode (and head sizes other
+// than 64 and 128): out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g] over the
+// keys j visible from position pos0 + t (causal, within the window), g = h's K/V head. The
+// fp16 operands (q, and the probabilities before P V) put it about 1e-6 (NMSE) from the float
+// kernel; K and V are fp16 in the cache for both.
+#pragma once
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "../kargs.h"
+#include "kernels.cuh"
+#include "matmul.cuh"   // cp_async16_zfill, ldsm_x4, mma_16816, cp_async_commit / wait
+
+namespace llmetal_cuda {
+
+constexpr int FA_BQ = 64;      // queries per block (16 per warp)
+constexpr int FA_BK = 64;      // keys per tile
+constexpr int FA_THREADS = 128;
+
+// bytes of dynamic shared memory: the query tile and two stages of K and V tiles
+__host__ __device__ constexpr int fa_smem(int hd) { return (FA_BQ + 2 * 2 * FA_BK) * hd * 2; }
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, uint32_t addr) {   // transposed 8x8 blocks
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ uint32_t pack_h2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *(const uint32_t*)&h;
+}
+
+// Rows of HD halves (HD / 8 chunks of 16 B; 128 or 256 B). 8 rows at one chunk would share a
+// bank group; XOR-ing the chunk with row % 8 spreads them over all 8 (conflict-free ldmatrix).
+template <int HD>
+__device__ __forceinline__ uint32_t fa_swz(int row, int chunk) {
+    return (uint32_t)(row * (HD * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS)
+kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
+                         const kstep* step) {
+    static_assert(HD % 16 == 0 && HD <= 128, "head size");
+    constexpr int CH = HD / 8;            // 16-byte chunks a row
+    constexpr int TILE = FA_BK * HD * 2;  // bytes of one K (or V) tile
+    extern __shared__ __align__(128) uint8_t fsm[];
+    pdl_enter();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = blockIdx.y, g = h / (a.n_heads / a.n_kv_heads), kv_dim = a.n_kv_heads * HD;
+    const int t0 = blockIdx.x * FA_BQ, t1 = min(a.n_tokens, t0 + FA_BQ);   // queries [t0, t1)
+    const int pos0 = step->pos0;
+    const int pmax = pos0 + t1 - 1;                                        // last key any query sees
+    const int lo = a.window > 0 ? max(0, pos0 + t0 - a.window + 1) : 0;   // first one
+    const uint32_t sQ = (uint32_t)__cvta_generic_to_shared(fsm), sKV = sQ + FA_BQ * HD * 2;
+
+    // K and V rows [j0, j0 + 64) into stage s; rows past pmax are zero-filled (never NaN:
+    // a masked probability is 0, and 0 * NaN would still poison P V)
+    auto load = [&](int j0, int s) {
+        const uint32_t K = sKV + s * 2 * TILE, V = K + TILE;
+        for (int i = tid; i < FA_BK * CH; i += FA_THREADS) {
+            const int r = i / CH, c = i % CH, j = j0 + r;
+            const bool ok = j <= pmax;
+            const int64_t off = (int64_t)(ok ? j : 0) * kv_dim + g * HD + 8 * c;
+            cp_async16_zfill(K + fa_swz<HD>(r, c), kc + off, ok);
+            cp_async16_zfill(V + fa_swz<HD>(r, c), vc + off, ok);
+        }
+    };
+    load(lo, 0);
+    cp_async_commit();
+
+    // the query tile to fp16 (rows past the prompt are zeros), then each warp's 16 rows into
+    // A fragments, kept for the whole key loop
+    for (int i = tid; i < FA_BQ * CH; i += FA_THREADS) {
+        const int r = i / CH, c = i % CH, t = t0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (t < t1) {
+            const float4* src = (const float4*)(q + ((int64_t)t * a.n_heads + h) * HD + 8 * c);
+            const float4 x = src[0], y = src[1];
+            v = make_uint4(pack_h2(x.x, x.y), pack_h2(x.z, x.w), pack_h2(y.x, y.y), pack_h2(y.z, y.w));
+        }
+        *(uint4*)(fsm + fa_swz<HD>(r, c)) = v;
+    }
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) ldsm_x4(qf[kk], sQ + fa_swz<HD>(16 * warp + (lane & 15), 2 * kk + (lane >> 4)));
+
+    // this thread's two query rows: r = lane / 4 and r + 8 of the warp's 16
+    const int qr = lane >> 2, qc = lane & 3;
+    int qpos[2], qlo[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        qpos[e] = pos0 + t0 + 16 * warp + qr + 8 * e;
+        qlo[e] = a.window > 0 ? qpos[e] - a.window + 1 : 0;
+    }
+    float o[HD / 8][4];   // O: n8 tiles over the head dims
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+    float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};   // sum: this thread's part of the row
+
+    int s = 0;
+    for (int j0 = lo; j0 <= pmax; j0 += FA_BK, s ^= 1) {
+        if (j0 + FA_BK <= pmax) load(j0 + FA_BK, s ^ 1);   // the next tile flies while this one is used
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const uint32_t K = sKV + s * 2 * TILE, V = K + TILE;
+
+        // S = Q K^T: 16 rows x 64 keys a warp, 8 n8 tiles
+        float sc[FA_BK / 8][4];
+#pragma unroll
+        for (int n = 0; n < FA_BK / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+            for (int jj = 0; jj < FA_BK / 16; ++jj) {
+                uint32_t b[4];
+                ldsm_x4(b, K + fa_swz<HD>(16 * jj + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+                mma_16816(sc[2 * jj], qf[kk], b[0], b[1]);
+                mma_16816(sc[2 * jj + 1], qf[kk], b[2], b[3]);
+            }
+        }
+        // scale, softcap, masks; the running max of each row (over its 4 lanes)
+        float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < FA_BK / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e >> 1, j = j0 + 8 * n + 2 * qc + (e & 1);
+                float v = sc[n][e] * a.scale;
+                if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
+                if (j > qpos[r] || j < qlo[r]) v = -INFINITY;
+                sc[n][e] = v;
+                tmax[r] = fmaxf(tmax[r], v);
+            }
+        }
+        float corr[2], base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            const float m = fmaxf(mx[r], tmax[r]);
+            base[r] = m == -INFINITY ? 0.f : m;   // a row with no visible key yet: exp(-inf) = 0
+            corr[r] = __expf(mx[r] - base[r]);
+            mx[r] = m;
+            sum[r] *= corr[r];
+        }
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= corr[0]; o[n][1] *= corr[0];
+            o[n][2] *= corr[1]; o[n][3] *= corr[1];
+        }
+        // P (fp16 A fragments, straight from the S accumulators) times V
+#pragma unroll
+        for (int kk = 0; kk < FA_BK / 16; ++kk) {
+            float p[2][4];
+#pragma unroll
+            for (int u = 0; u < 2; ++u)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    p[u][e] = __expf(sc[2 * kk + u][e] - base[e >> 1]);
+                    sum[e >> 1] += p[u][e];
+                }
+            const uint32_t pa[4] = {pack_h2(p[0][0], p[0][1]), pack_h2(p[0][2], p[0][3]),
+                                    pack_h2(p[1][0], p[1][1]), pack_h2(p[1][2], p[1][3])};
+#pragma unroll
+            for (int dd = 0; dd < HD / 16; ++dd) {
+                uint32_t b[4];
+                ldsm_x4_t(b, V + fa_swz<HD>(16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * dd + (lane >> 4)));
+                mma_16816(o[2 * dd], pa, b[0], b[1]);
+                mma_16816(o[2 * dd + 1], pa, b[2], b[3]);
+            }
+        }
+        __syncthreads();   // stage s is refilled two tiles later
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+        sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int t = t0 + 16 * warp + qr + 8 * r;
+        if (t >= t1) continue;
+        const float inv = 1.f / sum[r];
+        float* dst = out + ((int64_t)t * a.n_heads + h) * HD;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n)
+            *(float2*)(dst + 8 * n + 2 * qc) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    }
+}
+
+}  // namespace llmetal_cuda
