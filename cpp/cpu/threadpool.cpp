@@ -1,5 +1,9 @@
 #include "threadpool.h"
 
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define LLM_PAUSE() _mm_pause()
@@ -12,6 +16,8 @@
 namespace llmetal::cpu {
 
 ThreadPool::ThreadPool(int n) : n_(n < 1 ? 1 : n) {
+    const char* e = std::getenv("LLMETAL_CPU_POOL_FALLBACK");
+    fallback_ = !(e && std::strcmp(e, "0") == 0);
     for (int i = 1; i < n_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -30,6 +36,15 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         fn(ctx, 0, 1);
         return;
     }
+    if (serial_left_ > 0) {
+        // The workers have been missing jobs (see the end of this function): run every
+        // share here without waking them, so that they sleep and leave the cores to this
+        // thread and to whatever else is running.
+        --serial_left_;
+        for (int i = 0; i < n_; ++i) fn(ctx, i, n_);
+        return;
+    }
+    const auto t_start = std::chrono::steady_clock::now();
     // Publish the job: fn_ / ctx_ first, then the unclaimed shares (release), then the
     // generation that wakes the workers. (pending_ is not reset: it is back at 0 after every
     // job, and a worker waking late for an old job may be holding it at 1 for a moment.)
@@ -53,12 +68,30 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         }
     };
     guarded(0);
+    const auto t_own = std::chrono::steady_clock::now();
     // Take back the shares nobody claimed and run them here.
     uint64_t left = todo_.exchange(0, std::memory_order_acq_rel);
     for (int i = 1; i < n_ && i < 64; ++i)
         if (left & (1ull << i)) guarded(i);
     // Wait for the shares workers did claim (they are running now).
     while (pending_.load(std::memory_order_acquire) != 0) LLM_PAUSE();
+    // Fallback to the calling thread alone. When another process keeps a core busy, the
+    // workers are often not running: their shares are then taken back above, but they still
+    // take CPU time from this thread (spinning for the next job, or holding a job up when
+    // preempted after a claim). With one core held by a busy loop, 2 threads decoded the 1B
+    // Q8_0 model at 18-20 t/s where 1 thread gives 28-29. So: a job whose share 0 took more
+    // than 20 us (a spinning worker claims within about a microsecond) and still had a share
+    // unclaimed counts as missed; after kMissed missed jobs among the last 16 such jobs, the
+    // next kSerialJobs jobs (~8 decode steps of a 16-layer model) run on this thread alone,
+    // then the workers are tried again. (4 of 16 also fired now and then on a quiet machine,
+    // where a vCPU is sometimes descheduled by the host; 12 of 16 did not.)
+    if (fallback_ && t_own - t_start > std::chrono::microseconds(20)) {
+        missed_ = (missed_ << 1) | (left ? 1u : 0u);
+        if (__builtin_popcount(missed_ & 0xFFFFu) >= kMissed) {
+            serial_left_ = kSerialJobs;
+            missed_ = 0;
+        }
+    }
     if (error_) {
         std::exception_ptr e = error_;
         error_ = nullptr;

@@ -8,10 +8,13 @@
 // processes a worker is often not running when a job starts (its core is busy elsewhere);
 // without claiming, the caller would spin until the scheduler brings it back, for every
 // stage of every token. With it, a missing worker costs at worst a single-threaded stage.
+// When the workers keep missing jobs (another process holds the cores), the pool runs the
+// next jobs on the caller alone for a while (run_raw explains).
 // No allocation per job: the job is a function pointer plus a context pointer.
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -41,6 +44,11 @@ class ThreadPool {
     std::atomic<int> pending_{0};     // claimed shares still running
     std::atomic<uint64_t> todo_{0};   // bit i: share i (1..63) not claimed yet
     std::atomic<bool> stop_{false};
+    // fallback to the caller alone while the workers keep missing jobs (run_raw)
+    static constexpr int kMissed = 12, kSerialJobs = 1024;
+    bool fallback_ = true;     // LLMETAL_CPU_POOL_FALLBACK=0 turns it off (A/B runs)
+    uint32_t missed_ = 0;      // bit i: the i-th last job of > 20 us had a share unclaimed
+    int serial_left_ = 0;      // jobs still to run on the caller alone
     std::atomic<int> sleepers_{0};
     std::exception_ptr error_;   // the first exception a thread threw in this job
     std::mutex err_mu_;
