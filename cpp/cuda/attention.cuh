@@ -1,4 +1,4 @@
-// attention.cuh -- attention for a prompt (prefill) on the tensor cores.
+// attention.cuh -- attention kernels beyond the flash-decoding one in kernels.cuh:
 //
 //   kernel_attention_prefill<HD>   one block per (tile of 64 queries, head): the queries go to
 //                                  fp16 once; the visible keys stream through shared memory
@@ -15,6 +15,8 @@
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "../kargs.h"
 #include "kernels.cuh"
@@ -202,6 +204,127 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n)
             *(float2*)(dst + 8 * n + 2 * qc) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    }
+}
+
+// ---- attention for a few queries (decode) ------------------------------------------------------
+// kernel_attention_decode<DPL>: one block per (split of 32 keys, K/V head, query token); its 4
+// warps take the query heads of that K/V head (the GQA group: head warp, warp + 4, ...), all
+// over the same 32 keys, so a K or V row comes from DRAM once per group (the other warps read
+// it from L1). Built for latency: at decode a block's work is small and what costs is the
+// chain of dependent memory round trips (about a microsecond each here: a kernel that waited
+// on 7 of them took 14 us whatever the number of keys) and the instruction chain of one warp.
+// So a warp's chain is: q (into shared memory) with the position, then every load of its 32
+// keys at once --
+//   K: one key per lane, its row in 16-byte pieces;  V: for each of the 32 keys, the lane's
+//   DPL = head_dim / 32 values (one coalesced row read per key)
+// -- then, per head: the scores (q broadcast from shared memory), a warp max and sum (online
+// softmax), and the probability-weighted V rows (each key's probability by a shuffle from its
+// lane). A lane or key past the split's last visible key reads that key's row (finite data):
+// its score is masked to -inf and its weight is 0. With one split the warp writes its heads'
+// outputs; with several it writes (M, L, acc) for kernel_attention_combine, as kernel_attention
+// does. A split longer than 32 keys (contexts over 8k keys) takes further passes.
+constexpr int AD_WARPS = 4;
+constexpr int AD_KEYS = 32;              // keys a warp takes per pass (one a lane)
+constexpr int AD_GMAX = 8;               // query heads per K/V head
+constexpr int AD_HPW = AD_GMAX / AD_WARPS;   // query heads a warp at most
+constexpr int AD_QMAX = 1024;            // G * head_dim
+
+template <int DPL>
+__global__ void __launch_bounds__(AD_WARPS * 32)
+kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
+                        float* part, int n_splits, int chunk, const kstep* step) {
+    constexpr int HD = 32 * DPL;
+    using VW = typename std::conditional<DPL == 2, uint32_t, uint2>::type;   // a lane's V values of a row
+    static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
+    __shared__ __align__(16) float sq[AD_QMAX];
+    pdl_enter();
+    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
+    const float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
+    const int pos = step->pos0 + t;
+    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
+    __syncthreads();
+    if (warp >= G) return;   // no barrier follows
+
+    float M[AD_HPW], L[AD_HPW], acc[AD_HPW][DPL];
+#pragma unroll
+    for (int u = 0; u < AD_HPW; ++u) {
+        M[u] = -INFINITY; L[u] = 0.f;
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) acc[u][e] = 0.f;
+    }
+    for (int jb = j0; jb < j1; jb += AD_KEYS) {
+        // every load of this pass first
+        const uint4* kp = (const uint4*)(kc + (int64_t)min(jb + lane, j1 - 1) * kv_dim + g * HD);
+        uint4 kr[HD / 8];
+#pragma unroll
+        for (int c = 0; c < HD / 8; ++c) kr[c] = kp[c];
+        VW vr[AD_KEYS];
+#pragma unroll
+        for (int k = 0; k < AD_KEYS; ++k)
+            vr[k] = *(const VW*)(vc + (int64_t)min(jb + k, j1 - 1) * kv_dim + g * HD + lane * DPL);
+        const bool vis = jb + lane < j1;
+#pragma unroll
+        for (int u = 0; u < AD_HPW; ++u) {
+            const int h = warp + AD_WARPS * u;   // this warp's query head within the group
+            if (h >= G) break;
+            float sc = 0.f;
+#pragma unroll
+            for (int c = 0; c < HD / 8; ++c) {
+                const __half2* kh = (const __half2*)&kr[c];
+                const float4 qa = *(const float4*)&sq[h * HD + 8 * c], qb = *(const float4*)&sq[h * HD + 8 * c + 4];
+                const float2 k0 = __half22float2(kh[0]), k1 = __half22float2(kh[1]);
+                const float2 k2 = __half22float2(kh[2]), k3 = __half22float2(kh[3]);
+                sc += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y + qb.x * k2.x + qb.y * k2.y +
+                      qb.z * k3.x + qb.w * k3.y;
+            }
+            float v = sc * a.scale;
+            if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
+            v = vis ? v : -INFINITY;
+            float m = v;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            const float mn = fmaxf(M[u], m);   // finite: lane 0's key jb is visible
+            const float corr = __expf(M[u] - mn);
+            const float p = __expf(v - mn);    // 0 past the split
+            L[u] = L[u] * corr + warp_sum(p);
+            M[u] = mn;
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) acc[u][e] *= corr;
+            // the probability-weighted V rows
+#pragma unroll
+            for (int k = 0; k < AD_KEYS; ++k) {
+                const __half2* vh = (const __half2*)&vr[k];
+                const float pk = __shfl_sync(0xffffffffu, p, k);
+#pragma unroll
+                for (int w2 = 0; w2 < DPL / 2; ++w2) {
+                    const float2 f = __half22float2(vh[w2]);
+                    acc[u][2 * w2] += pk * f.x;
+                    acc[u][2 * w2 + 1] += pk * f.y;
+                }
+            }
+        }
+    }
+
+    // this warp's heads: the output (one split) or this split's (M, L, acc)
+#pragma unroll
+    for (int u = 0; u < AD_HPW; ++u) {
+        const int h = warp + AD_WARPS * u;
+        if (h >= G) break;
+        const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
+        if (n_splits == 1) {
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) out[qi * HD + lane * DPL + e] = acc[u][e] / L[u];
+        } else {
+            float* pr = part + (qi * n_splits + s) * (HD + 2);
+            if (lane == 0) { pr[0] = M[u]; pr[1] = L[u]; }
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) pr[2 + lane * DPL + e] = acc[u][e];
+        }
     }
 }
 

@@ -709,9 +709,21 @@ struct CudaDevice final : Device {
     // 64 keys (blocks past the current position exit at once, so the grid is the same for
     // every token and a graph can hold it; each warp then waits on memory only ~4 times);
     // a batch of queries uses at most 4 splits.
+    // kernel_attention_decode takes head sizes 64 and 128, up to 8 query heads per K/V head and
+    // G * head_dim <= 1024; prompts of 16+ tokens with those head sizes go to the tensor cores
+    // instead. Other shapes (e.g. Gemma-3's head size 256) run kernel_attention.
+    static bool prefill_attention(const kargs_attention& a) {
+        return a.n_tokens >= 16 && (a.head_dim == 64 || a.head_dim == 128);
+    }
+    static bool decode_attention(const kargs_attention& a) {
+        const int G = a.n_heads / a.n_kv_heads;
+        return !prefill_attention(a) && (a.head_dim == 64 || a.head_dim == 128) &&
+               G <= AD_GMAX && G * a.head_dim <= AD_QMAX;
+    }
     static void attention_split(const kargs_attention& a, int* S, int* chunk) {
-        // Splits of 32 keys: one group of ATT_KG keys per warp, so a split costs one round trip
-        // for its K rows and one for its V rows (64-key splits took two of each). At most 256.
+        // Splits of 32 keys: one pass of kernel_attention_decode's warps (one K and one V round
+        // trip), one group of ATT_KG keys a warp in kernel_attention (64-key splits took two
+        // round trips of each). At most 256 splits.
         int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
         int s = std::min((span + 31) / 32, 256);
         if (a.n_tokens > 1) s = std::min(s, 4);
@@ -725,7 +737,7 @@ struct CudaDevice final : Device {
         // a prompt (16 tokens or more) with head size 64 or 128: tiles of queries on the tensor cores
         const bool aligned = (uintptr_t)q.ptr<float>() % 16 == 0 && (uintptr_t)kc.ptr<__half>() % 16 == 0 &&
                              (uintptr_t)vc.ptr<__half>() % 16 == 0;
-        if (a.n_tokens >= 16 && aligned && (a.head_dim == 64 || a.head_dim == 128)) {
+        if (prefill_attention(a) && aligned) {
             const dim3 grid(blocks(a.n_tokens, FA_BQ), a.n_heads);
             if (a.head_dim == 64)
                 launch("kernel_attention_prefill", kernel_attention_prefill<64>, grid, FA_THREADS, fa_smem(64), a,
@@ -737,11 +749,21 @@ struct CudaDevice final : Device {
         }
         int S, chunk;
         attention_split(a, &S, &chunk);
-        dim3 grid(S, a.n_heads, a.n_tokens);
-        launch("kernel_attention", kernel_attention, grid, ATT_WARPS * 32, 0, a, q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(),
-                                                              out.ptr<float>(), (float*)scratch, S, chunk,
-                                                              step.ptr<kstep>());
-        launched("kernel_attention");
+        if (decode_attention(a) && aligned) {
+            const dim3 grid(S, a.n_kv_heads, a.n_tokens);
+            const float* qp = q.ptr<float>();
+            const __half *kp = kc.ptr<__half>(), *vp = vc.ptr<__half>();
+            float *op = out.ptr<float>(), *pp = (float*)scratch;
+            const kstep* sp = step.ptr<kstep>();
+            if (a.head_dim == 64)
+                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp);
+            else
+                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp);
+        } else {
+            launch("kernel_attention", kernel_attention, dim3(S, a.n_heads, a.n_tokens), ATT_WARPS * 32, 0, a,
+                   q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(), out.ptr<float>(), (float*)scratch, S, chunk,
+                   step.ptr<kstep>());
+        }
         if (S > 1) {
             launch("kernel_attention_combine", kernel_attention_combine, dim3(a.n_heads, a.n_tokens), 128, 0, a, (const float*)scratch,
                                                                                       out.ptr<float>(), S);
