@@ -765,8 +765,8 @@ struct CudaDevice final : Device {
                    step.ptr<kstep>());
         }
         if (S > 1) {
-            launch("kernel_attention_combine", kernel_attention_combine, dim3(a.n_heads, a.n_tokens), 128, 0, a, (const float*)scratch,
-                                                                                      out.ptr<float>(), S);
+            launch("kernel_attention_combine", kernel_attention_combine, dim3(a.n_heads, a.n_tokens), 128, 0, a,
+                   (const float*)scratch, out.ptr<float>(), S, chunk, step.ptr<kstep>());
             launched("kernel_attention_combine");
         }
     }

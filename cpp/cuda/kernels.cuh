@@ -461,16 +461,22 @@ kernel_attention(kargs_attention a, const float* q, const __half* kc, const __ha
 }
 
 // Merge the splits of each (t, h): grid (n_heads, n_tokens), one thread per head dim.
-__global__ void kernel_attention_combine(kargs_attention a, const float* part, float* out, int n_splits) {
+// Only the splits that hold a visible key are read: split s starts at key lo + s * chunk, so
+// those are s <= (pos - lo) / chunk (at decode early in a long context, a few of many).
+__global__ void kernel_attention_combine(kargs_attention a, const float* part, float* out, int n_splits, int chunk,
+                                         const kstep* step) {
     pdl_enter();
     const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
     const int64_t qi = (int64_t)t * a.n_heads + h;
     const float* pr = part + qi * n_splits * (hd + 2);
+    const int pos = step->pos0 + t;
+    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    const int ns = min(n_splits, (pos - lo) / chunk + 1);
     float M = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, pr[s * (hd + 2)]);
+    for (int s = 0; s < ns; ++s) M = fmaxf(M, pr[s * (hd + 2)]);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float L = 0.f, v = 0.f;
-        for (int s = 0; s < n_splits; ++s) {
+        for (int s = 0; s < ns; ++s) {
             float m = pr[s * (hd + 2)];
             if (m == -INFINITY) continue;   // a split with no visible key
             float w = __expf(m - M);
