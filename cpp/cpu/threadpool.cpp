@@ -16,8 +16,11 @@
 namespace llmetal::cpu {
 
 ThreadPool::ThreadPool(int n) : n_(n < 1 ? 1 : n) {
+    // LLMETAL_CPU_POOL_FALLBACK: "0" never falls back (A/B runs), "always" runs every job on
+    // the caller alone (the fallback path, forced: tests check it computes the same bits).
     const char* e = std::getenv("LLMETAL_CPU_POOL_FALLBACK");
     fallback_ = !(e && std::strcmp(e, "0") == 0);
+    always_serial_ = e && std::strcmp(e, "always") == 0;
     for (int i = 1; i < n_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -36,11 +39,11 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         fn(ctx, 0, 1);
         return;
     }
-    if (serial_left_ > 0) {
+    if (serial_left_ > 0 || always_serial_) {
         // The workers have been missing jobs (see the end of this function): run every
         // share here without waking them, so that they sleep and leave the cores to this
         // thread and to whatever else is running.
-        --serial_left_;
+        if (serial_left_ > 0) --serial_left_;
         for (int i = 0; i < n_; ++i) fn(ctx, i, n_);
         return;
     }

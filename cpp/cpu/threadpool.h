@@ -47,6 +47,7 @@ class ThreadPool {
     // fallback to the caller alone while the workers keep missing jobs (run_raw)
     static constexpr int kMissed = 12, kSerialJobs = 1024;
     bool fallback_ = true;     // LLMETAL_CPU_POOL_FALLBACK=0 turns it off (A/B runs)
+    bool always_serial_ = false;   // LLMETAL_CPU_POOL_FALLBACK=always (tests)
     uint32_t missed_ = 0;      // bit i: the i-th last job of > 20 us had a share unclaimed
     int serial_left_ = 0;      // jobs still to run on the caller alone
     std::atomic<int> sleepers_{0};
