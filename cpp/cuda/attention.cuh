@@ -1,17 +1,20 @@
 // attention.cuh -- attention kernels beyond the flash-decoding one in kernels.cuh:
 //
-//   kernel_attention_prefill<HD>   one block per (tile of 64 queries, head): the queries go to
-//                                  fp16 once; the visible keys stream through shared memory
-//                                  64 at a time (K and V, double-buffered, cp.async); per tile
-//                                  S = Q K^T (mma.sync m16n8k16, float), scale / softcap /
-//                                  causal and window masks, an online softmax (running max and
-//                                  sum per query row), then O += P V with P rounded to fp16.
+//   kernel_attention_prefill<HD>   prompts of 16+ tokens, head size 64 / 128: one block per
+//                                  (tile of 64 queries, head); the queries go to fp16 once; the
+//                                  visible keys stream through shared memory 64 at a time (K
+//                                  and V, double-buffered, cp.async); per tile S = Q K^T
+//                                  (mma.sync m16n8k16, float), scale / softcap / causal and
+//                                  window masks, an online softmax (running max and sum per
+//                                  query row), then O += P V with P rounded to fp16.
+//   kernel_attention_decode<DPL>   fewer tokens, head size 64 / 128: float arithmetic, built
+//                                  for latency (see its comment below).
 //
-// Same function as kernel_attention (kernels.cuh), which keeps decode (and head sizes other
-// than 64 and 128): out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g] over the
-// keys j visible from position pos0 + t (causal, within the window), g = h's K/V head. The
-// fp16 operands (q, and the probabilities before P V) put it about 1e-6 (NMSE) from the float
-// kernel; K and V are fp16 in the cache for both.
+// Both compute what kernel_attention (kernels.cuh; every other shape) does:
+// out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g] over the keys j visible from
+// position pos0 + t (causal, within the window), g = h's K/V head. The prefill kernel's fp16
+// operands (q, and the probabilities before P V) put it about 1e-6 (NMSE) from the float
+// kernels; K and V are fp16 in the cache for all of them.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
