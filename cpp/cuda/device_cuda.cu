@@ -225,9 +225,19 @@ struct CudaDevice final : Device {
                t == KT_Q5_K || t == KT_Q6_K;
     }
     static int q8_block(int t) { return (t == KT_Q4_K || t == KT_Q5_K || t == KT_Q6_K) ? 256 : 32; }
-    static uint64_t q8_values_bytes(const kargs_matmul& a) { return ((uint64_t)a.n_tokens * a.n_in + 255) & ~255ull; }
+    // qscratch for a decode matmul's input: q [T][K] int8, d [T][K / QB] float, s [T][K / 32]
+    // int (see Q8Act), each part 256-byte aligned.
+    static uint64_t a256(uint64_t n) { return (n + 255) & ~255ull; }
+    static uint64_t q8_values_bytes(const kargs_matmul& a) { return a256((uint64_t)a.n_tokens * a.n_in); }
+    static uint64_t q8_scales_bytes(const kargs_matmul& a) {
+        return a256((uint64_t)a.n_tokens * (a.n_in / q8_block(a.wtype)) * sizeof(float));
+    }
     static uint64_t q8_bytes(const kargs_matmul& a) {
-        return q8_values_bytes(a) + (uint64_t)a.n_tokens * (a.n_in / q8_block(a.wtype)) * sizeof(float);
+        return q8_values_bytes(a) + q8_scales_bytes(a) + (uint64_t)a.n_tokens * (a.n_in / 32) * sizeof(int);
+    }
+    Q8Act q8_at(const kargs_matmul& a) const {
+        char* p = (char*)qscratch;
+        return Q8Act{(int8_t*)p, (float*)(p + q8_values_bytes(a)), (int*)(p + q8_values_bytes(a) + q8_scales_bytes(a))};
     }
 
     void submit(const std::vector<Command>& cmds) override {
@@ -373,15 +383,14 @@ struct CudaDevice final : Device {
             const int qb = consumer_qb(nx, c.b[2], g.n_tokens, g.n_ff);
             if (!qb) return 0;
             const kargs_matmul& m = nx->a.matmul;
-            int8_t* xq = (int8_t*)qscratch;
-            float* xd = (float*)((char*)qscratch + q8_values_bytes(m));
+            const Q8Act xq = q8_at(m);
             const int64_t n = (int64_t)g.n_tokens * g.n_ff;
             if (qb == 32)
                 launch("kernel_swiglu_q", kernel_swiglu_q<32>, blocks(n, 256), 256, 0, g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
-                                                                         c.b[2].ptr<float>(), xq, xd);
+                                                                         c.b[2].ptr<float>(), xq);
             else
                 launch("kernel_swiglu_q", kernel_swiglu_q<256>, blocks(n, 256), 256, 0, g, c.b[0].ptr<float>(), c.b[1].ptr<float>(),
-                                                                          c.b[2].ptr<float>(), xq, xd);
+                                                                          c.b[2].ptr<float>(), xq);
             launched("kernel_swiglu_q");
             qcache = {c.b[2].ptr<float>(), n, qb};
             return 1;
@@ -458,15 +467,10 @@ struct CudaDevice final : Device {
         nt = std::max(unit, (nt + unit - 1) / unit * unit);
         if (nt > 1024) return false;
         if (!add && !qb && r.n_rows > 1) return false;   // a plain multi-row norm: the split kernel is as good
-        int8_t* xq = nullptr;
-        float* xd = nullptr;
-        if (qb) {
-            xq = (int8_t*)qscratch;
-            xd = (float*)((char*)qscratch + q8_values_bytes(next->a.matmul));
-        }
+        const Q8Act xq = qb ? q8_at(next->a.matmul) : Q8Act{};
         const float *xp = x.ptr<float>(), *yp = add ? y.ptr<float>() : nullptr, *wp = w.ptr<float>();
         float *sp = add ? sum.ptr<float>() : nullptr, *op = out.ptr<float>();
-#define LLM_RMS(ADD, QB) launch("kernel_add_rmsnorm_q", kernel_add_rmsnorm_q<ADD, QB>, r.n_rows, nt, 0, r, xp, yp, sp, wp, op, xq, xd)
+#define LLM_RMS(ADD, QB) launch("kernel_add_rmsnorm_q", kernel_add_rmsnorm_q<ADD, QB>, r.n_rows, nt, 0, r, xp, yp, sp, wp, op, xq)
         if (add) { if (qb == 32) LLM_RMS(true, 32); else if (qb == 256) LLM_RMS(true, 256); else LLM_RMS(true, 0); }
         else { if (qb == 32) LLM_RMS(false, 32); else if (qb == 256) LLM_RMS(false, 256); else LLM_RMS(false, 0); }
 #undef LLM_RMS
@@ -534,19 +538,17 @@ struct CudaDevice final : Device {
     // The 8-bit copy of x in qscratch (quantized now unless qcache says it is there already).
     template <int T> void quantize_for(const kargs_matmul& a, Binding x) {
         constexpr int QB = MVQ<T>::QB;
-        int8_t* xq = (int8_t*)qscratch;
-        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
+        const Q8Act xq = q8_at(a);
         const int64_t n = (int64_t)a.n_tokens * a.n_in;
         if (!(qcache.src == x.ptr<float>() && qcache.n == n && qcache.qb == QB)) {
-            launch("kernel_quantize_q8", kernel_quantize_q8<QB>, blocks(n, 256), 256, 0, x.ptr<float>(), xq, xd, a.n_in, n);
+            launch("kernel_quantize_q8", kernel_quantize_q8<QB>, blocks(n, 256), 256, 0, x.ptr<float>(), xq, n);
             launched("kernel_quantize_q8");
             qcache = {x.ptr<float>(), n, QB};
         }
     }
     template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
         quantize_for<T>(a, x);
-        int8_t* xq = (int8_t*)qscratch;
-        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
+        const Q8Act xq = q8_at(a);
         const int vw = load_width(a, W.ptr<uint8_t>());
         // persistent warps: as few rows per warp as the resident warps allow, then as few warps
         // as give every warp that many rows (a balanced single wave)
@@ -556,9 +558,9 @@ struct CudaDevice final : Device {
         const int nwarps = (int)((a.n_out + rpw - 1) / rpw);
         const unsigned grid = blocks(nwarps, MV_ROWS);
         if (!nt8)
-            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps);
         else
-            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, xd, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps);
         launched("kernel_mmvq");
     }
 
@@ -569,8 +571,7 @@ struct CudaDevice final : Device {
     template <int T> void matmul_group(const Command* const* ms, int n) {
         const kargs_matmul& a = ms[0]->a.matmul;
         quantize_for<T>(a, ms[0]->b[1]);
-        int8_t* xq = (int8_t*)qscratch;
-        float* xd = (float*)((char*)qscratch + q8_values_bytes(a));
+        const Q8Act xq = q8_at(a);
         const int nt8 = a.n_tokens > 1;
         int64_t rows = 0;
         for (int j = 0; j < n; ++j) rows += ms[j]->a.matmul.n_out;
@@ -591,9 +592,9 @@ struct CudaDevice final : Device {
         }
         const unsigned grid = blocks(nw, MV_ROWS);
         if (!nt8)
-            launch("kernel_mmvq_group", kernel_mmvq_group<T, 1>, grid, MV_ROWS * 32, 0, a, g, xq, xd);
+            launch("kernel_mmvq_group", kernel_mmvq_group<T, 1>, grid, MV_ROWS * 32, 0, a, g, xq);
         else
-            launch("kernel_mmvq_group", kernel_mmvq_group<T, 8>, grid, MV_ROWS * 32, 0, a, g, xq, xd);
+            launch("kernel_mmvq_group", kernel_mmvq_group<T, 8>, grid, MV_ROWS * 32, 0, a, g, xq);
         launched("kernel_mmvq_group");
     }
     void matmul_group_any(const Command* const* ms, int n) {

@@ -71,14 +71,30 @@ __global__ void kernel_embed(kargs_embed a, const uint8_t* W, const int32_t* ids
 }
 
 // ---- 8-bit quantization of activations, shared by the quantize stage and the fused stages --
-// Value i of a tensor whose rows are a multiple of QB long goes to xq[i]; block i / QB gets
-// the scale xd[i / QB] = amax / 127 and q = round-half-even(v / d), exactly as the CPU device
+// Value i of a tensor whose rows are a multiple of QB long goes to q[i]; block i / QB gets
+// the scale d[i / QB] = amax / 127 and q = round-half-even(v / d), exactly as the CPU device
 // (cpp/cpu/quants.cpp quantize_row_q8 / _q8k). `amax` must already be the block's max |v|.
-__device__ __forceinline__ void store_q8(float v, float amax, int64_t i, int QB, int8_t* xq, float* xd) {
+// Every 32 values also get the integer sum of their q in s[i / 32] (whatever QB is): the
+// mat-vecs take a weight format's zero point or min off these sums instead of adding up the
+// activations again for every weight row. The producer writes s (see q8_sum32).
+struct Q8Act {
+    int8_t* q;   // [T][K]
+    float* d;    // [T][K / QB]
+    int* s;      // [T][K / 32]
+};
+__device__ __forceinline__ int store_q8(float v, float amax, int64_t i, int QB, const Q8Act& x) {
     const float d = amax / 127.0f;                // IEEE division, as the CPU
     const float inv = d > 0.f ? 1.0f / d : 0.0f;
-    xq[i] = (int8_t)(int)rintf(__fmul_rn(v, inv));   // |v * inv| <= 127
-    if (i % QB == 0) xd[i / QB] = d;
+    const int q = (int)rintf(__fmul_rn(v, inv));  // |v * inv| <= 127
+    x.q[i] = (int8_t)q;
+    if (i % QB == 0) x.d[i / QB] = d;
+    return q;
+}
+// One value a thread, 32 consecutive values = a whole warp (every lane takes part, q = 0
+// past the end): the warp's sum goes to s[i0 / 32], i0 = the warp's first value.
+__device__ __forceinline__ void q8_sum32(int q, int64_t i0, bool valid, const Q8Act& x) {
+    const int s = __reduce_add_sync(0xffffffffu, q);
+    if ((threadIdx.x & 31) == 0 && valid) x.s[i0 / 32] = s;
 }
 
 // Max |v| over a block of QB consecutive threads of a 256-thread block (one value a thread):
@@ -130,7 +146,7 @@ __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, 
 // kernel_add_rmsnorm_q<ADD, QB>: the fused decode stage (named so in a trace):
 //   ADD:     s = x + y is written to `sum` first (the residual add that precedes the norm),
 //   always:  out = rmsnorm(s) * w,
-//   QB > 0:  out is also quantized to 8 bits (xq, xd) for the quantized matmuls that read it,
+//   QB > 0:  out is also quantized to 8 bits (xq: values, scales, sums of 32) for the quantized matmuls that read it,
 //            so they skip their own quantize stage.
 // One block per row; thread i keeps the row's float4s i, i + nt, ... (up to RMS_V of them)
 // in registers, so the row is read once and every load is issued before the first use.
@@ -141,7 +157,7 @@ constexpr int RMS_V = 4;
 template <bool ADD, int QB>
 __global__ void __launch_bounds__(1024)
 kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
-                     int8_t* xq, float* xd) {
+                     Q8Act xq) {
     pdl_enter();
     __shared__ double part[32];
     const int nv = a.dim / 4, nt = blockDim.x;
@@ -192,13 +208,14 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
                 __syncthreads();
                 amax = fmaxf(s_amax[j][(threadIdx.x >> 5) & ~1], s_amax[j][(threadIdx.x >> 5) | 1]);
             }
-            if (c < nv) {
-                const int64_t i = (r0 + c) * 4;   // first value of this float4 in the tensor
-                store_q8(o.x, amax, i, QB, xq, xd);
-                store_q8(o.y, amax, i + 1, QB, xq, xd);
-                store_q8(o.z, amax, i + 2, QB, xq, xd);
-                store_q8(o.w, amax, i + 3, QB, xq, xd);
-            }
+            int qs = 0;   // the sum of this float4's four q, then of 8 threads' (32 values)
+            const int64_t i = (r0 + c) * 4;   // first value of this float4 in the tensor
+            if (c < nv)
+                qs = store_q8(o.x, amax, i, QB, xq) + store_q8(o.y, amax, i + 1, QB, xq) +
+                     store_q8(o.z, amax, i + 2, QB, xq) + store_q8(o.w, amax, i + 3, QB, xq);
+#pragma unroll
+            for (int s = 1; s < 8; s <<= 1) qs += __shfl_xor_sync(0xffffffffu, qs, s);
+            if (c < nv && (threadIdx.x & 7) == 0) xq.s[i / 32] = qs;
         }
     }
 }
@@ -515,7 +532,7 @@ __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float
 // the quantized matmul that reads it next (n_ff % QB == 0; blocks of 256 threads).
 template <int QB>
 __global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float* g, const float* u, float* out,
-                                                       int8_t* xq, float* xd) {
+                                                       Q8Act xq) {
     pdl_enter();
     const int64_t n = (int64_t)a.n_tokens * a.n_ff;
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
@@ -526,7 +543,8 @@ __global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float*
         out[i] = v;
     }
     const float amax = block_amax<QB>(v);
-    if (i < n) store_q8(v, amax, i, QB, xq, xd);
+    const int q = i < n ? store_q8(v, amax, i, QB, xq) : 0;
+    q8_sum32(q, i & ~31ll, i < n, xq);
 }
 __global__ void kernel_geglu(kargs_glu a, const float* g, const float* u, float* out) {
     pdl_enter();

@@ -10,13 +10,14 @@
 //                            weight rows. A warp streams its rows' ~2 KB windows through a
 //                            ring of 4 shared-memory slots by cp.async (16-byte coalesced
 //                            copies, 3 windows in flight while one is computed), then each
-//                            lane unpacks whole pieces of blocks (16 or 32 weights) to words
-//                            of four signed bytes and dots them with the 8-bit activations
-//                            by dp4a. Per piece:
+//                            lane unpacks a piece of 32 weights (a whole block of the
+//                            32-value formats) to words of four bytes and dots them with the
+//                            8-bit activations by dp4a. Per piece:
 //                              acc += xd * (d * dot(w, xq) + m * sum(xq))
 //                            d: the block (or sub-block) scale, m: its min (Q4_1, Q5_1,
 //                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
-//                            come off the integer sums as z * sum(xq), exactly.
+//                            come off the integer sums as z * sum(xq), exactly. sum(xq) per
+//                            32 values is written by the stage that quantizes x.
 //   kernel_mv_f16<NT>        decode with F16 weights: the same window, float activations.
 //   kernel_dequant_f16<T>,   prefill (more than 8 tokens): the weights (a chunk of rows at a
 //   kernel_f32_to_f16,       time) and the activations to fp16 in scratch memory, then a
@@ -34,14 +35,15 @@ namespace llmetal_cuda {
 
 // ---- stage 1: activation quantization ---------------------------------------------------------
 // One thread per value, blocks of 256 threads; QB consecutive threads share a scale.
-// xq [T][K] int8, xd [T][K/QB] float.
+// xq: q [T][K] int8, d [T][K/QB] float, s [T][K/32] int (see Q8Act).
 template <int QB>
-__global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, int8_t* xq, float* xd, int K, int64_t n) {
+__global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, Q8Act xq, int64_t n) {
     pdl_enter();
     const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // n = T*K, a multiple of QB
     const float v = i < n ? x[i] : 0.f;
     const float amax = block_amax<QB>(v);
-    if (i < n) store_q8(v, amax, i, QB, xq, xd);
+    const int q = i < n ? store_q8(v, amax, i, QB, xq) : 0;
+    q8_sum32(q, i & ~31ll, i < n, xq);
 }
 
 // ---- stage 2: quantized mat-vec ---------------------------------------------------------------
@@ -59,8 +61,8 @@ template <int T> struct MVQ;
 // whole round trip for a sliver of work (Q4_0 at K = 4096 was 112 + 16 blocks).
 template <> struct MVQ<KT_Q4_0> { static constexpr int NB = 128, QB = 32; };   // 2304 B
 template <> struct MVQ<KT_Q4_1> { static constexpr int NB = 96, QB = 32; };    // 1920 B
-template <> struct MVQ<KT_Q5_0> { static constexpr int NB = 88, QB = 32; };    // 1936 B
-template <> struct MVQ<KT_Q5_1> { static constexpr int NB = 80, QB = 32; };    // 1920 B
+template <> struct MVQ<KT_Q5_0> { static constexpr int NB = 96, QB = 32; };    // 2112 B
+template <> struct MVQ<KT_Q5_1> { static constexpr int NB = 96, QB = 32; };    // 2304 B
 template <> struct MVQ<KT_Q8_0> { static constexpr int NB = 64, QB = 32; };    // 2176 B
 template <> struct MVQ<KT_Q4_K> { static constexpr int NB = 16, QB = 256; };   // 2304 B
 template <> struct MVQ<KT_Q5_K> { static constexpr int NB = 8, QB = 256; };    // 1408 B
@@ -72,111 +74,125 @@ __device__ __forceinline__ int sm32_2(const uint8_t* p) {
     const uint16_t* q = (const uint16_t*)p;
     return (int)((uint32_t)q[0] | ((uint32_t)q[1] << 16));
 }
-// 4 bits (one per value) -> bit 4 of each of 4 bytes
-__device__ __forceinline__ int spread4(uint32_t b) {
-    return (int)(((b & 1) | ((b & 2) << 7) | ((b & 4) << 14) | ((b & 8) << 21)) << 4);
-}
 
 // ---- one "piece" of a weight block per lane ---------------------------------------------------
-// A piece is the bytes of one block that a lane dots at once: 16 weights for the 32-value
-// formats (PPB = 2 pieces a block), 32 for the K-quants (PPB = 8). load() reads it from the
-// shared-memory window (2-byte reads where the format's blocks are only 2-byte aligned, 4-, 8-
-// or 16-byte reads where they are wider), unpacks it to words of four bytes; dot()
-// dots them with the 8-bit activations of the block (x: its first value; 4-, 8- or 16-byte
+// A piece is the bytes of one block that a lane dots at once: a whole block (32 weights) for
+// the 32-value formats (PPB = 1 piece a block), 32 of the 256 weights for the K-quants
+// (PPB = 8). load() reads it from the shared-memory window and unpacks it to words of four
+// bytes; dot() dots them with the block's 8-bit activations (x: its first value; 16-byte
 // loads through the read-only cache: they are a few KB, read by every warp) and returns the
 // piece's sum in units of the activation scale:
 //     sum over sub-blocks of  d_w * dot(q, xq) + m_w * sum(xq)
-// (m_w: the min of Q4_1 / Q5_1 / Q4_K / Q5_K; for Q4_0 / Q5_0 / Q6_K, q is the unsigned code
-// and the zero point z = 8, 16, 32 enters as - z * sum(xq)). Lanes take consecutive pieces, so a warp reads a
-// contiguous stretch of the window.
+// m_w: the min of Q4_1 / Q5_1 / Q4_K / Q5_K; for Q4_0 / Q5_0 / Q6_K, q is the unsigned code
+// and the zero point z = 8, 16, 32 enters as - z * sum(xq), exactly, in integers. sum(xq) over
+// 32 values comes precomputed with the activations (xs, see Q8Act): per piece only the dots.
+// Lanes take consecutive pieces, so a warp reads a contiguous stretch of the window.
 constexpr int M4 = 0x0F0F0F0F;
 __device__ __forceinline__ int dp4(int a, int b, int c) { return __dp4a(a, b, c); }
-__device__ __forceinline__ int sum4(int2 v) { return dp4(0x01010101, v.x, dp4(0x01010101, v.y, 0)); }
-__device__ __forceinline__ int sum4(int4 v) {
-    return dp4(0x01010101, v.x, dp4(0x01010101, v.y, dp4(0x01010101, v.z, dp4(0x01010101, v.w, 0))));
+__device__ __forceinline__ int dot16(const int* q, int4 v, int c) {
+    return dp4(q[0], v.x, dp4(q[1], v.y, dp4(q[2], v.z, dp4(q[3], v.w, c))));
 }
+__device__ __forceinline__ int sum4(int2 v) { return dp4(0x01010101, v.x, dp4(0x01010101, v.y, 0)); }
 __device__ __forceinline__ int2 ldx2(const int8_t* p) { return __ldg((const int2*)p); }
 __device__ __forceinline__ int4 ldx4(const int8_t* p) { return __ldg((const int4*)p); }
 
+// The blocks of Q4_0 (18 B), Q5_0 (22 B) and Q8_0 (34 B) are only 2-byte aligned: read the
+// N aligned words that cover the block and return the bit offset of its first byte in r[0]
+// (0 or 16). Byte 2 + 4i of the block (the first word after the 2-byte scale) is then
+// after_scale(r, i, sh). Reading whole words costs one shared load per 4 bytes instead of two
+// 2-byte loads and a merge; the word past a block's end belongs to the next block or to the
+// window slot's tail (see MV_WIN), never outside the ring.
+template <int N>
+__device__ __forceinline__ int block_words(const uint8_t* b, uint32_t* r) {
+    const uint32_t* w = (const uint32_t*)((uintptr_t)b & ~(uintptr_t)3);
+#pragma unroll
+    for (int i = 0; i < N; ++i) r[i] = w[i];
+    return ((int)(uintptr_t)b & 2) * 8;
+}
+__device__ __forceinline__ int after_scale(const uint32_t* r, int i, int sh) {
+    return (int)__funnelshift_rc(r[i], r[i + 1], sh + 16);   // sh + 16 = 32: r[i + 1] whole
+}
+__device__ __forceinline__ float half_bits(uint32_t h) { return __half2float(__ushort_as_half((unsigned short)h)); }
+// 4 bits (one per value) -> bit 4 of each of 4 bytes: b * (1<<4 | 1<<11 | 1<<18 | 1<<25)
+// puts bit k at 8k + 4 (the four shifted copies do not overlap: no carries).
+__device__ __forceinline__ int spread4(uint32_t b) { return (int)(((b & 0xF) * 0x02040810u) & 0x10101010u); }
+
 template <int T> struct Piece;
 
-// Q8_0 (34 B: d, 32 x int8): piece pp = values 16pp..16pp+15
+// Q8_0 (34 B: d, 32 x int8)
 template <> struct Piece<KT_Q8_0> {
-    static constexpr int PPB = 2;
-    int q[4], off; float d;
-    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
-        const uint8_t* s = b + 2 + 16 * pp;
+    static constexpr int PPB = 1;
+    int q[8]; float d;
+    __device__ __forceinline__ void load(const uint8_t* b, int) {
+        uint32_t r[9];
+        const int sh = block_words<9>(b, r);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) q[i] = sm32_2(s + 4 * i);
-        d = ldh(b); off = 16 * pp;
+        for (int i = 0; i < 8; ++i) q[i] = after_scale(r, i, sh);
+        d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const {
-        const int4 v = ldx4(x + off);
-        return d * (float)dp4(q[0], v.x, dp4(q[1], v.y, dp4(q[2], v.z, dp4(q[3], v.w, 0))));
+    __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
+        return d * (float)dot16(q + 4, ldx4(x + 16), dot16(q, ldx4(x), 0));
     }
 };
 
-// Q4_0 / Q4_1 / Q5_0 / Q5_1: qs byte j holds value j (low nibble) and value j + 16 (high).
-// Piece pp = qs bytes 8pp..8pp+7: values 8pp.. (lo) and 16 + 8pp.. (hi). The bytes stay the
-// unsigned codes q (0..15 or 0..31); a zero point z (8 or 16) comes off the integer sum as
-// z * sum(x): sum (q - z) x = sum q x - z sum x exactly, and the four byte sums by dp4a cost
-// less than subtracting z from every byte (no byte-wise subtract instruction on sm_90).
+// Q4_0 / Q4_1 / Q5_0 / Q5_1: qs byte j holds value j (low nibble) and value j + 16 (high), so
+// qs word i holds values 4i..4i+3 (lo) and 16+4i.. (hi); Q5's fifth bit of value v is bit v
+// of qh. The bytes stay the unsigned codes (0..15 or 0..31); the zero point z (8 or 16) comes
+// off the integer sum as z * sum(x).
 struct Piece32 {
-    int lo[2], hi[2], off; float d, m;
-    __device__ __forceinline__ float dot_(const int8_t* x, int z, bool with_min) const {
-        const int2 a = ldx2(x + off), b = ldx2(x + 16 + off);
-        int s = dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(hi[0], b.x, dp4(hi[1], b.y, 0))));
-        if (z) s -= z * (sum4(a) + sum4(b));
-        float r = d * (float)s;
-        if (with_min) r += m * (float)(sum4(a) + sum4(b));
-        return r;
+    int lo[4], hi[4]; float d, m;
+    __device__ __forceinline__ void unpack(const int* qw, uint32_t qh) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = (qw[i] & M4) | spread4(qh >> (4 * i));
+            hi[i] = ((qw[i] >> 4) & M4) | spread4(qh >> (16 + 4 * i));
+        }
     }
-    // nibbles of a0, a1 (+ fifth bits hl / hh, one bit per value) into lo / hi
-    __device__ __forceinline__ void unpack(int a0, int a1, uint32_t hl, uint32_t hh) {
-        lo[0] = (a0 & M4) | spread4(hl & 0xF);
-        lo[1] = (a1 & M4) | spread4(hl >> 4);
-        hi[0] = ((a0 >> 4) & M4) | spread4(hh & 0xF);
-        hi[1] = ((a1 >> 4) & M4) | spread4(hh >> 4);
+    __device__ __forceinline__ int idot(const int8_t* x) const {
+        return dot16(hi, ldx4(x + 16), dot16(lo, ldx4(x), 0));
     }
 };
 template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q - 8)
-    static constexpr int PPB = 2;
-    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
-        const uint8_t* s = b + 2 + 8 * pp;
-        unpack(sm32_2(s), sm32_2(s + 4), 0, 0);
-        d = ldh(b); off = 8 * pp;
+    static constexpr int PPB = 1;
+    __device__ __forceinline__ void load(const uint8_t* b, int) {
+        uint32_t r[5];
+        const int sh = block_words<5>(b, r);
+        const int qw[4] = {after_scale(r, 0, sh), after_scale(r, 1, sh), after_scale(r, 2, sh), after_scale(r, 3, sh)};
+        unpack(qw, 0);
+        d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 8, false); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)(idot(x) - 8 * __ldg(xs)); }
 };
-template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d q + m
-    static constexpr int PPB = 2;
-    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
-        const int* q = (const int*)(b + 4 + 8 * pp);   // 20-byte blocks: 4-byte aligned
-        unpack(q[0], q[1], 0, 0);
-        d = ldh(b); m = ldh(b + 2); off = 8 * pp;
+template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d q + m (4-byte aligned)
+    static constexpr int PPB = 1;
+    __device__ __forceinline__ void load(const uint8_t* b, int) {
+        const int* w = (const int*)b;
+        const int qw[4] = {w[1], w[2], w[3], w[4]};
+        unpack(qw, 0);
+        d = half_bits((uint32_t)w[0]); m = half_bits((uint32_t)w[0] >> 16);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 0, true); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)idot(x) + m * (float)__ldg(xs); }
 };
-// Q5: the fifth bit of value v of the block is bit v of qh.
 template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value = d (q - 16)
-    static constexpr int PPB = 2;
-    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
-        const uint32_t qh = (uint32_t)sm32_2(b + 2);
-        const uint8_t* s = b + 6 + 8 * pp;
-        unpack(sm32_2(s), sm32_2(s + 4), (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF);
-        d = ldh(b); off = 8 * pp;
+    static constexpr int PPB = 1;
+    __device__ __forceinline__ void load(const uint8_t* b, int) {
+        uint32_t r[6];
+        const int sh = block_words<6>(b, r);
+        const int qw[4] = {after_scale(r, 1, sh), after_scale(r, 2, sh), after_scale(r, 3, sh), after_scale(r, 4, sh)};
+        unpack(qw, (uint32_t)after_scale(r, 0, sh));
+        d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 16, false); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)(idot(x) - 16 * __ldg(xs)); }
 };
-template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; value = d q + m
-    static constexpr int PPB = 2;
-    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
-        const uint32_t qh = *(const uint32_t*)(b + 4);   // 24-byte blocks: 8-byte aligned
-        const int2 a = *(const int2*)(b + 8 + 8 * pp);
-        unpack(a.x, a.y, (qh >> (8 * pp)) & 0xFF, (qh >> (16 + 8 * pp)) & 0xFF);
-        d = ldh(b); m = ldh(b + 2); off = 8 * pp;
+template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; value = d q + m (8-byte aligned)
+    static constexpr int PPB = 1;
+    __device__ __forceinline__ void load(const uint8_t* b, int) {
+        const int* w = (const int*)b;
+        const int qw[4] = {w[2], w[3], w[4], w[5]};
+        unpack(qw, (uint32_t)w[1]);
+        d = half_bits((uint32_t)w[0]); m = half_bits((uint32_t)w[0] >> 16);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const { return dot_(x, 0, true); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)idot(x) + m * (float)__ldg(xs); }
 };
 
 // Q4_K (144 B) / Q5_K (176 B): d, dmin, 12 bytes of 6-bit scales and mins, [Q5_K: qh[32]],
@@ -184,18 +200,20 @@ template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; va
 // for odd; Q5_K's fifth bit of value l of sub-block sb is bit sb of qh[l]. Piece pp: pair
 // g = pp/2 of sub-blocks, half h = pp%2 of their values: 16 qs bytes, 16-byte aligned (both
 // block sizes are multiples of 16), 16 values of sub-block 2g (lo) and 16 of 2g + 1 (hi).
+// The mins of the pair's two sub-blocks multiply the whole sub-blocks' sums (xs): the h = 0
+// piece adds them.
 struct PieceK {
-    int lo[4], hi[4], sc0, sc1, m0, m1, off; float d, dm;
-    __device__ __forceinline__ void scales(const uint8_t* b, int g) {
+    int lo[4], hi[4], sc0, sc1, m0, m1, off, g; bool first; float d, dm;
+    __device__ __forceinline__ void scales(const uint8_t* b, int g_, int h) {
+        g = g_; first = h == 0;
         scale_min_k4(2 * g, b + 4, &sc0, &m0);
         scale_min_k4(2 * g + 1, b + 4, &sc1, &m1);
         d = ldh(b); dm = ldh(b + 2);
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const {
-        const int4 a = ldx4(x + off), c = ldx4(x + off + 32);
-        const int s0 = dp4(lo[0], a.x, dp4(lo[1], a.y, dp4(lo[2], a.z, dp4(lo[3], a.w, 0))));
-        const int s1 = dp4(hi[0], c.x, dp4(hi[1], c.y, dp4(hi[2], c.z, dp4(hi[3], c.w, 0))));
-        return d * (float)(sc0 * s0 + sc1 * s1) - dm * (float)(m0 * sum4(a) + m1 * sum4(c));
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const {
+        const int s0 = dot16(lo, ldx4(x + off), 0), s1 = dot16(hi, ldx4(x + off + 32), 0);
+        const float r = d * (float)(sc0 * s0 + sc1 * s1);
+        return first ? r - dm * (float)(m0 * __ldg(xs + 2 * g) + m1 * __ldg(xs + 2 * g + 1)) : r;
     }
 };
 template <> struct Piece<KT_Q4_K> : PieceK {
@@ -206,7 +224,7 @@ template <> struct Piece<KT_Q4_K> : PieceK {
         const int qa[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) { lo[i] = qa[i] & M4; hi[i] = (qa[i] >> 4) & M4; }
-        scales(b, g);
+        scales(b, g, h);
         off = 64 * g + 16 * h;
     }
 };
@@ -222,7 +240,7 @@ template <> struct Piece<KT_Q5_K> : PieceK {
             lo[i] = (qa[i] & M4) | (((ea[i] >> (2 * g)) & 0x01010101) << 4);
             hi[i] = ((qa[i] >> 4) & M4) | (((ea[i] >> (2 * g + 1)) & 0x01010101) << 4);
         }
-        scales(b, g);
+        scales(b, g, h);
         off = 64 * g + 16 * h;
     }
 };
@@ -251,7 +269,7 @@ template <> struct Piece<KT_Q6_K> {
         for (int qd = 0; qd < 4; ++qd) sc[qd] = (int8_t)b[192 + 8 * hh + 2 * qd + (l0 >> 4)];
         d = ldh(b + 208); off = 128 * hh + l0;
     }
-    __device__ __forceinline__ float dot(const int8_t* x) const {
+    __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
         int s = 0;
 #pragma unroll
         for (int qd = 0; qd < 4; ++qd) {
@@ -388,12 +406,12 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
 
 // The rows of one weight that warp gw (of nwarps working on it) owns: rows gw, gw + nwarps, ...
 // y[t, n] = sum_k W[n, k] x[t, k] for t < n_tokens <= NT, from the quantized activations
-// (xq: int8 [T][K], xd: one float per QK values [T][K / QK]; QB = QK for every format here).
+// (xq: see Q8Act; one scale per QK values, QB = QK for every format here).
 // A row's sum depends only on the row (its windows in order, the same lanes, the same
 // shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group
 // give bit-identical results.
 template <int T, int NT>
-__device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const int8_t* xq, const float* xd,
+__device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
                                           float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane) {
     constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
     static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
@@ -441,7 +459,9 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
             const int blk = b0 + kb;
 #pragma unroll
             for (int t = 0; t < NT; ++t)
-                if (t < mc) acc[t] += __ldg(xd + (int64_t)t * nblocks + blk) * pc.dot(xq + (int64_t)t * K + blk * QK);
+                if (t < mc)
+                    acc[t] += __ldg(xq.d + (int64_t)t * nblocks + blk) *
+                              pc.dot(xq.q + (int64_t)t * K + blk * QK, xq.s + (int64_t)t * (K / 32) + blk * (QK / 32));
         };
         // A full window gives every lane exactly IT pieces (where NB * PPB is a multiple of
         // 32): no guard, so the compiler can issue all their loads before the first dot
@@ -473,10 +493,10 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
 
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq(kargs_matmul a, const uint8_t* W, const int8_t* xq, const float* xd, float* y, int vw, int nwarps) {
+kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    mmvq_rows<T, NT>(a, W, xq, xd, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane);
+    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane);
 }
 
 // ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
@@ -495,7 +515,7 @@ struct MvGroup {
 };
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq_group(kargs_matmul a, MvGroup g, const int8_t* xq, const float* xd) {
+kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int gw = blockIdx.x * MV_ROWS + warp;
@@ -504,7 +524,7 @@ kernel_mmvq_group(kargs_matmul a, MvGroup g, const int8_t* xq, const float* xd) 
         if (j < g.n && gw < g.nwarps[j]) {
             a.n_out = g.n_out[j];
             a.row_bytes = g.row_bytes[j];
-            mmvq_rows<T, NT>(a, g.W[j], xq, xd, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane);
+            mmvq_rows<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane);
             return;
         }
         gw -= g.nwarps[j];
