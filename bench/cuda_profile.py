@@ -2,6 +2,7 @@
 
     python bench/cuda_profile.py MODEL.gguf [--tokens 10] [--pos 520] [--trace out.json]
     python bench/cuda_profile.py MODEL.gguf --prefill 512      # one 512-token prompt instead
+    python bench/cuda_profile.py MODEL.gguf --each 20          # and the first 20 kernels in order
 
 Replays the recorded one-token plan (one CUDA graph launch per token) under torch.profiler,
 which records every kernel the graph runs through CUPTI with its real start and end on the
@@ -31,6 +32,8 @@ def main():
     ap.add_argument("--pos", type=int, default=520)
     ap.add_argument("--trace", default=None)
     ap.add_argument("--prefill", type=int, default=0, help="profile one prompt of this many tokens")
+    ap.add_argument("--each", type=int, default=0,
+                    help="also list the first N kernels of the last run in order, with their GPU times")
     a = ap.parse_args()
     torch.cuda.init()
     m = llmetal.load(a.model, device="cuda", n_ctx=1024, n_batch=512, n_out=1)
@@ -84,6 +87,13 @@ def report(prof, a, what, per):
     for name in sorted(tot, key=tot.get, reverse=True):
         print(f"  {name:<28} {cnt[name] / n:6.0f} {tot[name] / n:8.1f} "
               f"{tot[name] / cnt[name]:8.2f} {100 * tot[name] / n / span:5.1f}%")
+    if a.each:
+        last = kern[-len(kern) // n:]   # the last run's kernels
+        t0 = last[0].time_range.start
+        print(f"  first {a.each} kernels of the last run: start (us from the first), GPU us, name")
+        for e in last[:a.each]:
+            name = e.name.split("(")[0].replace("void ", "").replace("llmetal_cuda::", "")
+            print(f"  {e.time_range.start - t0:9.2f} {e.time_range.elapsed_us():8.2f}  {name}")
 
 
 if __name__ == "__main__":

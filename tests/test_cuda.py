@@ -176,8 +176,10 @@ def test_matmul_decode_wide_rows(devs, rng, wtype, N):
     """Rows several windows long, 16-byte aligned (the streamed fast path) and not (K=576,
     SmolLM2's width: 8- or 4-byte copies; K=4064: rows only 2-byte aligned for Q4_0 / Q5_0 /
     Q8_0, copied synchronously), 1 and 5 tokens; 37 rows (fewer rows than warps) and 4100
-    (more rows than an H100 keeps resident warps: a warp walks two rows, one window sequence)."""
-    for K in ([4096] if wtype in (Q4_K, Q5_K, Q6_K) else [4096, 576, 4064]):
+    (more rows than an H100 keeps resident warps: a warp walks two rows, one window sequence).
+    K=14336 (the FFN down projection's width): rows of several windows, which kernel_mmvq shares
+    out to groups of 2 or 4 warps (37 rows: 4; 4100 rows: 2, three rows a group)."""
+    for K in ([4096, 14336] if wtype in (Q4_K, Q5_K, Q6_K) else [4096, 576, 4064, 14336]):
         for M in ((1, 5) if N < 100 else (1,)):
             W = random_weight(rng, wtype, N, K)
             x = rng.standard_normal((M, K)).astype(np.float32)
@@ -343,15 +345,19 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
 def test_fused_decode_stages_match_cpu(devs, rng):
     """The command shapes the CUDA device fuses (add + rmsnorm + 8-bit quantization for the
     next matmul, one quantization shared by two matmuls of the same input, swiglu +
-    quantization, rope q + rope k + both kv_stores in one kernel, neox pairs) give the CPU's
-    results, replayed as a graph, at several positions."""
-    D, FF, H, KV, hd, n_ctx = 512, 1024, 8, 2, 64, 64
-    W = {"Wq": (Q8_0, H * hd, D), "Wk": (Q4_0, KV * hd, D), "Wv": (Q4_0, KV * hd, D),
+    quantization, rope q + rope k + both kv_stores in one kernel, neox pairs, decode attention
+    with its splits merged in the kernel + the quantization of its output for the o projection)
+    give the CPU's results, replayed as a graph, at several positions (one split of keys, then
+    several)."""
+    D, FF, H, KV, hd, n_ctx = 512, 1024, 8, 2, 64, 200
+    W = {"Wq": (Q8_0, H * hd, D), "Wk": (Q4_0, KV * hd, D), "Wv": (Q4_0, KV * hd, D), "Wo": (Q4_0, D, H * hd),
          "Wg": (Q4_K, FF, D), "Wu": (Q4_K, FF, D), "Wd": (Q8_0, D, FF)}
     arrays = {n: random_weight(rng, t, r, c) for n, (t, r, c) in W.items()}
     norm = rng.uniform(0.5, 1.5, D).astype(np.float32)
     x0 = rng.standard_normal((1, D)).astype(np.float32)
     o0 = rng.standard_normal((1, D)).astype(np.float32)
+    # the cache rows the replays skip over (attention reads every row up to the position)
+    kv0 = [rng.standard_normal((n_ctx, KV * hd)).astype(np.float16) for _ in range(2)]
     outs = []
     for dev in devs:
         pool = E.BufferPool(dev)
@@ -359,12 +365,13 @@ def test_fused_decode_stages_match_cpu(devs, rng):
             pool.declare(n, t, [r, c])
         for n, t, s in [("norm", F32, (D,)), ("ids", I32, (1,)), ("x", F32, (1, D)), ("o", F32, (1, D)),
                         ("h", F32, (1, D)), ("q", F32, (1, H * hd)), ("k", F32, (1, KV * hd)),
-                        ("v", F32, (1, KV * hd)), ("g", F32, (1, FF)), ("u", F32, (1, FF)), ("s", F32, (1, FF)),
+                        ("v", F32, (1, KV * hd)), ("att", F32, (1, H * hd)), ("ao", F32, (1, D)),
+                        ("g", F32, (1, FF)), ("u", F32, (1, FF)), ("s", F32, (1, FF)),
                         ("Kc", F16, (n_ctx, KV * hd)), ("Vc", F16, (n_ctx, KV * hd))]:
             pool.declare(n, t, list(s))
         pool.reserve()
         g = pool.get
-        for n, a in list(arrays.items()) + [("norm", norm)]:
+        for n, a in list(arrays.items()) + [("norm", norm), ("Kc", kv0[0]), ("Vc", kv0[1])]:
             g(n).upload(a)
         enc = E.Encoder(dev, eager=False)
         enc.begin_record(1)
@@ -377,6 +384,8 @@ def test_fused_decode_stages_match_cpu(devs, rng):
         enc.rope(g("k"), KV, hd, 2, 500000.0)
         enc.kv_store(g("k"), g("Kc"))
         enc.kv_store(g("v"), g("Vc"))
+        enc.attention(g("q"), g("Kc"), g("Vc"), g("att"), H, KV, 1 / np.sqrt(hd), 0, 0.0)
+        enc.matmul(g("Wo"), g("att"), g("ao"))
         enc.rmsnorm(g("x"), g("norm"), g("h"), 1e-5)
         enc.matmul(g("Wg"), g("h"), g("g"))
         enc.matmul(g("Wu"), g("h"), g("u"))
@@ -384,11 +393,11 @@ def test_fused_decode_stages_match_cpu(devs, rng):
         enc.matmul(g("Wd"), g("s"), g("o"))
         plan = enc.end_record()
         rows = []
-        for step, pos in enumerate([0, 1, 7, 40]):
+        for step, pos in enumerate([0, 1, 7, 40, 150]):
             g("x").upload(x0 * (step + 1))
             g("o").upload(o0)
             enc.replay_token(plan, g("ids"), 0, pos)
-            rows.append(np.concatenate([g(n).to_numpy()[0] for n in ("x", "h", "q", "k", "v", "s", "o")] +
+            rows.append(np.concatenate([g(n).to_numpy()[0] for n in ("x", "h", "q", "k", "v", "att", "ao", "s", "o")] +
                                        [g("Kc").to_numpy()[pos].astype(np.float32),
                                         g("Vc").to_numpy()[pos].astype(np.float32)]))
         outs.append(np.stack(rows))

@@ -224,35 +224,57 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 // -- then, per head: the scores (q broadcast from shared memory), a warp max and sum (online
 // softmax), and the probability-weighted V rows (each key's probability by a shuffle from its
 // lane). A lane or key past the split's last visible key reads that key's row (finite data):
-// its score is masked to -inf and its weight is 0. With one split the warp writes its heads'
-// outputs; with several it writes (M, L, acc) for kernel_attention_combine, as kernel_attention
-// does. A split longer than 32 keys (contexts over 8k keys) takes further passes.
+// its score is masked to -inf and its weight is 0. A split longer than 32 keys (contexts over
+// 8k keys) takes further passes.
+//
+// The splits are merged inside this kernel. Only the live splits run (those holding a visible
+// key: s < ns = (pos - lo) / chunk + 1; the grid has the splits of the whole context so that a
+// graph can hold it). With one live split its block writes the outputs. With several, each
+// block writes its heads' (M, L, acc) to `part`, then counts itself in count[t][g]; the last
+// block of the group to arrive reads every live split's partials, merges them, writes the
+// outputs and resets the counter for the next launch. (The separate merge kernel,
+// kernel_attention_combine, cost ~5.6 us a layer on the H100: its own start and the round
+// trips before its first store.) With xq.q set, the outputs are also quantized to 8 bits
+// (32-value blocks) for the matmul that reads them next (the o projection): no quantize stage.
 constexpr int AD_WARPS = 4;
 constexpr int AD_KEYS = 32;              // keys a warp takes per pass (one a lane)
 constexpr int AD_GMAX = 8;               // query heads per K/V head
 constexpr int AD_HPW = AD_GMAX / AD_WARPS;   // query heads a warp at most
 constexpr int AD_QMAX = 1024;            // G * head_dim
+constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
 
+// A lane's DPL outputs of query head qi (dims lane*DPL ..): to out, and to 8 bits when asked
+// (32 / DPL lanes hold one 32-value block: max, scale and sum by shuffles among them).
 template <int DPL>
-__global__ void __launch_bounds__(AD_WARPS * 32)
-kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
-                        float* part, int n_splits, int chunk, const kstep* step) {
+__device__ __forceinline__ void ad_store(float* out, const Q8Act& xq, int64_t qi, int lane, const float* v) {
+    constexpr int HD = 32 * DPL;
+    const int64_t i0 = qi * HD + lane * DPL;
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) out[i0 + e] = v[e];
+    if (!xq.q) return;
+    float amax = 0.f;
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) amax = fmaxf(amax, fabsf(v[e]));
+#pragma unroll
+    for (int o = 1; o < 32 / DPL; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    int qs = 0;
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) qs += store_q8(v[e], amax, i0 + e, 32, xq);
+#pragma unroll
+    for (int o = 1; o < 32 / DPL; o <<= 1) qs += __shfl_xor_sync(0xffffffffu, qs, o);
+    if (i0 % 32 == 0) xq.s[i0 / 32] = qs;
+}
+
+// Warp `warp` (< G) over keys [j0, j1) of split s: its heads' outputs (ns == 1) or the split's
+// (M, L, acc) in part[qi][s].
+template <int DPL>
+__device__ __forceinline__ void attention_decode_split(const kargs_attention& a, const __half* kc, const __half* vc,
+                                                       const float* sq, float* out, float* part, int n_splits, int ns,
+                                                       int s, int g, int t, int j0, int j1, const Q8Act& xq) {
     constexpr int HD = 32 * DPL;
     using VW = typename std::conditional<DPL == 2, uint32_t, uint2>::type;   // a lane's V values of a row
-    static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
-    __shared__ __align__(16) float sq[AD_QMAX];
-    pdl_enter();
-    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
-    const float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
-    const int pos = step->pos0 + t;
-    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
-    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
-    __syncthreads();
-    if (warp >= G) return;   // no barrier follows
-
     float M[AD_HPW], L[AD_HPW], acc[AD_HPW][DPL];
 #pragma unroll
     for (int u = 0; u < AD_HPW; ++u) {
@@ -313,21 +335,92 @@ kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, con
         }
     }
 
-    // this warp's heads: the output (one split) or this split's (M, L, acc)
+
+    // this warp's heads: the output (one live split) or this split's (M, L, acc)
 #pragma unroll
     for (int u = 0; u < AD_HPW; ++u) {
         const int h = warp + AD_WARPS * u;
         if (h >= G) break;
         const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
-        if (n_splits == 1) {
+        if (ns == 1) {
+            float v[DPL];
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) out[qi * HD + lane * DPL + e] = acc[u][e] / L[u];
+            for (int e = 0; e < DPL; ++e) v[e] = acc[u][e] / L[u];
+            ad_store<DPL>(out, xq, qi, lane, v);
         } else {
             float* pr = part + (qi * n_splits + s) * (HD + 2);
             if (lane == 0) { pr[0] = M[u]; pr[1] = L[u]; }
 #pragma unroll
             for (int e = 0; e < DPL; ++e) pr[2 + lane * DPL + e] = acc[u][e];
         }
+    }
+}
+
+template <int DPL>
+__global__ void __launch_bounds__(AD_WARPS * 32)
+kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
+                        float* part, int n_splits, int chunk, const kstep* step, int* count, Q8Act xq) {
+    constexpr int HD = 32 * DPL;
+    static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
+    __shared__ __align__(16) float sq[AD_QMAX];
+    __shared__ int last;
+    pdl_enter();
+    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int G = a.n_heads / a.n_kv_heads;
+    const int pos = step->pos0 + t;
+    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    const int ns = min(n_splits, (pos - lo) / chunk + 1);   // live splits
+    if (s >= ns) return;   // the whole block: none of its keys is visible
+    const float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
+    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
+    __syncthreads();
+    if (warp < G) attention_decode_split<DPL>(a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq);
+    if (ns == 1) return;
+    // count this split in (its partials written and visible first); the last one merges
+    __threadfence();
+    __syncthreads();
+    int* cnt = count + t * a.n_kv_heads + g;
+    if (threadIdx.x == 0) last = atomicAdd(cnt, 1) == ns - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *cnt = 0;
+#pragma unroll
+    for (int u = 0; u < AD_HPW; ++u) {
+        const int h = warp + AD_WARPS * u;
+        if (h >= G) break;
+        const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
+        const float* pr = part + qi * n_splits * (HD + 2);   // split j at pr + j * (HD + 2); read from L2
+        float M = -INFINITY;
+        for (int j = lane; j < ns; j += 32) M = fmaxf(M, __ldcg(pr + j * (HD + 2)));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float L = 0.f, acc[DPL];
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) acc[e] = 0.f;
+        for (int jb = 0; jb < ns; jb += 32) {
+            const int j = jb + lane;
+            float w = 0.f;   // split j's weight exp(M_j - M), held by lane j % 32
+            if (j < ns) {
+                const float m = __ldcg(pr + j * (HD + 2));
+                w = m == -INFINITY ? 0.f : __expf(m - M);
+                L += w * __ldcg(pr + j * (HD + 2) + 1);
+            }
+            const int nk = min(32, ns - jb);
+#pragma unroll 8
+            for (int k = 0; k < nk; ++k) {
+                const float wk = __shfl_sync(0xffffffffu, w, k);
+                const float* pv = pr + (jb + k) * (HD + 2) + 2 + lane * DPL;
+#pragma unroll
+                for (int e = 0; e < DPL; ++e) acc[e] += wk * __ldcg(pv + e);
+            }
+        }
+        L = warp_sum(L);
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) acc[e] /= L;
+        ad_store<DPL>(out, xq, qi, lane, acc);
     }
 }
 

@@ -77,12 +77,15 @@ struct CudaDevice final : Device {
         ck(cudaMemsetAsync(step_buf->dev, 0, sizeof(kstep), stream), "memset step");
         err_buf = alloc(sizeof(int), "error flag");
         ck(cudaMemsetAsync(err_buf->dev, 0, sizeof(int), stream), "memset error flag");
+        att_count = alloc(AD_COUNTERS * sizeof(int), "attention split counters");   // kernel_attention_decode
+        ck(cudaMemsetAsync(att_count->dev, 0, AD_COUNTERS * sizeof(int), stream), "memset split counters");
         ck(cudaStreamSynchronize(stream), "init");
     }
     ~CudaDevice() override {
         cudaStreamSynchronize(stream);
         step_buf.reset();
         err_buf.reset();
+        att_count.reset();
         for (void* p : scratch_old) cudaFree(p);
         if (scratch) cudaFree(scratch);
         if (qscratch) cudaFree(qscratch);
@@ -317,6 +320,7 @@ struct CudaDevice final : Device {
     //   add + rmsnorm [+ quantize]   kernel_add_rmsnorm_q  (residual add, norm, and the 8-bit
     //   rmsnorm [+ quantize]         kernel_add_rmsnorm_q   copy the next quantized matmul reads)
     //   swiglu [+ quantize]          kernel_swiglu_q
+    //   attention [+ quantize]       kernel_attention_decode (head sizes 64 / 128, a few tokens)
     //   rope q, rope k, kv_store k, kv_store v      kernel_rope_kv_store
     //   2-3 decode matmuls of one input and type    kernel_mmvq_group  (Q/K/V, gate/up)
     // and a quantized decode matmul whose input was already quantized (by a fused stage, or by
@@ -325,6 +329,8 @@ struct CudaDevice final : Device {
     // trace shows the fused kernels under these names.
     struct QCache { const float* src = nullptr; int64_t n = 0; int qb = 0; };
     QCache qcache;   // what qscratch holds now: the 8-bit copy of n floats at src, blocks of qb
+    // LLMETAL_CUDA_MV_SPLIT=0: one warp per row in kernel_mmvq (for measuring the split)
+    const bool mv_split = [] { const char* e = std::getenv("LLMETAL_CUDA_MV_SPLIT"); return !(e && e[0] == '0'); }();
     const bool fuse = [] { const char* e = std::getenv("LLMETAL_CUDA_FUSE"); return !(e && e[0] == '0'); }();
 
     // QB of the 8-bit activations a command's decode matmul reads (0: not such a matmul).
@@ -394,6 +400,16 @@ struct CudaDevice final : Device {
             launched("kernel_swiglu_q");
             qcache = {c.b[2].ptr<float>(), n, qb};
             return 1;
+        }
+        if (c.stage == Stage::attention) {   // attention + the o projection's quantization
+            const kargs_attention& at = c.a.attention;
+            const int dim = at.n_heads * at.head_dim;
+            if (decode_attention(at) && attention_aligned(c.b[0], c.b[1], c.b[2]) &&
+                consumer_qb(nx, c.b[3], at.n_tokens, dim) == 32) {
+                attention_q(at, c.b[0], c.b[1], c.b[2], c.b[3], c.step, q8_at(nx->a.matmul));
+                qcache = {c.b[3].ptr<float>(), (int64_t)at.n_tokens * dim, 32};
+                return 1;
+            }
         }
         if (c.stage == Stage::rope && i + 3 < cmds.size()) {
             const Command &rk = cmds[i + 1], &sk = cmds[i + 2], &sv = cmds[i + 3];
@@ -550,17 +566,25 @@ struct CudaDevice final : Device {
         quantize_for<T>(a, x);
         const Q8Act xq = q8_at(a);
         const int vw = load_width(a, W.ptr<uint8_t>());
-        // persistent warps: as few rows per warp as the resident warps allow, then as few warps
-        // as give every warp that many rows (a balanced single wave)
+        // persistent warps in groups of S per row (see mmvq_rows): as few rows per group as the
+        // resident warps allow, then as few groups as give every group that many rows (a
+        // balanced single wave). S: the one of 1, 2, 4 (at most the row's windows) that leaves
+        // the fewest windows to one warp; the smallest such.
         const int nt8 = a.n_tokens > 1;
         const int64_t resident = (int64_t)n_sm * std::max(1, mv_resident[T][nt8]) * MV_ROWS;
-        const int64_t rpw = (a.n_out + resident - 1) / resident;
-        const int nwarps = (int)((a.n_out + rpw - 1) / rpw);
+        const int nwin = (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB;   // windows of a row
+        int S = 1;
+        int64_t best = INT64_MAX, rpw = 1;
+        for (int s = 1; s <= (mv_split ? 4 : 1) && s <= nwin; s *= 2) {
+            const int64_t r = (a.n_out * s + resident - 1) / resident, cost = r * ((nwin + s - 1) / s);
+            if (cost < best) { best = cost; S = s; rpw = r; }
+        }
+        const int nwarps = (int)((a.n_out + rpw - 1) / rpw) * S;
         const unsigned grid = blocks(nwarps, MV_ROWS);
         if (!nt8)
-            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, S);
         else
-            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps);
+            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, S);
         launched("kernel_mmvq");
     }
 
@@ -719,7 +743,7 @@ struct CudaDevice final : Device {
     static bool decode_attention(const kargs_attention& a) {
         const int G = a.n_heads / a.n_kv_heads;
         return !prefill_attention(a) && (a.head_dim == 64 || a.head_dim == 128) &&
-               G <= AD_GMAX && G * a.head_dim <= AD_QMAX;
+               G <= AD_GMAX && G * a.head_dim <= AD_QMAX && a.n_tokens * a.n_kv_heads <= AD_COUNTERS;
     }
     static void attention_split(const kargs_attention& a, int* S, int* chunk) {
         // Splits of 32 keys: one pass of kernel_attention_decode's warps (one K and one V round
@@ -734,10 +758,18 @@ struct CudaDevice final : Device {
     }
 
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step) override {
+        attention_q(a, q, kc, vc, out, step, Q8Act{});
+    }
+    // attention; with xq.q set (decode kernel only, see attention_quantizes) its output is also
+    // quantized to 8 bits for the next matmul
+    static bool attention_aligned(Binding q, Binding kc, Binding vc) {
+        return (uintptr_t)q.ptr<float>() % 16 == 0 && (uintptr_t)kc.ptr<__half>() % 16 == 0 &&
+               (uintptr_t)vc.ptr<__half>() % 16 == 0;
+    }
+    void attention_q(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step, Q8Act xq) {
         if (a.head_dim > ATT_MAXD * 32) throw Error("attention: head_dim above 256 is not supported on cuda");
         // a prompt (16 tokens or more) with head size 64 or 128: tiles of queries on the tensor cores
-        const bool aligned = (uintptr_t)q.ptr<float>() % 16 == 0 && (uintptr_t)kc.ptr<__half>() % 16 == 0 &&
-                             (uintptr_t)vc.ptr<__half>() % 16 == 0;
+        const bool aligned = attention_aligned(q, kc, vc);
         if (prefill_attention(a) && aligned) {
             const dim3 grid(blocks(a.n_tokens, FA_BQ), a.n_heads);
             if (a.head_dim == 64)
@@ -756,10 +788,13 @@ struct CudaDevice final : Device {
             const __half *kp = kc.ptr<__half>(), *vp = vc.ptr<__half>();
             float *op = out.ptr<float>(), *pp = (float*)scratch;
             const kstep* sp = step.ptr<kstep>();
+            int* cp = (int*)att_count->dev;
             if (a.head_dim == 64)
-                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp);
+                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq);
             else
-                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp);
+                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq);
+            launched("kernel_attention_decode");
+            return;   // the splits merged in the kernel
         } else {
             launch("kernel_attention", kernel_attention, dim3(S, a.n_heads, a.n_tokens), ATT_WARPS * 32, 0, a,
                    q.ptr<float>(), kc.ptr<__half>(), vc.ptr<__half>(), out.ptr<float>(), (float*)scratch, S, chunk,
@@ -799,6 +834,7 @@ struct CudaDevice final : Device {
     cudaStream_t stream = nullptr;
     kstep hstep{0, 1, 0, 0};         // host copy of the step buffer (for host-side checks)
     BufferRef err_buf;
+    BufferRef att_count;              // [AD_COUNTERS] int, zero between launches (kernel_attention_decode)
     void* scratch = nullptr;          // attention partials
     uint64_t scratch_bytes = 0;
     void* qscratch = nullptr;         // quantized activations of decode matmuls

@@ -383,7 +383,10 @@ __device__ __forceinline__ void row_out(float* acc, float (*red)[NT], float* y, 
 // KB, in the L1 after the first warps). Each lane dots whole pieces of blocks (see Piece), the
 // warp reduces by shuffles when a row ends, and lane 0 writes it: no shared reduction and no
 // block-wide barrier.
-constexpr int MV_STAGES = 4;
+#ifndef LLMETAL_MV_STAGES
+#define LLMETAL_MV_STAGES 4
+#endif
+constexpr int MV_STAGES = LLMETAL_MV_STAGES;   // (a build option only for measuring)
 
 __device__ __forceinline__ void cp_async(void* dst, const void* src, int vw) {
     const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
@@ -404,31 +407,41 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
     }
 }
 
-// The rows of one weight that warp gw (of nwarps working on it) owns: rows gw, gw + nwarps, ...
+// The rows of one weight that warp gw (of nwarps working on it) computes, in groups of S
+// warps (S = 1, 2 or 4; S divides nwarps and MV_ROWS, so a group lies in one block): group
+// rg = gw / S owns rows rg, rg + nwarps / S, ..., and its warp k = gw % S takes windows k,
+// k + S, k + 2S, ... of each of them. S > 1 is for rows of several windows in matrices of few
+// rows (the FFN down projection: K = 14336 is 4 windows of Q4_0, 4096 rows for ~3200
+// resident warps): the work spreads over more warps, and the S partial sums of a row meet in
+// shared memory (`red`, two slots so the next row's writes never meet this row's reads) after
+// a barrier of the group's warps, added in warp order by warp k = 0.
 // y[t, n] = sum_k W[n, k] x[t, k] for t < n_tokens <= NT, from the quantized activations
 // (xq: see Q8Act; one scale per QK values, QB = QK for every format here).
-// A row's sum depends only on the row (its windows in order, the same lanes, the same
-// shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group
-// give bit-identical results.
+// A row's sum depends only on the row and S (its windows in order, the same lanes, the same
+// shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group give
+// bit-identical results where S is the same (the host picks S from the matrix's shape).
 template <int T, int NT>
 __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
-                                          float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane) {
+                                          float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane,
+                                          int S, float (*red)[MV_ROWS][NT]) {
     constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
     static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
     constexpr int WB = NB * BB;                         // bytes of a full window
     constexpr int IT = (NB * PPB + 31) / 32;            // pieces per lane of a full window
     static_assert(WB <= MV_WIN && WB % 16 == 0, "window");
-    if (gw >= nwarps || gw >= a.n_out) return;   // whole warps leave; no block barrier follows
+    const int rg = gw / S, k = gw % S, ngroups = nwarps / S;
+    if (gw >= nwarps || rg >= a.n_out) return;   // whole groups leave; no block barrier follows
                                                  // (and touch no memory: no pdl_wait needed)
     const int K = a.n_in, nblocks = K / QK, nwin = (nblocks + NB - 1) / NB, mc = min(NT, a.n_tokens);
-    const int nrows = (a.n_out - gw + nwarps - 1) / nwarps;
-    const int total = nrows * nwin;   // windows this warp computes
+    const int nrows = (a.n_out - rg + ngroups - 1) / ngroups;
+    const int nwk = (nwin - k + S - 1) / S;   // windows of a row this warp takes (S <= nwin)
+    const int total = nrows * nwk;            // windows this warp computes
 
-    // issue window i of the sequence (row gw + (i / nwin) nwarps, window i % nwin) into its slot;
-    // one commit group per window, empty past the end, so the group count stays uniform
+    // issue window i of the sequence (row rg + (i / nwk) ngroups, window k + (i % nwk) S) into
+    // its slot; one commit group per window, empty past the end, so the group count stays uniform
     auto issue = [&](int i) {
         if (i < total) {
-            const int r = gw + (i / nwin) * nwarps, w = i % nwin;
+            const int r = rg + (i / nwk) * ngroups, w = k + (i % nwk) * S;
             const int nb = min(NB, nblocks - w * NB);
             window_copy(slots + (i % MV_STAGES) * MV_WIN, W + (uint64_t)r * a.row_bytes + (uint64_t)w * WB,
                         nb * BB, vw, lane);
@@ -445,7 +458,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-    int w = 0, r = gw;   // the window being computed and its row
+    int w = k, r = rg, par = 0;   // the window being computed, its row, the `red` slot
     for (int i = 0; i < total; ++i) {
         issue(i + MV_STAGES - 1);
         cp_async_wait<MV_STAGES - 1>();   // this lane's copies of window i have landed
@@ -475,17 +488,37 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
                 if (lane + 32 * j < np) piece(lane + 32 * j);
         }
         __syncwarp();   // the slot is refilled by a later issue
-        if (++w == nwin) {   // the row is done: reduce over the warp and write it
+        if ((w += S) >= nwin) {   // this warp's part of the row is done: reduce over the warp
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
-                float s = acc[t];
 #pragma unroll
-                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                if (lane == 0 && t < mc) y[(int64_t)t * a.n_out + r] = s;
-                acc[t] = 0.f;
+                for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
             }
-            w = 0;
-            r += nwarps;
+            const int wb = threadIdx.x >> 5;   // this warp in the block
+            if (S == 1) {
+#pragma unroll
+                for (int t = 0; t < NT; ++t)
+                    if (lane == 0 && t < mc) y[(int64_t)t * a.n_out + r] = acc[t];
+            } else {   // ... then over the group's S warps, in warp order
+                if (lane == 0) {
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) red[par][wb][t] = acc[t];
+                }
+                asm volatile("bar.sync %0, %1;" ::"r"(1 + wb / S), "r"(32 * S) : "memory");
+                if (k == 0 && lane == 0) {
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) {
+                        float v = red[par][wb][t];
+                        for (int j = 1; j < S; ++j) v += red[par][wb + j][t];
+                        if (t < mc) y[(int64_t)t * a.n_out + r] = v;
+                    }
+                }
+                par ^= 1;
+            }
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = 0.f;
+            w = k;
+            r += ngroups;
         }
     }
     cp_async_wait<0>();
@@ -493,10 +526,11 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
 
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps) {
+kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps, int split) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
+    __shared__ float red[2][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane);
+    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, split, red);
 }
 
 // ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
@@ -524,7 +558,7 @@ kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
         if (j < g.n && gw < g.nwarps[j]) {
             a.n_out = g.n_out[j];
             a.row_bytes = g.row_bytes[j];
-            mmvq_rows<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane);
+            mmvq_rows<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane, 1, nullptr);
             return;
         }
         gw -= g.nwarps[j];
