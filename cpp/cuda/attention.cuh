@@ -356,28 +356,78 @@ __device__ __forceinline__ void attention_decode_split(const kargs_attention& a,
     }
 }
 
+// The fused stage rope(q), rope(k), kv_store(k), kv_store(v), attention for ONE token (see
+// kernel_attention_decode): the rotation's cosines and sines (one per pair, the same for every
+// head) are computed before waiting on the previous kernel, as kernel_rope_kv_store computes
+// them; every block rotates its group's q in shared memory; the block of the split that holds
+// the position (the last live one) rotates the token's k of its K/V head, writes it back and
+// writes the token's K and V rows to the caches before its own keys are read (no other block
+// reads that row). The rotated q is written back by the block that finishes last (every other
+// block has read q by then), so q, k and the caches end as the split stages leave them.
+struct AdRope {
+    kargs_rope r;        // q's rope (n_rot == head_dim; k's heads: n_kv_heads)
+    const float* ff;     // frequency factors [n_rot / 2] or null
+    float* k;            // [n_kv_heads * head_dim] the token's k, rotated in place
+    const float* v;      // [n_kv_heads * head_dim] the token's v
+    int* err;            // ERR_KV_POS when the position is outside the cache
+    int on;
+};
+
 template <int DPL>
 __global__ void __launch_bounds__(AD_WARPS * 32)
-kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,
-                        float* part, int n_splits, int chunk, const kstep* step, int* count, Q8Act xq) {
+kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, float* out,
+                        float* part, int n_splits, int chunk, const kstep* step, int* count, Q8Act xq, AdRope rope) {
     constexpr int HD = 32 * DPL;
     static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
     __shared__ __align__(16) float sq[AD_QMAX];
+    __shared__ float rc[HD / 2], rs[HD / 2], sk[HD];
     __shared__ int last;
-    pdl_enter();
     const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int G = a.n_heads / a.n_kv_heads;
-    const int pos = step->pos0 + t;
+    const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
+    const int pos = step->pos0 + t;   // set by a copy before the launch: readable before pdl_wait
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
     const int ns = min(n_splits, (pos - lo) / chunk + 1);   // live splits
     if (s >= ns) return;   // the whole block: none of its keys is visible
-    const float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
+    if (rope.on)
+        for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) rope_cs(rope.r, rope.ff, pos, i, &rc[i], &rs[i]);
+    pdl_enter();
+    float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
+    const bool kv_block = rope.on && s == ns - 1;   // this block writes the token's K / V rows
+    if (kv_block)
+        for (int i = threadIdx.x; i < HD; i += blockDim.x) sk[i] = rope.k[g * HD + i];
     const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
     __syncthreads();
+    if (rope.on) {
+        float y0, y1;
+        int i0, i1;
+        for (int p = threadIdx.x; p < G * HD / 2; p += blockDim.x) {
+            const int i = p % (HD / 2);
+            rope_pair(rope.r, sq + (p / (HD / 2)) * HD, i, rc[i], rs[i], &i0, &i1, &y0, &y1);
+        }
+        if (kv_block) {
+            if (pos >= a.n_ctx) {
+                if (threadIdx.x == 0) atomicExch(rope.err, ERR_KV_POS);
+            } else {
+                __half* kr = kc + (int64_t)pos * kv_dim + g * HD;
+                for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) {
+                    rope_pair(rope.r, sk, i, rc[i], rs[i], &i0, &i1, &y0, &y1);
+                    rope.k[g * HD + i0] = y0; rope.k[g * HD + i1] = y1;
+                    kr[i0] = __float2half_rn(y0); kr[i1] = __float2half_rn(y1);
+                }
+                for (int i = threadIdx.x; i < HD; i += blockDim.x)
+                    vc[(int64_t)pos * kv_dim + g * HD + i] = __float2half_rn(rope.v[g * HD + i]);
+            }
+        }
+        __syncthreads();   // rotated q in sq; this block's K / V row written (visible to the block)
+    }
     if (warp < G) attention_decode_split<DPL>(a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq);
-    if (ns == 1) return;
+    if (ns == 1) {
+        if (rope.on)
+            for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
+        return;
+    }
     // count this split in (its partials written and visible first); the last one merges
     __threadfence();
     __syncthreads();
@@ -387,6 +437,8 @@ kernel_attention_decode(kargs_attention a, const float* q, const __half* kc, con
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) *cnt = 0;
+    if (rope.on)
+        for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
 #pragma unroll
     for (int u = 0; u < AD_HPW; ++u) {
         const int h = warp + AD_WARPS * u;

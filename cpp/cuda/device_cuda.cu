@@ -322,6 +322,7 @@ struct CudaDevice final : Device {
     //   swiglu [+ quantize]          kernel_swiglu_q
     //   attention [+ quantize]       kernel_attention_decode (head sizes 64 / 128, a few tokens)
     //   rope q, rope k, kv_store k, kv_store v      kernel_rope_kv_store
+    //   the same four + attention [+ quantize] (one token)    kernel_attention_decode
     //   2-3 decode matmuls of one input and type    kernel_mmvq_group  (Q/K/V, gate/up)
     // and a quantized decode matmul whose input was already quantized (by a fused stage, or by
     // the previous matmul of the same input: Q/K/V, gate/up) skips kernel_quantize_q8.
@@ -406,7 +407,7 @@ struct CudaDevice final : Device {
             const int dim = at.n_heads * at.head_dim;
             if (decode_attention(at) && attention_aligned(c.b[0], c.b[1], c.b[2]) &&
                 consumer_qb(nx, c.b[3], at.n_tokens, dim) == 32) {
-                attention_q(at, c.b[0], c.b[1], c.b[2], c.b[3], c.step, q8_at(nx->a.matmul));
+                attention_q(at, c.b[0], c.b[1], c.b[2], c.b[3], c.step, q8_at(nx->a.matmul), AdRope{});
                 qcache = {c.b[3].ptr<float>(), (int64_t)at.n_tokens * dim, 32};
                 return 1;
             }
@@ -426,6 +427,24 @@ struct CudaDevice final : Device {
                           (uint64_t)q.n_tokens * q.n_heads * q.head_dim * 4) &&
                 !overlaps(sv.b[0], (uint64_t)k.n_tokens * sv.a.kv_store.kv_dim * 4, rk.b[0],
                           (uint64_t)k.n_tokens * k.n_heads * k.head_dim * 4)) {
+                // ... and the attention that follows, for one token: one kernel_attention_decode
+                if (i + 4 < cmds.size() && cmds[i + 4].stage == Stage::attention) {
+                    const Command& at = cmds[i + 4];
+                    const kargs_attention& aa = at.a.attention;
+                    if (aa.n_tokens == 1 && q.n_tokens == 1 && decode_attention(aa) &&
+                        attention_aligned(at.b[0], at.b[1], at.b[2]) && same(at.b[0], c.b[0]) &&
+                        same(at.b[1], sk.b[1]) && same(at.b[2], sv.b[1]) && aa.head_dim == q.head_dim &&
+                        aa.n_heads == q.n_heads && aa.n_kv_heads == k.n_heads && aa.n_ctx == sk.a.kv_store.n_ctx) {
+                        const Command* o = i + 5 < cmds.size() ? &cmds[i + 5] : nullptr;
+                        const int dim = aa.n_heads * aa.head_dim;
+                        const bool qz = consumer_qb(o, at.b[3], 1, dim) == 32;
+                        const AdRope rope{q, q.has_factors ? c.b[1].ptr<float>() : nullptr, rk.b[0].ptr<float>(),
+                                          sv.b[0].ptr<float>(), (int*)err_buf->dev, 1};
+                        attention_q(aa, at.b[0], at.b[1], at.b[2], at.b[3], at.step, qz ? q8_at(o->a.matmul) : Q8Act{}, rope);
+                        qcache = qz ? QCache{at.b[3].ptr<float>(), (int64_t)dim, 32} : QCache{};
+                        return 5;
+                    }
+                }
                 const int64_t n = (int64_t)q.n_tokens * (q.n_heads + k.n_heads) * (q.n_rot / 2) +
                                   (int64_t)k.n_tokens * sk.a.kv_store.kv_dim;
                 launch("kernel_rope_kv_store", kernel_rope_kv_store, blocks(n, 256), 256, 0, 
@@ -540,6 +559,17 @@ struct CudaDevice final : Device {
     }
 
     // Resident blocks per SM of kernel_mmvq<T, 1 | 8> (shared memory and registers decide).
+    // Warps a mat-vec of `bytes` of weights plans for, at `per_sm` resident blocks per SM. A
+    // small one (under 4 MB: latency, not bandwidth, decides its time) is sized for mv_slack
+    // blocks fewer per SM, so that the next kernel's blocks (a norm, swiglu, attention,
+    // launched early by PDL) find room on every SM and wait there, resident, instead of being
+    // placed once mat-vec blocks leave: SmolLM2 tg128 1428 -> 1496 on an H100. Large ones keep
+    // every warp (the same slack cost 8B Q4_0 2.4%: fewer warps stream less).
+    const int mv_slack = [] { const char* e = std::getenv("LLMETAL_CUDA_MV_SLACK"); return e ? std::atoi(e) : 1; }();
+    int64_t mv_plan_warps(int per_sm, uint64_t bytes) const {
+        const int b = bytes < (4ull << 20) ? per_sm - mv_slack : per_sm;
+        return (int64_t)n_sm * std::max(1, b) * MV_ROWS;
+    }
     int n_sm = 1;
     int mv_resident[32][2] = {};
     int mvg_resident[32][2] = {};   // the same for kernel_mmvq_group<T, 1 | 8>
@@ -571,7 +601,7 @@ struct CudaDevice final : Device {
         // balanced single wave). S: the one of 1, 2, 4 (at most the row's windows) that leaves
         // the fewest windows to one warp; the smallest such.
         const int nt8 = a.n_tokens > 1;
-        const int64_t resident = (int64_t)n_sm * std::max(1, mv_resident[T][nt8]) * MV_ROWS;
+        const int64_t resident = mv_plan_warps(mv_resident[T][nt8], (uint64_t)a.n_out * a.row_bytes);
         const int nwin = (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB;   // windows of a row
         int S = 1;
         int64_t best = INT64_MAX, rpw = 1;
@@ -599,7 +629,9 @@ struct CudaDevice final : Device {
         const int nt8 = a.n_tokens > 1;
         int64_t rows = 0;
         for (int j = 0; j < n; ++j) rows += ms[j]->a.matmul.n_out;
-        const int64_t resident = (int64_t)n_sm * std::max(1, mvg_resident[T][nt8]) * MV_ROWS;
+        uint64_t bytes = 0;
+        for (int j = 0; j < n; ++j) bytes += (uint64_t)ms[j]->a.matmul.n_out * ms[j]->a.matmul.row_bytes;
+        const int64_t resident = mv_plan_warps(mvg_resident[T][nt8], bytes);
         const int64_t rpw = (rows + resident - 1) / resident;
         MvGroup g{};
         g.n = n;
@@ -758,15 +790,17 @@ struct CudaDevice final : Device {
     }
 
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step) override {
-        attention_q(a, q, kc, vc, out, step, Q8Act{});
+        attention_q(a, q, kc, vc, out, step, Q8Act{}, AdRope{});
     }
-    // attention; with xq.q set (decode kernel only, see attention_quantizes) its output is also
-    // quantized to 8 bits for the next matmul
+    // attention; for the decode kernel only (decode_attention): with xq.q set its output is also
+    // quantized to 8 bits for the next matmul, with rope.on the token's rope and K/V stores
+    // happen inside it (see AdRope; one token)
     static bool attention_aligned(Binding q, Binding kc, Binding vc) {
         return (uintptr_t)q.ptr<float>() % 16 == 0 && (uintptr_t)kc.ptr<__half>() % 16 == 0 &&
                (uintptr_t)vc.ptr<__half>() % 16 == 0;
     }
-    void attention_q(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step, Q8Act xq) {
+    void attention_q(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out, Binding step, Q8Act xq,
+                     AdRope rope) {
         if (a.head_dim > ATT_MAXD * 32) throw Error("attention: head_dim above 256 is not supported on cuda");
         // a prompt (16 tokens or more) with head size 64 or 128: tiles of queries on the tensor cores
         const bool aligned = attention_aligned(q, kc, vc);
@@ -784,15 +818,15 @@ struct CudaDevice final : Device {
         attention_split(a, &S, &chunk);
         if (decode_attention(a) && aligned) {
             const dim3 grid(S, a.n_kv_heads, a.n_tokens);
-            const float* qp = q.ptr<float>();
-            const __half *kp = kc.ptr<__half>(), *vp = vc.ptr<__half>();
+            float* qp = q.ptr<float>();
+            __half *kp = kc.ptr<__half>(), *vp = vc.ptr<__half>();
             float *op = out.ptr<float>(), *pp = (float*)scratch;
             const kstep* sp = step.ptr<kstep>();
             int* cp = (int*)att_count->dev;
             if (a.head_dim == 64)
-                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq);
+                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
             else
-                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq);
+                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
             launched("kernel_attention_decode");
             return;   // the splits merged in the kernel
         } else {
