@@ -344,14 +344,15 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
 
 def test_fused_decode_stages_match_cpu(devs, rng):
     """The command shapes the CUDA device fuses (add + rmsnorm + 8-bit quantization for the
-    next matmul, one quantization shared by two matmuls of the same input, swiglu +
-    quantization, rope q + rope k + both kv_stores in one kernel, neox pairs, decode attention
-    with its splits merged in the kernel + the quantization of its output for the o projection)
-    give the CPU's results, replayed as a graph, at several positions (one split of keys, then
-    several)."""
-    D, FF, H, KV, hd, n_ctx = 512, 1024, 8, 2, 64, 200
+    next matmul, rmsnorm + quantization, one quantization shared by two matmuls of the same
+    input, swiglu + quantization, rope q + rope k + both kv_stores + decode attention (splits
+    merged in the kernel) + the quantization of its output for the o projection) give the CPU's
+    results, replayed as a graph, at several positions (one split of keys, then several). The
+    residual adds after the o and down projections are followed by norms whose 8-bit copies go
+    to a Q4_K pair (blocks of 256) and to Q4_0 (blocks of 32), as in a model's layer."""
+    D, FF, H, KV, hd, n_ctx = 768, 1024, 8, 2, 64, 200
     W = {"Wq": (Q8_0, H * hd, D), "Wk": (Q4_0, KV * hd, D), "Wv": (Q4_0, KV * hd, D), "Wo": (Q4_0, D, H * hd),
-         "Wg": (Q4_K, FF, D), "Wu": (Q4_K, FF, D), "Wd": (Q8_0, D, FF)}
+         "Wg": (Q4_K, FF, D), "Wu": (Q4_K, FF, D), "Wd": (Q8_0, D, FF), "Wz": (Q4_0, 256, D)}
     arrays = {n: random_weight(rng, t, r, c) for n, (t, r, c) in W.items()}
     norm = rng.uniform(0.5, 1.5, D).astype(np.float32)
     x0 = rng.standard_normal((1, D)).astype(np.float32)
@@ -367,6 +368,7 @@ def test_fused_decode_stages_match_cpu(devs, rng):
                         ("h", F32, (1, D)), ("q", F32, (1, H * hd)), ("k", F32, (1, KV * hd)),
                         ("v", F32, (1, KV * hd)), ("att", F32, (1, H * hd)), ("ao", F32, (1, D)),
                         ("g", F32, (1, FF)), ("u", F32, (1, FF)), ("s", F32, (1, FF)),
+                        ("h2", F32, (1, D)), ("h3", F32, (1, D)), ("z", F32, (1, 256)), ("z2", F32, (1, 256)),
                         ("Kc", F16, (n_ctx, KV * hd)), ("Vc", F16, (n_ctx, KV * hd))]:
             pool.declare(n, t, list(s))
         pool.reserve()
@@ -386,18 +388,24 @@ def test_fused_decode_stages_match_cpu(devs, rng):
         enc.kv_store(g("v"), g("Vc"))
         enc.attention(g("q"), g("Kc"), g("Vc"), g("att"), H, KV, 1 / np.sqrt(hd), 0, 0.0)
         enc.matmul(g("Wo"), g("att"), g("ao"))
+        enc.add(g("x"), g("ao"), g("x"))
         enc.rmsnorm(g("x"), g("norm"), g("h"), 1e-5)
         enc.matmul(g("Wg"), g("h"), g("g"))
         enc.matmul(g("Wu"), g("h"), g("u"))
         enc.swiglu(g("g"), g("u"), g("s"))
         enc.matmul(g("Wd"), g("s"), g("o"))
+        enc.add(g("x"), g("o"), g("x"))
+        enc.rmsnorm(g("x"), g("norm"), g("h2"), 1e-5)
+        enc.matmul(g("Wz"), g("h2"), g("z"))
+        enc.rmsnorm(g("x"), g("norm"), g("h3"), 1e-5)
+        enc.matmul(g("Wz"), g("h3"), g("z2"))
         plan = enc.end_record()
         rows = []
         for step, pos in enumerate([0, 1, 7, 40, 150]):
             g("x").upload(x0 * (step + 1))
             g("o").upload(o0)
             enc.replay_token(plan, g("ids"), 0, pos)
-            rows.append(np.concatenate([g(n).to_numpy()[0] for n in ("x", "h", "q", "k", "v", "att", "ao", "s", "o")] +
+            rows.append(np.concatenate([g(n).to_numpy()[0] for n in ("x", "h", "h2", "h3", "q", "k", "v", "att", "ao", "s", "o", "z", "z2")] +
                                        [g("Kc").to_numpy()[pos].astype(np.float32),
                                         g("Vc").to_numpy()[pos].astype(np.float32)]))
         outs.append(np.stack(rows))
