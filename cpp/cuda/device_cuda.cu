@@ -566,6 +566,14 @@ struct CudaDevice final : Device {
     // placed once mat-vec blocks leave: SmolLM2 tg128 1428 -> 1496 on an H100. Large ones keep
     // every warp (the same slack cost 8B Q4_0 2.4%: fewer warps stream less).
     const int mv_slack = [] { const char* e = std::getenv("LLMETAL_CUDA_MV_SLACK"); return e ? std::atoi(e) : 1; }();
+    // Windows on the busiest SM when `warps` warps (blocks of MV_ROWS, spread evenly over the
+    // SMs) take `per_warp` windows each. The mat-vecs pick rows per warp by it: 28672 rows at
+    // 10 a warp are 717 blocks, 6 on some SMs and 5 on others, so the 6-block SMs finish last;
+    // at 11 a warp, 652 blocks are at most 5 an SM and the busiest SM has 8% less to do.
+    int64_t mv_sm_load(int64_t warps, int64_t per_warp) const {
+        const int64_t nb = (warps + MV_ROWS - 1) / MV_ROWS;
+        return (nb + n_sm - 1) / n_sm * MV_ROWS * per_warp;
+    }
     int64_t mv_plan_warps(int per_sm, uint64_t bytes) const {
         const int b = bytes < (4ull << 20) ? per_sm - mv_slack : per_sm;
         return (int64_t)n_sm * std::max(1, b) * MV_ROWS;
@@ -606,8 +614,11 @@ struct CudaDevice final : Device {
         int S = 1;
         int64_t best = INT64_MAX, rpw = 1;
         for (int s = 1; s <= (mv_split ? 4 : 1) && s <= nwin; s *= 2) {
-            const int64_t r = (a.n_out * s + resident - 1) / resident, cost = r * ((nwin + s - 1) / s);
-            if (cost < best) { best = cost; S = s; rpw = r; }
+            const int64_t r0 = (a.n_out * s + resident - 1) / resident;
+            for (int64_t r = r0; r < r0 + 3; ++r) {
+                const int64_t cost = mv_sm_load((a.n_out + r - 1) / r * s, r * ((nwin + s - 1) / s));
+                if (cost < best) { best = cost; S = s; rpw = r; }
+            }
         }
         const int nwarps = (int)((a.n_out + rpw - 1) / rpw) * S;
         const unsigned grid = blocks(nwarps, MV_ROWS);
@@ -632,7 +643,14 @@ struct CudaDevice final : Device {
         uint64_t bytes = 0;
         for (int j = 0; j < n; ++j) bytes += (uint64_t)ms[j]->a.matmul.n_out * ms[j]->a.matmul.row_bytes;
         const int64_t resident = mv_plan_warps(mvg_resident[T][nt8], bytes);
-        const int64_t rpw = (rows + resident - 1) / resident;
+        const int64_t r0 = (rows + resident - 1) / resident;
+        int64_t rpw = r0, best = INT64_MAX;
+        for (int64_t r = r0; r < r0 + 3; ++r) {
+            int64_t w = 0;
+            for (int j = 0; j < n; ++j) w += (ms[j]->a.matmul.n_out + r - 1) / r;
+            const int64_t cost = mv_sm_load(w, r);
+            if (cost < best) { best = cost; rpw = r; }
+        }
         MvGroup g{};
         g.n = n;
         int64_t nw = 0;
