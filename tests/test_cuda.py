@@ -339,7 +339,11 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
             rows.append(np.concatenate([g("att").to_numpy()[0], g("lg").to_numpy()[0]]))
         assert dev.n_allocs == n_allocs, f"{dev.name}: allocations during replay"
         outs.append((toks, np.stack(rows)))
-    assert_close("graph replay", outs[0][1], outs[1][1], 1e-9)
+    # K and V rows are rounded to f16 (here V holds k too): a k whose last float bit differs
+    # from the CPU's (the mat-vec's sums run in another order) now and then rounds to the
+    # neighbouring f16 value, 4.9e-4 relative, and every later position sees it. Seen on an
+    # H100 at NMSE 3.85e-9 for 1 seed of 15; 1e-8 still fails any real error.
+    assert_close("graph replay", outs[0][1], outs[1][1], 1e-8)
 
 
 def test_fused_decode_stages_match_cpu(devs, rng):
