@@ -102,12 +102,16 @@ __device__ __forceinline__ int4 ldx4(const int8_t* p) { return __ldg((const int4
 // after_scale(r, i, sh). Reading whole words costs one shared load per 4 bytes instead of two
 // 2-byte loads and a merge; the word past a block's end belongs to the next block or to the
 // window slot's tail (see MV_WIN), never outside the ring.
+// (The aligned address is b minus its offset, not b with its low bits masked: a pointer rebuilt
+// from an integer loses its shared-memory origin, and the compiler then emits generic loads,
+// which wait like global ones -- seen as 15% of the Q4_0 mat-vec's stall samples.)
 template <int N>
 __device__ __forceinline__ int block_words(const uint8_t* b, uint32_t* r) {
-    const uint32_t* w = (const uint32_t*)((uintptr_t)b & ~(uintptr_t)3);
+    const int mis = (int)((uintptr_t)b & 3);   // 0 or 2
+    const uint32_t* w = (const uint32_t*)(b - mis);
 #pragma unroll
     for (int i = 0; i < N; ++i) r[i] = w[i];
-    return ((int)(uintptr_t)b & 2) * 8;
+    return mis * 8;
 }
 __device__ __forceinline__ int after_scale(const uint32_t* r, int i, int sh) {
     return (int)__funnelshift_rc(r[i], r[i + 1], sh + 16);   // sh + 16 = 32: r[i + 1] whole
