@@ -135,7 +135,7 @@ template <> struct Piece<KT_Q8_0> {
         d = half_bits(r[0] >> sh);
     }
     __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
-        return d * (float)dot16(q + 4, ldx4(x + 16), dot16(q, ldx4(x), 0));
+        return d * (float)(dot16(q, ldx4(x), 0) + dot16(q + 4, ldx4(x + 16), 0));   // two chains of 4
     }
 };
 
@@ -153,7 +153,7 @@ struct Piece32 {
         }
     }
     __device__ __forceinline__ int idot(const int8_t* x) const {
-        return dot16(hi, ldx4(x + 16), dot16(lo, ldx4(x), 0));
+        return dot16(lo, ldx4(x), 0) + dot16(hi, ldx4(x + 16), 0);   // two chains of 4 dp4a, not one of 8
     }
 };
 template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q - 8)
