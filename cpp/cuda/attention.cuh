@@ -8,7 +8,9 @@
 //                                  window masks, an online softmax (running max and sum per
 //                                  query row), then O += P V with P rounded to fp16.
 //   kernel_attention_decode<DPL>   fewer tokens, head size 64 / 128: float arithmetic, built
-//                                  for latency (see its comment below).
+//                                  for latency, its key splits merged inside it; for one token
+//                                  it can also apply the rope and store the K/V row (AdRope)
+//                                  and quantize its output for the o projection (see below).
 //
 // Both compute what kernel_attention (kernels.cuh; every other shape) does:
 // out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g] over the keys j visible from
