@@ -20,26 +20,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from llmetal import _engine as E
 
+from cuda_bench import copy_roof_gbs   # bench/ is on sys.path when this script runs
+
 TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 SHAPES = [(4096, 4096, "q/o"), (1024, 4096, "k/v"), (14336, 4096, "gate/up"), (4096, 14336, "down"),
           (49152, 4096, "output")]
-
-
-def copy_roof() -> float:
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    a.random_(0, 255)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        t0.record(); b.copy_(a); t1.record(); t1.synchronize()
-        times.append(t0.elapsed_time(t1) / 1e3)
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n / float(np.median(times)) / 1e9
 
 
 def main():
@@ -48,7 +33,7 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     a = ap.parse_args()
     torch.cuda.init()
-    roof = copy_roof()
+    roof = copy_roof_gbs()
     print(f"copy roof {roof:.0f} GB/s (device-to-device, read + write)")
     d = E.cuda_device(0)
     rng = np.random.default_rng(0)

@@ -565,7 +565,10 @@ struct CudaDevice final : Device {
     // launched early by PDL) find room on every SM and wait there, resident, instead of being
     // placed once mat-vec blocks leave: SmolLM2 tg128 1428 -> 1496 on an H100. Large ones keep
     // every warp (the same slack cost 8B Q4_0 2.4%: fewer warps stream less).
-    const int mv_slack = [] { const char* e = std::getenv("LLMETAL_CUDA_MV_SLACK"); return e ? std::atoi(e) : 1; }();
+    const int mv_slack = [] {   // LLMETAL_CUDA_MV_SLACK=N (0..4; for measuring), default 1
+        const char* e = std::getenv("LLMETAL_CUDA_MV_SLACK");
+        return e ? std::min(4, std::max(0, std::atoi(e))) : 1;
+    }();
     // Windows on the busiest SM when `warps` warps (blocks of MV_ROWS, spread evenly over the
     // SMs) take `per_warp` windows each. The mat-vecs pick rows per warp by it: 28672 rows at
     // 10 a warp are 717 blocks, 6 on some SMs and 5 on others, so the 6-block SMs finish last;
