@@ -271,6 +271,8 @@ def test_kv_store_exact(devs, rng):
     (4, 1, 256, 3, 1000, 0, 0.0), (6, 2, 80, 33, 0, 0, 0.0), (12, 4, 64, 16, 990, 0, 0.0),
     (4, 1, 256, 5, 600, 128, 0.0), (2, 2, 64, 6, 10, 1, 0.0), (8, 4, 64, 4, 200, 0, 30.0),
     (3, 3, 80, 2, 513, 512, 50.0),
+    # decode merges of few splits (<= 8: all partials loaded at once) and of 8 / 9 at the edge
+    (32, 8, 128, 1, 100, 0, 0.0), (9, 3, 64, 1, 230, 0, 0.0), (9, 3, 64, 1, 256, 0, 0.0),
     # prompts on the tensor cores (16+ tokens, head size 64 or 128): several query and key
     # tiles, a partial last tile, GQA, a window shorter than the prompt, softcap
     (32, 8, 128, 130, 0, 0, 0.0), (9, 3, 64, 100, 37, 0, 0.0), (8, 4, 64, 70, 200, 0, 30.0),

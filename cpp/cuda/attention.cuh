@@ -234,7 +234,9 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 // graph can hold it). With one live split its block writes the outputs. With several, each
 // block writes its heads' (M, L, acc) to `part`, then counts itself in count[t][g]; the last
 // block of the group to arrive reads every live split's partials, merges them, writes the
-// outputs and resets the counter for the next launch. (The separate merge kernel,
+// outputs and resets the counter for the next launch. Up to AD_MF live splits (about 256 keys of
+// context) the merge issues every partial load at once (one L2 round trip instead of three;
+// the same arithmetic in the same order). (The separate merge kernel,
 // kernel_attention_combine, cost ~5.6 us a layer on the H100: its own start and the round
 // trips before its first store.) With xq.q set, the outputs are also quantized to 8 bits
 // (32-value blocks) for the matmul that reads them next (the o projection): no quantize stage.
@@ -244,6 +246,7 @@ constexpr int AD_GMAX = 8;               // query heads per K/V head
 constexpr int AD_HPW = AD_GMAX / AD_WARPS;   // query heads a warp at most
 constexpr int AD_QMAX = 1024;            // G * head_dim
 constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
+constexpr int AD_MF = 8;                 // live splits up to which the merge loads all at once
 
 // A lane's DPL outputs of query head qi (dims lane*DPL ..): to out, and to 8 bits when asked
 // (32 / DPL lanes hold one 32-value block: max, scale and sum by shuffles among them).
@@ -382,7 +385,7 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     constexpr int HD = 32 * DPL;
     static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
     __shared__ __align__(16) float sq[AD_QMAX];
-    __shared__ float rc[HD / 2], rs[HD / 2], sk[HD];
+    __shared__ float rc[HD / 2], rs[HD / 2], sk[HD], sv[HD];
     __shared__ int last;
     const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -397,8 +400,8 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
     const bool kv_block = rope.on && s == ns - 1;   // this block writes the token's K / V rows
-    if (kv_block)
-        for (int i = threadIdx.x; i < HD; i += blockDim.x) sk[i] = rope.k[g * HD + i];
+    if (kv_block)   // the token's k and v, read in the same round trip as q
+        for (int i = threadIdx.x; i < HD; i += blockDim.x) { sk[i] = rope.k[g * HD + i]; sv[i] = rope.v[g * HD + i]; }
     const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
     __syncthreads();
     if (rope.on) {
@@ -419,7 +422,7 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
                     kr[i0] = __float2half_rn(y0); kr[i1] = __float2half_rn(y1);
                 }
                 for (int i = threadIdx.x; i < HD; i += blockDim.x)
-                    vc[(int64_t)pos * kv_dim + g * HD + i] = __float2half_rn(rope.v[g * HD + i]);
+                    vc[(int64_t)pos * kv_dim + g * HD + i] = __float2half_rn(sv[i]);
             }
         }
         __syncthreads();   // rotated q in sq; this block's K / V row written (visible to the block)
@@ -447,6 +450,36 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
         if (h >= G) break;
         const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
         const float* pr = part + qi * n_splits * (HD + 2);   // split j at pr + j * (HD + 2); read from L2
+        if (ns <= AD_MF) {
+            // Few splits (short contexts): every partial this lane needs in one round trip --
+            // lane j's (M_j, L_j) and this lane's DPL values of every split -- then the same
+            // arithmetic, in the same order, as the general path below.
+            float m = -INFINITY, l = 0.f, pv[AD_MF][DPL];
+            if (lane < ns) { m = __ldcg(pr + lane * (HD + 2)); l = __ldcg(pr + lane * (HD + 2) + 1); }
+#pragma unroll
+            for (int k = 0; k < AD_MF; ++k)
+#pragma unroll
+                for (int e = 0; e < DPL; ++e) pv[k][e] = k < ns ? __ldcg(pr + k * (HD + 2) + 2 + lane * DPL + e) : 0.f;
+            float M = m;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+            const float w = lane < ns && m != -INFINITY ? __expf(m - M) : 0.f;
+            const float L = warp_sum(w * l);
+            float acc[DPL];
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) acc[e] = 0.f;
+#pragma unroll
+            for (int k = 0; k < AD_MF; ++k) {
+                if (k >= ns) break;
+                const float wk = __shfl_sync(0xffffffffu, w, k);
+#pragma unroll
+                for (int e = 0; e < DPL; ++e) acc[e] += wk * pv[k][e];
+            }
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) acc[e] /= L;
+            ad_store<DPL>(out, xq, qi, lane, acc);
+            continue;
+        }
         float M = -INFINITY;
         for (int j = lane; j < ns; j += 32) M = fmaxf(M, __ldcg(pr + j * (HD + 2)));
 #pragma unroll
