@@ -457,7 +457,10 @@ def test_attention_reference_properties(request):
             assert np.allclose(out[t, h], want), where(seed)
     out = R.attention(q, K, V, H, KV, 5, 1.0, window=3).reshape(3, H, hd)
     assert np.allclose(out[0, 3], V[3:6, hd:].mean(axis=0)), where(seed)
-    # a huge score without cap picks one row; with a cap of 1 the weights stay mixed
+    # a huge score without cap picks one row; with a cap of 1 the weights stay mixed.
+    # Row 0 is made 10x longer than the other visible rows so that, by Cauchy-Schwarz, its
+    # score beats theirs for every seed (a random K[j] can otherwise outscore K[0]).
+    K[0, :hd] *= 10 * np.linalg.norm(K[1:4, :hd], axis=1).max() / np.linalg.norm(K[0, :hd])
     qq = np.zeros((1, H * hd)); qq[0, :hd] = 1e3 * K[0, :hd]
     o1 = R.attention(qq, K, V, H, KV, 3, 1.0).reshape(H, hd)
     assert np.allclose(o1[0], V[0, :hd]), where(seed)
