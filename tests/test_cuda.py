@@ -389,7 +389,8 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
     assert_close("graph replay vs cpu", cpu, graph, 1e-4)
 
 
-def test_fused_decode_stages_match_cpu(devs, rng):
+@pytest.mark.parametrize("D", [768, 4352])   # the norm kernel: one float4 a thread / several (rows > 4096)
+def test_fused_decode_stages_match_cpu(devs, rng, D):
     """The command shapes the CUDA device fuses (add + rmsnorm + 8-bit quantization for the
     next matmul, rmsnorm + quantization, one quantization shared by two matmuls of the same
     input, swiglu + quantization, rope q + rope k + both kv_stores + decode attention (splits
@@ -399,7 +400,7 @@ def test_fused_decode_stages_match_cpu(devs, rng):
     effects (see above). The residual adds after the o and down projections are followed by
     norms whose 8-bit copies go to a Q4_K pair (blocks of 256) and to Q4_0 (blocks of 32), as in
     a model's layer."""
-    D, FF, H, KV, hd, n_ctx = 768, 1024, 8, 2, 64, 200
+    FF, H, KV, hd, n_ctx = 1024, 8, 2, 64, 200
     W = {"Wq": (Q8_0, H * hd, D), "Wk": (Q4_0, KV * hd, D), "Wv": (Q4_0, KV * hd, D), "Wo": (Q4_0, D, H * hd),
          "Wg": (Q4_K, FF, D), "Wu": (Q4_K, FF, D), "Wd": (Q8_0, D, FF), "Wz": (Q4_0, 256, D)}
     arrays = {n: random_weight(rng, t, r, c) for n, (t, r, c) in W.items()}

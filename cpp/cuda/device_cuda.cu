@@ -498,8 +498,8 @@ struct CudaDevice final : Device {
         if (r.dim % 4 || !a16(x) || !a16(w) || !a16(out) || (add && (!a16(y) || !a16(sum)))) return false;
         const int qb = consumer_qb(next, out, r.n_rows, r.dim);
         const int unit = qb == 256 ? 64 : 32;   // threads of one quantization block (see the kernel)
-        int nt = (nv + RMS_V - 1) / RMS_V;
-        nt = std::max(unit, (nt + unit - 1) / unit * unit);
+        int nt = (nv + unit - 1) / unit * unit;   // one float4 a thread (rows up to 4096 values) ...
+        if (nt > 1024) nt = ((nv + RMS_V - 1) / RMS_V + unit - 1) / unit * unit;   // ... else up to RMS_V
         if (nt > 1024) return false;
         if (!add && !qb && r.n_rows > 1) return false;   // a plain multi-row norm: the split kernel is as good
         const Q8Act xq = qb ? q8_at(next->a.matmul) : Q8Act{};

@@ -126,9 +126,10 @@ __device__ __forceinline__ double block_sum(double v, double* part /* [32] share
     __syncthreads();   // `part` may still be read from a previous call
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
     __syncthreads();
-    double t = 0.0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
-    return t;
+    // every warp adds the warps' partials by a shuffle tree (the same order in every warp, so
+    // every thread gets the same sum): 5 steps instead of a chain of up to 32 shared loads
+    const int lane = threadIdx.x & 31;
+    return warp_sum_d(lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0);
 }
 
 __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, float* out) {
@@ -149,7 +150,10 @@ __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, 
 //   QB > 0:  out is also quantized to 8 bits (xq: values, scales, sums of 32) for the quantized matmuls that read it,
 //            so they skip their own quantize stage.
 // One block per row; thread i keeps the row's float4s i, i + nt, ... (up to RMS_V of them)
-// in registers, so the row is read once and every load is issued before the first use.
+// in registers, so the row is read once and every load is issued before the first use. The
+// host gives a thread one float4 where the row allows (rows up to 4096 values): at decode the
+// kernel is a latency chain, and each further float4 a thread lengthens it (the 8-bit copy's
+// shuffles and divisions run per float4).
 // Needs dim % 4 == 0, 16-byte aligned rows, dim <= 4 * RMS_V * blockDim, and for QB > 0 a
 // block size that is a multiple of QB / 4 threads (8 or 64) so a quantization block never
 // straddles two register slots.
@@ -160,7 +164,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
                      Q8Act xq) {
     pdl_enter();
     __shared__ double part[32];
-    const int nv = a.dim / 4, nt = blockDim.x;
+    const int nv = a.dim / 4, nt = blockDim.x, ns = (nv + nt - 1) / nt;   // float4s a thread (<= RMS_V)
     const int64_t r0 = (int64_t)blockIdx.x * nv;   // row start, in float4s
     // Every load first, from clamped slots (a slot past the row reads the row's last float4
     // and is then zeroed): no branch around a load, so x, y and w arrive in one round trip.
@@ -168,6 +172,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
     double ss = 0.0;
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
+        if (j >= ns) break;   // (uniform)
         const int c = min((int)threadIdx.x + j * nt, nv - 1);
         v[j] = ((const float4*)x)[r0 + c];
         if (ADD) u[j] = ((const float4*)y)[r0 + c];
@@ -175,6 +180,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
     }
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
+        if (j >= ns) break;
         const int c = threadIdx.x + j * nt;
         if (ADD) {
             v[j] = make_float4(v[j].x + u[j].x, v[j].y + u[j].y, v[j].z + u[j].z, v[j].w + u[j].w);
@@ -184,12 +190,13 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
     }
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j)
-        ss += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
+        if (j < ns) ss += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
     ss = block_sum(ss, part);
     const float r = (float)(1.0 / sqrt(ss / a.dim + (double)a.eps));
     __shared__ float s_amax[RMS_V][32];
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
+        if (j >= ns) break;   // (uniform: every thread reaches the shuffles and barriers below, or none does)
         const int c = threadIdx.x + j * nt;
         float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
         if (c < nv) {
