@@ -273,6 +273,13 @@ def test_kv_store_exact(devs, rng):
     (3, 3, 80, 2, 513, 512, 50.0),
     # decode merges of few splits (<= 8: all partials loaded at once) and of 8 / 9 at the edge
     (32, 8, 128, 1, 100, 0, 0.0), (9, 3, 64, 1, 230, 0, 0.0), (9, 3, 64, 1, 256, 0, 0.0),
+    # the same edge with head size 128 (32-key splits) and head size 64 (128-key splits of about
+    # 120 keys here: several passes a split, the last one partial), and more splits than that
+    (8, 2, 128, 1, 230, 0, 0.0), (8, 2, 128, 1, 256, 0, 0.0), (9, 3, 64, 1, 900, 0, 0.0),
+    (9, 3, 64, 1, 1000, 0, 0.0), (9, 3, 64, 1, 1500, 0, 0.0),
+    # decode blocks of G x 4 warps: G = 8 (1024 threads) at both head sizes, a window, one key
+    (32, 4, 128, 1, 300, 0, 0.0), (16, 2, 64, 1, 40, 0, 0.0), (8, 2, 64, 1, 700, 100, 0.0),
+    (8, 8, 64, 1, 0, 0, 0.0),
     # prompts on the tensor cores (16+ tokens, head size 64 or 128): several query and key
     # tiles, a partial last tile, GQA, a window shorter than the prompt, softcap
     (32, 8, 128, 130, 0, 0, 0.0), (9, 3, 64, 100, 37, 0, 0.0), (8, 4, 64, 70, 200, 0, 30.0),

@@ -213,21 +213,23 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 }
 
 // ---- attention for a few queries (decode) ------------------------------------------------------
-// kernel_attention_decode<DPL>: one block per (split of 32 keys, K/V head, query token); its 4
-// warps take the query heads of that K/V head (the GQA group: head warp, warp + 4, ...), all
-// over the same 32 keys, so a K or V row comes from DRAM once per group (the other warps read
-// it from L1). Built for latency: at decode a block's work is small and what costs is the
-// chain of dependent memory round trips (about a microsecond each here: a kernel that waited
-// on 7 of them took 14 us whatever the number of keys) and the instruction chain of one warp.
-// So a warp's chain is: q (into shared memory) with the position, then every load of its 32
-// keys at once --
-//   K: one key per lane, its row in 16-byte pieces;  V: for each of the 32 keys, the lane's
-//   DPL = head_dim / 32 values (one coalesced row read per key)
-// -- then, per head: the scores (q broadcast from shared memory), a warp max and sum (online
-// softmax), and the probability-weighted V rows (each key's probability by a shuffle from its
-// lane). A lane or key past the split's last visible key reads that key's row (finite data):
-// its score is masked to -inf and its weight is 0. A split longer than 32 keys (contexts over
-// 8k keys) takes further passes.
+// kernel_attention_decode<DPL>: one block per (split of 32 keys, K/V head, query token). Its
+// warps are G query heads (the K/V head's GQA group) x AD_WPH = 4: the 4 warps of a head take
+// 8 of the split's 32 keys each, so a K or V row comes from DRAM once per group (the other
+// heads' warps read it from L1). Built for latency: at decode a block's work is small and what
+// costs is the chain of dependent memory round trips and the instruction chain of one warp
+// (ncu on an H100, SmolLM2 at position 64, when one warp took all 32 keys of a head: 3 warps
+// busy per block, ~700 instructions each at ~16 cycles apiece; 4 warps a head cut that chain
+// to about a quarter). A warp's chain is: q (into shared memory) with the position, then every
+// load of its 8 keys at once --
+//   K: 4 lanes a key, each a quarter of the row (DPL 16-byte pieces);
+//   V: for each of the 8 keys, the lane's DPL = head_dim / 32 values (one coalesced row read)
+// -- then the scores (q from shared memory; the quarters summed by two shuffles), the max and
+// sum over the 8 keys (online softmax over passes), and the probability-weighted V rows (each
+// key's probability by a shuffle). A key past the split's last visible key reads that key's
+// row (finite data): its score is masked to -inf and its weight is 0. Then the 4 warps of a
+// head merge their (max, sum, values) in shared memory. A split longer than 32 keys (contexts
+// over 8k keys) takes further passes.
 //
 // The splits are merged inside this kernel. Only the live splits run (those holding a visible
 // key: s < ns = (pos - lo) / chunk + 1; the grid has the splits of the whole context so that a
@@ -240,10 +242,11 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 // kernel_attention_combine, cost ~5.6 us a layer on the H100: its own start and the round
 // trips before its first store.) With xq.q set, the outputs are also quantized to 8 bits
 // (32-value blocks) for the matmul that reads them next (the o projection): no quantize stage.
-constexpr int AD_WARPS = 4;
-constexpr int AD_KEYS = 32;              // keys a warp takes per pass (one a lane)
-constexpr int AD_GMAX = 8;               // query heads per K/V head
-constexpr int AD_HPW = AD_GMAX / AD_WARPS;   // query heads a warp at most
+constexpr int AD_KEYS = 32;              // keys of a split per pass
+constexpr int AD_WPH = 4;                // warps per query head
+constexpr int AD_KW = AD_KEYS / AD_WPH;  // keys a warp takes per pass (8) ...
+constexpr int AD_LPK = 32 / AD_KW;       // ... with 4 lanes a key, each a quarter of the row
+constexpr int AD_GMAX = 8;               // query heads per K/V head (so at most 32 warps a block)
 constexpr int AD_QMAX = 1024;            // G * head_dim
 constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
 constexpr int AD_MF = 8;                 // live splits up to which the merge loads all at once
@@ -270,94 +273,114 @@ __device__ __forceinline__ void ad_store(float* out, const Q8Act& xq, int64_t qi
     if (i0 % 32 == 0) xq.s[i0 / 32] = qs;
 }
 
-// Warp `warp` (< G) over keys [j0, j1) of split s: its heads' outputs (ns == 1) or the split's
-// (M, L, acc) in part[qi][s].
+// Shared memory where the AD_WPH warps of each head merge: (M, L, acc[HD]) per warp.
+struct AdMerge {
+    float M[AD_GMAX * AD_WPH], L[AD_GMAX * AD_WPH];
+    float acc[AD_WPH * AD_QMAX];   // [warp][HD] for the block's G * AD_WPH warps (G * HD <= AD_QMAX)
+};
+
+// Every warp of the block (G heads x AD_WPH) over keys [j0, j1) of split s; then per head: the
+// output (ns == 1) or the split's (M, L, acc) in part[qi][s]. Called by every thread (barrier).
 template <int DPL>
 __device__ __forceinline__ void attention_decode_split(const kargs_attention& a, const __half* kc, const __half* vc,
                                                        const float* sq, float* out, float* part, int n_splits, int ns,
-                                                       int s, int g, int t, int j0, int j1, const Q8Act& xq) {
+                                                       int s, int g, int t, int j0, int j1, const Q8Act& xq,
+                                                       AdMerge& mg) {
     constexpr int HD = 32 * DPL;
     using VW = typename std::conditional<DPL == 2, uint32_t, uint2>::type;   // a lane's V values of a row
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = warp / AD_WPH, sub = warp % AD_WPH;   // query head within the group; which 8 keys
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
-    float M[AD_HPW], L[AD_HPW], acc[AD_HPW][DPL];
+    const int kq = lane / AD_LPK, qd = lane % AD_LPK;   // this lane's key of the 8, and quarter of its row
+    constexpr int NP = 4 * DPL / AD_LPK;                 // 16-byte pieces of a quarter row (HD / 4 halves)
+    float M = -INFINITY, L = 0.f, acc[DPL];
 #pragma unroll
-    for (int u = 0; u < AD_HPW; ++u) {
-        M[u] = -INFINITY; L[u] = 0.f;
-#pragma unroll
-        for (int e = 0; e < DPL; ++e) acc[u][e] = 0.f;
-    }
-    for (int jb = j0; jb < j1; jb += AD_KEYS) {
+    for (int e = 0; e < DPL; ++e) acc[e] = 0.f;
+    for (int jb = j0 + sub * AD_KW; jb < j1; jb += AD_KEYS) {
         // every load of this pass first
-        const uint4* kp = (const uint4*)(kc + (int64_t)min(jb + lane, j1 - 1) * kv_dim + g * HD);
-        uint4 kr[HD / 8];
+        const uint4* kp = (const uint4*)(kc + (int64_t)min(jb + kq, j1 - 1) * kv_dim + g * HD + qd * (HD / AD_LPK));
+        uint4 kr[NP];
 #pragma unroll
-        for (int c = 0; c < HD / 8; ++c) kr[c] = kp[c];
-        VW vr[AD_KEYS];
+        for (int c = 0; c < NP; ++c) kr[c] = kp[c];
+        VW vr[AD_KW];
 #pragma unroll
-        for (int k = 0; k < AD_KEYS; ++k)
+        for (int k = 0; k < AD_KW; ++k)
             vr[k] = *(const VW*)(vc + (int64_t)min(jb + k, j1 - 1) * kv_dim + g * HD + lane * DPL);
-        const bool vis = jb + lane < j1;
+        float sc = 0.f;   // this quarter's part of the score
 #pragma unroll
-        for (int u = 0; u < AD_HPW; ++u) {
-            const int h = warp + AD_WARPS * u;   // this warp's query head within the group
-            if (h >= G) break;
-            float sc = 0.f;
+        for (int c = 0; c < NP; ++c) {
+            const __half2* kh = (const __half2*)&kr[c];
+            const float* qp = sq + h * HD + qd * (HD / AD_LPK) + 8 * c;
+            const float4 qa = *(const float4*)qp, qb = *(const float4*)(qp + 4);
+            const float2 k0 = __half22float2(kh[0]), k1 = __half22float2(kh[1]);
+            const float2 k2 = __half22float2(kh[2]), k3 = __half22float2(kh[3]);
+            sc += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y + qb.x * k2.x + qb.y * k2.y +
+                  qb.z * k3.x + qb.w * k3.y;
+        }
 #pragma unroll
-            for (int c = 0; c < HD / 8; ++c) {
-                const __half2* kh = (const __half2*)&kr[c];
-                const float4 qa = *(const float4*)&sq[h * HD + 8 * c], qb = *(const float4*)&sq[h * HD + 8 * c + 4];
-                const float2 k0 = __half22float2(kh[0]), k1 = __half22float2(kh[1]);
-                const float2 k2 = __half22float2(kh[2]), k3 = __half22float2(kh[3]);
-                sc += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y + qb.x * k2.x + qb.y * k2.y +
-                      qb.z * k3.x + qb.w * k3.y;
-            }
-            float v = sc * a.scale;
-            if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
-            v = vis ? v : -INFINITY;
-            float m = v;
+        for (int o = 1; o < AD_LPK; o <<= 1)   // the quarters: every lane of the key holds the whole score
+            sc += __shfl_xor_sync(0xffffffffu, sc, o);
+        float v = sc * a.scale;
+        if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
+        v = jb + kq < j1 ? v : -INFINITY;
+        float m = v;   // over the 8 keys (lanes AD_LPK apart hold different keys)
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-            const float mn = fmaxf(M[u], m);   // finite: lane 0's key jb is visible
-            const float corr = __expf(M[u] - mn);
-            const float p = __expf(v - mn);    // 0 past the split
-            L[u] = L[u] * corr + warp_sum(p);
-            M[u] = mn;
+        for (int o = AD_LPK; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const float mn = fmaxf(M, m);
+        if (mn == -INFINITY) continue;   // (uniform) no visible key yet: nothing to add
+        const float corr = __expf(M - mn);
+        const float p = __expf(v - mn);   // 0 past the split
+        float ps = p;   // each key once: lanes AD_LPK apart
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) acc[u][e] *= corr;
-            // the probability-weighted V rows
+        for (int o = AD_LPK; o < 32; o <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+        L = L * corr + ps;
+        M = mn;
 #pragma unroll
-            for (int k = 0; k < AD_KEYS; ++k) {
-                const __half2* vh = (const __half2*)&vr[k];
-                const float pk = __shfl_sync(0xffffffffu, p, k);
+        for (int e = 0; e < DPL; ++e) acc[e] *= corr;
+        // the probability-weighted V rows
 #pragma unroll
-                for (int w2 = 0; w2 < DPL / 2; ++w2) {
-                    const float2 f = __half22float2(vh[w2]);
-                    acc[u][2 * w2] += pk * f.x;
-                    acc[u][2 * w2 + 1] += pk * f.y;
-                }
+        for (int k = 0; k < AD_KW; ++k) {
+            const __half2* vh = (const __half2*)&vr[k];
+            const float pk = __shfl_sync(0xffffffffu, p, AD_LPK * k);
+#pragma unroll
+            for (int w2 = 0; w2 < DPL / 2; ++w2) {
+                const float2 f = __half22float2(vh[w2]);
+                acc[2 * w2] += pk * f.x;
+                acc[2 * w2 + 1] += pk * f.y;
             }
         }
     }
-
-
-    // this warp's heads: the output (one live split) or this split's (M, L, acc)
+    // the AD_WPH warps of each head merge in shared memory (warp sub 0's first key is j0,
+    // visible, so the head's max is finite); warp sub 0 then writes the head's result
+    if (lane == 0) { mg.M[warp] = M; mg.L[warp] = L; }
 #pragma unroll
-    for (int u = 0; u < AD_HPW; ++u) {
-        const int h = warp + AD_WARPS * u;
-        if (h >= G) break;
-        const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
-        if (ns == 1) {
-            float v[DPL];
+    for (int e = 0; e < DPL; ++e) mg.acc[warp * HD + lane * DPL + e] = acc[e];
+    __syncthreads();
+    if (sub != 0 || h >= G) return;
+    float Mx = mg.M[warp];
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) v[e] = acc[u][e] / L[u];
-            ad_store<DPL>(out, xq, qi, lane, v);
-        } else {
-            float* pr = part + (qi * n_splits + s) * (HD + 2);
-            if (lane == 0) { pr[0] = M[u]; pr[1] = L[u]; }
+    for (int i = 1; i < AD_WPH; ++i) Mx = fmaxf(Mx, mg.M[warp + i]);
+    float Lx = 0.f, ax[DPL];
 #pragma unroll
-            for (int e = 0; e < DPL; ++e) pr[2 + lane * DPL + e] = acc[u][e];
-        }
+    for (int e = 0; e < DPL; ++e) ax[e] = 0.f;
+#pragma unroll
+    for (int i = 0; i < AD_WPH; ++i) {
+        const float mi = mg.M[warp + i];
+        const float w = mi == -INFINITY ? 0.f : __expf(mi - Mx);
+        Lx += w * mg.L[warp + i];
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) ax[e] += w * mg.acc[(warp + i) * HD + lane * DPL + e];
+    }
+    const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
+    if (ns == 1) {
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) ax[e] /= Lx;
+        ad_store<DPL>(out, xq, qi, lane, ax);
+    } else {
+        float* pr = part + (qi * n_splits + s) * (HD + 2);
+        if (lane == 0) { pr[0] = Mx; pr[1] = Lx; }
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) pr[2 + lane * DPL + e] = ax[e];
     }
 }
 
@@ -379,7 +402,7 @@ struct AdRope {
 };
 
 template <int DPL>
-__global__ void __launch_bounds__(AD_WARPS * 32)
+__global__ void __launch_bounds__(AD_GMAX * AD_WPH * 32)   // launched with G * AD_WPH warps
 kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, float* out,
                         float* part, int n_splits, int chunk, const kstep* step, int* count, Q8Act xq, AdRope rope) {
     constexpr int HD = 32 * DPL;
@@ -427,7 +450,8 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
         }
         __syncthreads();   // rotated q in sq; this block's K / V row written (visible to the block)
     }
-    if (warp < G) attention_decode_split<DPL>(a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq);
+    __shared__ AdMerge mg;
+    attention_decode_split<DPL>(a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq, mg);
     if (ns == 1) {
         if (rope.on)
             for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
@@ -444,10 +468,7 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     if (threadIdx.x == 0) *cnt = 0;
     if (rope.on)
         for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
-#pragma unroll
-    for (int u = 0; u < AD_HPW; ++u) {
-        const int h = warp + AD_WARPS * u;
-        if (h >= G) break;
+    for (int h = warp; h < G; h += blockDim.x / 32) {   // one head a warp (G <= the block's warps)
         const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
         const float* pr = part + qi * n_splits * (HD + 2);   // split j at pr + j * (HD + 2); read from L2
         if (ns <= AD_MF) {

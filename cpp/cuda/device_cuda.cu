@@ -802,9 +802,14 @@ struct CudaDevice final : Device {
     static void attention_split(const kargs_attention& a, int* S, int* chunk) {
         // Splits of 32 keys: one pass of kernel_attention_decode's warps (one K and one V round
         // trip), one group of ATT_KG keys a warp in kernel_attention (64-key splits took two
-        // round trips of each). At most 256 splits.
-        int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
-        int s = std::min((span + 31) / 32, 256);
+        // round trips of each). For head size 64 the decode kernel's pass is short enough that
+        // splits of 128 keys (4 passes) cost less than merging 4x as many splits (H100, SmolLM2
+        // shape, attention us at positions 64 / 520 / 900: 6.51 / 8.96 / 9.10 with 128-key
+        // splits, 6.60 / 11.09 / 12.92 with 32); for head size 128 it is the other way round (8B
+        // shape: 16.90 / 26.13 / 26.07 against 15.29 / 17.97 / 21.54). At most 256 splits.
+        const int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
+        const int keys = decode_attention(a) && a.head_dim == 64 ? 128 : 32;
+        int s = std::min((span + keys - 1) / keys, 256);
         if (a.n_tokens > 1) s = std::min(s, 4);
         s = std::max(s, 1);
         *S = s;
@@ -840,15 +845,16 @@ struct CudaDevice final : Device {
         attention_split(a, &S, &chunk);
         if (decode_attention(a) && aligned) {
             const dim3 grid(S, a.n_kv_heads, a.n_tokens);
+            const int G = a.n_heads / a.n_kv_heads;   // query heads per K/V head: AD_WPH warps each
             float* qp = q.ptr<float>();
             __half *kp = kc.ptr<__half>(), *vp = vc.ptr<__half>();
             float *op = out.ptr<float>(), *pp = (float*)scratch;
             const kstep* sp = step.ptr<kstep>();
             int* cp = (int*)att_count->dev;
             if (a.head_dim == 64)
-                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
+                launch("kernel_attention_decode", kernel_attention_decode<2>, grid, G * AD_WPH * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
             else
-                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, AD_WARPS * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
+                launch("kernel_attention_decode", kernel_attention_decode<4>, grid, G * AD_WPH * 32, 0, a, qp, kp, vp, op, pp, S, chunk, sp, cp, xq, rope);
             launched("kernel_attention_decode");
             return;   // the splits merged in the kernel
         } else {
