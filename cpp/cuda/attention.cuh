@@ -213,31 +213,31 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 }
 
 // ---- attention for a few queries (decode) ------------------------------------------------------
-// kernel_attention_decode<DPL>: one block per (split of 32 keys, K/V head, query token). Its
-// warps are G query heads (the K/V head's GQA group) x AD_WPH = 4: the 4 warps of a head take
-// 8 of the split's 32 keys each, so a K or V row comes from DRAM once per group (the other
-// heads' warps read it from L1). Built for latency: at decode a block's work is small and what
-// costs is the chain of dependent memory round trips and the instruction chain of one warp
+// kernel_attention_decode<DPL>: one block per (split of the keys, K/V head, query token). Its
+// warps are G query heads (the K/V head's GQA group) x AD_WPH = 4: per pass over 32 of the
+// split's keys, the 4 warps of a head take 8 each, so a K or V row comes from DRAM once per
+// group (the other heads' warps read it from L1). Built for latency: at decode a block's work
+// is small and what costs is the chain of dependent memory round trips and the instruction
+// chain of one warp
 // (ncu on an H100, SmolLM2 at position 64, when one warp took all 32 keys of a head: 3 warps
 // busy per block, ~700 instructions each at ~16 cycles apiece; with 4 warps a head, each warp
 // loads and weighs a quarter of the keys: docs/benchmarks-cuda.md, round 9). A warp's chain is:
-// q (into shared memory) with the position, then every
-// load of its 8 keys at once --
+// q (into shared memory) with the position, then per pass every load of its 8 keys at once --
 //   K: 4 lanes a key, each a quarter of the row (DPL 16-byte pieces);
 //   V: for each of the 8 keys, the lane's DPL = head_dim / 32 values (one coalesced row read)
 // -- then the scores (q from shared memory; the quarters summed by two shuffles), the max and
 // sum over the 8 keys (online softmax over passes), and the probability-weighted V rows (each
 // key's probability by a shuffle). A key past the split's last visible key reads that key's
 // row (finite data): its score is masked to -inf and its weight is 0. Then the 4 warps of a
-// head merge their (max, sum, values) in shared memory. A split longer than 32 keys (contexts
-// over 8k keys) takes further passes.
+// head merge their (max, sum, values) in shared memory. A split of more than 32 keys takes
+// further passes (the host's splits: 128 keys for head size 64, 32 for 128; see attention_split).
 //
 // The splits are merged inside this kernel. Only the live splits run (those holding a visible
 // key: s < ns = (pos - lo) / chunk + 1; the grid has the splits of the whole context so that a
 // graph can hold it). With one live split its block writes the outputs. With several, each
 // block writes its heads' (M, L, acc) to `part`, then counts itself in count[t][g]; the last
 // block of the group to arrive reads every live split's partials, merges them, writes the
-// outputs and resets the counter for the next launch. Up to AD_MF live splits (about 256 keys of
+// outputs and resets the counter for the next launch. Up to AD_MF live splits (256 or 1024 keys of
 // context) the merge issues every partial load at once (one L2 round trip instead of three;
 // the same arithmetic in the same order). (The separate merge kernel,
 // kernel_attention_combine, cost ~5.6 us a layer on the H100: its own start and the round
