@@ -784,9 +784,9 @@ struct CudaDevice final : Device {
     }
 
     // How many blocks split one query's keys: decode splits the whole context in chunks of
-    // 32 keys (see attention_split; blocks past the current position exit at once, so the grid
-    // is the same for every token and a graph can hold it); a batch of queries uses at most 4
-    // splits. kernel_attention_decode merges its splits itself; kernel_attention's are merged
+    // 32 or 128 keys (see attention_split; blocks past the current position exit at once, so the
+    // grid is the same for every token and a graph can hold it); a batch of queries uses at most
+    // 4 splits. kernel_attention_decode merges its splits itself; kernel_attention's are merged
     // by kernel_attention_combine.
     // kernel_attention_decode takes head sizes 64 and 128, up to 8 query heads per K/V head and
     // G * head_dim <= 1024; prompts of 16+ tokens with those head sizes go to the tensor cores
