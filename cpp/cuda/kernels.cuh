@@ -162,21 +162,27 @@ template <bool ADD, int QB>
 __global__ void __launch_bounds__(1024)
 kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
                      Q8Act xq) {
-    pdl_enter();
     __shared__ double part[32];
     const int nv = a.dim / 4, nt = blockDim.x, ns = (nv + nt - 1) / nt;   // float4s a thread (<= RMS_V)
     const int64_t r0 = (int64_t)blockIdx.x * nv;   // row start, in float4s
     // Every load first, from clamped slots (a slot past the row reads the row's last float4
-    // and is then zeroed): no branch around a load, so x, y and w arrive in one round trip.
+    // and is then zeroed): no branch around a load. The weight w is never written, so it is
+    // loaded before waiting on the previous kernel (see pdl_wait): its DRAM round trip
+    // overlaps that kernel's drain, and x and y then arrive in one L2 round trip.
     float4 v[RMS_V], u[RMS_V], gw[RMS_V];
-    double ss = 0.0;
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
         if (j >= ns) break;   // (uniform)
+        gw[j] = ((const float4*)w)[min((int)threadIdx.x + j * nt, nv - 1)];
+    }
+    pdl_enter();
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < RMS_V; ++j) {
+        if (j >= ns) break;
         const int c = min((int)threadIdx.x + j * nt, nv - 1);
         v[j] = ((const float4*)x)[r0 + c];
         if (ADD) u[j] = ((const float4*)y)[r0 + c];
-        gw[j] = ((const float4*)w)[c];
     }
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
