@@ -79,10 +79,13 @@ struct CudaDevice final : Device {
         ck(cudaMemsetAsync(err_buf->dev, 0, sizeof(int), stream), "memset error flag");
         att_count = alloc(AD_COUNTERS * sizeof(int), "attention split counters");   // kernel_attention_decode
         ck(cudaMemsetAsync(att_count->dev, 0, AD_COUNTERS * sizeof(int), stream), "memset split counters");
+        ck(cudaMallocHost((void**)&herr, sizeof(int)), "pinned error flag");
         ck(cudaStreamSynchronize(stream), "init");
     }
     ~CudaDevice() override {
         cudaStreamSynchronize(stream);
+        if (herr) cudaFreeHost(herr);
+        if (hstage) cudaFreeHost(hstage);
         step_buf.reset();
         err_buf.reset();
         att_count.reset();
@@ -141,9 +144,32 @@ struct CudaDevice final : Device {
         if (dst.buf->read_only) throw Error("cannot write into read-only buffer " + dst.buf->label);
         ck(cudaMemcpyAsync(dst.ptr<char>(), src, n, cudaMemcpyHostToDevice, stream), "upload");
     }
+    // Downloads go through a pinned staging buffer (up to HSTAGE_MAX bytes a round): the copy
+    // is one DMA, queued with the error flag's copy behind it, then one synchronization and a
+    // host memcpy. (A copy into pageable memory is staged by the driver in pieces, and reading
+    // the flag took a second synchronous copy: two waits per token where one does.)
+    static constexpr uint64_t HSTAGE_MAX = 4u << 20;
     void download(void* dst, const Binding& src, uint64_t n) override {
-        ck(cudaMemcpyAsync(dst, src.ptr<char>(), n, cudaMemcpyDeviceToHost, stream), "download");
-        wait();
+        if (!pinned) {
+            ck(cudaMemcpyAsync(dst, src.ptr<char>(), n, cudaMemcpyDeviceToHost, stream), "download");
+            wait();
+            return;
+        }
+        const uint64_t want = std::min<uint64_t>(std::max<uint64_t>(n, 4096), HSTAGE_MAX);
+        if (want > hstage_bytes) {
+            if (hstage) ck(cudaFreeHost(hstage), "free staging");
+            hstage = nullptr;
+            hstage_bytes = 0;
+            ck(cudaMallocHost(&hstage, want), "pinned staging");
+            hstage_bytes = want;
+        }
+        if (n == 0) return wait();
+        for (uint64_t off = 0; off < n; off += hstage_bytes) {
+            const uint64_t m = std::min(hstage_bytes, n - off);
+            ck(cudaMemcpyAsync(hstage, src.ptr<char>() + off, m, cudaMemcpyDeviceToHost, stream), "download");
+            wait();
+            std::memcpy((char*)dst + off, hstage, m);
+        }
     }
 
     void set_step(const kstep& s) override {
@@ -276,9 +302,15 @@ struct CudaDevice final : Device {
     }
 
     void wait() override {
-        ck(cudaStreamSynchronize(stream), "synchronize");
         int err = 0;
-        ck(cudaMemcpy(&err, err_buf->dev, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
+        if (pinned) {   // the flag's copy queued behind the work, one synchronization for both
+            ck(cudaMemcpyAsync(herr, err_buf->dev, sizeof(int), cudaMemcpyDeviceToHost, stream), "read error flag");
+            ck(cudaStreamSynchronize(stream), "synchronize");
+            err = *herr;
+        } else {
+            ck(cudaStreamSynchronize(stream), "synchronize");
+            ck(cudaMemcpy(&err, err_buf->dev, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
+        }
         if (err != ERR_NONE) {
             cudaMemset(err_buf->dev, 0, sizeof(int));
             if (err == ERR_EMBED_ID) throw Error("embed: a token id outside the vocabulary reached the GPU");
@@ -896,6 +928,11 @@ struct CudaDevice final : Device {
     cudaStream_t stream = nullptr;
     kstep hstep{0, 1, 0, 0};         // host copy of the step buffer (for host-side checks)
     BufferRef err_buf;
+    int* herr = nullptr;              // pinned host copy of the error flag (wait)
+    void* hstage = nullptr;           // pinned staging for downloads
+    uint64_t hstage_bytes = 0;
+    // LLMETAL_CUDA_PINNED=0: downloads straight into pageable memory (for measuring)
+    const bool pinned = [] { const char* e = std::getenv("LLMETAL_CUDA_PINNED"); return !(e && e[0] == '0'); }();
     BufferRef att_count;              // [AD_COUNTERS] int, zero between launches (kernel_attention_decode)
     void* scratch = nullptr;          // attention partials
     uint64_t scratch_bytes = 0;
