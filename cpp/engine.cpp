@@ -116,6 +116,11 @@ const char* stage_name(Stage s) {
 }
 
 void Device::submit_plan(Plan& p) { submit(p.cmds); }
+void Device::replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) {
+    upload(ids, &token, sizeof token);
+    set_step(kstep{pos, 1, 0, 0});
+    submit_plan(p);
+}
 
 BufferRef map_file_readonly(Device& d, const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY);
@@ -243,9 +248,7 @@ void Encoder::replay(Plan& p, const kstep& s) {
 
 void Encoder::replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
     if (p.n_tokens != 1) throw Error("Encoder: replay_token needs a plan recorded for one token");
-    device->upload(Binding{ids.buf.get(), ids.offset}, &token, sizeof token);
-    device->set_step(kstep{pos, 1, 0, 0});
-    device->submit_plan(p);
+    device->replay_token(p, Binding{ids.buf.get(), ids.offset}, token, pos);
     ++n_commits;
 }
 

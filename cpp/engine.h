@@ -134,6 +134,10 @@ struct Device : std::enable_shared_from_this<Device> {
     // A recorded plan: by default the same as submit(); a GPU device may build an executable
     // form once (a CUDA graph, a Metal command buffer) and keep it in plan.exec.
     virtual void submit_plan(struct Plan& p);
+    // One token of a plan recorded for one token: its id into ids[0], the step {pos, 1}, then
+    // the plan. By default an upload, set_step and submit_plan; a GPU device may pass both
+    // values inside its executable plan instead (cuda: the graph's first kernel's arguments).
+    virtual void replay_token(struct Plan& p, const Binding& ids, int32_t token, int32_t pos);
     virtual void wait() = 0;
 
     // One method per stage. Bindings in the order named.

@@ -396,6 +396,52 @@ def test_graph_replay_matches_eager_cpu(devs, rng):
     assert_close("graph replay vs cpu", cpu, graph, 1e-4)
 
 
+def test_token_and_step_replays_mix(devs, rng):
+    """A one-token plan's graph takes the token id and position as its first kernel's arguments
+    when replayed with replay_token, and reads what upload / set_step wrote when replayed with
+    replay (that kernel then writes nothing). Both ways, in any order on the same plan, give
+    the same bits, and an id outside the vocabulary still raises."""
+    V, D, H, hd, n_ctx = 200, 128, 2, 64, 64
+    Wemb = random_weight(rng, Q8_0, V, D)
+    Wq = random_weight(rng, Q4_0, H * hd, D)
+    toks = [int(t) for t in rng.integers(0, V, 12)]
+    dev = devs[1]
+    pool = E.BufferPool(dev)
+    for n, t, s in [("E", Q8_0, (V, D)), ("Wq", Q4_0, (H * hd, D)), ("ids", I32, (1,)), ("x", F32, (1, D)),
+                    ("q", F32, (1, H * hd)), ("Kc", F16, (n_ctx, H * hd)), ("Vc", F16, (n_ctx, H * hd)),
+                    ("att", F32, (1, H * hd)), ("lg", F32, (1, V))]:
+        pool.declare(n, t, list(s))
+    pool.reserve()
+    g = pool.get
+    g("E").upload(Wemb)
+    g("Wq").upload(Wq)
+    enc = E.Encoder(dev, eager=False)
+    enc.begin_record(1)
+    enc.embed(g("E"), g("ids"), g("x"))
+    enc.matmul(g("Wq"), g("x"), g("q"))
+    enc.rope(g("q"), H, hd, 0, 10000.0)
+    enc.kv_store(g("q"), g("Kc"))
+    enc.kv_store(g("q"), g("Vc"))
+    enc.attention(g("q"), g("Kc"), g("Vc"), g("att"), H, H, 0.125)
+    enc.logits(g("E"), g("x"), g("lg"))
+    plan = enc.end_record()
+    runs = []
+    for mode in ["token", "mixed", "step"]:
+        rows = []
+        for pos, tok in enumerate(toks):
+            if mode == "token" or (mode == "mixed" and pos % 2 == 0):
+                enc.replay_token(plan, g("ids"), tok, pos)
+            else:
+                g("ids").upload(np.array([tok], np.int32))
+                enc.replay(plan, pos)
+            rows.append(np.concatenate([g("att").to_numpy()[0], g("lg").to_numpy()[0]]))
+        runs.append(np.stack(rows))
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+    with pytest.raises(Exception, match="vocabulary"):
+        enc.replay_token(plan, g("ids"), V + 5, 0)
+        enc.wait()
+
+
 @pytest.mark.parametrize("D", [768, 4352])   # the norm kernel: one float4 a thread / several (rows > 4096)
 def test_fused_decode_stages_match_cpu(devs, rng, D):
     """The command shapes the CUDA device fuses (add + rmsnorm + 8-bit quantization for the

@@ -10,7 +10,8 @@
 // Ordering: every copy and kernel goes on one stream. upload() and set_step() copy from
 // pageable host memory with cudaMemcpyAsync, which stages the bytes before returning, so
 // the host may reuse its buffer at once and the copy still lands in stream order (before
-// the next graph launch reads the step buffer or the token id).
+// the next graph launch reads the step buffer or the token id). A one-token replay
+// (replay_token) passes the id and position as arguments of the graph's first kernel instead.
 //
 // Errors a kernel detects (a token id outside the vocabulary, a K/V row past the context)
 // set a flag in device memory; wait() and download() read it and throw. In eager mode the
@@ -45,7 +46,12 @@ inline unsigned blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / p
 
 struct GraphExec {
     cudaGraphExec_t exec = nullptr;
-    ~GraphExec() { if (exec) cudaGraphExecDestroy(exec); }
+    cudaGraph_t graph = nullptr;      // kept while head is used (its node handle)
+    cudaGraphNode_t head = nullptr;   // kernel_set_token, when captured by replay_token
+    ~GraphExec() {
+        if (exec) cudaGraphExecDestroy(exec);
+        if (graph) cudaGraphDestroy(graph);
+    }
 };
 
 struct CudaDevice final : Device {
@@ -276,29 +282,81 @@ struct CudaDevice final : Device {
     }
 
     // A plan: captured into a graph on its first replay, then one graph launch per call.
+    // ids: capture kernel_set_token in front of the plan (see replay_token), with these values.
+    void capture(Plan& p, const Binding* ids, int32_t token, int32_t pos) {
+        prepare(p.cmds, true);
+        cudaGraph_t graph = nullptr;
+        ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+        try {
+            if (ids)
+                launch("kernel_set_token", kernel_set_token, 1, 32, 0, ids->ptr<int32_t>(), (kstep*)step_buf->dev,
+                       token, pos, 1);
+            run_list(p.cmds);
+        } catch (...) {
+            cudaStreamEndCapture(stream, &graph);
+            if (graph) cudaGraphDestroy(graph);
+            throw;
+        }
+        ck(cudaStreamEndCapture(stream, &graph), "end capture");
+        auto ge = std::make_shared<GraphExec>();
+        if (ids) {   // the head is the graph's one root: every later kernel follows it in the stream
+            size_t n = 0;
+            cudaGraphNode_t root = nullptr;
+            cudaError_t e = cudaGraphGetRootNodes(graph, nullptr, &n);
+            if (e == cudaSuccess && n == 1) e = cudaGraphGetRootNodes(graph, &root, &n);
+            if (e != cudaSuccess || n != 1) {
+                cudaGraphDestroy(graph);
+                ck(e == cudaSuccess ? cudaErrorUnknown : e, "graph head");
+            }
+            ge->head = root;
+        }
+        cudaError_t e = cudaGraphInstantiate(&ge->exec, graph, 0);
+        if (ge->head) ge->graph = graph;
+        else cudaGraphDestroy(graph);
+        ck(e, "graph instantiate");
+        p.exec = ge;
+    }
+    void set_head(GraphExec* ge, int32_t* ids, int32_t token, int32_t pos, int on) {
+        kstep* step = (kstep*)step_buf->dev;
+        void* args[] = {&ids, &step, &token, &pos, &on};
+        cudaKernelNodeParams kp = {};
+        kp.func = (void*)kernel_set_token;
+        kp.gridDim = dim3(1);
+        kp.blockDim = dim3(32);
+        kp.kernelParams = args;
+        ck(cudaGraphExecKernelNodeSetParams(ge->exec, ge->head, &kp), "set token");
+    }
     void submit_plan(Plan& p) override {
         cudaSetDevice(ordinal);
         if (!p.exec) {
-            prepare(p.cmds, true);
-            cudaGraph_t graph = nullptr;
-            ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-            try {
-                run_list(p.cmds);
-            } catch (...) {
-                cudaStreamEndCapture(stream, &graph);
-                if (graph) cudaGraphDestroy(graph);
-                throw;
-            }
-            ck(cudaStreamEndCapture(stream, &graph), "end capture");
-            auto ge = std::make_shared<GraphExec>();
-            cudaError_t e = cudaGraphInstantiate(&ge->exec, graph, 0);
-            cudaGraphDestroy(graph);
-            ck(e, "graph instantiate");
-            p.exec = ge;
+            capture(p, nullptr, 0, 0);
         } else {
             prepare(p.cmds, false);   // position checks only (no sync per token)
         }
-        ck(cudaGraphLaunch(static_cast<GraphExec*>(p.exec.get())->exec, stream), "graph launch");
+        GraphExec* ge = static_cast<GraphExec*>(p.exec.get());
+        if (ge->head) set_head(ge, nullptr, 0, 0, 0);   // replayed with set_step: the head idles
+        ck(cudaGraphLaunch(ge->exec, stream), "graph launch");
+    }
+    // One token: the id and position go in as kernel_set_token's arguments (a parameter update
+    // of the instantiated graph, no host-to-device copies ahead of the launch). The first call
+    // also uploads them, so that the capture's host-side checks see them.
+    // LLMETAL_CUDA_TOKEN_NODE=0: upload, set_step and launch, as other devices do (for measuring).
+    const bool token_node = [] { const char* e = std::getenv("LLMETAL_CUDA_TOKEN_NODE"); return !(e && e[0] == '0'); }();
+    void replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) override {
+        cudaSetDevice(ordinal);
+        GraphExec* ge = static_cast<GraphExec*>(p.exec.get());
+        if (!token_node || (ge && !ge->head)) return Device::replay_token(p, ids, token, pos);
+        if (!ge) {
+            upload(ids, &token, sizeof token);
+            set_step(kstep{pos, 1, 0, 0});
+            capture(p, &ids, token, pos);
+            ge = static_cast<GraphExec*>(p.exec.get());
+        } else {
+            hstep = kstep{pos, 1, 0, 0};
+            for (const Command& c : p.cmds) check_positions(c, hstep);
+        }
+        set_head(ge, ids.ptr<int32_t>(), token, pos, 1);
+        ck(cudaGraphLaunch(ge->exec, stream), "graph launch");
     }
 
     void wait() override {

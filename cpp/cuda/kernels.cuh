@@ -41,6 +41,17 @@ __device__ __forceinline__ void pdl_release() {
 }
 __device__ __forceinline__ void pdl_enter() { pdl_wait(); pdl_release(); }
 
+// The first kernel of a plan's graph when it runs one token (CudaDevice::replay_token): the
+// token id and the position come in as arguments, updated before each launch, and go to ids[0]
+// and the step buffer (with on = 0, e.g. a plan replayed with set_step, it writes nothing).
+__global__ void kernel_set_token(int32_t* ids, kstep* step, int32_t token, int32_t pos, int on) {
+    pdl_enter();
+    if (on && threadIdx.x == 0) {
+        ids[0] = token;
+        *step = kstep{pos, 1, 0, 0};
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
