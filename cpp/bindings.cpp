@@ -154,7 +154,21 @@ NB_MODULE(_engine, m) {
         .def("alloc", &Device::alloc, nb::arg("bytes"), nb::arg("label") = "buffer")
         .def("map_file", &Device::map_file, "Memory-map a whole file read-only (weights in place).")
         .def("set_step", [](Device& d, int pos0, int n_tokens) { d.set_step(kstep{pos0, n_tokens, 0, 0}); })
-        .def("wait", &Device::wait);
+        .def("wait", &Device::wait)
+        .def("host_empty", [](Device& d, int64_t n) {
+            if (n < 0) throw Error("host_empty: negative size");
+            float* p = (float*)d.host_alloc((uint64_t)n * sizeof(float));
+            // the array owns the block and keeps the device alive until it goes
+            auto* keep = new std::pair<std::shared_ptr<Device>, void*>(d.shared_from_this(), p);
+            nb::capsule owner(keep, [](void* k) noexcept {
+                auto* kp = (std::pair<std::shared_ptr<Device>, void*>*)k;
+                kp->first->host_free(kp->second);
+                delete kp;
+            });
+            size_t shape[1] = {(size_t)n};
+            return nb::ndarray<nb::numpy, float, nb::ndim<1>>(p, 1, shape, owner);
+        }, nb::arg("n"), "An empty float32 array [n] in host memory that download_into fills fastest "
+                          "(page-locked on cuda), for buffers reused every token.");
 
     m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0,
           "The CPU device with a pool of n_threads (0 = the cores this process may use).");

@@ -116,6 +116,12 @@ const char* stage_name(Stage s) {
 }
 
 void Device::submit_plan(Plan& p) { submit(p.cmds); }
+void* Device::host_alloc(uint64_t bytes) {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!p) throw Error("out of host memory (" + std::to_string(bytes) + " bytes)");
+    return p;
+}
+void Device::host_free(void* p) { std::free(p); }
 void Device::replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) {
     upload(ids, &token, sizeof token);
     set_step(kstep{pos, 1, 0, 0});

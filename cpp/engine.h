@@ -123,6 +123,10 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void free_buffer(Buffer& b) = 0;
     virtual void upload(const Binding& dst, const void* src, uint64_t bytes) = 0;
     virtual void download(void* dst, const Binding& src, uint64_t bytes) = 0;
+    // Host memory that download() fills fastest (cuda: page-locked, copied into without
+    // staging); plain aligned memory elsewhere. For buffers reused every token (the logits).
+    virtual void* host_alloc(uint64_t bytes);
+    virtual void host_free(void* p);
     uint64_t n_allocs = 0, bytes_allocated = 0;
 
     // The step buffer: per-token values read by kernels.

@@ -220,6 +220,31 @@ def test_embed_rejects_bad_id(devs):
         E.Encoder(dev, eager=True).embed(pool.get("W"), pool.get("ids"), pool.get("out"))
 
 
+def test_download_into_pinned_and_pageable(devs, rng):
+    """download_into gives the same values into host_empty's page-locked array (one DMA), into
+    a slice of it, and into a plain numpy array (through the staging buffer), also for a tensor
+    larger than one staging round (4 MB)."""
+    dev = devs[1]
+    pool = E.BufferPool(dev)
+    pool.declare("a", F32, [49152])
+    pool.declare("b", F32, [1_300_000])
+    pool.reserve()
+    va = rng.standard_normal(49152).astype(np.float32)
+    vb = rng.standard_normal(1_300_000).astype(np.float32)
+    pool.get("a").upload(va)
+    pool.get("b").upload(vb)
+    pinned = dev.host_empty(60000)
+    pool.get("a").download_into(pinned[1000:1000 + 49152])
+    assert np.array_equal(pinned[1000:1000 + 49152], va)
+    plain = np.empty(49152, np.float32)
+    pool.get("a").download_into(plain)
+    assert np.array_equal(plain, va)
+    big = np.empty(1_300_000, np.float32)
+    pool.get("b").download_into(big)
+    assert np.array_equal(big, vb)
+    assert np.array_equal(pool.get("b").to_numpy(), vb)
+
+
 def test_small_stages(devs, rng):
     T, D, FF = 5, 200, 96
     x = rng.standard_normal((T, D)).astype(np.float32) * 3

@@ -461,6 +461,30 @@ def test_encoder_recovers_after_a_failed_stage(dev):
     assert np.all(p.get("a").to_numpy() == 2.0)
 
 
+def test_host_empty_is_filled_by_download_and_outlives_its_device():
+    """device.host_empty(n) gives a writeable float32 [n] array that download_into fills with
+    the tensor's values; it keeps its device alive and frees cleanly after it. Run in a child
+    process, since a failure aborts the interpreter."""
+    code = (
+        "import numpy as np\n"
+        "from llmetal import _engine as E\n"
+        "d = E.cpu_device(1); p = E.BufferPool(d); p.declare('x', 0, [1000]); p.reserve()\n"
+        "v = np.random.default_rng(3).standard_normal(1000).astype(np.float32)\n"
+        "t = p.get('x'); t.upload(v)\n"
+        "a = d.host_empty(1000)\n"
+        "assert a.dtype == np.float32 and a.shape == (1000,) and a.flags['C_CONTIGUOUS'] and a.flags['WRITEABLE']\n"
+        "t.download_into(a)\n"
+        "assert np.array_equal(a, v)\n"
+        "del p, d, t\n"
+        "import gc; gc.collect()\n"
+        "a[:] = 1; assert a.sum() == 1000\n"
+        "del a; gc.collect()\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+
+
 def test_tensor_outlives_its_device():
     """A tensor kept after its device and pool are dropped stays valid (it keeps the memory
     alive) and frees cleanly. Run in a child process, since a failure aborts the interpreter."""

@@ -155,7 +155,32 @@ struct CudaDevice final : Device {
     // host memcpy. (A copy into pageable memory is staged by the driver in pieces, and reading
     // the flag took a second synchronous copy: two waits per token where one does.)
     static constexpr uint64_t HSTAGE_MAX = 4u << 20;
+    void* host_alloc(uint64_t bytes) override {
+        void* p = nullptr;
+        ck(cudaMallocHost(&p, std::max<uint64_t>(bytes, 1)), "pinned host memory");
+        std::lock_guard<std::mutex> g(host_mu);
+        host_pinned.push_back({(char*)p, bytes});
+        return p;
+    }
+    void host_free(void* p) override {
+        {
+            std::lock_guard<std::mutex> g(host_mu);
+            for (size_t i = 0; i < host_pinned.size(); ++i)
+                if (host_pinned[i].first == p) { host_pinned.erase(host_pinned.begin() + i); break; }
+        }
+        cudaFreeHost(p);
+    }
+    bool is_pinned(const void* p, uint64_t n) {
+        std::lock_guard<std::mutex> g(host_mu);
+        for (const auto& r : host_pinned)
+            if ((const char*)p >= r.first && (const char*)p + n <= r.first + r.second) return true;
+        return false;
+    }
     void download(void* dst, const Binding& src, uint64_t n) override {
+        if (pinned && n && is_pinned(dst, n)) {   // host_alloc memory: one DMA, no staging
+            ck(cudaMemcpyAsync(dst, src.ptr<char>(), n, cudaMemcpyDeviceToHost, stream), "download");
+            return wait();
+        }
         if (!pinned) {
             ck(cudaMemcpyAsync(dst, src.ptr<char>(), n, cudaMemcpyDeviceToHost, stream), "download");
             wait();
@@ -988,6 +1013,8 @@ struct CudaDevice final : Device {
     BufferRef err_buf;
     int* herr = nullptr;              // pinned host copy of the error flag (wait)
     void* hstage = nullptr;           // pinned staging for downloads
+    std::vector<std::pair<char*, uint64_t>> host_pinned;   // host_alloc's blocks
+    std::mutex host_mu;
     uint64_t hstage_bytes = 0;
     // LLMETAL_CUDA_PINNED=0: downloads straight into pageable memory (for measuring)
     const bool pinned = [] { const char* e = std::getenv("LLMETAL_CUDA_PINNED"); return !(e && e[0] == '0'); }();

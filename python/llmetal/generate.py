@@ -68,7 +68,8 @@ class Decoder:
         self.model = model
         self.plan = None
         self.n_recorded = 0
-        self.logits = np.empty(model.cfg.n_vocab, dtype=np.float32)   # reused every step
+        # reused every step; page-locked on cuda, so the download is one DMA
+        self.logits = model.device.host_empty(model.cfg.n_vocab)
         self._ids = model.full["ids"].rows(0, 1)
         self._out = model.full["logits"].rows(0, 1)
 
