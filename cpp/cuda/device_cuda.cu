@@ -313,9 +313,11 @@ struct CudaDevice final : Device {
         cudaGraph_t graph = nullptr;
         ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
         try {
-            if (ids)
+            if (ids) {
                 launch("kernel_set_token", kernel_set_token, 1, 32, 0, ids->ptr<int32_t>(), (kstep*)step_buf->dev,
                        token, pos, 1);
+                launched("kernel_set_token");
+            }
             run_list(p.cmds);
         } catch (...) {
             cudaStreamEndCapture(stream, &graph);
