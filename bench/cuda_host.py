@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--plain", action="store_true", help="logits into np.empty, not host_empty")
     a = ap.parse_args()
+    if a.tokens < 1:
+        ap.error("--tokens must be at least 1")
     m = llmetal.load(a.model, device=a.device, n_ctx=1024, n_batch=512, n_out=1)
     dec = Decoder(m)
     plan = dec.record()

@@ -461,6 +461,13 @@ def test_encoder_recovers_after_a_failed_stage(dev):
     assert np.all(p.get("a").to_numpy() == 2.0)
 
 
+def _child_prints_ok(code):
+    """Run `code` in a fresh interpreter (a failure there may abort it) and expect it to print ok."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+
+
 def test_host_empty_is_filled_by_download_and_outlives_its_device():
     """device.host_empty(n) gives a writeable float32 [n] array that download_into fills with
     the tensor's values; it keeps its device alive and frees cleanly after it. Run in a child
@@ -472,6 +479,8 @@ def test_host_empty_is_filled_by_download_and_outlives_its_device():
         "v = np.random.default_rng(3).standard_normal(1000).astype(np.float32)\n"
         "t = p.get('x'); t.upload(v)\n"
         "a = d.host_empty(1000)\n"
+        "try:\n    d.host_empty(-1)\n    raise SystemExit('no error for a negative size')\n"
+        "except ValueError as e:\n    assert 'negative size' in str(e)\n"
         "assert a.dtype == np.float32 and a.shape == (1000,) and a.flags['C_CONTIGUOUS'] and a.flags['WRITEABLE']\n"
         "t.download_into(a)\n"
         "assert np.array_equal(a, v)\n"
@@ -480,9 +489,7 @@ def test_host_empty_is_filled_by_download_and_outlives_its_device():
         "a[:] = 1; assert a.sum() == 1000\n"
         "del a; gc.collect()\n"
         "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+    _child_prints_ok(code)
 
 
 def test_tensor_outlives_its_device():
@@ -498,9 +505,7 @@ def test_tensor_outlives_its_device():
         "assert t.to_numpy().tolist() == [0, 1, 2, 3]\n"
         "del t\n"
         "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+    _child_prints_ok(code)
 
 
 # ---- the CPU pool's fallback to the calling thread ---------------------------------------------
