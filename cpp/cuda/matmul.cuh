@@ -95,6 +95,11 @@ __device__ __forceinline__ int dot16(const int* q, int4 v, int c) {
 __device__ __forceinline__ int sum4(int2 v) { return dp4(0x01010101, v.x, dp4(0x01010101, v.y, 0)); }
 __device__ __forceinline__ int2 ldx2(const int8_t* p) { return __ldg((const int2*)p); }
 __device__ __forceinline__ int4 ldx4(const int8_t* p) { return __ldg((const int4*)p); }
+// The 8-bit activations of one 32-value block (values 0-15 in lo, 16-31 in hi) and their sum:
+// what a piece of the 32-value formats dots with. Loaded apart from the dot so that
+// kernel_mmvq can fetch them before it waits for the weights (see mmvq_rows).
+struct Xb { int4 lo, hi; int s; };
+__device__ __forceinline__ Xb ldxb(const int8_t* x, const int* xs) { return {ldx4(x), ldx4(x + 16), __ldg(xs)}; }
 
 // The blocks of Q4_0 (18 B), Q5_0 (22 B) and Q8_0 (34 B) are only 2-byte aligned: read the
 // N aligned words that cover the block and return the bit offset of its first byte in r[0]
@@ -134,9 +139,10 @@ template <> struct Piece<KT_Q8_0> {
         for (int i = 0; i < 8; ++i) q[i] = after_scale(r, i, sh);
         d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
-        return d * (float)(dot16(q, ldx4(x), 0) + dot16(q + 4, ldx4(x + 16), 0));   // two chains of 4
+    __device__ __forceinline__ float dot(const Xb& x) const {
+        return d * (float)(dot16(q, x.lo, 0) + dot16(q + 4, x.hi, 0));   // two chains of 4
     }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return dot(Xb{ldx4(x), ldx4(x + 16), 0}); }
 };
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1: qs byte j holds value j (low nibble) and value j + 16 (high), so
@@ -152,8 +158,8 @@ struct Piece32 {
             hi[i] = ((qw[i] >> 4) & M4) | spread4(qh >> (16 + 4 * i));
         }
     }
-    __device__ __forceinline__ int idot(const int8_t* x) const {
-        return dot16(lo, ldx4(x), 0) + dot16(hi, ldx4(x + 16), 0);   // two chains of 4 dp4a, not one of 8
+    __device__ __forceinline__ int idot(const Xb& x) const {
+        return dot16(lo, x.lo, 0) + dot16(hi, x.hi, 0);   // two chains of 4 dp4a, not one of 8
     }
 };
 template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q - 8)
@@ -165,7 +171,8 @@ template <> struct Piece<KT_Q4_0> : Piece32 {   // 18 B: d, qs[16]; value = d (q
         unpack(qw, 0);
         d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)(idot(x) - 8 * __ldg(xs)); }
+    __device__ __forceinline__ float dot(const Xb& x) const { return d * (float)(idot(x) - 8 * x.s); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return dot(ldxb(x, xs)); }
 };
 template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d q + m (4-byte aligned)
     static constexpr int PPB = 1;
@@ -175,7 +182,8 @@ template <> struct Piece<KT_Q4_1> : Piece32 {   // 20 B: d, m, qs[16]; value = d
         unpack(qw, 0);
         d = half_bits((uint32_t)w[0]); m = half_bits((uint32_t)w[0] >> 16);
     }
-    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)idot(x) + m * (float)__ldg(xs); }
+    __device__ __forceinline__ float dot(const Xb& x) const { return d * (float)idot(x) + m * (float)x.s; }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return dot(ldxb(x, xs)); }
 };
 template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value = d (q - 16)
     static constexpr int PPB = 1;
@@ -186,7 +194,8 @@ template <> struct Piece<KT_Q5_0> : Piece32 {   // 22 B: d, qh[4], qs[16]; value
         unpack(qw, (uint32_t)after_scale(r, 0, sh));
         d = half_bits(r[0] >> sh);
     }
-    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)(idot(x) - 16 * __ldg(xs)); }
+    __device__ __forceinline__ float dot(const Xb& x) const { return d * (float)(idot(x) - 16 * x.s); }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return dot(ldxb(x, xs)); }
 };
 template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; value = d q + m (8-byte aligned)
     static constexpr int PPB = 1;
@@ -196,7 +205,8 @@ template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; va
         unpack(qw, (uint32_t)w[1]);
         d = half_bits((uint32_t)w[0]); m = half_bits((uint32_t)w[0] >> 16);
     }
-    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return d * (float)idot(x) + m * (float)__ldg(xs); }
+    __device__ __forceinline__ float dot(const Xb& x) const { return d * (float)idot(x) + m * (float)x.s; }
+    __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const { return dot(ldxb(x, xs)); }
 };
 
 // Q4_K (144 B) / Q5_K (176 B): d, dmin, 12 bytes of 6-bit scales and mins, [Q5_K: qh[32]],
@@ -462,13 +472,36 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
+    // One token, 32-value blocks (the decode step): a lane's activations for a window -- IT
+    // blocks of 32 bytes, their sums and scales -- do not depend on the weights, so they are
+    // loaded before waiting for the window's copies, and while the warp stays on the same
+    // window of every row (nwk == 1: rows of one window, or S windows split over S warps) they
+    // are loaded once and kept in registers. Loaded inside each piece instead, every piece
+    // waited for its own L1 / L2 round trip behind the window (ncu: a third of the Q4_0
+    // mat-vec's stall samples, on the first dot of each window).
+    constexpr bool XREG = NT == 1 && PPB == 1;
+    Xb xa[XREG ? IT : 1];
+    float xd[XREG ? IT : 1];
     int w = k, r = rg, par = 0;   // the window being computed, its row, the `red` slot
     for (int i = 0; i < total; ++i) {
         issue(i + MV_STAGES - 1);
+        const int np = min(NB, nblocks - w * NB) * PPB, b0 = w * NB;
+        const bool full = NB * PPB % 32 == 0 && np == NB * PPB;   // every lane has IT pieces
+        if constexpr (XREG) {
+            if (i == 0 || nwk > 1) {
+#pragma unroll
+                for (int j = 0; j < IT; ++j) {
+                    const int blk = b0 + lane + 32 * j;
+                    if (full || lane + 32 * j < np) {
+                        xa[j] = ldxb(xq.q + blk * QK, xq.s + blk);
+                        xd[j] = __ldg(xq.d + blk);
+                    }
+                }
+            }
+        }
         cp_async_wait<MV_STAGES - 1>();   // this lane's copies of window i have landed
         __syncwarp();                     // ... and every lane's
         const uint8_t* sm = slots + (i % MV_STAGES) * MV_WIN;
-        const int np = min(NB, nblocks - w * NB) * PPB, b0 = w * NB;
         auto piece = [&](int p) {
             const int kb = p / PPB;
             Piece<T> pc;
@@ -483,7 +516,21 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
         // A full window gives every lane exactly IT pieces (where NB * PPB is a multiple of
         // 32): no guard, so the compiler can issue all their loads before the first dot
         // (with a guard per piece they waited one at a time). Same pieces, same order.
-        if (NB * PPB % 32 == 0 && np == NB * PPB) {
+        if constexpr (XREG) {   // the same sums as piece(), from the registers
+            auto piece_x = [&](int j) {
+                Piece<T> pc;
+                pc.load(sm + (lane + 32 * j) * BB, 0);
+                acc[0] += xd[j] * pc.dot(xa[j]);
+            };
+            if (full) {
+#pragma unroll
+                for (int j = 0; j < IT; ++j) piece_x(j);
+            } else {
+#pragma unroll
+                for (int j = 0; j < IT; ++j)
+                    if (lane + 32 * j < np) piece_x(j);
+            }
+        } else if (full) {
 #pragma unroll
             for (int j = 0; j < IT; ++j) piece(lane + 32 * j);
         } else {
