@@ -400,6 +400,7 @@ struct AdRope {
     const float* v;      // [n_kv_heads * head_dim] the token's v
     int* err;            // ERR_KV_POS when the position is outside the cache
     int on;
+    int pf;              // the split's cache rows before the position, early: 0 no, 1 into L1, 2 into L2
 };
 
 template <int DPL>
@@ -420,13 +421,27 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
         for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) rope_cs(rope.r, rope.ff, pos, i, &rc[i], &rs[i]);
+    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
+    // The cache rows before the token's were written by earlier launches and are not written by
+    // this one (its single token writes row pos): they do not depend on the previous kernel, so
+    // the split's K and V rows are requested now, while that kernel drains; the passes below
+    // then find them in the L1 (or L2).
+    if (rope.on && rope.pf) {
+        constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
+        const int nk = min(j1, pos) - j0;
+        for (int i = threadIdx.x; i < 2 * LPR * nk; i += blockDim.x) {
+            const int r = i / (2 * LPR), c = i % (2 * LPR);
+            const __half* p = (c < LPR ? kc : vc) + (int64_t)(j0 + r) * kv_dim + g * HD + (c % LPR) * 64;
+            if (rope.pf == 1) asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+            else asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+        }
+    }
     pdl_enter();
     float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
     const bool kv_block = rope.on && s == ns - 1;   // this block writes the token's K / V rows
     if (kv_block)   // the token's k and v, read in the same round trip as q
         for (int i = threadIdx.x; i < HD; i += blockDim.x) { sk[i] = rope.k[g * HD + i]; sv[i] = rope.v[g * HD + i]; }
-    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
     __syncthreads();
     if (rope.on) {
         float y0, y1;

@@ -449,6 +449,9 @@ struct CudaDevice final : Device {
     QCache qcache;   // what qscratch holds now: the 8-bit copy of n floats at src, blocks of qb
     // LLMETAL_CUDA_MV_SPLIT=0: one warp per row in kernel_mmvq (for measuring the split)
     const bool mv_split = [] { const char* e = std::getenv("LLMETAL_CUDA_MV_SPLIT"); return !(e && e[0] == '0'); }();
+    // LLMETAL_CUDA_AD_PF=0|1|2 (for measuring): the decode attention's early K/V requests off,
+    // into L1, into L2
+    const int ad_pf = [] { const char* e = std::getenv("LLMETAL_CUDA_AD_PF"); return e ? std::atoi(e) : 1; }();
     const bool fuse = [] { const char* e = std::getenv("LLMETAL_CUDA_FUSE"); return !(e && e[0] == '0'); }();
 
     // QB of the 8-bit activations a command's decode matmul reads (0: not such a matmul).
@@ -556,7 +559,7 @@ struct CudaDevice final : Device {
                         const int dim = aa.n_heads * aa.head_dim;
                         const bool qz = consumer_qb(o, at.b[3], 1, dim) == 32;
                         const AdRope rope{q, q.has_factors ? c.b[1].ptr<float>() : nullptr, rk.b[0].ptr<float>(),
-                                          sv.b[0].ptr<float>(), (int*)err_buf->dev, 1};
+                                          sv.b[0].ptr<float>(), (int*)err_buf->dev, 1, ad_pf};
                         attention_q(aa, at.b[0], at.b[1], at.b[2], at.b[3], at.step, qz ? q8_at(o->a.matmul) : Q8Act{}, rope);
                         qcache = qz ? QCache{at.b[3].ptr<float>(), (int64_t)dim, 32} : QCache{};
                         return 5;
