@@ -723,71 +723,91 @@ struct CudaDevice final : Device {
             qcache = {x.ptr<float>(), n, QB};
         }
     }
-    template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
-        quantize_for<T>(a, x);
-        const Q8Act xq = q8_at(a);
-        const int vw = load_width(a, W.ptr<uint8_t>());
-        // persistent warps in groups of S per row (see mmvq_rows): as few rows per group as the
-        // resident warps allow, then as few groups as give every group that many rows (a
-        // balanced single wave). S: the one of 1, 2, 4 (at most the row's windows) that leaves
-        // the fewest windows to one warp; the largest such, since a warp that takes the same
-        // window of every row loads that window's activations once (see mmvq_rows): 8B Q4_0's
-        // down projection (4 windows a row) 16.8 -> 15.5 us with S = 4 instead of 1 (H100).
+    // The plan of kernel_mmvq for one matrix: persistent warps in groups of S per row (see
+    // mmvq_rows), as few rows per group as the resident warps allow, then as few groups as give
+    // every group that many rows (a balanced single wave). S: the one of 1, 2, 4 (at most the
+    // row's windows) that leaves the fewest windows to one warp; the largest such, since a warp
+    // that takes the same window of every row loads that window's activations once (see
+    // mmvq_rows): 8B Q4_0's down projection (4 windows a row) 16.8 -> 15.5 us with S = 4
+    // instead of 1 (H100). A row's sum depends on S, so kernel_mmvq_group takes each weight's S
+    // from here too.
+    struct MvPlan { int S; int64_t rpw; };
+    template <int T> MvPlan mv_plan(const kargs_matmul& a) const {
         const int nt8 = a.n_tokens > 1;
         const int64_t resident = mv_plan_warps(mv_resident[T][nt8], (uint64_t)a.n_out * a.row_bytes);
         const int nwin = (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB;   // windows of a row
-        int S = 1;
-        int64_t best = INT64_MAX, rpw = 1;
+        MvPlan p{1, 1};
+        int64_t best = INT64_MAX;
         for (int s = 1; s <= (mv_split ? 4 : 1) && s <= nwin; s *= 2) {
             const int64_t r0 = (a.n_out * s + resident - 1) / resident;
             for (int64_t r = r0; r < r0 + 3; ++r) {
                 const int64_t cost = mv_sm_load((a.n_out + r - 1) / r * s, r * ((nwin + s - 1) / s));
-                if (cost < best || (cost == best && s > S)) { best = cost; S = s; rpw = r; }
+                if (cost < best || (cost == best && s > p.S)) { best = cost; p = {s, r}; }
             }
         }
-        const int nwarps = (int)((a.n_out + rpw - 1) / rpw) * S;
+        return p;
+    }
+    template <int T> void matmul_mmvq(const kargs_matmul& a, Binding W, Binding x, Binding y) {
+        quantize_for<T>(a, x);
+        const Q8Act xq = q8_at(a);
+        const int vw = load_width(a, W.ptr<uint8_t>());
+        const MvPlan p = mv_plan<T>(a);
+        const int nwarps = (int)((a.n_out + p.rpw - 1) / p.rpw) * p.S;
         const unsigned grid = blocks(nwarps, MV_ROWS);
-        if (!nt8)
-            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, S);
+        if (a.n_tokens <= 1)
+            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, p.S);
         else
-            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, S);
+            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, p.S);
         launched("kernel_mmvq");
     }
 
     // Decode, 2 or 3 quantized weights of one type reading the same input (Q/K/V, gate/up):
-    // one quantization (or none, when qcache has it), then one kernel_mmvq_group. The warps
-    // are shared out as for one matrix of all the rows: as few rows per warp as the resident
-    // warps allow, each weight getting enough warps for its rows at that rate.
+    // one quantization (or none, when qcache has it), then one kernel_mmvq_group. Each weight
+    // keeps the S of its own plan (mv_plan); the warps are shared out as for one matrix of all
+    // the rows: as few rows per group of S warps as the resident warps allow, each weight
+    // getting enough groups for its rows at that rate. Weights go largest S first, so each
+    // starts at a multiple of its S.
     template <int T> void matmul_group(const Command* const* ms, int n) {
         const kargs_matmul& a = ms[0]->a.matmul;
         quantize_for<T>(a, ms[0]->b[1]);
         const Q8Act xq = q8_at(a);
         const int nt8 = a.n_tokens > 1;
-        int64_t rows = 0;
-        for (int j = 0; j < n; ++j) rows += ms[j]->a.matmul.n_out;
+        const int nwin = (a.n_in / QT<T>::QK + MVQ<T>::NB - 1) / MVQ<T>::NB;   // the same K for all
+        int S[MVG_MAX], order[MVG_MAX];
+        int64_t rows = 0;   // in warps at one row a group
         uint64_t bytes = 0;
-        for (int j = 0; j < n; ++j) bytes += (uint64_t)ms[j]->a.matmul.n_out * ms[j]->a.matmul.row_bytes;
+        int per_warp = 1;   // windows of a row one warp takes, at most
+        for (int j = 0; j < n; ++j) {
+            const kargs_matmul& m = ms[j]->a.matmul;
+            S[j] = mv_plan<T>(m).S;
+            order[j] = j;
+            rows += (int64_t)m.n_out * S[j];
+            bytes += (uint64_t)m.n_out * m.row_bytes;
+            per_warp = std::max(per_warp, (nwin + S[j] - 1) / S[j]);
+        }
+        std::stable_sort(order, order + n, [&](int x, int y) { return S[x] > S[y]; });
         const int64_t resident = mv_plan_warps(mvg_resident[T][nt8], bytes);
         const int64_t r0 = (rows + resident - 1) / resident;
         int64_t rpw = r0, best = INT64_MAX;
         for (int64_t r = r0; r < r0 + 3; ++r) {
             int64_t w = 0;
-            for (int j = 0; j < n; ++j) w += (ms[j]->a.matmul.n_out + r - 1) / r;
-            const int64_t cost = mv_sm_load(w, r);
+            for (int j = 0; j < n; ++j) w += (ms[j]->a.matmul.n_out + r - 1) / r * S[j];
+            const int64_t cost = mv_sm_load(w, r * per_warp);
             if (cost < best) { best = cost; rpw = r; }
         }
         MvGroup g{};
         g.n = n;
         int64_t nw = 0;
-        for (int j = 0; j < n; ++j) {
-            const Command& c = *ms[j];
-            g.W[j] = c.b[0].ptr<uint8_t>();
-            g.y[j] = c.b[2].ptr<float>();
-            g.row_bytes[j] = c.a.matmul.row_bytes;
-            g.n_out[j] = c.a.matmul.n_out;
-            g.vw[j] = load_width(c.a.matmul, g.W[j]);
-            g.nwarps[j] = (int)((c.a.matmul.n_out + rpw - 1) / rpw);
-            nw += g.nwarps[j];
+        for (int i = 0; i < n; ++i) {
+            const Command& c = *ms[order[i]];
+            g.W[i] = c.b[0].ptr<uint8_t>();
+            g.y[i] = c.b[2].ptr<float>();
+            g.row_bytes[i] = c.a.matmul.row_bytes;
+            g.n_out[i] = c.a.matmul.n_out;
+            g.vw[i] = load_width(c.a.matmul, g.W[i]);
+            g.S[i] = S[order[i]];
+            g.nwarps[i] = (int)((c.a.matmul.n_out + rpw - 1) / rpw) * g.S[i];
+            nw += g.nwarps[i];
         }
         const unsigned grid = blocks(nw, MV_ROWS);
         if (!nt8)

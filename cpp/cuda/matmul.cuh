@@ -433,7 +433,7 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
 // (xq: see Q8Act; one scale per QK values, QB = QK for every format here).
 // A row's sum depends only on the row and S (its windows in order, the same lanes, the same
 // shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group give
-// bit-identical results where S is the same (the host picks S from the matrix's shape).
+// bit-identical results (the host picks S from the matrix alone, the same for both).
 template <int T, int NT>
 __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
                                           float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane,
@@ -575,33 +575,48 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     cp_async_wait<0>();
 }
 
+// mmvq_rows with S (1, 2 or 4) a constant in each branch: its divisions by S and by the
+// windows a warp takes become shifts (a runtime S cost SmolLM2's small mat-vecs ~1.5% of tg128).
+template <int T, int NT>
+__device__ __forceinline__ void mmvq_rows_s(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq, float* y,
+                                            int vw, int nwarps, int gw, uint8_t* slots, int lane, int S,
+                                            float (*red)[MV_ROWS][NT]) {
+    if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 1, red);
+    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 2, red);
+    else mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 4, red);
+}
+
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
 kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps, int split) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
     __shared__ float red[2][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, split, red);
+    mmvq_rows_s<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, split, red);
 }
 
 // ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
 // The weights of a group share the type, K and the token count, and read the same 8-bit
-// activations; each has its own rows, output and load width. The grid's warps are laid out
-// weight after weight: warps [0, nwarps[0]) walk weight 0's rows, the next nwarps[1] weight
-// 1's, ... -- each exactly as kernel_mmvq would with that many warps -- so one launch (one
-// start-up, one drain) covers what were 2 or 3 small launches.
+// activations; each has its own rows, output, load width and S (warps a row: the host gives
+// each weight the S kernel_mmvq would use for it alone, so both kernels sum every row the same
+// way and give the same bits). The grid's warps are laid out weight after weight, largest S
+// first: warps [0, nwarps[0]) walk weight 0's rows, the next nwarps[1] weight 1's, ... -- each
+// exactly as kernel_mmvq would with that many warps; every weight starts at a multiple of its
+// S, so a group of S warps lies in one block -- and one launch (one start-up, one drain)
+// covers what were 2 or 3 small launches.
 constexpr int MVG_MAX = 3;
 struct MvGroup {
     const uint8_t* W[MVG_MAX];
     float* y[MVG_MAX];
     uint64_t row_bytes[MVG_MAX];
-    int n_out[MVG_MAX], vw[MVG_MAX], nwarps[MVG_MAX];
+    int n_out[MVG_MAX], vw[MVG_MAX], nwarps[MVG_MAX], S[MVG_MAX];
     int n;   // weights in the group (2 or 3)
 };
 template <int T, int NT>
 __global__ void __launch_bounds__(MV_ROWS * 32)
 kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
+    __shared__ float red[2][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int gw = blockIdx.x * MV_ROWS + warp;
 #pragma unroll
@@ -609,7 +624,7 @@ kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
         if (j < g.n && gw < g.nwarps[j]) {
             a.n_out = g.n_out[j];
             a.row_bytes = g.row_bytes[j];
-            mmvq_rows<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane, 1, nullptr);
+            mmvq_rows_s<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane, g.S[j], red);
             return;
         }
         gw -= g.nwarps[j];
