@@ -428,7 +428,7 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     // then find them in the L1 (or L2).
     if (rope.on && rope.pf) {
         constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
-        const int nk = min(j1, pos) - j0;
+        const int nk = min(min(j1, pos), a.n_ctx) - j0;   // (rows of the cache only, also when pos is past it)
         for (int i = threadIdx.x; i < 2 * LPR * nk; i += blockDim.x) {
             const int r = i / (2 * LPR), c = i % (2 * LPR);
             const __half* p = (c < LPR ? kc : vc) + (int64_t)(j0 + r) * kv_dim + g * HD + (c % LPR) * 64;
