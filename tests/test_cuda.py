@@ -587,8 +587,9 @@ def test_grouped_matvec_matches_split(devs, rng, tmp_path, tq, tg, D):
     when fused; the results equal LLMETAL_CUDA_FUSE=0's split kernel_mmvq runs bit for bit (the
     same integer dots, the same sums per row). Shapes: K/V rows not a multiple of the warp
     count, and gate/up with more rows than resident warps (several rows per warp). At K = 4352
-    a row is 2-3 windows and the few K/V rows get 2 warps a row while q's get 1: each weight
-    must keep, in the group, the warps a row it has alone (a row's sum depends on them)."""
+    a row is 2-3 windows, where the plan can give the few K/V rows 2 warps a row and q's 1 (on
+    an H100, with 4 resident mat-vec blocks an SM): each weight must keep, in the group, the
+    warps a row it has alone (a row's sum depends on them)."""
     import subprocess
     import sys
     FF, KV = 4100, 200

@@ -575,8 +575,11 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     cp_async_wait<0>();
 }
 
-// mmvq_rows with S (1, 2 or 4) a constant in each branch: its divisions by S and by the
-// windows a warp takes become shifts (a runtime S cost SmolLM2's small mat-vecs ~1.5% of tg128).
+// mmvq_rows with S (1, 2 or 4) a constant in each branch, so its divisions by S and by the
+// windows a warp takes become shifts. It also triples the kernels' code (sm_90 text of
+// kernel_mmvq<Q4_1, 1>: 56 KB against 22 KB with S at run time), and on an H100 SmolLM2's tg128
+// was 3.6% lower with it than before the group kept each weight's S, against 1.5% lower with S
+// at run time in both kernels (docs/benchmarks-cuda.md, round 11 section 6): not yet settled.
 template <int T, int NT>
 __device__ __forceinline__ void mmvq_rows_s(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq, float* y,
                                             int vw, int nwarps, int gw, uint8_t* slots, int lane, int S,
