@@ -131,6 +131,8 @@ template <int T> struct Piece;
 // Q8_0 (34 B: d, 32 x int8)
 template <> struct Piece<KT_Q8_0> {
     static constexpr int PPB = 1;
+    using X = Xb;   // a piece's activations (see mmvq_rows)
+    static __device__ __forceinline__ X xload(const int8_t* x, const int* xs, int) { return ldxb(x, xs); }
     int q[8]; float d;
     __device__ __forceinline__ void load(const uint8_t* b, int) {
         uint32_t r[9];
@@ -150,6 +152,8 @@ template <> struct Piece<KT_Q8_0> {
 // of qh. The bytes stay the unsigned codes (0..15 or 0..31); the zero point z (8 or 16) comes
 // off the integer sum as z * sum(x).
 struct Piece32 {
+    using X = Xb;
+    static __device__ __forceinline__ X xload(const int8_t* x, const int* xs, int) { return ldxb(x, xs); }
     int lo[4], hi[4]; float d, m;
     __device__ __forceinline__ void unpack(const int* qw, uint32_t qh) {
 #pragma unroll
@@ -217,6 +221,18 @@ template <> struct Piece<KT_Q5_1> : Piece32 {   // 24 B: d, m, qh[4], qs[16]; va
 // The mins of the pair's two sub-blocks multiply the whole sub-blocks' sums (xs): the h = 0
 // piece adds them.
 struct PieceK {
+    // piece pp's activations: the 16 values of sub-block 2g and of 2g + 1 it dots, and (first
+    // piece of the pair) the two sub-blocks' sums
+    struct X { int4 lo, hi; int s0, s1; };
+    static __device__ __forceinline__ X xload(const int8_t* x, const int* xs, int pp) {
+        const int g = pp >> 1, h = pp & 1, off = 64 * g + 16 * h;
+        return {ldx4(x + off), ldx4(x + off + 32), h == 0 ? __ldg(xs + 2 * g) : 0, h == 0 ? __ldg(xs + 2 * g + 1) : 0};
+    }
+    __device__ __forceinline__ float dot(const X& x) const {   // the same arithmetic as dot(x, xs)
+        const int s0 = dot16(lo, x.lo, 0), s1 = dot16(hi, x.hi, 0);
+        const float r = d * (float)(sc0 * s0 + sc1 * s1);
+        return first ? r - dm * (float)(m0 * x.s0 + m1 * x.s1) : r;
+    }
     int lo[4], hi[4], sc0, sc1, m0, m1, off, g; bool first; float d, dm;
     __device__ __forceinline__ void scales(const uint8_t* b, int g_, int h) {
         g = g_; first = h == 0;
@@ -265,6 +281,17 @@ template <> struct Piece<KT_Q5_K> : PieceK {
 // Piece pp: hh = pp/4, l = 8 (pp%4) .. +7, all four qd: 32 values from 8 + 8 + 8 bytes.
 template <> struct Piece<KT_Q6_K> {
     static constexpr int PPB = 8;
+    struct X { int2 v[4]; };   // piece pp's activations: 8 values for each of the four qd
+    static __device__ __forceinline__ X xload(const int8_t* x, const int*, int pp) {
+        const int off = 128 * (pp >> 2) + 8 * (pp & 3);
+        return {{ldx2(x + off), ldx2(x + off + 32), ldx2(x + off + 64), ldx2(x + off + 96)}};
+    }
+    __device__ __forceinline__ float dot(const X& x) const {   // the same arithmetic as dot(x, xs)
+        int s = 0;
+#pragma unroll
+        for (int qd = 0; qd < 4; ++qd) s += sc[qd] * (dp4(w[qd][0], x.v[qd].x, dp4(w[qd][1], x.v[qd].y, 0)) - 32 * sum4(x.v[qd]));
+        return d * (float)s;
+    }
     int w[4][2], sc[4], off; float d;
     __device__ __forceinline__ void load(const uint8_t* b, int pp) {
         const int hh = pp >> 2, l0 = 8 * (pp & 3);
@@ -472,15 +499,15 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-    // One token, 32-value blocks (the decode step): a lane's activations for a window -- IT
-    // blocks of 32 bytes, their sums and scales -- do not depend on the weights, so they are
+    // One token (the decode step): a lane's activations for a window -- the 8-bit values of
+    // its IT pieces, their sums and scales -- do not depend on the weights, so they are
     // loaded before waiting for the window's copies, and while the warp stays on the same
     // window of every row (nwk == 1: rows of one window, or S windows split over S warps) they
     // are loaded once and kept in registers. Loaded inside each piece instead, every piece
     // waited for its own L1 / L2 round trip behind the window (ncu: a third of the Q4_0
     // mat-vec's stall samples, on the first dot of each window).
-    constexpr bool XREG = NT == 1 && PPB == 1;
-    Xb xa[XREG ? IT : 1];
+    constexpr bool XREG = NT == 1;
+    typename Piece<T>::X xa[XREG ? IT : 1];
     float xd[XREG ? IT : 1];
     int w = k, r = rg, par = 0;   // the window being computed, its row, the `red` slot
     for (int i = 0; i < total; ++i) {
@@ -491,9 +518,9 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
             if (i == 0 || nwk > 1) {
 #pragma unroll
                 for (int j = 0; j < IT; ++j) {
-                    const int blk = b0 + lane + 32 * j;
-                    if (full || lane + 32 * j < np) {
-                        xa[j] = ldxb(xq.q + blk * QK, xq.s + blk);
+                    const int p = lane + 32 * j, blk = b0 + p / PPB;
+                    if (full || p < np) {
+                        xa[j] = Piece<T>::xload(xq.q + blk * QK, xq.s + blk * (QK / 32), p % PPB);
                         xd[j] = __ldg(xq.d + blk);
                     }
                 }
@@ -518,8 +545,9 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
         // (with a guard per piece they waited one at a time). Same pieces, same order.
         if constexpr (XREG) {   // the same sums as piece(), from the registers
             auto piece_x = [&](int j) {
+                const int p = lane + 32 * j;
                 Piece<T> pc;
-                pc.load(sm + (lane + 32 * j) * BB, 0);
+                pc.load(sm + p / PPB * BB, p % PPB);
                 acc[0] += xd[j] * pc.dot(xa[j]);
             };
             if (full) {
