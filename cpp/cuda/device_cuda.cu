@@ -678,7 +678,7 @@ struct CudaDevice final : Device {
         return s;
     }
 
-    // Resident blocks per SM of kernel_mmvq<T, 1 | 8> (shared memory and registers decide).
+    // Resident blocks per SM of kernel_mmvq<T, 1 | 8, 1> (shared memory and registers decide).
     // Warps a mat-vec of `bytes` of weights plans for, at `per_sm` resident blocks per SM. A
     // small one (under 4 MB: latency, not bandwidth, decides its time) is sized for mv_slack
     // blocks fewer per SM, so that the next kernel's blocks (a norm, swiglu, attention,
@@ -705,10 +705,10 @@ struct CudaDevice final : Device {
     int mv_resident[32][2] = {};
     int mvg_resident[32][2] = {};   // the same for kernel_mmvq_group<T, 1 | 8>
     template <int T> void mv_occupancy() {
-        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][0], kernel_mmvq<T, 1>, MV_ROWS * 32, 0), "occupancy");
-        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][1], kernel_mmvq<T, 8>, MV_ROWS * 32, 0), "occupancy");
-        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][0], kernel_mmvq_group<T, 1>, MV_ROWS * 32, 0), "occupancy");
-        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][1], kernel_mmvq_group<T, 8>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][0], kernel_mmvq<T, 1, 1>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mv_resident[T][1], kernel_mmvq<T, 8, 1>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][0], kernel_mmvq_group<T, 1, true>, MV_ROWS * 32, 0), "occupancy");
+        ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&mvg_resident[T][1], kernel_mmvq_group<T, 8, true>, MV_ROWS * 32, 0), "occupancy");
     }
 
     // Decode, quantized weights: stage 1 quantizes the activations, stage 2 streams the rows.
@@ -754,10 +754,15 @@ struct CudaDevice final : Device {
         const MvPlan p = mv_plan<T>(a);
         const int nwarps = (int)((a.n_out + p.rpw - 1) / p.rpw) * p.S;
         const unsigned grid = blocks(nwarps, MV_ROWS);
-        if (a.n_tokens <= 1)
-            launch("kernel_mmvq", kernel_mmvq<T, 1>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, p.S);
-        else
-            launch("kernel_mmvq", kernel_mmvq<T, 8>, grid, MV_ROWS * 32, 0, a, W.ptr<uint8_t>(), xq, y.ptr<float>(), vw, nwarps, p.S);
+        const uint8_t* w = W.ptr<uint8_t>();
+        float* out = y.ptr<float>();
+        const bool one = a.n_tokens <= 1;
+        if (one && p.S == 1) launch("kernel_mmvq", kernel_mmvq<T, 1, 1>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
+        else if (one && p.S == 2) launch("kernel_mmvq", kernel_mmvq<T, 1, 2>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
+        else if (one) launch("kernel_mmvq", kernel_mmvq<T, 1, 4>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
+        else if (p.S == 1) launch("kernel_mmvq", kernel_mmvq<T, 8, 1>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
+        else if (p.S == 2) launch("kernel_mmvq", kernel_mmvq<T, 8, 2>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
+        else launch("kernel_mmvq", kernel_mmvq<T, 8, 4>, grid, MV_ROWS * 32, 0, a, w, xq, out, vw, nwarps);
         launched("kernel_mmvq");
     }
 
@@ -810,10 +815,11 @@ struct CudaDevice final : Device {
             nw += g.nwarps[i];
         }
         const unsigned grid = blocks(nw, MV_ROWS);
-        if (!nt8)
-            launch("kernel_mmvq_group", kernel_mmvq_group<T, 1>, grid, MV_ROWS * 32, 0, a, g, xq);
-        else
-            launch("kernel_mmvq_group", kernel_mmvq_group<T, 8>, grid, MV_ROWS * 32, 0, a, g, xq);
+        const bool gs = g.S[0] > 1;   // (the largest S comes first)
+        if (!nt8 && !gs) launch("kernel_mmvq_group", kernel_mmvq_group<T, 1, false>, grid, MV_ROWS * 32, 0, a, g, xq);
+        else if (!nt8) launch("kernel_mmvq_group", kernel_mmvq_group<T, 1, true>, grid, MV_ROWS * 32, 0, a, g, xq);
+        else if (!gs) launch("kernel_mmvq_group", kernel_mmvq_group<T, 8, false>, grid, MV_ROWS * 32, 0, a, g, xq);
+        else launch("kernel_mmvq_group", kernel_mmvq_group<T, 8, true>, grid, MV_ROWS * 32, 0, a, g, xq);
         launched("kernel_mmvq_group");
     }
     void matmul_group_any(const Command* const* ms, int n) {

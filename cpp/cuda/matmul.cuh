@@ -6,7 +6,7 @@
 //                            (cpp/cpu/quants.cpp quantize_row_q8 / _q8k: d = amax/127,
 //                            q = round-half-even(x / d)), so the integer dots below give the
 //                            CPU's numbers up to the order of the float sums.
-//   kernel_mmvq<T, NT>       decode (1..8 tokens): persistent warps, each owning a few whole
+//   kernel_mmvq<T, NT, S>    decode (1..8 tokens): persistent warps, each owning a few whole
 //                            weight rows. A warp streams its rows' ~2 KB windows through a
 //                            ring of 4 shared-memory slots by cp.async (16-byte coalesced
 //                            copies, 3 windows in flight while one is computed), then each
@@ -603,27 +603,17 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     cp_async_wait<0>();
 }
 
-// mmvq_rows with S (1, 2 or 4) a constant in each branch, so its divisions by S and by the
-// windows a warp takes become shifts. It also triples the kernels' code (sm_90 text of
-// kernel_mmvq<Q4_1, 1>: 56 KB against 22 KB with S at run time), and on an H100 SmolLM2's tg128
-// was 3.6% lower with it than before the group kept each weight's S, against 1.5% lower with S
-// at run time in both kernels (docs/benchmarks-cuda.md, round 11 section 6): not yet settled.
-template <int T, int NT>
-__device__ __forceinline__ void mmvq_rows_s(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq, float* y,
-                                            int vw, int nwarps, int gw, uint8_t* slots, int lane, int S,
-                                            float (*red)[MV_ROWS][NT]) {
-    if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 1, red);
-    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 2, red);
-    else mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, gw, slots, lane, 4, red);
-}
-
-template <int T, int NT>
+// S (1, 2 or 4 warps a row, from the host's plan) is a template parameter: each S gets its own
+// kernel, with S's divisions as shifts and, for S = 1, none of the cross-warp sum's code. With S
+// a runtime value 8B Q4_0 tg128 was 2.5% lower; with the three S as branches of one kernel
+// (three times the code of one) SmolLM2's was 2% lower (docs/benchmarks-cuda.md, round 12).
+template <int T, int NT, int S>
 __global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps, int split) {
+kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
-    __shared__ float red[2][MV_ROWS][NT];
+    __shared__ float red[S > 1 ? 2 : 1][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    mmvq_rows_s<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, split, red);
+    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, S, red);
 }
 
 // ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
@@ -643,23 +633,43 @@ struct MvGroup {
     int n_out[MVG_MAX], vw[MVG_MAX], nwarps[MVG_MAX], S[MVG_MAX];
     int n;   // weights in the group (2 or 3)
 };
-template <int T, int NT>
+// Weight j's field of the group (j < MVG_MAX = 3), by selects rather than an index: with
+// `g.W[j]` etc. under a loop the compiler copied the whole group to local memory and read it
+// back at every kernel start (ptxas: a 128-byte stack). Without that copy and with S a template
+// parameter of kernel_mmvq, 8B Q4_0 tg128 went from 433 to 471 t/s on an H100, most of it by
+// elimination from this (docs/benchmarks-cuda.md, round 12).
+template <class F> __device__ __forceinline__ F mvg_pick(const F (&f)[MVG_MAX], int j) {
+    return j == 0 ? f[0] : j == 1 ? f[1] : f[2];
+}
+// GS = false: every weight of the group has S = 1 (the host checks), a constant here, so the
+// kernel carries none of the S > 1 code (SmolLM2's groups). GS = true: each weight's S is a
+// constant in one of three branches, as in kernel_mmvq<T, NT, S> (8B's Q/K/V mixes S = 1 and 2).
+template <int T, int NT, bool GS>
 __global__ void __launch_bounds__(MV_ROWS * 32)
 kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
-    __shared__ float red[2][MV_ROWS][NT];
+    __shared__ float red[GS ? 2 : 1][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int gw = blockIdx.x * MV_ROWS + warp;
-#pragma unroll
-    for (int j = 0; j < MVG_MAX; ++j) {
-        if (j < g.n && gw < g.nwarps[j]) {
-            a.n_out = g.n_out[j];
-            a.row_bytes = g.row_bytes[j];
-            mmvq_rows_s<T, NT>(a, g.W[j], xq, g.y[j], g.vw[j], g.nwarps[j], gw, ring[warp][0], lane, g.S[j], red);
-            return;
+    int gw = blockIdx.x * MV_ROWS + warp, j = 0;   // this warp: weight j's warp gw
+    if (gw >= g.nwarps[0]) {
+        gw -= g.nwarps[0];
+        j = 1;
+        if (gw >= g.nwarps[1]) {
+            gw -= g.nwarps[1];
+            j = 2;
         }
-        gw -= g.nwarps[j];
     }
+    const int nw = mvg_pick(g.nwarps, j);
+    if (j >= g.n || gw >= nw) return;
+    a.n_out = mvg_pick(g.n_out, j);
+    a.row_bytes = mvg_pick(g.row_bytes, j);
+    const uint8_t* W = mvg_pick(g.W, j);
+    float* y = mvg_pick(g.y, j);
+    const int vw = mvg_pick(g.vw, j), S = mvg_pick(g.S, j);
+    if constexpr (!GS) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red);
+    else if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red);
+    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 2, red);
+    else mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 4, red);
 }
 
 // F16 weights, float activations (the CPU device keeps them float too): K % 8 == 0.
