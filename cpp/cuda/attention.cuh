@@ -401,6 +401,7 @@ struct AdRope {
     int* err;            // ERR_KV_POS when the position is outside the cache
     int on;
     int pf;              // the split's cache rows before the position, early: 0 no, 1 into L1, 2 into L2
+    const double* pw;    // [n_rot / 2] freq_base^(-2i / n_rot) (kernel_rope_powers)
 };
 
 template <int DPL>
@@ -420,7 +421,7 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     const int ns = min(n_splits, (pos - lo) / chunk + 1);   // live splits
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
-        for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) rope_cs(rope.r, rope.ff, pos, i, &rc[i], &rs[i]);
+        for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);
     const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
     // The cache rows before the token's were written by earlier launches and are not written by
     // this one (its single token writes row pos): they do not depend on the previous kernel, so

@@ -99,6 +99,7 @@ struct CudaDevice final : Device {
         if (scratch) cudaFree(scratch);
         if (qscratch) cudaFree(qscratch);
         if (hscratch) cudaFree(hscratch);
+        for (auto& kv : rope_pw_tables) cudaFree(kv.second);
         cudaStreamDestroy(stream);
     }
 
@@ -253,6 +254,23 @@ struct CudaDevice final : Device {
             if ((c.stage == Stage::matmul || c.stage == Stage::logits) && gemm_shape(c.a.matmul))
                 hneed = std::max(hneed, gemm_x_bytes(c.a.matmul) + gemm_w_bytes(c.a.matmul));
         grow(&hscratch, &hscratch_bytes, hneed);
+        // the rope's position-independent factors (read by the fused decode attention)
+        for (const Command& c : cmds)
+            if (c.stage == Stage::rope) rope_powers(c.a.rope);
+    }
+
+    // The table of freq_base^(-2i / n_rot) for this rope's base and size, made on first use
+    // (outside any capture: prepare() asks for every rope of a list first).
+    std::map<std::pair<float, int>, double*> rope_pw_tables;
+    const double* rope_powers(const kargs_rope& r) {
+        double*& t = rope_pw_tables[{r.freq_base, r.n_rot}];
+        if (!t) {
+            ck(cudaMalloc(&t, (r.n_rot / 2) * sizeof(double)), "cudaMalloc rope table");
+            ++n_allocs; bytes_allocated += (r.n_rot / 2) * sizeof(double);
+            kernel_rope_powers<<<(r.n_rot / 2 + 127) / 128, 128, 0, stream>>>(r, t);
+            ck(cudaGetLastError(), "kernel_rope_powers");
+        }
+        return t;
     }
 
     // Grow a scratch buffer (outside any capture); the old one stays until the device goes,
@@ -559,7 +577,7 @@ struct CudaDevice final : Device {
                         const int dim = aa.n_heads * aa.head_dim;
                         const bool qz = consumer_qb(o, at.b[3], 1, dim) == 32;
                         const AdRope rope{q, q.has_factors ? c.b[1].ptr<float>() : nullptr, rk.b[0].ptr<float>(),
-                                          sv.b[0].ptr<float>(), (int*)err_buf->dev, 1, ad_pf};
+                                          sv.b[0].ptr<float>(), (int*)err_buf->dev, 1, ad_pf, rope_powers(q)};
                         attention_q(aa, at.b[0], at.b[1], at.b[2], at.b[3], at.step, qz ? q8_at(o->a.matmul) : Q8Act{}, rope);
                         qcache = qz ? QCache{at.b[3].ptr<float>(), (int64_t)dim, 32} : QCache{};
                         return 5;

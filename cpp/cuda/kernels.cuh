@@ -304,12 +304,31 @@ kernel_matmul(kargs_matmul a, const uint8_t* W, const float* x, float* y, int ve
 // ~1e-4 rad, far above the stage's tolerance), then reduced to [-pi, pi] in double, and only
 // the sine and cosine are taken in float: the reduced angle is exact to ~1e-7 rad, and float
 // sincos is many times cheaper than double.
-__device__ __forceinline__ void rope_cs(const kargs_rope& a, const float* ff, int pos, int i, float* c, float* s) {
-    double theta = (double)pos * (double)a.freq_scale * pow((double)a.freq_base, -2.0 * i / a.n_rot);
+// The position-independent factor pw = freq_base^(-2i / n_rot) (double), then
+// theta = pos * freq_scale * pw [/ ff[i]] reduced to [-pi, pi], and its cosine and sine.
+__device__ __forceinline__ double rope_pw(const kargs_rope& a, int i) {
+    return pow((double)a.freq_base, -2.0 * i / a.n_rot);
+}
+__device__ __forceinline__ void rope_cs_pw(const kargs_rope& a, const float* ff, double pw, int pos, int i, float* c,
+                                           float* s) {
+    double theta = (double)pos * (double)a.freq_scale * pw;
     if (a.has_factors) theta /= (double)ff[i];
     const double two_pi = 6.283185307179586;
     theta -= two_pi * rint(theta / two_pi);
     sincosf((float)theta, s, c);
+}
+__device__ __forceinline__ void rope_cs(const kargs_rope& a, const float* ff, int pos, int i, float* c, float* s) {
+    rope_cs_pw(a, ff, rope_pw(a, i), pos, i, c, s);
+}
+// The table of pw for i < n_rot / 2, filled once per (freq_base, n_rot) before any graph is
+// captured: kernel_attention_decode reads it instead of computing the pow, a double-precision
+// chain of ~2000-2900 cycles it ran before its PDL wait -- and its blocks reach that wait only
+// just before it ends (they start when a Q/K/V mat-vec block leaves their SM), so the chain sat
+// on the decode path: SmolLM2 tg128 +5.6% on an H100, 8B flat (docs/benchmarks-cuda.md, round
+// 12). Same function, so the same bits.
+__global__ void kernel_rope_powers(kargs_rope a, double* pw) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < a.n_rot / 2) pw[i] = rope_pw(a, i);
 }
 
 // Rotate pair i of row xr (mode: norm pairs (2i, 2i+1), neox pairs (i, i + n_rot/2)); returns
