@@ -137,6 +137,13 @@ NB_MODULE(_engine, m) {
     }, "Force the CPU kernels' SIMD level (tests run each level the CPU has).");
     m.def("type_block", [](int t) { auto& i = type_info(t); return nb::make_tuple(i.block, i.block_bytes); });
     m.def("type_supported", &type_known);
+    // The engine's tensor types by name (F32, Q4_K, ...: GGML's ids) and TYPE_NAMES {id: name}.
+    nb::dict type_names;
+    for (int t : known_types()) {
+        type_names[nb::int_(t)] = type_info(t).name;
+        m.attr(type_info(t).name) = t;
+    }
+    m.attr("TYPE_NAMES") = type_names;
 
     m.attr("ROPE_NORM") = KROPE_NORM;
     m.attr("ROPE_NEOX") = KROPE_NEOX;
@@ -155,6 +162,12 @@ NB_MODULE(_engine, m) {
         .def("map_file", &Device::map_file, "Memory-map a whole file read-only (weights in place).")
         .def("set_step", [](Device& d, int pos0, int n_tokens) { d.set_step(kstep{pos0, n_tokens, 0, 0}); })
         .def("wait", &Device::wait)
+        .def("describe", [](Device& d, const Plan& p) {
+            std::vector<nb::tuple> out;
+            for (auto& k : d.describe(p.cmds)) out.push_back(nb::make_tuple(k.kernel, k.first, k.count, k.fusion));
+            return out;
+        }, nb::arg("plan"), "The kernels this device launches for a recorded plan: "
+                            "(kernel, first command, command count, fusion name or '').")
         .def("host_empty", [](Device& d, int64_t n) {
             if (n < 0) throw Error("host_empty: negative size");
             float* p = (float*)d.host_alloc((uint64_t)n * sizeof(float));

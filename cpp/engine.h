@@ -33,6 +33,7 @@ struct TypeInfo {
     int block_bytes;  // bytes per block
     const char* name;
 };
+const std::vector<int>& known_types();   // every KT_* the engine handles
 bool type_known(int ktype);
 const TypeInfo& type_info(int ktype);
 uint64_t row_bytes(int ktype, int64_t n);  // bytes of one row of n elements
@@ -105,6 +106,15 @@ struct Command {
     Binding step;        // the step buffer (kstep) of the device
 };
 
+// What a device runs for a command list, as `model.plan()` prints it: each kernel with the
+// commands [first, first + count) it covers; `fusion` names the fused pattern, empty where
+// the kernel runs one stage (or one part of a stage that takes two kernels).
+struct KernelDesc {
+    std::string kernel;
+    int first = 0, count = 1;
+    std::string fusion;
+};
+
 // ---- device -------------------------------------------------------------------------
 struct Device : std::enable_shared_from_this<Device> {
     virtual ~Device() = default;
@@ -143,6 +153,10 @@ struct Device : std::enable_shared_from_this<Device> {
     // values inside its executable plan instead (cuda: the graph's first kernel's arguments).
     virtual void replay_token(struct Plan& p, const Binding& ids, int32_t token, int32_t pos);
     virtual void wait() = 0;
+    // The kernels this device launches for `cmds`, in order. By default one kernel a command,
+    // named kernel_<stage>_<dtype> after its weight (matmul, logits, embed), the KV cache's
+    // type (kv_store, attention) or f32.
+    virtual std::vector<KernelDesc> describe(const std::vector<Command>& cmds);
 
     // One method per stage. Bindings in the order named.
     virtual void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) = 0;

@@ -663,13 +663,11 @@ def _greedy(device, path, prompt, n):
     """Logits of the prompt (one batched prefill) and of n-1 greedy decode steps through the
     recorded plan (a CUDA graph on cuda); returns (ids, logits [len(prompt) + n - 1, vocab])."""
     import llmetal
-    from llmetal.generate import Decoder
     m = llmetal.load(path, device=device, n_ctx=128, n_batch=16, n_out=16)
     rows = [m.logits(prompt)]
-    dec = Decoder(m)
     ids = [int(np.argmax(rows[0][-1]))]
     for i in range(n - 1):
-        row = dec.step(ids[-1], len(prompt) + i).copy()
+        row = m.decode_step(ids[-1], len(prompt) + i).copy()
         rows.append(row[None])
         ids.append(int(np.argmax(row)))
     return ids, np.concatenate(rows)
