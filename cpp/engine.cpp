@@ -261,10 +261,16 @@ Plan Encoder::end_record() {
     recording = false;
     recorded.cmds = std::move(cmds);
     cmds.clear();
+    recorded.device = device.get();
+    for (const Command& c : recorded.cmds)
+        for (const Binding& b : c.b)
+            if (b && (recorded.keep.empty() || recorded.keep.back().get() != b.buf))
+                recorded.keep.push_back(b.buf->shared_from_this());
     return std::move(recorded);
 }
 
 void Encoder::replay(Plan& p, const kstep& s) {
+    if (p.device != device.get()) throw Error("Encoder: plan recorded on another device");
     if (s.n_tokens != p.n_tokens) throw Error("Encoder: plan recorded for a different batch size");
     device->set_step(s);
     device->submit_plan(p);
@@ -272,6 +278,7 @@ void Encoder::replay(Plan& p, const kstep& s) {
 }
 
 void Encoder::replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+    if (p.device != device.get()) throw Error("Encoder: plan recorded on another device");
     if (p.n_tokens != 1) throw Error("Encoder: replay_token needs a plan recorded for one token");
     device->replay_token(p, Binding{ids.buf.get(), ids.offset}, token, pos);
     ++n_commits;

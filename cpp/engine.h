@@ -41,7 +41,7 @@ uint64_t row_bytes(int ktype, int64_t n);  // bytes of one row of n elements
 // ---- buffers and tensors ------------------------------------------------------------
 struct Device;
 
-struct Buffer {
+struct Buffer : std::enable_shared_from_this<Buffer> {
     Device* device = nullptr;
     void* host = nullptr;      // host-visible pointer (CPU device: the memory itself)
     void* dev = nullptr;       // device pointer (CUDA), == host on CPU
@@ -217,6 +217,9 @@ struct BufferPool {
 struct Plan {
     std::vector<Command> cmds;
     int n_tokens = 0;             // batch rows the plan was recorded for
+    const Device* device = nullptr;   // the device it was recorded on (and replays on)
+    std::vector<BufferRef> keep;  // every buffer its commands bind: a kept plan keeps its
+                                  // memory (and through it the device) alive, model gone or not
     std::shared_ptr<void> exec;   // the device's executable form, built on first replay
 };
 

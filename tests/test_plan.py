@@ -120,3 +120,31 @@ def test_stage_names_come_from_the_forward_pass(smol):
     assert names[0] == "inp_embd" and names[-1] == "result_output" and "blk.0.ffn_swiglu" in names
     with pytest.raises(ValueError, match="no stage named 'Qcurr'"):
         run_trace(smol, Tokenizer.from_gguf(smol.gguf), "Hi", stages="Qcur,Qcurr")
+
+
+def test_kept_plan_outlives_its_model(smollm2_path):
+    """A plan and encoder kept after the model is dropped still replay (the plan holds every
+    buffer it binds); a plan replayed on another device's encoder is an error. In a child
+    process: the failure this guards against was a segfault."""
+    import subprocess
+    import sys
+    code = f"""
+import gc, numpy as np, llmetal
+from llmetal import _engine as E
+m = llmetal.load({str(smollm2_path)!r}, n_ctx=64, n_batch=8)
+want = m.decode_step(1, 0).copy()
+plan, enc, ids, out = m.plan().plan, m.enc, m.full["ids"].rows(0, 1), m.full["logits"].rows(0, 1)
+del m
+gc.collect()
+enc.replay_token(plan, ids, 1, 0)
+assert np.array_equal(out.to_numpy()[0], want)
+other = E.Encoder(E.cpu_device(1))
+try:
+    other.replay_token(plan, ids, 1, 0)
+    raise SystemExit("replayed on another device")
+except ValueError as e:
+    assert "another device" in str(e), e
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr[-2000:])

@@ -86,6 +86,20 @@ def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params: Sam
     if len(ids) + max_tokens > model.n_ctx:
         raise ValueError(f"context overflow: prompt {len(ids)} + {max_tokens} new tokens "
                          f"> n_ctx {model.n_ctx} (raise -c/--ctx-size or lower -n)")
+    # The model is this generation's until it ends: other threads wait for it; the same thread
+    # interleaving two generations would mix their tokens in the one KV cache, so that is an error.
+    with model.lock:
+        if model.generating:
+            raise RuntimeError("this model is already generating (finish or close that stream_generate "
+                               "first: one KV cache serves one sequence)")
+        model.generating = True
+        try:
+            yield from _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog)
+        finally:
+            model.generating = False
+
+
+def _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog):
     params = params or SamplerParams(temp=0.0)
     sampler = Sampler(params, model.cfg.n_vocab)
     eog = set(tokenizer.eog_ids) if stop_at_eog else set()

@@ -12,6 +12,8 @@ whose differences are the few `if c.arch == "gemma3"`-style branches below.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,16 @@ class Activations:
     up: E.Tensor      # [T, ff]        FFN up projection
     h: E.Tensor       # [T, ff]        gated activation
     logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
+
+
+def serialized(method):
+    """One user of a model at a time: the method runs holding the model's lock (a second
+    thread waits), since every call shares the model's buffers and KV cache."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        with self.lock:
+            return method(self, *args, **kw)
+    return run
 
 
 class Weights(dict):
@@ -182,6 +194,8 @@ class Model:
         p.reserve()
         self.full = {n: p.get(n) for n in p.names()}
 
+        self.lock = threading.RLock()   # see serialized(); generate holds it for a whole generation
+        self.generating = False         # a stream_generate of this model is under way
         self.enc = E.Encoder(self.device, eager=False)
         self.hook = None          # called after each stage in eager inspection mode
         self.n_forward_calls = 0
@@ -212,6 +226,7 @@ class Model:
             self.hook(name, il, out, weight)
 
     # ---- the forward pass ---------------------------------------------------------------
+    @serialized
     def forward(self, tokens, pos0: int, out_rows: str = "last"):
         """Run T tokens at positions pos0..pos0+T-1 through the model, filling the KV cache.
 
@@ -277,6 +292,7 @@ class Model:
         return a.logits
 
     # ---- decode: one token through the recorded plan ---------------------------------------
+    @serialized
     def plan(self) -> DecodePlan:
         """The decode step as the device runs it (recorded on first use, then replayed by
         decode_step): print it to list every stage, engine command and kernel."""
@@ -296,6 +312,7 @@ class Model:
         the forward pass names them."""
         return [s.key for s in self.plan().steps]
 
+    @serialized
     def decode_step(self, token: int, pos: int) -> np.ndarray:
         """Run one token at position pos (the KV cache holds positions < pos) by replaying the
         recorded plan; returns the logits [vocab] in a buffer the next step reuses (copy to keep)."""
@@ -319,6 +336,7 @@ class Model:
             raise ValueError(f"token id {bad[0]} outside the vocabulary of {self.cfg.n_vocab}")
         return tokens
 
+    @serialized
     def prefill(self, tokens, pos0: int = 0) -> np.ndarray:
         """Run a prompt in chunks of n_batch; returns the last token's logits [vocab]."""
         tokens = self._check_tokens(tokens, pos0)
@@ -327,6 +345,7 @@ class Model:
             out = self.forward(tokens[i:i + self.n_batch], pos0 + i, "last")
         return out.to_numpy()[-1]
 
+    @serialized
     def logits(self, tokens) -> np.ndarray:
         """Logits [T, vocab] of every position of `tokens` in a fresh context."""
         tokens = self._check_tokens(tokens)
@@ -334,6 +353,7 @@ class Model:
         rows = [self.forward(tokens[i:i + step], i, "all").to_numpy() for i in range(0, len(tokens), step)]
         return np.concatenate(rows, axis=0)
 
+    @serialized
     def run_with_cache(self, tokens, names=None):
         """Logits of every position and copies of the named intermediate activations.
 
@@ -357,6 +377,7 @@ class Model:
         logits = self.run_eager(tokens, keep, out_rows="all").to_numpy()
         return logits, cache
 
+    @serialized
     def run_eager(self, tokens, hook, out_rows="last", pos0=0):
         """One forward pass committing after every stage, calling hook(name, layer, out, weight)."""
         self.hook = hook
