@@ -3,6 +3,7 @@
 // llama.cpp instead of being rejected by Python's codec.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include "engine.h"
@@ -53,10 +54,16 @@ void bind_tokenizer(nb::module_& m) {
              nb::arg("add_space_prefix"), nb::arg("ignore_merges"), nb::arg("clean_spaces"),
              "Build from a finished vocabulary (python/llmetal/tokenizer.py reads it from the GGUF).")
         .def("encode",
-             [](const Tokenizer& t, nb::bytes text, bool add_bos, bool add_eos, bool parse_special) {
-                 return t.encode(as_view(text), add_bos, add_eos, parse_special);
+             [](const Tokenizer& t, nb::bytes text, bool add_bos, bool add_eos, bool parse_special,
+                const Tokenizer::Ranges& plain) {
+                 for (auto& r : plain)
+                     if (r.first > r.second || r.second > text.size())
+                         throw llmetal::Error("tokenizer: a plain range lies outside the text");
+                 return t.encode(as_view(text), add_bos, add_eos, parse_special, plain);
              },
-             nb::arg("text"), nb::arg("add_bos"), nb::arg("add_eos"), nb::arg("parse_special"))
+             nb::arg("text"), nb::arg("add_bos"), nb::arg("add_eos"), nb::arg("parse_special"),
+             nb::arg("plain") = Tokenizer::Ranges{},
+             "Token ids; control tokens are not parsed inside the `plain` byte ranges [(lo, hi), ...].")
         .def("detokenize",
              [](const Tokenizer& t, const std::vector<int32_t>& ids, bool remove_special, bool unparse_special) {
                  std::string s = t.detokenize(ids, remove_special, unparse_special);

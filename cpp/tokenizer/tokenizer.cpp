@@ -543,14 +543,22 @@ std::string Tokenizer::make_piece(int32_t id) const {
 // ---------------------------------------------------------------------------------------
 // Special-token partition: cut the text into raw fragments and special tokens. Each special
 // token in turn (longest first) is searched in every remaining raw fragment; its leftmost
-// non-overlapping occurrences become token fragments.
+// non-overlapping occurrences become token fragments; a control or unknown token's occurrence
+// that overlaps a `plain` range stays text.
 // ---------------------------------------------------------------------------------------
 
 static bool c_isspace(char ch) {
     return ch == ' ' || (ch >= '\t' && ch <= '\r');
 }
 
-void Tokenizer::partition(std::string_view text, bool parse_special, std::vector<Fragment>& frags) const {
+static bool overlaps(const Tokenizer::Ranges& rs, size_t lo, size_t hi) {
+    for (auto& r : rs)
+        if (lo < r.second && r.first < hi) return true;
+    return false;
+}
+
+void Tokenizer::partition(std::string_view text, bool parse_special, const Ranges& plain,
+                          std::vector<Fragment>& frags) const {
     frags.clear();
     if (text.empty()) return;
     frags.push_back({-1, 0, text.size()});
@@ -561,12 +569,17 @@ void Tokenizer::partition(std::string_view text, bool parse_special, std::vector
         if (!parse_special && (a & (TA_CONTROL | TA_UNKNOWN))) continue;
         std::string_view tt(texts_[id]);
         if (text.find(tt) == std::string_view::npos) continue;  // cheap skip
+        const bool keep_plain = !plain.empty() && (a & (TA_CONTROL | TA_UNKNOWN));
         next.clear();
         for (const Fragment& f : frags) {
             if (f.token >= 0) { next.push_back(f); continue; }
-            size_t off = f.off, len = f.len;
+            size_t off = f.off, len = f.len, from = off;
             for (;;) {
-                size_t m = text.substr(0, off + len).find(tt, off);
+                size_t m = text.substr(0, off + len).find(tt, from);
+                if (m != std::string_view::npos && keep_plain && overlaps(plain, m, m + tt.size())) {
+                    from = m + 1;   // inside plain text: not a token, look further
+                    continue;
+                }
                 if (m == std::string_view::npos) {
                     next.push_back({-1, off, len});
                     break;
@@ -582,7 +595,7 @@ void Tokenizer::partition(std::string_view text, bool parse_special, std::vector
                 size_t r_len = off + len - r_off;
                 if (a & TA_RSTRIP) while (r_len > 0 && c_isspace(text[r_off])) { ++r_off; --r_len; }
                 if (r_len == 0) break;
-                off = r_off;
+                off = from = r_off;
                 len = r_len;
             }
         }
@@ -594,10 +607,11 @@ void Tokenizer::partition(std::string_view text, bool parse_special, std::vector
 // Encode
 // ---------------------------------------------------------------------------------------
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool add_eos, bool parse_special) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool add_eos, bool parse_special,
+                                       const Ranges& plain) const {
     std::vector<int32_t> out;
     std::vector<Fragment> frags;
-    partition(text, parse_special, frags);
+    partition(text, parse_special, plain, frags);
     if (add_bos) {
         if (cfg_.bos < 0) throw Error("tokenizer: BOS requested but the model has no BOS token");
         out.push_back(cfg_.bos);

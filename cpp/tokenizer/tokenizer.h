@@ -69,7 +69,11 @@ public:
     Tokenizer(const Tokenizer&) = delete;  // holds string_views into its own storage
     Tokenizer& operator=(const Tokenizer&) = delete;
 
-    std::vector<int32_t> encode(std::string_view text, bool add_bos, bool add_eos, bool parse_special) const;
+    // Byte ranges [first, second) of the text where control tokens are not parsed even with
+    // parse_special (chat message content inside a rendered template).
+    using Ranges = std::vector<std::pair<size_t, size_t>>;
+    std::vector<int32_t> encode(std::string_view text, bool add_bos, bool add_eos, bool parse_special,
+                                const Ranges& plain = {}) const;
     // llama_detokenize: concatenated pieces; control/unknown tokens render only if unparse_special.
     std::string detokenize(const std::vector<int32_t>& ids, bool remove_special, bool unparse_special) const;
     // The piece of one token (with special=true, as llama-tokenize prints it).
@@ -89,7 +93,8 @@ public:
 private:
     struct Fragment { int32_t token; size_t off, len; };  // token >= 0: a special token; else raw text
     size_t check(int32_t id) const;
-    void partition(std::string_view text, bool parse_special, std::vector<Fragment>& frags) const;
+    void partition(std::string_view text, bool parse_special, const Ranges& plain,
+                   std::vector<Fragment>& frags) const;
     void bpe_fragment(std::string_view text, std::vector<int32_t>& out) const;
     void bpe_word(const std::string& word, std::vector<int32_t>& out) const;
     int32_t sym_id(std::string_view s) const {

@@ -276,6 +276,7 @@ class Tokenizer:
         self.vocab = vocab
         self.chat_template = chat_template
         self.name = name
+        self._controls = None   # texts of control / unknown tokens, listed on first chat use
         ids = vocab.ids
         self._engine = _engine.Tokenizer(
             vocab.model, vocab.pre.family, [t.encode("utf-8") for t in vocab.tokens], vocab.attrs,
@@ -338,12 +339,13 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, text: str | bytes, add_bos: bool | None = None, parse_special: bool = False,
-               add_eos: bool | None = None) -> list[int]:
+               add_eos: bool | None = None, plain=()) -> list[int]:
         """Token ids of `text`.
 
         add_bos / add_eos: None = what the GGUF metadata says (like llama-tokenize without
         --no-bos); True / False force it. parse_special: match control-token texts such as
-        "<|im_start|>" as single tokens (user-defined tokens are matched either way).
+        "<|im_start|>" as single tokens (user-defined tokens are matched either way), except
+        inside the `plain` byte ranges [(lo, hi), ...] of the UTF-8 text.
         """
         if isinstance(text, str):
             try:
@@ -360,7 +362,7 @@ class Tokenizer:
             raise TokenizerError("encode: add_bos requested but the model has no BOS token")
         if eos and self.eos_id is None:
             raise TokenizerError("encode: add_eos requested but the model has no EOS token")
-        return self._engine.encode(data, bos, eos, bool(parse_special))
+        return self._engine.encode(data, bos, eos, bool(parse_special), list(plain))
 
     def decode_bytes(self, ids, special: bool = False) -> bytes:
         """llama.cpp's detokenize: the pieces joined (control tokens only if `special`), with
@@ -392,8 +394,10 @@ class Tokenizer:
                            **extra)
 
     def encode_chat(self, messages, add_generation_prompt: bool = True, template: str | None = None,
-                    **extra) -> list[int]:
-        """Render the chat template and tokenize it (special tokens parsed). The BOS that the
+                    special_content: bool = False, **extra) -> list[int]:
+        """Render the chat template and tokenize it. The template's own markup is parsed for
+        special tokens; the messages' content is plain text (a user typing "<|im_start|>system"
+        gets those characters, not a system turn) unless `special_content`. The BOS that the
         tokenizer adds is not doubled when the template writes one itself."""
         text = self.apply_chat_template(messages, add_generation_prompt, template, **extra)
         bos_text, eos_text = self._special_text("bos"), self._special_text("eos")
@@ -403,7 +407,33 @@ class Tokenizer:
             text = text[len(bos_text):]
         if self.vocab.add_eos and eos_text and text.endswith(eos_text):
             text = text[:-len(eos_text)]
-        return self.encode(text, parse_special=True)
+        plain = () if special_content else self._content_spans(text, messages)
+        return self.encode(text, parse_special=True, plain=plain)
+
+    def _content_spans(self, text: str, messages) -> list[tuple[int, int]]:
+        """UTF-8 byte ranges of the messages' content in the rendered `text`, found in message
+        order (as written, else stripped: templates often trim content)."""
+        if self._controls is None:
+            self._controls = [self.token_text(i) for i in range(self.vocab_size)
+                              if self.vocab.attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN) and self.token_text(i)]
+        spans, pos = [], 0
+        for i, m in enumerate(messages):
+            c = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(c, str) or not c.strip():
+                continue
+            at = -1
+            for cand in (c, c.strip()):
+                at = text.find(cand, pos)
+                if at >= 0:
+                    lo, hi = len(text[:at].encode("utf-8")), len(text[:at + len(cand)].encode("utf-8"))
+                    spans.append((lo, hi))
+                    pos = at + len(cand)
+                    break
+            if at < 0 and any(t in c for t in self._controls):
+                raise TokenizerError(f"messages[{i}]: its content holds control-token text and the chat "
+                                     "template changed it beyond recognition, so it cannot be kept as "
+                                     "plain text")
+        return spans
 
     def _special_text(self, name: str) -> str:
         i = self.vocab.ids.get(name)
