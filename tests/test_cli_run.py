@@ -76,7 +76,7 @@ def test_generate_chat_template(run_cli):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("generate", "-p", "hi", "-n", "100", "-c", "16"), "context overflow"),
+    (("generate", "-p", "hi " * 40, "-n", "4", "-c", "16"), "context overflow"),
     (("generate", "-p", "hi", "--top-p", "2"), "top_p"),
     (("generate", "-n", "4"), "no prompt"),
     (("generate", "-p", "hi", "--bogus"), "unrecognized"),

@@ -152,3 +152,34 @@ def test_bench_names_the_file_type(gemma3_path):
     from llmetal.bench import _model_label
     m = llmetal.load(gemma3_path, n_ctx=64)
     assert _model_label(m)[0].endswith(" Q4_K_M")
+
+
+# ---- threads, context ---------------------------------------------------------------------------
+def test_huge_thread_counts_are_clamped_or_refused(run_cli):
+    from llmetal import _engine as E
+    with pytest.raises(ValueError, match="threads"):
+        E.cpu_device(100000)
+    with pytest.raises(ValueError, match="n_threads"):
+        llmetal.load("smollm2", n_ctx=64, n_threads=-3)
+    r = run_cli("generate", "-p", "hi", "-n", "2", "-t", "100000", "--temp", "0", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "llmetal: warning: 100000 threads asked for" in r.stderr
+
+
+def test_generate_stops_when_the_context_is_full(run_cli):
+    import json
+    r = run_cli("generate", "-p", "Once upon a time", "-n", "100", "-c", "16", "--temp", "0", "--json",
+                "--ignore-eos", timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["finish_reason"] == "length"
+    assert len(res["prompt_tokens"]) + len(res["tokens"]) == 16 + 1   # the last is sampled, not decoded
+    assert "the context (16 tokens) is full" in r.stderr
+
+
+def test_chat_goes_on_past_a_full_context(run_cli_input):
+    lines = "\n".join(f"Tell me fact number {i} about the sea, in detail please." for i in range(6)) + "\n"
+    r = run_cli_input(["chat", "-c", "160", "-n", "24", "--temp", "0"], lines, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "were dropped" in r.stderr and "error" not in r.stderr.lower()
+    assert r.stdout.count("> ") >= 6

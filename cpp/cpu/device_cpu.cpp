@@ -337,7 +337,14 @@ struct CpuDevice final : Device {
 
 }  // namespace
 
+// Threads beyond the cores only queue behind each other, and thousands stall the pool's
+// start: more than MAX_THREADS is refused (the Python surface clamps to the CPU count).
+constexpr int MAX_THREADS = 1024;
+
 std::shared_ptr<Device> make_cpu_device(int n_threads) {
+    if (n_threads < 0 || n_threads > MAX_THREADS)
+        throw Error("cpu: " + std::to_string(n_threads) + " threads (0 = the default, at most " +
+                    std::to_string(MAX_THREADS) + ")");
     return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads());
 }
 

@@ -185,3 +185,20 @@ def render_chat(template: str, messages, bos_token: str = "", eos_token: str = "
     finally:
         sys.settrace(previous)
         _budget.deadline = None
+
+
+def fit_history(tokenizer, messages, max_tokens: int):
+    """Drop the oldest turns (system messages stay) until the rendered conversation fits in
+    max_tokens. Returns (messages kept, their prompt ids or None when even the last message
+    does not fit, how many messages were dropped)."""
+    kept = list(messages)
+    dropped = 0
+    while True:
+        ids = tokenizer.encode_chat(kept, add_generation_prompt=True)
+        if len(ids) <= max_tokens:
+            return kept, ids, dropped
+        old = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
+        if not old:
+            return kept, None, dropped
+        del kept[old[0]]
+        dropped += 1

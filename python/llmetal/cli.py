@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .models import DEFAULT_MODEL, KNOWN, ModelError
 
@@ -48,6 +49,7 @@ def _add_generation(p, chat=False):
     p.add_argument("--repeat-last-n", type=int, default=None)
     p.add_argument("-s", "--seed", type=int, default=None)
     p.add_argument("--no-parse-special", action="store_true", help="treat special-token text as plain text")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-generation tokens")
     p.add_argument("-v", "--verbose", action="store_true", help="print the sampler chain and settings")
     _add_runtime(p, n_ctx=4096)
 
@@ -185,6 +187,11 @@ def _sampler_params(args, model):
     return SamplerParams.from_gguf_metadata(model.gguf.metadata, **over).with_seed()
 
 
+def _need_template(tok):
+    if tok.chat_template is None:
+        raise CLIError("the model has no chat template (tokenizer.chat_template): run it without --chat")
+
+
 def _cmd_generate(args) -> int:
     import json
     from .generate import GenerationResult, prompt_ids, stream_generate
@@ -203,6 +210,7 @@ def _cmd_generate(args) -> int:
     tok = _tokenizer(model)
     params = _sampler_params(args, model)
     if args.chat:
+        _need_template(tok)
         msgs = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else [])
         msgs.append({"role": "user", "content": prompt})
         prompt = tok.encode_chat(msgs, add_generation_prompt=True)   # ids; BOS never doubled
@@ -212,11 +220,14 @@ def _cmd_generate(args) -> int:
     ids = prompt_ids(tok, prompt, add_bos=None, parse_special=not args.no_parse_special)
     res = GenerationResult(prompt_tokens=ids)
     out = sys.stdout
-    for rec in stream_generate(model, tok, ids, args.n_predict, params):
+    for rec in stream_generate(model, tok, ids, args.n_predict, params, stop_at_eog=not args.ignore_eos):
         res.add(rec)
         if not args.json:
             out.write(rec.text)
             out.flush()
+    if len(res.tokens) < args.n_predict and res.finish_reason == "length":
+        print(f"\nllmetal: the context ({model.n_ctx} tokens) is full: stopped after {len(res.tokens)} "
+              f"of {args.n_predict} tokens (raise -c/--ctx-size)", file=sys.stderr)
     if args.json:
         print(json.dumps(res.as_json(), ensure_ascii=False))
     else:
@@ -228,25 +239,33 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_chat(args) -> int:
+    from .chat import fit_history
     from .generate import stream_generate
     model = _load(args)
     tok = _tokenizer(model)
+    _need_template(tok)
     params = _sampler_params(args, model)
+    # a reply gets at least this much room; older turns go when the context cannot give it
+    reply_room = max(1, min(args.n_predict, model.n_ctx // 4))
     history = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
     print("llmetal chat: empty line or Ctrl-D to quit, Ctrl-C interrupts a reply", file=sys.stderr)
     while True:
         try:
             user = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        except KeyboardInterrupt:
+        except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return 0
         if not user.strip():
             return 0
         history.append({"role": "user", "content": user})
-        prompt = tok.encode_chat(history, add_generation_prompt=True)
+        history, prompt, dropped = fit_history(tok, history, model.n_ctx - reply_room)
+        if prompt is None:
+            history.pop()
+            print(f"llmetal: that message does not fit the context ({model.n_ctx} tokens); "
+                  "try a shorter one or raise -c", file=sys.stderr)
+            continue
+        if dropped:
+            print(f"[context full: the oldest {dropped} message(s) were dropped]", file=sys.stderr)
         reply = ""
         try:
             for rec in stream_generate(model, tok, prompt, args.n_predict, params):
@@ -330,9 +349,14 @@ def _user_errors():
     return tuple(errs)
 
 
+def _warn(message, category, filename, lineno, file=None, line=None):
+    print(f"llmetal: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    warnings.showwarning = _warn
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -75,6 +75,11 @@ def prompt_ids(tokenizer, prompt, add_bos: bool | None = None, parse_special: bo
     return [int(t) for t in prompt]
 
 
+def room_after(model, ids) -> int:
+    """How many tokens can be generated after the prompt `ids` before the context is full."""
+    return model.n_ctx - len(ids) + 1
+
+
 def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params: SamplerParams | None = None,
                     add_bos: bool | None = None, parse_special: bool = True, stop_at_eog: bool = True):
     """Yield a TokenRecord per generated token. `prompt` is text or a list of token ids."""
@@ -83,9 +88,12 @@ def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params: Sam
         raise ValueError("the prompt is empty (no tokens)")
     if max_tokens < 0:
         raise ValueError("the number of tokens to generate must be >= 0")
-    if len(ids) + max_tokens > model.n_ctx:
-        raise ValueError(f"context overflow: prompt {len(ids)} + {max_tokens} new tokens "
-                         f"> n_ctx {model.n_ctx} (raise -c/--ctx-size or lower -n)")
+    if len(ids) > model.n_ctx:
+        raise ValueError(f"context overflow: the prompt has {len(ids)} tokens > n_ctx {model.n_ctx} "
+                         "(raise -c/--ctx-size)")
+    # generation stops when the context is full (finish reason "length"): the last token is
+    # sampled from the logits of position n_ctx - 1, so the prompt leaves n_ctx - len + 1
+    max_tokens = min(max_tokens, room_after(model, ids))
     # The model is this generation's until it ends: other threads wait for it; the same thread
     # interleaving two generations would mix their tokens in the one KV cache, so that is an error.
     with model.lock:

@@ -13,7 +13,9 @@ whose differences are the few `if c.arch == "gemma3"`-style branches below.
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +29,26 @@ from .models import resolve
 F32, F16, I32 = E.F32, E.F16, E.I32
 
 
+def cpu_threads(n_threads: int) -> int:
+    """A thread count for the CPU device: 0 is the default (the cores this process may use);
+    more than the machine's CPUs only slows every step, so it is clamped to them, with a warning."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0:
+        raise ValueError(f"n_threads must be an integer >= 0 (0: the default), got {n_threads!r}")
+    n_cpu = os.cpu_count() or 1
+    if n_threads > n_cpu:
+        warnings.warn(f"{n_threads} threads asked for, this machine has {n_cpu} CPUs: using {n_cpu}",
+                      stacklevel=3)
+        return n_cpu
+    return n_threads
+
+
 def make_device(device: str | None = "cpu", n_threads: int = 0):
     """The engine device by name: "cpu" (everywhere), "cuda" (NVIDIA builds), "metal" (Apple
     builds), "metal-emu" / "metal-emu:reverse" (the Metal device's plan run by a CPU emulator
     of Metal; builds with LLMETAL_METAL_EMU=ON)."""
     device = device or "cpu"
     if device == "cpu":
-        return E.cpu_device(n_threads)
+        return E.cpu_device(cpu_threads(n_threads))
     if device == "cuda":
         return E.cuda_device(0)
     if device == "metal":

@@ -388,7 +388,8 @@ class Tokenizer:
         from .chat import render_chat
         tmpl = template if template is not None else self.chat_template
         if tmpl is None:
-            raise TokenizerError(f"{self.name}: the model has no tokenizer.chat_template; pass template=...")
+            raise TokenizerError(f"{self.name}: the model has no tokenizer.chat_template "
+                                 "(give one with the template= argument)")
         return render_chat(tmpl, messages, bos_token=self._special_text("bos"),
                            eos_token=self._special_text("eos"), add_generation_prompt=add_generation_prompt,
                            **extra)
