@@ -277,8 +277,6 @@ NB_MODULE(_engine, m) {
         }, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"), nb::arg("n_heads"),
            nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f)
         .def("add", &Encoder::add)
-        .def("mul", &Encoder::mul)
-        .def("scale", &Encoder::scale, nb::arg("x"), nb::arg("out"), nb::arg("s"))
         .def("swiglu", &Encoder::swiglu)
         .def("geglu", &Encoder::geglu)
         .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"));

@@ -83,7 +83,7 @@ struct Binding {
 
 // ---- commands -----------------------------------------------------------------------
 enum class Stage : uint8_t {
-    embed, rmsnorm, matmul, rope, kv_store, attention, add, mul, scale, swiglu, geglu, logits,
+    embed, rmsnorm, matmul, rope, kv_store, attention, add, swiglu, geglu, logits,
 };
 const char* stage_name(Stage s);
 
@@ -153,8 +153,6 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc,
                            Binding out, Binding step) = 0;
     virtual void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
-    virtual void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
-    virtual void scale(const kargs_eltwise& a, Binding x, Binding out) = 0;
     virtual void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
@@ -236,8 +234,6 @@ struct Encoder {
     void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
                    int n_heads, int n_kv_heads, int window, float scale, float softcap);
     void add(const Tensor& a, const Tensor& b, const Tensor& out);
-    void mul(const Tensor& a, const Tensor& b, const Tensor& out);
-    void scale(const Tensor& x, const Tensor& out, float s);
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void logits(const Tensor& W, const Tensor& x, const Tensor& y);

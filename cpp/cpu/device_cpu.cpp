@@ -282,30 +282,14 @@ struct CpuDevice final : Device {
         pool.run(f);
     }
 
-    template <class Op>
-    void binary(const kargs_eltwise& a, Binding x, Binding y, Binding out, Op op) {
-        const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
-        int64_t bn = a.b_n;
-        auto f = [&](int ith, int nth) {
-            int64_t b, e;
-            split(a.n, ith, nth, &b, &e);
-            if (bn == a.n) for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i]);
-            else for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i % bn]);
-        };
-        pool.run(f);
-    }
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        binary(a, x, y, out, [](float u, float v) { return u + v; });
-    }
-    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        binary(a, x, y, out, [](float u, float v) { return u * v; });
-    }
-    void scale(const kargs_eltwise& a, Binding x, Binding out) override {
-        const float* px = x.ptr<float>(); float* po = out.ptr<float>();
+        const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
+        const int64_t bn = a.b_n;
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split(a.n, ith, nth, &b, &e);
-            for (int64_t i = b; i < e; ++i) po[i] = px[i] * a.s;
+            if (bn == a.n) for (int64_t i = b; i < e; ++i) po[i] = px[i] + py[i];
+            else for (int64_t i = b; i < e; ++i) po[i] = px[i] + py[i % bn];
         };
         pool.run(f);
     }

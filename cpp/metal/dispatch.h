@@ -94,8 +94,6 @@ struct PlannedDevice : Device {
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
                    Binding step) override;
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
-    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
-    void scale(const kargs_eltwise& a, Binding x, Binding out) override;
     void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override;
