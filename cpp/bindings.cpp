@@ -10,7 +10,7 @@
 #include "cpu/features.h"
 #include "engine.h"
 
-#ifdef LLMETAL_WITH_METAL_EMU   // tests/metal_emu/device_emu.cpp
+#ifdef LLMETAL_WITH_METAL_EMU   // cpp/metal_emu/device_emu.cpp
 namespace llmetal {
 void metal_counters(Device& d, uint64_t out[7]);
 void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,

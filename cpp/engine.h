@@ -173,7 +173,7 @@ std::shared_ptr<Device> make_cpu_device(int n_threads);
 uint64_t alloc_count();   // allocations made by engine code so far (alloc_hooks.cpp)
 std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent
 std::shared_ptr<Device> make_metal_device();              // throws where Metal is absent (non-Apple)
-// The Metal device's dispatch plan run by a CPU emulator of Metal (tests/metal_emu; builds
+// The Metal device's dispatch plan run by a CPU emulator of Metal (cpp/metal_emu; builds
 // with LLMETAL_METAL_EMU=ON). schedule: "forward" or "reverse" thread/dispatch order.
 std::shared_ptr<Device> make_metal_emu_device(const std::string& schedule);
 

@@ -2,7 +2,7 @@
 
 `metal-emu` runs the Metal device's own dispatch plan (cpp/metal/dispatch.cpp: kernel names,
 buffer indices, grids, threadgroup sizes and memory, barriers) with the unmodified
-metal/*.metal kernels compiled as C++ (tests/metal_emu/prepass.py + metal_shim.h), one fiber
+metal/*.metal kernels compiled as C++ (cpp/metal_emu/prepass.py + metal_shim.h), one fiber
 per Metal thread, so barriers and SIMD-group operations rendezvous as on a GPU. Every test runs
 under two schedules: "forward" and "reverse" (threads, threadgroups, and the dispatches between
 two barriers in reverse order), and threadgroup memory starts as NaN: a missing barrier or an

@@ -7,7 +7,7 @@
 //   cpp/metal/device.mm            the real Metal device (Apple only): one command buffer and one
 //                                  concurrent compute encoder per submit, memoryBarrier where
 //                                  `barrier` is set, a debug group per stage;
-//   tests/metal_emu/device_emu.cpp the metal-emu device: the same descriptions executed by the
+//   cpp/metal_emu/device_emu.cpp   the metal-emu device: the same descriptions executed by the
 //                                  CPU emulator of Metal, kernel by kernel.
 // So everything but the Objective-C++ calls themselves runs, and is tested, on Linux.
 //
