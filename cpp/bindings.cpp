@@ -170,8 +170,11 @@ NB_MODULE(_engine, m) {
         }, nb::arg("n"), "An empty float32 array [n] in host memory that download_into fills fastest "
                           "(page-locked on cuda), for buffers reused every token.");
 
-    m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0,
-          "The CPU device with a pool of n_threads (0 = the cores this process may use).");
+    m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0, nb::arg("pool_fallback") = "auto",
+          "The CPU device with a pool of n_threads (0 = the cores this process may use). "
+          "pool_fallback: 'auto' runs jobs on the calling thread alone while the pool's workers keep "
+          "missing them (another process holds the cores); tests pin that path with 'always', or "
+          "the threaded one with 'never'.");
     m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
     m.def("metal_device", &make_metal_device, "The Metal device (Apple builds only).");
     m.def("metal_emu_device", &make_metal_emu_device, nb::arg("schedule") = "forward",

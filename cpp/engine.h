@@ -169,7 +169,10 @@ void free_host_buffer(Buffer& b);
 // positions must fit the context (a GPU kernel cannot throw, so GPUs check before submitting).
 void check_positions(const Command& c, const kstep& s);
 
-std::shared_ptr<Device> make_cpu_device(int n_threads);
+// pool_fallback: when the thread pool runs jobs on the calling thread alone: "auto" (while its
+// workers keep missing jobs, cpu/threadpool.cpp), or, for tests that pin one path, "never" or
+// "always".
+std::shared_ptr<Device> make_cpu_device(int n_threads, const std::string& pool_fallback = "auto");
 uint64_t alloc_count();   // allocations made by engine code so far (alloc_hooks.cpp)
 std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent
 std::shared_ptr<Device> make_metal_device();              // throws where Metal is absent (non-Apple)

@@ -37,7 +37,8 @@ inline void split(int64_t n, int ith, int nth, int64_t* b, int64_t* e) {
 }
 
 struct CpuDevice final : Device {
-    explicit CpuDevice(int n_threads) : pool(n_threads), scratch(n_threads), counters(pool.size()) {
+    CpuDevice(int n_threads, cpu::Fallback fallback)
+        : pool(n_threads, fallback), scratch(n_threads), counters(pool.size()) {
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
     }
@@ -169,13 +170,9 @@ struct CpuDevice final : Device {
         const uint8_t* data() const { return (const uint8_t*)mem.p; }
     };
     std::unordered_map<const uint8_t*, Repacked> repacked;
-    const bool repack_enabled = [] {
-        const char* e = std::getenv("LLMETAL_CPU_REPACK");
-        return !(e && std::strcmp(e, "0") == 0);
-    }();
 
     const uint8_t* repacked_weights(const kargs_matmul& a, Binding W) {
-        if (!repack_enabled || !W.buf->read_only || !matmul_kernel16(a)) return nullptr;
+        if (!W.buf->read_only || !matmul_kernel16(a)) return nullptr;
         const uint8_t* src = W.ptr<uint8_t>();
         auto it = repacked.find(src);
         if (it != repacked.end()) return it->second.data();
@@ -321,8 +318,13 @@ struct CpuDevice final : Device {
 
 }  // namespace
 
-std::shared_ptr<Device> make_cpu_device(int n_threads) {
-    return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads());
+std::shared_ptr<Device> make_cpu_device(int n_threads, const std::string& pool_fallback) {
+    Fallback fb;
+    if (pool_fallback == "auto") fb = Fallback::automatic;
+    else if (pool_fallback == "never") fb = Fallback::never;
+    else if (pool_fallback == "always") fb = Fallback::always;
+    else throw Error("cpu_device: pool_fallback must be 'auto', 'never' or 'always', not '" + pool_fallback + "'");
+    return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads(), fb);
 }
 
 }  // namespace llmetal
