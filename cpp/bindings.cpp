@@ -10,7 +10,7 @@
 #include "cpu/features.h"
 #include "engine.h"
 
-#ifdef LLMETAL_WITH_METAL_EMU   // tests/metal_emu/device_emu.cpp
+#ifdef LLMETAL_WITH_METAL_EMU   // cpp/metal_emu/device_emu.cpp
 namespace llmetal {
 void metal_counters(Device& d, uint64_t out[7]);
 void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
@@ -183,8 +183,11 @@ NB_MODULE(_engine, m) {
         }, nb::arg("n"), "An empty float32 array [n] in host memory that download_into fills fastest "
                           "(page-locked on cuda), for buffers reused every token.");
 
-    m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0,
-          "The CPU device with a pool of n_threads (0 = the cores this process may use).");
+    m.def("cpu_device", &make_cpu_device, nb::arg("n_threads") = 0, nb::arg("pool_fallback") = "auto",
+          "The CPU device with a pool of n_threads (0 = the cores this process may use). "
+          "pool_fallback: 'auto' runs jobs on the calling thread alone while the pool's workers keep "
+          "missing them (another process holds the cores); tests pin that path with 'always', or "
+          "the threaded one with 'never'.");
     m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
     m.def("metal_device", &make_metal_device, "The Metal device (Apple builds only).");
     m.def("metal_emu_device", &make_metal_emu_device, nb::arg("schedule") = "forward",
@@ -290,8 +293,6 @@ NB_MODULE(_engine, m) {
         }, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"), nb::arg("n_heads"),
            nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f)
         .def("add", &Encoder::add)
-        .def("mul", &Encoder::mul)
-        .def("scale", &Encoder::scale, nb::arg("x"), nb::arg("out"), nb::arg("s"))
         .def("swiglu", &Encoder::swiglu)
         .def("geglu", &Encoder::geglu)
         .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"));

@@ -110,8 +110,6 @@ const char* stage_name(Stage s) {
         case Stage::kv_store: return "kv_store";
         case Stage::attention: return "attention";
         case Stage::add: return "add";
-        case Stage::mul: return "mul";
-        case Stage::scale: return "scale";
         case Stage::swiglu: return "swiglu";
         case Stage::geglu: return "geglu";
         case Stage::logits: return "logits";
@@ -186,8 +184,6 @@ void Device::run(const Command& c) {
         case Stage::kv_store: kv_store(c.a.kv_store, b[0], b[1], c.step); break;
         case Stage::attention: attention(c.a.attention, b[0], b[1], b[2], b[3], c.step); break;
         case Stage::add: add(c.a.eltwise, b[0], b[1], b[2]); break;
-        case Stage::mul: mul(c.a.eltwise, b[0], b[1], b[2]); break;
-        case Stage::scale: scale(c.a.eltwise, b[0], b[1]); break;
         case Stage::swiglu: swiglu(c.a.glu, b[0], b[1], b[2]); break;
         case Stage::geglu: geglu(c.a.glu, b[0], b[1], b[2]); break;
         case Stage::logits: logits(c.a.matmul, b[0], b[1], b[2]); break;
@@ -442,33 +438,14 @@ void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, con
     push(c);
 }
 
-static void eltwise(Encoder& e, Stage st, const Tensor& a, const Tensor& b, const Tensor& out) {
-    const char* n = stage_name(st);
-    need_f32(a, n, "a"); need_f32(b, n, "b"); need_f32(out, n, "out");
-    need(out.numel() == a.numel(), n, "out must have the shape of a");
-    need(b.numel() == a.numel() || b.numel() == a.cols(), n,
-         "b must have the shape of a or be one row of it");
-    Command c{st, {}, {}, {}};
-    c.a.eltwise = kargs_eltwise{a.numel(), b.numel(), 1.0f, 0};
-    c.b[0] = bind(a); c.b[1] = bind(b); c.b[2] = bind(out);
-    e.cmds.push_back(c);
-}
-
 void Encoder::add(const Tensor& a, const Tensor& b, const Tensor& out) {
-    eltwise(*this, Stage::add, a, b, out);
-    Command c = cmds.back(); cmds.pop_back(); push(c);
-}
-void Encoder::mul(const Tensor& a, const Tensor& b, const Tensor& out) {
-    eltwise(*this, Stage::mul, a, b, out);
-    Command c = cmds.back(); cmds.pop_back(); push(c);
-}
-
-void Encoder::scale(const Tensor& x, const Tensor& out, float s) {
-    need_f32(x, "scale", "x"); need_f32(out, "scale", "out");
-    need(out.numel() == x.numel(), "scale", "out must have the shape of x");
-    Command c{Stage::scale, {}, {}, {}};
-    c.a.eltwise = kargs_eltwise{x.numel(), x.numel(), s, 0};
-    c.b[0] = bind(x); c.b[1] = bind(out);
+    need_f32(a, "add", "a"); need_f32(b, "add", "b"); need_f32(out, "add", "out");
+    need(out.numel() == a.numel(), "add", "out must have the shape of a");
+    need(b.numel() == a.numel() || b.numel() == a.cols(), "add",
+         "b must have the shape of a or be one row of it");
+    Command c{Stage::add, {}, {}, {}};
+    c.a.eltwise = kargs_eltwise{a.numel(), b.numel()};
+    c.b[0] = bind(a); c.b[1] = bind(b); c.b[2] = bind(out);
     push(c);
 }
 

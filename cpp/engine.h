@@ -84,7 +84,7 @@ struct Binding {
 
 // ---- commands -----------------------------------------------------------------------
 enum class Stage : uint8_t {
-    embed, rmsnorm, matmul, rope, kv_store, attention, add, mul, scale, swiglu, geglu, logits,
+    embed, rmsnorm, matmul, rope, kv_store, attention, add, swiglu, geglu, logits,
 };
 const char* stage_name(Stage s);
 
@@ -167,8 +167,6 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc,
                            Binding out, Binding step) = 0;
     virtual void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
-    virtual void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) = 0;
-    virtual void scale(const kargs_eltwise& a, Binding x, Binding out) = 0;
     virtual void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
@@ -185,11 +183,14 @@ void free_host_buffer(Buffer& b);
 // positions must fit the context (a GPU kernel cannot throw, so GPUs check before submitting).
 void check_positions(const Command& c, const kstep& s);
 
-std::shared_ptr<Device> make_cpu_device(int n_threads);
+// pool_fallback: when the thread pool runs jobs on the calling thread alone: "auto" (while its
+// workers keep missing jobs, cpu/threadpool.cpp), or, for tests that pin one path, "never" or
+// "always".
+std::shared_ptr<Device> make_cpu_device(int n_threads, const std::string& pool_fallback = "auto");
 uint64_t alloc_count();   // allocations made by engine code so far (alloc_hooks.cpp)
 std::shared_ptr<Device> make_cuda_device(int ordinal);   // throws where CUDA is absent
 std::shared_ptr<Device> make_metal_device();              // throws where Metal is absent (non-Apple)
-// The Metal device's dispatch plan run by a CPU emulator of Metal (tests/metal_emu; builds
+// The Metal device's dispatch plan run by a CPU emulator of Metal (cpp/metal_emu; builds
 // with LLMETAL_METAL_EMU=ON). schedule: "forward" or "reverse" thread/dispatch order.
 std::shared_ptr<Device> make_metal_emu_device(const std::string& schedule);
 
@@ -253,8 +254,6 @@ struct Encoder {
     void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
                    int n_heads, int n_kv_heads, int window, float scale, float softcap);
     void add(const Tensor& a, const Tensor& b, const Tensor& out);
-    void mul(const Tensor& a, const Tensor& b, const Tensor& out);
-    void scale(const Tensor& x, const Tensor& out, float s);
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void logits(const Tensor& W, const Tensor& x, const Tensor& y);

@@ -108,12 +108,10 @@ typedef struct kargs_attention {
     float softcap;      // 0 = off
 } kargs_attention;
 
-// Elementwise: add / mul (out = a op b, b broadcast over rows when b_rows == 1), scale.
+// Elementwise add: out = a + b, b broadcast over rows when it holds one row (b_n < n).
 typedef struct kargs_eltwise {
     int64_t n;          // elements of out
     int64_t b_n;        // elements of b (n, or one row for broadcasting)
-    float s;            // for scale
-    int32_t pad0;
 } kargs_eltwise;
 
 // Gated activations on [n_tokens, n_ff]: swiglu out = silu(gate) * up;

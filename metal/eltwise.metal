@@ -1,4 +1,4 @@
-// eltwise.metal -- add, mul (b broadcast over rows when it holds one row), scale, and the
+// eltwise.metal -- add (b broadcast over rows when it holds one row) and the
 // gated activations swiglu = silu(gate) * up, geglu = gelu_tanh(gate) * up. One thread per
 // element. precise:: exp/tanh: fast-math tanh is not safe for large arguments.
 #include <metal_stdlib>
@@ -13,25 +13,6 @@ kernel void kernel_add_f32(constant kargs_eltwise& a [[buffer(0)]],
                            ushort tiitg [[thread_index_in_threadgroup]]) {
     const long i = (long)tgpig.x * EW_THREADS + tiitg;
     if (i < a.n) out[i] = x[i] + y[a.b_n == a.n ? i : i % a.b_n];
-}
-
-kernel void kernel_mul_f32(constant kargs_eltwise& a [[buffer(0)]],
-                           device const float* x [[buffer(1)]],
-                           device const float* y [[buffer(2)]],
-                           device float* out [[buffer(3)]],
-                           uint3 tgpig [[threadgroup_position_in_grid]],
-                           ushort tiitg [[thread_index_in_threadgroup]]) {
-    const long i = (long)tgpig.x * EW_THREADS + tiitg;
-    if (i < a.n) out[i] = x[i] * y[a.b_n == a.n ? i : i % a.b_n];
-}
-
-kernel void kernel_scale_f32(constant kargs_eltwise& a [[buffer(0)]],
-                             device const float* x [[buffer(1)]],
-                             device float* out [[buffer(2)]],
-                             uint3 tgpig [[threadgroup_position_in_grid]],
-                             ushort tiitg [[thread_index_in_threadgroup]]) {
-    const long i = (long)tgpig.x * EW_THREADS + tiitg;
-    if (i < a.n) out[i] = x[i] * a.s;
 }
 
 kernel void kernel_swiglu_f32(constant kargs_glu& a [[buffer(0)]],

@@ -2,7 +2,7 @@
 
 `metal-emu` runs the Metal device's own dispatch plan (cpp/metal/dispatch.cpp: kernel names,
 buffer indices, grids, threadgroup sizes and memory, barriers) with the unmodified
-metal/*.metal kernels compiled as C++ (tests/metal_emu/prepass.py + metal_shim.h), one fiber
+metal/*.metal kernels compiled as C++ (cpp/metal_emu/prepass.py + metal_shim.h), one fiber
 per Metal thread, so barriers and SIMD-group operations rendezvous as on a GPU. Every test runs
 under two schedules: "forward" and "reverse" (threads, threadgroups, and the dispatches between
 two barriers in reverse order), and threadgroup memory starts as NaN: a missing barrier or an
@@ -41,9 +41,9 @@ if "metal-emu" not in E.build_info()["devices"]:
 
 import test_stages as S  # noqa: E402  (the stage tests, re-run here on metal-emu)
 from test_stages import (  # noqa: E402,F401  (collected by pytest in this module)
-    test_attention, test_binary, test_embed, test_embed_rejects_ids_outside_vocab, test_glu,
+    test_add, test_attention, test_embed, test_embed_rejects_ids_outside_vocab, test_glu,
     test_kv_store, test_kv_store_rejects_positions_past_context, test_logits, test_matmul,
-    test_rmsnorm, test_rmsnorm_per_head, test_rope, test_scale)
+    test_rmsnorm, test_rmsnorm_per_head, test_rope)
 
 # LLMETAL_METAL=real (the macOS workflow, on Apple hardware): the same tests on the real Metal
 # device instead of the emulator (the emulator's self-tests still run on the emulator).
@@ -147,16 +147,16 @@ def test_planner_puts_barriers_on_hazards():
     enc = E.Encoder(dev, eager=False)
     c0 = E.metal_counters(dev)
     enc.add(a, b, c)      # c = a + b
-    enc.mul(a, b, d)      # d = a * b   (independent: no barrier)
+    enc.add(b, a, d)      # d = b + a   (independent: no barrier)
     enc.add(c, d, e)      # e = c + d   (reads c and d: barrier)
-    enc.scale(e, c, 2.0)  # c = 2e      (reads e, overwrites c: barrier)
+    enc.add(e, e, c)      # c = 2e      (reads e, overwrites c: barrier)
     enc.commit()
     c1 = E.metal_counters(dev)
     assert c1["command_buffers"] - c0["command_buffers"] == 1
     assert c1["dispatches"] - c0["dispatches"] == 4
     assert c1["barriers"] - c0["barriers"] == 2
-    # the reverse schedule ran (mul, add) backwards: still right, because they are independent
-    np.testing.assert_allclose(c.to_numpy(), 2 * ((va + vb) + va * vb), rtol=1e-6)
+    # the reverse schedule ran the first two adds backwards: still right, because they are independent
+    np.testing.assert_allclose(c.to_numpy(), 2 * ((va + vb) + (vb + va)), rtol=1e-6)
 
 
 def _cut_smollm2(tmp_path_factory, layers=2):

@@ -37,7 +37,8 @@ inline void split(int64_t n, int ith, int nth, int64_t* b, int64_t* e) {
 }
 
 struct CpuDevice final : Device {
-    explicit CpuDevice(int n_threads) : pool(n_threads), scratch(n_threads), counters(pool.size()) {
+    CpuDevice(int n_threads, cpu::Fallback fallback)
+        : pool(n_threads, fallback), scratch(n_threads), counters(pool.size()) {
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
     }
@@ -169,13 +170,9 @@ struct CpuDevice final : Device {
         const uint8_t* data() const { return (const uint8_t*)mem.p; }
     };
     std::unordered_map<const uint8_t*, Repacked> repacked;
-    const bool repack_enabled = [] {
-        const char* e = std::getenv("LLMETAL_CPU_REPACK");
-        return !(e && std::strcmp(e, "0") == 0);
-    }();
 
     const uint8_t* repacked_weights(const kargs_matmul& a, Binding W) {
-        if (!repack_enabled || !W.buf->read_only || !matmul_kernel16(a)) return nullptr;
+        if (!W.buf->read_only || !matmul_kernel16(a)) return nullptr;
         const uint8_t* src = W.ptr<uint8_t>();
         auto it = repacked.find(src);
         if (it != repacked.end()) return it->second.data();
@@ -282,30 +279,14 @@ struct CpuDevice final : Device {
         pool.run(f);
     }
 
-    template <class Op>
-    void binary(const kargs_eltwise& a, Binding x, Binding y, Binding out, Op op) {
-        const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
-        int64_t bn = a.b_n;
-        auto f = [&](int ith, int nth) {
-            int64_t b, e;
-            split(a.n, ith, nth, &b, &e);
-            if (bn == a.n) for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i]);
-            else for (int64_t i = b; i < e; ++i) po[i] = op(px[i], py[i % bn]);
-        };
-        pool.run(f);
-    }
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        binary(a, x, y, out, [](float u, float v) { return u + v; });
-    }
-    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        binary(a, x, y, out, [](float u, float v) { return u * v; });
-    }
-    void scale(const kargs_eltwise& a, Binding x, Binding out) override {
-        const float* px = x.ptr<float>(); float* po = out.ptr<float>();
+        const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
+        const int64_t bn = a.b_n;
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split(a.n, ith, nth, &b, &e);
-            for (int64_t i = b; i < e; ++i) po[i] = px[i] * a.s;
+            if (bn == a.n) for (int64_t i = b; i < e; ++i) po[i] = px[i] + py[i];
+            else for (int64_t i = b; i < e; ++i) po[i] = px[i] + py[i % bn];
         };
         pool.run(f);
     }
@@ -341,11 +322,16 @@ struct CpuDevice final : Device {
 // start: more than MAX_THREADS is refused (the Python surface clamps to the CPU count).
 constexpr int MAX_THREADS = 1024;
 
-std::shared_ptr<Device> make_cpu_device(int n_threads) {
+std::shared_ptr<Device> make_cpu_device(int n_threads, const std::string& pool_fallback) {
     if (n_threads < 0 || n_threads > MAX_THREADS)
         throw Error("cpu: " + std::to_string(n_threads) + " threads (0 = the default, at most " +
                     std::to_string(MAX_THREADS) + ")");
-    return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads());
+    Fallback fb;
+    if (pool_fallback == "auto") fb = Fallback::automatic;
+    else if (pool_fallback == "never") fb = Fallback::never;
+    else if (pool_fallback == "always") fb = Fallback::always;
+    else throw Error("cpu_device: pool_fallback must be 'auto', 'never' or 'always', not '" + pool_fallback + "'");
+    return std::make_shared<CpuDevice>(n_threads > 0 ? n_threads : cpu::default_threads(), fb);
 }
 
 }  // namespace llmetal

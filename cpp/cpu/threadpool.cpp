@@ -1,8 +1,6 @@
 #include "threadpool.h"
 
 #include <chrono>
-#include <cstdlib>
-#include <cstring>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -15,12 +13,7 @@
 
 namespace llmetal::cpu {
 
-ThreadPool::ThreadPool(int n) : n_(n < 1 ? 1 : n) {
-    // LLMETAL_CPU_POOL_FALLBACK: "0" never falls back (A/B runs), "always" runs every job on
-    // the caller alone (the fallback path, forced: tests check it computes the same bits).
-    const char* e = std::getenv("LLMETAL_CPU_POOL_FALLBACK");
-    fallback_ = !(e && std::strcmp(e, "0") == 0);
-    always_serial_ = e && std::strcmp(e, "always") == 0;
+ThreadPool::ThreadPool(int n, Fallback fallback) : n_(n < 1 ? 1 : n), fallback_(fallback) {
     for (int i = 1; i < n_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
@@ -39,7 +32,7 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
         fn(ctx, 0, 1);
         return;
     }
-    if (serial_left_ > 0 || always_serial_) {
+    if (serial_left_ > 0 || fallback_ == Fallback::always) {
         // The workers have been missing jobs (see the end of this function): run every
         // share here without waking them, so that they sleep and leave the cores to this
         // thread and to whatever else is running.
@@ -88,7 +81,7 @@ void ThreadPool::run_raw(Fn fn, void* ctx) {
     // next kSerialJobs jobs (~8 decode steps of a 16-layer model) run on this thread alone,
     // then the workers are tried again. (4 of 16 also fired now and then on a quiet machine,
     // where a vCPU is sometimes descheduled by the host; 12 of 16 did not.)
-    if (fallback_ && t_own - t_start > std::chrono::microseconds(20)) {
+    if (fallback_ == Fallback::automatic && t_own - t_start > std::chrono::microseconds(20)) {
         missed_ = (missed_ << 1) | (left ? 1u : 0u);
         if (__builtin_popcount(missed_ & 0xFFFFu) >= kMissed) {
             serial_left_ = kSerialJobs;

@@ -9,7 +9,8 @@
 // without claiming, the caller would spin until the scheduler brings it back, for every
 // stage of every token. With it, a missing worker costs at worst a single-threaded stage.
 // When the workers keep missing jobs (another process holds the cores), the pool runs the
-// next jobs on the caller alone for a while (run_raw explains).
+// next jobs on the caller alone for a while (run_raw explains). Tests pin either path with
+// Fallback::never / Fallback::always, to check that both compute the same bits.
 // No allocation per job: the job is a function pointer plus a context pointer.
 #pragma once
 #include <atomic>
@@ -22,9 +23,13 @@
 
 namespace llmetal::cpu {
 
+// When jobs run on the caller alone: automatic (while the workers keep missing jobs), never,
+// or always.
+enum class Fallback { automatic, never, always };
+
 class ThreadPool {
   public:
-    explicit ThreadPool(int n_threads);
+    explicit ThreadPool(int n_threads, Fallback fallback = Fallback::automatic);
     ~ThreadPool();
     int size() const { return n_; }
 
@@ -46,8 +51,7 @@ class ThreadPool {
     std::atomic<bool> stop_{false};
     // fallback to the caller alone while the workers keep missing jobs (run_raw)
     static constexpr int kMissed = 12, kSerialJobs = 1024;
-    bool fallback_ = true;     // LLMETAL_CPU_POOL_FALLBACK=0 turns it off (A/B runs)
-    bool always_serial_ = false;   // LLMETAL_CPU_POOL_FALLBACK=always (tests)
+    const Fallback fallback_;
     uint32_t missed_ = 0;      // bit i: the i-th last job of > 20 us had a share unclaimed
     int serial_left_ = 0;      // jobs still to run on the caller alone
     std::atomic<int> sleepers_{0};

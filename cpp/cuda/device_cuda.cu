@@ -1039,14 +1039,6 @@ struct CudaDevice final : Device {
         launch("kernel_add", kernel_add, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
         launched("kernel_add");
     }
-    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
-        launch("kernel_mul", kernel_mul, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), y.ptr<float>(), out.ptr<float>());
-        launched("kernel_mul");
-    }
-    void scale(const kargs_eltwise& a, Binding x, Binding out) override {
-        launch("kernel_scale", kernel_scale, blocks(a.n, 256), 256, 0, a, x.ptr<float>(), out.ptr<float>());
-        launched("kernel_scale");
-    }
     void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
         launch("kernel_swiglu", kernel_swiglu, blocks((int64_t)a.n_tokens * a.n_ff, 256), 256, 0, a, g.ptr<float>(), u.ptr<float>(),
                                                                                       out.ptr<float>());

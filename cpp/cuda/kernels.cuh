@@ -553,16 +553,6 @@ __global__ void kernel_add(kargs_eltwise a, const float* x, const float* y, floa
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < a.n) out[i] = x[i] + y[a.b_n == a.n ? i : i % a.b_n];
 }
-__global__ void kernel_mul(kargs_eltwise a, const float* x, const float* y, float* out) {
-    pdl_enter();
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < a.n) out[i] = x[i] * y[a.b_n == a.n ? i : i % a.b_n];
-}
-__global__ void kernel_scale(kargs_eltwise a, const float* x, float* out) {
-    pdl_enter();
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < a.n) out[i] = x[i] * a.s;
-}
 __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float* out) {
     pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -223,25 +223,13 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
             }
             break;
         }
-        case Stage::add:
-        case Stage::mul: {
+        case Stage::add: {
             const kargs_eltwise& a = c.a.eltwise;
-            d.kernel = c.stage == Stage::add ? "kernel_add_f32" : "kernel_mul_f32";
+            d.kernel = "kernel_add_f32";
             set_args(d, a);
             bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]);
             reads(b[0], (uint64_t)a.n * 4); reads(b[1], (uint64_t)a.b_n * 4);
             writes(b[2], (uint64_t)a.n * 4);
-            d.grid[0] = groups(a.n, EW);
-            d.tg[0] = EW;
-            break;
-        }
-        case Stage::scale: {
-            const kargs_eltwise& a = c.a.eltwise;
-            d.kernel = "kernel_scale_f32";
-            set_args(d, a);
-            bind(d, 1, b[0]); bind(d, 2, b[1]);
-            reads(b[0], (uint64_t)a.n * 4);
-            writes(b[1], (uint64_t)a.n * 4);
             d.grid[0] = groups(a.n, EW);
             d.tg[0] = EW;
             break;
@@ -374,12 +362,6 @@ void PlannedDevice::attention(const kargs_attention& a, Binding q, Binding kc, B
 }
 void PlannedDevice::add(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
     KArgs k; k.eltwise = a; one(Stage::add, k, {x, y, out}, {});
-}
-void PlannedDevice::mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
-    KArgs k; k.eltwise = a; one(Stage::mul, k, {x, y, out}, {});
-}
-void PlannedDevice::scale(const kargs_eltwise& a, Binding x, Binding out) {
-    KArgs k; k.eltwise = a; one(Stage::scale, k, {x, out}, {});
 }
 void PlannedDevice::swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) {
     KArgs k; k.glu = a; one(Stage::swiglu, k, {g, u, out}, {});

@@ -7,7 +7,7 @@
 //   cpp/metal/device.mm            the real Metal device (Apple only): one command buffer and one
 //                                  concurrent compute encoder per submit, memoryBarrier where
 //                                  `barrier` is set, a debug group per stage;
-//   tests/metal_emu/device_emu.cpp the metal-emu device: the same descriptions executed by the
+//   cpp/metal_emu/device_emu.cpp   the metal-emu device: the same descriptions executed by the
 //                                  CPU emulator of Metal, kernel by kernel.
 // So everything but the Objective-C++ calls themselves runs, and is tested, on Linux.
 //
@@ -95,8 +95,6 @@ struct PlannedDevice : Device {
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
                    Binding step) override;
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
-    void mul(const kargs_eltwise& a, Binding x, Binding y, Binding out) override;
-    void scale(const kargs_eltwise& a, Binding x, Binding out) override;
     void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override;

@@ -33,7 +33,7 @@ from gguf.quants import dequantize as _gguf_dequantize
 
 __all__ = [
     "ROPE_NORM", "ROPE_NEOX", "dequantize", "embed", "rmsnorm", "matmul", "logits", "rope",
-    "kv_store", "attention", "add", "mul", "scale", "swiglu", "geglu", "nmse",
+    "kv_store", "attention", "add", "swiglu", "geglu", "nmse",
 ]
 
 ROPE_NORM = 0   # llama "norm" rope: rotate pairs (2i, 2i+1)
@@ -282,17 +282,6 @@ def add(a, b) -> np.ndarray:
     """out = a + b; b has a's shape, or is one row added to every row of a."""
     a, b = _f64(a), _f64(b)
     return a + _broadcast_b(a, b, "add")
-
-
-def mul(a, b) -> np.ndarray:
-    """out = a * b; b has a's shape, or is one row multiplied into every row of a."""
-    a, b = _f64(a), _f64(b)
-    return a * _broadcast_b(a, b, "mul")
-
-
-def scale(x, s: float) -> np.ndarray:
-    """out = x * s."""
-    return _f64(x) * float(np.float32(s))
 
 
 def silu(v) -> np.ndarray:

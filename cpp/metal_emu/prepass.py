@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Translate one unmodified .metal file into C++ for the Metal emulator.
 
-    python tests/metal_emu/prepass.py metal/rmsnorm.metal OUT.cpp
+    python cpp/metal_emu/prepass.py metal/rmsnorm.metal OUT.cpp
 
 What a macro cannot do, this does (everything else is metal_shim.h):
   * `threadgroup T name[N]...;` declarations inside kernels become references to memory

@@ -16,8 +16,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "../../cpp/engine.h"
-#include "../../cpp/metal/dispatch.h"
+#include "../engine.h"
+#include "../metal/dispatch.h"
 #include "runtime.h"
 
 namespace llmetal {
