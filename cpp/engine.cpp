@@ -116,6 +116,12 @@ const char* stage_name(Stage s) {
 }
 
 void Device::submit_plan(Plan& p) { submit(p.cmds); }
+std::vector<KernelDesc> Device::describe(const std::vector<Command>& cmds) {
+    std::vector<KernelDesc> out;
+    for (size_t i = 0; i < cmds.size(); ++i)
+        out.push_back(KernelDesc{std::string("kernel_") + stage_name(cmds[i].stage), (int)i, 1, ""});
+    return out;
+}
 void* Device::host_alloc(uint64_t bytes) {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
     if (!p) throw Error("out of host memory (" + std::to_string(bytes) + " bytes)");

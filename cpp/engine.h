@@ -105,6 +105,15 @@ struct Command {
     Binding step;        // the step buffer (kstep) of the device
 };
 
+// One kernel a device launches for a command list: its name, the commands it covers
+// [first, first + count), and the fusion pattern's name ("" for a stage run alone).
+struct KernelDesc {
+    std::string kernel;
+    int first;
+    int count;
+    std::string fusion;
+};
+
 // ---- device -------------------------------------------------------------------------
 struct Device : std::enable_shared_from_this<Device> {
     virtual ~Device() = default;
@@ -143,6 +152,9 @@ struct Device : std::enable_shared_from_this<Device> {
     // values inside its executable plan instead (cuda: the graph's first kernel's arguments).
     virtual void replay_token(struct Plan& p, const Binding& ids, int32_t token, int32_t pos);
     virtual void wait() = 0;
+    // What this device would launch for that list (model.plan() prints it). By default one
+    // kernel_<stage> per command.
+    virtual std::vector<KernelDesc> describe(const std::vector<Command>& cmds);
 
     // One method per stage. Bindings in the order named.
     virtual void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) = 0;
