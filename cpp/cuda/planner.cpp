@@ -79,9 +79,14 @@ std::vector<KernelDesc> describe(const LaunchList& L) {
     return out;
 }
 
+// Resident blocks per SM as cudaOccupancy reported them on an H100 for this build's kernels
+// (nvcc 13.0, sm_90): kernel_mmvq 6 (Q4_0 at 2-8 tokens: 3), kernel_mmvq_group 4 (Q4_0: 3).
 CudaCaps::CudaCaps() {
-    for (int t = 0; t < 32; ++t)
-        for (int j = 0; j < 2; ++j) mv_resident[t][j] = mvg_resident[t][j] = 6;
+    for (int t = 0; t < 32; ++t) {
+        mv_resident[t][0] = mv_resident[t][1] = 6;
+        mvg_resident[t][0] = mvg_resident[t][1] = 4;
+    }
+    mv_resident[KT_Q4_0][1] = mvg_resident[KT_Q4_0][1] = 3;
 }
 
 // ---- sizes shared with the executor -------------------------------------------------------

@@ -18,8 +18,8 @@ namespace llmetal {
 namespace cuda {
 
 // What the planner's decisions read about the GPU. The defaults are an H100 SXM (132 SMs,
-// sm_90) with the resident mat-vec blocks per SM that cudaOccupancy reports there, so a plan
-// made in a test without a GPU is the H100's.
+// sm_90) with the resident mat-vec blocks per SM that cudaOccupancy reported there (see
+// planner.cpp), so a plan made in a test without a GPU is the H100's.
 struct CudaCaps {
     int n_sm = 132;
     int cc_major = 9;
