@@ -59,15 +59,6 @@ static nb::dict caps_dict(const cuda::CudaCaps& c) {
     d["mv_resident"] = mv; d["mvg_resident"] = mvg;
     return d;
 }
-static nb::list kernels_list(const std::vector<KernelDesc>& ks) {
-    nb::list out;
-    for (const KernelDesc& k : ks) {
-        nb::dict d;
-        d["kernel"] = k.kernel; d["first"] = k.first; d["count"] = k.count; d["fusion"] = k.fusion;
-        out.append(d);
-    }
-    return out;
-}
 static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
     const cuda::LaunchList l = cuda::plan(p.cmds, caps_from(caps));
     nb::list launches;
@@ -199,6 +190,13 @@ NB_MODULE(_engine, m) {
     }, "Force the CPU kernels' SIMD level (tests run each level the CPU has).");
     m.def("type_block", [](int t) { auto& i = type_info(t); return nb::make_tuple(i.block, i.block_bytes); });
     m.def("type_supported", &type_known);
+    // The engine's tensor types by name (F32, Q4_K, ...: GGML's ids) and TYPE_NAMES {id: name}.
+    nb::dict type_names;
+    for (int t : known_types()) {
+        type_names[nb::int_(t)] = type_info(t).name;
+        m.attr(type_info(t).name) = t;
+    }
+    m.attr("TYPE_NAMES") = type_names;
 
     m.attr("ROPE_NORM") = KROPE_NORM;
     m.attr("ROPE_NEOX") = KROPE_NEOX;
@@ -217,9 +215,12 @@ NB_MODULE(_engine, m) {
         .def("map_file", &Device::map_file, "Memory-map a whole file read-only (weights in place).")
         .def("set_step", [](Device& d, int pos0, int n_tokens) { d.set_step(kstep{pos0, n_tokens, 0, 0}); })
         .def("wait", &Device::wait)
-        .def("describe", [](Device& d, const Plan& p) { return kernels_list(d.describe(p.cmds)); }, nb::arg("plan"),
-             "What this device launches for a recorded plan: [{kernel, first, count, fusion}], each "
-             "kernel with the commands [first, first + count) it runs and its fusion's name.")
+        .def("describe", [](Device& d, const Plan& p) {
+            std::vector<nb::tuple> out;
+            for (auto& k : d.describe(p.cmds)) out.push_back(nb::make_tuple(k.kernel, k.first, k.count, k.fusion));
+            return out;
+        }, nb::arg("plan"), "The kernels this device launches for a recorded plan: "
+                            "(kernel, first command, command count, fusion name or '').")
         .def_prop_ro("cuda_caps", [](const Device& d) -> nb::object {
             const cuda::CudaCaps* c = cuda::device_caps(d);
             return c ? nb::object(caps_dict(*c)) : nb::none();

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -19,12 +20,15 @@ static const TypeInfo kF32{1, 4, "F32"}, kF16{1, 2, "F16"}, kBF16{1, 2, "BF16"},
     kQ5_1{32, 24, "Q5_1"}, kQ8_0{32, 34, "Q8_0"}, kQ4_K{256, 144, "Q4_K"},
     kQ5_K{256, 176, "Q5_K"}, kQ6_K{256, 210, "Q6_K"};
 
+const std::vector<int>& known_types() {
+    static const std::vector<int> all{KT_F32, KT_F16, KT_BF16, KT_I32, KT_Q4_0, KT_Q4_1,
+                                      KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q4_K, KT_Q5_K, KT_Q6_K};
+    return all;
+}
+
 bool type_known(int t) {
-    switch (t) {
-        case KT_F32: case KT_F16: case KT_BF16: case KT_I32: case KT_Q4_0: case KT_Q4_1:
-        case KT_Q5_0: case KT_Q5_1: case KT_Q8_0: case KT_Q4_K: case KT_Q5_K: case KT_Q6_K:
-            return true;
-    }
+    for (int k : known_types())
+        if (k == t) return true;
     return false;
 }
 
@@ -116,10 +120,19 @@ const char* stage_name(Stage s) {
 }
 
 void Device::submit_plan(Plan& p) { submit(p.cmds); }
+
 std::vector<KernelDesc> Device::describe(const std::vector<Command>& cmds) {
     std::vector<KernelDesc> out;
-    for (size_t i = 0; i < cmds.size(); ++i)
-        out.push_back(KernelDesc{std::string("kernel_") + stage_name(cmds[i].stage), (int)i, 1, ""});
+    for (size_t i = 0; i < cmds.size(); ++i) {
+        const Command& c = cmds[i];
+        int t = KT_F32;
+        if (c.stage == Stage::matmul || c.stage == Stage::logits) t = c.a.matmul.wtype;
+        if (c.stage == Stage::embed) t = c.a.embed.wtype;
+        if (c.stage == Stage::kv_store || c.stage == Stage::attention) t = KT_F16;   // the cache's type
+        std::string dtype = type_info(t).name;
+        for (char& ch : dtype) ch = (char)std::tolower((unsigned char)ch);
+        out.push_back({std::string("kernel_") + stage_name(c.stage) + "_" + dtype, (int)i, 1, ""});
+    }
     return out;
 }
 void* Device::host_alloc(uint64_t bytes) {
@@ -248,10 +261,16 @@ Plan Encoder::end_record() {
     recording = false;
     recorded.cmds = std::move(cmds);
     cmds.clear();
+    recorded.device = device.get();
+    for (const Command& c : recorded.cmds)
+        for (const Binding& b : c.b)
+            if (b && (recorded.keep.empty() || recorded.keep.back().get() != b.buf))
+                recorded.keep.push_back(b.buf->shared_from_this());
     return std::move(recorded);
 }
 
 void Encoder::replay(Plan& p, const kstep& s) {
+    if (p.device != device.get()) throw Error("Encoder: plan recorded on another device");
     if (s.n_tokens != p.n_tokens) throw Error("Encoder: plan recorded for a different batch size");
     device->set_step(s);
     device->submit_plan(p);
@@ -259,6 +278,7 @@ void Encoder::replay(Plan& p, const kstep& s) {
 }
 
 void Encoder::replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
+    if (p.device != device.get()) throw Error("Encoder: plan recorded on another device");
     if (p.n_tokens != 1) throw Error("Encoder: replay_token needs a plan recorded for one token");
     device->replay_token(p, Binding{ids.buf.get(), ids.offset}, token, pos);
     ++n_commits;

@@ -33,6 +33,7 @@ struct TypeInfo {
     int block_bytes;  // bytes per block
     const char* name;
 };
+const std::vector<int>& known_types();   // every KT_* the engine handles
 bool type_known(int ktype);
 const TypeInfo& type_info(int ktype);
 uint64_t row_bytes(int ktype, int64_t n);  // bytes of one row of n elements
@@ -40,7 +41,7 @@ uint64_t row_bytes(int ktype, int64_t n);  // bytes of one row of n elements
 // ---- buffers and tensors ------------------------------------------------------------
 struct Device;
 
-struct Buffer {
+struct Buffer : std::enable_shared_from_this<Buffer> {
     Device* device = nullptr;
     void* host = nullptr;      // host-visible pointer (CPU device: the memory itself)
     void* dev = nullptr;       // device pointer (CUDA), == host on CPU
@@ -105,12 +106,12 @@ struct Command {
     Binding step;        // the step buffer (kstep) of the device
 };
 
-// One kernel a device launches for a command list: its name, the commands it covers
-// [first, first + count), and the fusion pattern's name ("" for a stage run alone).
+// What a device runs for a command list, as `model.plan()` prints it: each kernel with the
+// commands [first, first + count) it covers; `fusion` names the fused pattern, empty where
+// the kernel runs one stage (or one part of a stage that takes two kernels).
 struct KernelDesc {
     std::string kernel;
-    int first;
-    int count;
+    int first = 0, count = 1;
     std::string fusion;
 };
 
@@ -152,8 +153,9 @@ struct Device : std::enable_shared_from_this<Device> {
     // values inside its executable plan instead (cuda: the graph's first kernel's arguments).
     virtual void replay_token(struct Plan& p, const Binding& ids, int32_t token, int32_t pos);
     virtual void wait() = 0;
-    // What this device would launch for that list (model.plan() prints it). By default one
-    // kernel_<stage> per command.
+    // The kernels this device launches for `cmds`, in order. By default one kernel a command,
+    // named kernel_<stage>_<dtype> after its weight (matmul, logits, embed), the KV cache's
+    // type (kv_store, attention) or f32.
     virtual std::vector<KernelDesc> describe(const std::vector<Command>& cmds);
 
     // One method per stage. Bindings in the order named.
@@ -215,6 +217,9 @@ struct BufferPool {
 struct Plan {
     std::vector<Command> cmds;
     int n_tokens = 0;             // batch rows the plan was recorded for
+    const Device* device = nullptr;   // the device it was recorded on (and replays on)
+    std::vector<BufferRef> keep;  // every buffer its commands bind: a kept plan keeps its
+                                  // memory (and through it the device) alive, model gone or not
     std::shared_ptr<void> exec;   // the device's executable form, built on first replay
 };
 

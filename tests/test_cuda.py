@@ -663,13 +663,11 @@ def _greedy(device, path, prompt, n):
     """Logits of the prompt (one batched prefill) and of n-1 greedy decode steps through the
     recorded plan (a CUDA graph on cuda); returns (ids, logits [len(prompt) + n - 1, vocab])."""
     import llmetal
-    from llmetal.generate import Decoder
     m = llmetal.load(path, device=device, n_ctx=128, n_batch=16, n_out=16)
     rows = [m.logits(prompt)]
-    dec = Decoder(m)
     ids = [int(np.argmax(rows[0][-1]))]
     for i in range(n - 1):
-        row = dec.step(ids[-1], len(prompt) + i).copy()
+        row = m.decode_step(ids[-1], len(prompt) + i).copy()
         rows.append(row[None])
         ids.append(int(np.argmax(row)))
     return ids, np.concatenate(rows)
@@ -704,7 +702,7 @@ def test_describe_is_the_planners_list(devs):
     print("caps:", {k: v for k, v in caps.items() if k not in ("mv_resident", "mvg_resident")},
           "mv_resident", {t: caps["mv_resident"][t] for t in QUANTS},
           "mvg_resident", {t: caps["mvg_resident"][t] for t in QUANTS})
-    got = [(k["kernel"], k["first"], k["count"], k["fusion"]) for k in m.device.describe(plan)]
+    got = [tuple(k) for k in m.device.describe(plan)]
     want = [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in E.cuda_plan(plan, caps)["launches"]]
     assert got == want
     from_cpu = [(l["kernel"], l["first"], l["count"], l["fusion"])

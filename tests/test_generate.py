@@ -5,7 +5,6 @@ import pytest
 
 import llmetal
 from llmetal import _engine as E
-from llmetal.generate import Decoder
 
 PROMPT = [504, 3458, 282, 4649, 314, 1345, 30, 378, 2012, 3112]   # SmolLM2 ids
 
@@ -27,20 +26,19 @@ def greedy_eager(model, prompt, n):
 
 
 def greedy_replay(model, prompt, n):
-    dec = Decoder(model)
     logits = model.prefill(prompt, 0)
     ids, outs = [], []
     for i in range(n):
         tok = int(np.argmax(logits))
         ids.append(tok)
-        logits = dec.step(tok, len(prompt) + i)
+        logits = model.decode_step(tok, len(prompt) + i)
         outs.append(logits.copy())
-    return ids, outs, dec
+    return ids, outs
 
 
 def test_replay_matches_eager(model):
     ids_e, out_e = greedy_eager(model, PROMPT, 12)
-    ids_r, out_r, _ = greedy_replay(model, PROMPT, 12)
+    ids_r, out_r = greedy_replay(model, PROMPT, 12)
     assert ids_e == ids_r
     for a, b in zip(out_r, out_e):
         nmse = float(np.sum((a.astype(np.float64) - b) ** 2) / np.sum(b.astype(np.float64) ** 2))
@@ -48,25 +46,27 @@ def test_replay_matches_eager(model):
         assert np.max(np.abs(a - b)) <= 1e-5 * max(1.0, float(np.max(np.abs(b))))
 
 
-def test_plan_recorded_once_no_forward_no_alloc(model):
-    dec = Decoder(model)
+def test_plan_recorded_once_no_forward_no_alloc(smollm2_path):
+    model = llmetal.load(smollm2_path, n_ctx=320, n_batch=64)
     logits = model.prefill(PROMPT, 0)
     tok = int(np.argmax(logits))
-    dec.step(tok, len(PROMPT))                       # first step records the plan
-    assert dec.n_recorded == 1
+    assert model.n_recorded == 0
+    model.decode_step(tok, len(PROMPT))              # first step records the plan
+    assert model.n_recorded == 1
     calls, allocs = model.n_forward_calls, E.alloc_count()
     pos = len(PROMPT) + 1
     for _ in range(200):
-        tok = int(np.argmax(dec.step(tok, pos)))
+        tok = int(np.argmax(model.decode_step(tok, pos)))
         pos += 1
     assert model.n_forward_calls == calls, "forward() ran during decode"
-    assert dec.n_recorded == 1, "the plan was recorded again"
+    assert model.n_recorded == 1, "the plan was recorded again"
     assert E.alloc_count() == allocs, f"{E.alloc_count() - allocs} engine allocations in 200 decode steps"
 
 
 def test_decode_context_overflow_is_an_error(model):
-    dec = Decoder(model)
     with pytest.raises(ValueError, match="context overflow"):
-        dec.step(1, model.n_ctx)
+        model.decode_step(1, model.n_ctx)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.decode_step(model.cfg.n_vocab, 0)
     with pytest.raises(ValueError, match="context overflow"):
         model.prefill(list(range(model.n_ctx + 1)), 0)

@@ -189,23 +189,22 @@ def test_whole_model_matches_cpu(smollm2_cut, schedule):
     per token; no allocation per token after the first."""
     import llmetal
     from llmetal import reference as R
-    from llmetal.generate import Decoder
     prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 378, 314, 2]   # a fixed id sequence
     N = 16
 
     cpu = llmetal.load(str(smollm2_cut), device="cpu", n_ctx=600, n_batch=16, n_out=1)
     cl = [cpu.prefill(prompt).copy()]
-    toks, dec = [], Decoder(cpu)
+    toks = []
     for i in range(N):
         toks.append(int(np.argmax(cl[-1])))
-        cl.append(dec.step(toks[-1], len(prompt) + i).copy())
+        cl.append(cpu.decode_step(toks[-1], len(prompt) + i).copy())
 
     m = llmetal.load(str(smollm2_cut), device=device_name(schedule), n_ctx=600, n_batch=16, n_out=1)
     ml = [m.prefill(prompt).copy()]
-    dec, counts = Decoder(m), []
+    counts = []
     for i in range(N):
         c0, a0 = E.metal_counters(m.device)["command_buffers"], E.alloc_count()
-        ml.append(dec.step(toks[i], len(prompt) + i).copy())
+        ml.append(m.decode_step(toks[i], len(prompt) + i).copy())
         counts.append((E.metal_counters(m.device)["command_buffers"] - c0, E.alloc_count() - a0))
 
     ties = 0

@@ -51,7 +51,6 @@ import pytest
 import llmetal
 from llmetal import _engine as E
 from llmetal import reference as R
-from llmetal.generate import Decoder
 from llmetal.tokenizer import Tokenizer
 
 if "metal-emu" not in E.build_info()["devices"]:
@@ -81,10 +80,10 @@ def cpu_run(name: str) -> dict:
         path = str(llmetal.models.resolve(name))
         prompt = Tokenizer.from_gguf(path).encode(PROMPT, add_bos=True)
         cpu = llmetal.load(path, device="cpu", n_ctx=N_CTX, n_batch=16, n_out=1)
-        logits, toks, dec = [cpu.prefill(prompt).copy()], [], Decoder(cpu)
+        logits, toks = [cpu.prefill(prompt).copy()], []
         for i in range(N_STEPS):
             toks.append(int(np.argmax(logits[-1])))
-            logits.append(dec.step(toks[-1], len(prompt) + i).copy())
+            logits.append(cpu.decode_step(toks[-1], len(prompt) + i).copy())
         # row len(prompt) - 1 + i of the reference predicts what step i predicts
         ref = R.forward(cpu.gguf, cpu.cfg, prompt + toks)[len(prompt) - 1:]
         _RUNS[name] = {"path": path, "prompt": prompt, "toks": toks, "cpu": logits, "ref": ref}
@@ -103,10 +102,10 @@ def test_whole_model_on_metal_emu(name, schedule):
     prompt, toks = run["prompt"], run["toks"]
     m = llmetal.load(run["path"], device=f"metal-emu:{schedule}", n_ctx=N_CTX, n_batch=16, n_out=1)
     logits = [m.prefill(prompt).copy()]
-    dec, cbufs, allocs = Decoder(m), [], []
+    cbufs, allocs = [], []
     for i in range(n_steps):
         cb0, a0 = E.metal_counters(m.device)["command_buffers"], E.alloc_count()
-        logits.append(dec.step(toks[i], len(prompt) + i).copy())
+        logits.append(m.decode_step(toks[i], len(prompt) + i).copy())
         cbufs.append(E.metal_counters(m.device)["command_buffers"] - cb0)
         allocs.append(E.alloc_count() - a0)
 

@@ -325,6 +325,20 @@ void PlannedDevice::submit_plan(Plan& p) {
     execute(pd->d.data(), pd->d.size());
 }
 
+// The dispatches a submit of `cmds` encodes (a split attention is two kernels of one command).
+std::vector<KernelDesc> PlannedDevice::describe(const std::vector<Command>& cmds) {
+    std::vector<KernelDesc> out;
+    std::vector<DispatchDesc> d;
+    Planner pl;
+    pl.begin();
+    for (size_t i = 0; i < cmds.size(); ++i) {
+        d.clear();
+        pl.plan(cmds[i], scratch.get(), d);
+        for (auto& x : d) out.push_back({x.kernel, (int)i, 1, ""});
+    }
+    return out;
+}
+
 void PlannedDevice::one(Stage s, const KArgs& a, std::initializer_list<Binding> b, Binding step) {
     Command& c = single[0];
     c.stage = s;

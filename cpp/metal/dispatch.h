@@ -84,6 +84,7 @@ struct PlannedDevice : Device {
     void set_step(const kstep& s) override;
     void submit(const std::vector<Command>& cmds) override;
     void submit_plan(Plan& p) override;
+    std::vector<KernelDesc> describe(const std::vector<Command>& cmds) override;
 
     // The stage methods plan and run one command (Device::run's path; Encoder uses submit).
     void embed(const kargs_embed& a, Binding W, Binding ids, Binding out, Binding step) override;

@@ -7,6 +7,9 @@ compiled engine (`llmetal._engine`) with cpu, cuda and metal devices.
 __version__ = "0.1.0"
 
 from .models import DEFAULT_MODEL, KNOWN as KNOWN_MODELS, ModelError, pull, resolve  # noqa: F401
+# Imported here, not on first call: importing the submodule later would rebind the package's
+# `generate` attribute from the function to the module llmetal.generate.
+from .generate import GenerationResult, TokenRecord, generate, stream_generate  # noqa: F401
 
 
 def build_info() -> dict:
@@ -21,15 +24,3 @@ def load(model=None, device="cpu", n_ctx: int = 4096, n_threads: int = 0, **kw):
     See llmetal.model.Model for the keyword arguments (n_batch, n_out)."""
     from .model import load as _load
     return _load(model, device=device, n_ctx=n_ctx, n_threads=n_threads, **kw)
-
-
-def generate(model, tokenizer, prompt, max_tokens: int = 128, params=None, **kw):
-    """Generate from a prompt; returns a GenerationResult (see llmetal.generate)."""
-    from .generate import generate as _generate
-    return _generate(model, tokenizer, prompt, max_tokens, params, **kw)
-
-
-def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params=None, **kw):
-    """Yield one TokenRecord per generated token (see llmetal.generate)."""
-    from .generate import stream_generate as _stream
-    return _stream(model, tokenizer, prompt, max_tokens, params, **kw)

@@ -15,23 +15,28 @@ import time
 
 import numpy as np
 
-from .generate import _decoder, peak_memory_bytes
+from gguf import Keys
 
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K",
-              13: "Q5_K", 14: "Q6_K", 30: "BF16"}
-
+from . import _engine as E
+from .generate import peak_memory_bytes
+from .gguf_file import file_type_name
 
 def _model_label(model) -> tuple[str, int, int]:
+    """llama-bench's model column: architecture, size label and the file type
+    (`general.file_type`, e.g. Q4_K_M; the dominant weight type when the file names none)."""
     md = model.gguf.metadata
-    size_label = md.get("general.size_label") or "?B"
-    counts = {}
-    for t in model.gguf.tensors.values():
-        counts[t.ggml_type] = counts.get(t.ggml_type, 0) + t.n_elements
-    # the dominant weight type (by elements) names the quantization, as file types do
-    main_type = max((k for k in counts if k not in (0,)), key=lambda k: counts[k], default=0)
+    size_label = md.get(Keys.General.SIZE_LABEL) or "?B"
+    ftype = file_type_name(md.get(Keys.General.FILE_TYPE))
+    if ftype is None:
+        counts = {}
+        for t in model.gguf.tensors.values():
+            if t.ggml_type != E.F32:
+                counts[t.ggml_type] = counts.get(t.ggml_type, 0) + t.n_elements
+        main = max(counts, key=counts.get, default=E.F32)
+        ftype = E.TYPE_NAMES.get(main, str(main))
     n_bytes = sum(t.nbytes for t in model.gguf.tensors.values())
     n_params = sum(t.n_elements for t in model.gguf.tensors.values())
-    return f"{model.cfg.arch} {size_label} {TYPE_NAMES.get(main_type, str(main_type))}", n_bytes, n_params
+    return f"{model.cfg.arch} {size_label} {ftype}", n_bytes, n_params
 
 
 def _time_pp(model, tokens) -> float:
@@ -41,11 +46,10 @@ def _time_pp(model, tokens) -> float:
 
 
 def _time_tg(model, n, token) -> float:
-    dec = _decoder(model)
-    dec.record()
+    model.plan()
     t0 = time.perf_counter()
     for pos in range(n):
-        dec.step(token, pos)
+        model.decode_step(token, pos)
     return time.perf_counter() - t0
 
 

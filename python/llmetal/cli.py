@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object instead of the live trace")
     _add_runtime(p, n_ctx=512)
 
+    p = sub.add_parser("plan", help="print the recorded decode step: stages, commands, kernels")
+    _add_model(p)
+    p.add_argument("--layers", default=None, help="list only these layers in full, e.g. 0 or 0,3-5")
+    _add_runtime(p, n_ctx=512)
+
     p = sub.add_parser("generate", help="generate text from a prompt")
     _add_model(p)
     _add_generation(p)
@@ -161,6 +166,16 @@ def _cmd_trace(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from .trace import parse_filter
+    model = _load(args)
+    layers = parse_filter(args.layers, "layers")
+    if layers and max(layers) >= model.cfg.n_layer:
+        raise CLIError(f"--layers: the model has layers 0..{model.cfg.n_layer - 1}")
+    print(model.plan().format(layers))
+    return 0
+
+
 def _sampler_params(args, model):
     from .sampling import SamplerParams
     over = {k: v for k, v in (("temp", args.temp), ("top_k", args.top_k), ("top_p", args.top_p),
@@ -172,7 +187,7 @@ def _sampler_params(args, model):
 
 def _cmd_generate(args) -> int:
     import json
-    from .generate import stream_generate, GenerationResult
+    from .generate import GenerationResult, prompt_ids, stream_generate
     if args.prompt is not None and args.file is not None:
         raise CLIError("give the prompt with -p or -f, not both")
     if args.n_predict < 0:
@@ -187,7 +202,6 @@ def _cmd_generate(args) -> int:
     model = _load(args)
     tok = _tokenizer(model)
     params = _sampler_params(args, model)
-    add_bos = None
     if args.chat:
         msgs = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else [])
         msgs.append({"role": "user", "content": prompt})
@@ -195,19 +209,14 @@ def _cmd_generate(args) -> int:
     if args.verbose:
         from .sampling import Sampler
         print(f"sampler: {Sampler(params, model.cfg.n_vocab).describe()}", file=sys.stderr)
-    res = GenerationResult(prompt_tokens=[])
+    ids = prompt_ids(tok, prompt, add_bos=None, parse_special=not args.no_parse_special)
+    res = GenerationResult(prompt_tokens=ids)
     out = sys.stdout
-    for rec in stream_generate(model, tok, prompt, args.n_predict, params, add_bos=add_bos,
-                               parse_special=not args.no_parse_special):
-        res.tokens.append(rec.token)
-        res.text += rec.text
-        res.prompt_tps, res.gen_tps, res.peak_mem_bytes = rec.prompt_tps, rec.gen_tps, rec.peak_mem_bytes
-        res.finish_reason = rec.finish_reason or res.finish_reason
+    for rec in stream_generate(model, tok, ids, args.n_predict, params):
+        res.add(rec)
         if not args.json:
             out.write(rec.text)
             out.flush()
-    res.prompt_tokens = (list(prompt) if not isinstance(prompt, str)
-                         else tok.encode(prompt, add_bos=add_bos, parse_special=not args.no_parse_special))
     if args.json:
         print(json.dumps(res.as_json(), ensure_ascii=False))
     else:
@@ -263,7 +272,7 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace,
+COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace, "plan": _cmd_plan,
             "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench}
 
 

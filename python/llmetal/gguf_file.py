@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys, LlamaFileType
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)        # version 1 used 32-bit counts and lengths; nothing ships it now
@@ -84,6 +84,16 @@ def quoted(s: str, limit: int = 80) -> str:
     cut = s[:limit]
     safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
     return f"'{safe}'" + ("..." if len(s) > limit else "")
+
+
+def file_type_name(ft) -> str | None:
+    """`general.file_type` as llama.cpp names it ('Q4_K_M' for 15), None when absent."""
+    if not isinstance(ft, int) or isinstance(ft, bool):
+        return None
+    try:
+        return LlamaFileType(ft).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"unknown ({ft})"
 
 
 def ggml_type_name(type_id: int) -> str:

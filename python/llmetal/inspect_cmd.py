@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from gguf import Keys, LlamaFileType
+from gguf import Keys
 
 from .config import ModelConfig
-from .gguf_file import GGUFFile
+from .gguf_file import GGUFFile, file_type_name
 from .models import resolve
+from .tokenizer import DETECTED, TokenizerError, build_vocab
 
 # tokenizer.ggml.model -> the kind of tokenizer llama.cpp builds from it
 _TOKENIZER_KINDS = {
@@ -31,21 +32,6 @@ _SPECIAL_KEYS = {
     "bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "eot": Keys.Tokenizer.EOT_ID,
     "pad": Keys.Tokenizer.PAD_ID, "unk": Keys.Tokenizer.UNK_ID,
 }
-# Texts by which llama.cpp recognizes an end-of-turn token when the file names none
-# (llama-vocab.cpp; checked here in this order).
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<end_of_utterance>")
-
-
-def _file_type_name(ft) -> str | None:
-    if not isinstance(ft, int) or isinstance(ft, bool):
-        return None
-    try:
-        return LlamaFileType(ft).name.removeprefix("MOSTLY_")
-    except ValueError:
-        return f"unknown ({ft})"
-
-
 def _tokenizer_info(gf: GGUFFile) -> dict:
     md = gf.metadata
     tokens = md.get(Keys.Tokenizer.LIST)
@@ -57,17 +43,19 @@ def _tokenizer_info(gf: GGUFFile) -> dict:
             return tokens[i]
         return None
 
+    # the tokenizer's own rules (llama.cpp's) decide the ids the metadata does not name
+    try:
+        vocab = build_vocab(md, str(gf.path))
+    except TokenizerError:
+        vocab = None   # a tokenizer llmetal cannot build: the metadata's ids only
     special = {}
     for role, key in _SPECIAL_KEYS.items():
         i = md.get(key)
         if isinstance(i, int) and not isinstance(i, bool):
             special[role] = {"id": i, "text": text(i), "source": "metadata"}
-    if "eot" not in special and tokens:
-        index = {t: i for i, t in enumerate(tokens) if t in _EOT_TEXTS}
-        for t in _EOT_TEXTS:
-            if t in index:
-                special["eot"] = {"id": index[t], "text": t, "source": "by text"}
-                break
+        elif vocab is not None and vocab.ids.get(role) is not None:
+            i = vocab.ids[role]
+            special[role] = {"id": i, "text": text(i), "source": "by text" if role in DETECTED else "default"}
     merges = md.get(Keys.Tokenizer.MERGES)
     return {
         "model": model,
@@ -80,6 +68,7 @@ def _tokenizer_info(gf: GGUFFile) -> dict:
         "add_eos": md.get(Keys.Tokenizer.ADD_EOS),
         "add_space_prefix": md.get(Keys.Tokenizer.ADD_PREFIX),
         "special": special,
+        "eog": sorted(vocab.eog) if vocab is not None else None,
         "chat_template": isinstance(md.get(Keys.Tokenizer.CHAT_TEMPLATE), str),
     }
 
@@ -91,7 +80,7 @@ def describe(gf: GGUFFile, cfg: ModelConfig, tensors: bool = False) -> dict:
         "path": str(gf.path),
         "family": cfg.arch,
         "name": cfg.name,
-        "file_type": _file_type_name(ft),
+        "file_type": file_type_name(ft),
         "gguf_version": gf.version,
         "file_size": gf.file_size,
         "alignment": gf.alignment,

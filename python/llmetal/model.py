@@ -12,6 +12,8 @@ whose differences are the few `if c.arch == "gemma3"`-style branches below.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from .config import ModelConfig
 from .gguf_file import GGUFFile
 from .models import resolve
 
-F32, F16, I32 = 0, 1, 26
+F32, F16, I32 = E.F32, E.F16, E.I32
 
 
 def make_device(device: str | None = "cpu", n_threads: int = 0):
@@ -58,12 +60,111 @@ class Activations:
     logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
 
 
+def serialized(method):
+    """One user of a model at a time: the method runs holding the model's lock (a second
+    thread waits), since every call shares the model's buffers and KV cache."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        with self.lock:
+            return method(self, *args, **kw)
+    return run
+
+
+class Weights(dict):
+    """The model's weights by GGUF name. It remembers the last name a stage call looked up, so
+    that the stage's hook learns which weight the stage used from the call itself."""
+    last: str | None = None
+
+    def __getitem__(self, name):
+        self.last = name
+        return dict.__getitem__(self, name)
+
+    def take(self) -> str | None:
+        name, self.last = self.last, None
+        return name
+
+
+@dataclass
+class PlanStep:
+    """One named stage of the recorded decode step: commands [first, end) of the plan."""
+    name: str             # llama.cpp's stage name (attn_norm, Qcur, ...)
+    layer: int            # -1 outside the layers
+    weight: str | None    # the GGUF tensor the stage read
+    first: int
+    end: int
+
+    @property
+    def key(self) -> str:
+        return self.name if self.layer < 0 else f"blk.{self.layer}.{self.name}"
+
+
+class DecodePlan:
+    """The recorded one-token forward pass as the device runs it: the named stages, the engine
+    commands each issued, and the kernels the device launches for them (`Device.describe`:
+    one a command on cpu, the fused kernels of the CUDA planner, the Metal dispatches)."""
+
+    def __init__(self, model, plan, steps: list[PlanStep]):
+        self.plan = plan                   # the engine's Plan (replayed by Model.decode_step)
+        self.steps = steps
+        self.device = model.device_name
+        self.model_name = model.cfg.name
+        self.ops = list(plan.stages)       # engine stage of each command
+        self.kernels = [(k, first, count, fusion) for k, first, count, fusion in model.device.describe(plan)]
+
+    @property
+    def n_commands(self) -> int:
+        return len(self.ops)
+
+    def rows(self):
+        """(step, command index, op, kernels starting at this command) for every command."""
+        starts: dict[int, list] = {}
+        for k in self.kernels:
+            starts.setdefault(k[1], []).append(k)
+        for st in self.steps:
+            for i in range(st.first, st.end):
+                yield st, i, self.ops[i], starts.get(i, [])
+
+    def format(self, layers=None) -> str:
+        """The listing; `layers` (an iterable of layer numbers) limits the per-layer rows."""
+        keep = None if layers is None else set(layers)
+        fused = sum(1 for k in self.kernels if k[3])
+        lines = [f"decode step of {self.model_name} on {self.device}: {len(self.steps)} stages, "
+                 f"{self.n_commands} commands, {len(self.kernels)} kernels ({fused} fused)",
+                 f"{'stage':<22} {'op':<10} {'weight':<28} kernel"]
+        hidden = 0
+        for st, i, op, ks in self.rows():
+            if keep is not None and st.layer >= 0 and st.layer not in keep:
+                hidden += 1
+                continue
+            first = i == st.first
+            label = st.key if first else ""
+            weight = (st.weight or "") if first else ""
+            if ks:
+                kern = " + ".join(k[0] + (f" [{k[3]}: {k[2]} commands]" if k[2] > 1 else "") for k in ks)
+            else:
+                kern = "  (in the kernel above)"
+            lines.append(f"{label:<22} {op:<10} {weight:<28} {kern}")
+        if hidden:
+            lines.append(f"... {hidden} commands of the other layers")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def __repr__(self) -> str:
+        return (f"<DecodePlan {self.model_name} on {self.device}: {self.n_commands} commands, "
+                f"{len(self.kernels)} kernels>")
+
+
 class Model:
     def __init__(self, path, device: str | None = "cpu", n_ctx: int = 4096, n_threads: int = 0,
                  n_batch: int = 256, n_out: int = 32):
         self.path = Path(resolve(path))
         self.gguf = GGUFFile(self.path)
         self.cfg = c = ModelConfig.from_gguf(self.gguf)
+        if c.final_softcap:
+            raise ValueError(f"{self.path.name}: final logit softcapping ({c.final_softcap}) is not "
+                             "implemented by llmetal's forward pass")
         if n_ctx <= 0:
             n_ctx = c.n_ctx_train
         if n_ctx > c.n_ctx_train:
@@ -74,9 +175,9 @@ class Model:
 
         # Weights: views into the mapped file, in their GGUF block format (no copy on CPU).
         self.file = self.device.map_file(str(self.path))
-        self.w = {name: E.Tensor(self.file, t.offset, t.ggml_type, list(t.shape))
-                  for name, t in self.gguf.tensors.items()}
-        self.output_weight = self.w["token_embd.weight"] if c.tied_output else self.w["output.weight"]
+        self.w = Weights((name, E.Tensor(self.file, t.offset, t.ggml_type, list(t.shape)))
+                         for name, t in self.gguf.tensors.items())
+        self.output_name = "token_embd.weight" if c.tied_output else "output.weight"
 
         # Every activation and the KV cache, reserved once for (n_ctx, n_batch).
         B, d, ff = self.n_batch, c.n_embd, c.n_ff
@@ -93,9 +194,17 @@ class Model:
         p.reserve()
         self.full = {n: p.get(n) for n in p.names()}
 
+        self.lock = threading.RLock()   # see serialized(); generate holds it for a whole generation
+        self.generating = False         # a stream_generate of this model is under way
         self.enc = E.Encoder(self.device, eager=False)
         self.hook = None          # called after each stage in eager inspection mode
         self.n_forward_calls = 0
+        # decode: the one-token plan (recorded on first use) and the buffers each step reuses
+        self._plan: DecodePlan | None = None
+        self._plan_steps: list[PlanStep] | None = None   # filled while a plan is recorded
+        self.n_recorded = 0
+        self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
+        self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
 
     # ---- helpers ------------------------------------------------------------------------
     def acts(self, T: int, n_rows_out: int) -> Activations:
@@ -105,13 +214,19 @@ class Model:
                                                            "gate", "up", "h")})
 
     def _stage(self, name, il, out):
-        """After each stage: in eager mode, commit and let the hook look at `out`."""
+        """After each stage: note it in a plan being recorded; in eager mode, commit and let the
+        hook look at `out` (hook(name, layer, out, weight name or None))."""
+        weight = self.w.take()
+        if self._plan_steps is not None:
+            first = self._plan_steps[-1].end if self._plan_steps else 0
+            self._plan_steps.append(PlanStep(name, il, weight, first, self.enc.n_pending))
         if self.hook is not None:
             self.enc.commit()
             self.enc.wait()
-            self.hook(name, il, out)
+            self.hook(name, il, out, weight)
 
     # ---- the forward pass ---------------------------------------------------------------
+    @serialized
     def forward(self, tokens, pos0: int, out_rows: str = "last"):
         """Run T tokens at positions pos0..pos0+T-1 through the model, filling the KV cache.
 
@@ -171,12 +286,43 @@ class Model:
         # output: final norm and logits of the rows asked for
         xr, xnr = a.x.rows(T - R, T), a.xn.rows(T - R, T)
         enc.rmsnorm(xr, w["output_norm.weight"], xnr, c.rms_eps);                       st("result_norm", -1, xnr)
-        enc.logits(self.output_weight, xnr, a.logits);                                 st("result_output", -1, a.logits)
-        if c.final_softcap:
-            raise NotImplementedError("final logit softcapping is not implemented yet")
+        enc.logits(w[self.output_name], xnr, a.logits);                                 st("result_output", -1, a.logits)
         enc.commit()
         enc.wait()
         return a.logits
+
+    # ---- decode: one token through the recorded plan ---------------------------------------
+    @serialized
+    def plan(self) -> DecodePlan:
+        """The decode step as the device runs it (recorded on first use, then replayed by
+        decode_step): print it to list every stage, engine command and kernel."""
+        if self._plan is None:
+            self.enc.begin_record(1)
+            self._plan_steps = []
+            try:
+                self.forward([0], 0, "last")   # token and position come from buffers at replay
+            finally:
+                plan, steps, self._plan_steps = self.enc.end_record(), self._plan_steps, None
+            self._plan = DecodePlan(self, plan, steps)
+            self.n_recorded += 1
+        return self._plan
+
+    def stage_names(self) -> list[str]:
+        """Every stage output's name ("inp_embd", "blk.0.attn_norm", ..., "result_output"), as
+        the forward pass names them."""
+        return [s.key for s in self.plan().steps]
+
+    @serialized
+    def decode_step(self, token: int, pos: int) -> np.ndarray:
+        """Run one token at position pos (the KV cache holds positions < pos) by replaying the
+        recorded plan; returns the logits [vocab] in a buffer the next step reuses (copy to keep)."""
+        if not 0 <= pos < self.n_ctx:
+            raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx}")
+        if not 0 <= token < self.cfg.n_vocab:
+            raise ValueError(f"token id {token} outside the vocabulary of {self.cfg.n_vocab}")
+        self.enc.replay_token(self.plan().plan, self._ids1, int(token), int(pos))
+        self._out1.download_into(self._logits1)
+        return self._logits1
 
     # ---- convenience ----------------------------------------------------------------------
     def _check_tokens(self, tokens, pos0=0):
@@ -190,6 +336,7 @@ class Model:
             raise ValueError(f"token id {bad[0]} outside the vocabulary of {self.cfg.n_vocab}")
         return tokens
 
+    @serialized
     def prefill(self, tokens, pos0: int = 0) -> np.ndarray:
         """Run a prompt in chunks of n_batch; returns the last token's logits [vocab]."""
         tokens = self._check_tokens(tokens, pos0)
@@ -198,6 +345,7 @@ class Model:
             out = self.forward(tokens[i:i + self.n_batch], pos0 + i, "last")
         return out.to_numpy()[-1]
 
+    @serialized
     def logits(self, tokens) -> np.ndarray:
         """Logits [T, vocab] of every position of `tokens` in a fresh context."""
         tokens = self._check_tokens(tokens)
@@ -205,6 +353,7 @@ class Model:
         rows = [self.forward(tokens[i:i + step], i, "all").to_numpy() for i in range(0, len(tokens), step)]
         return np.concatenate(rows, axis=0)
 
+    @serialized
     def run_with_cache(self, tokens, names=None):
         """Logits of every position and copies of the named intermediate activations.
 
@@ -215,21 +364,22 @@ class Model:
         if len(tokens) > min(self.n_batch, self.n_out):
             raise ValueError(f"run_with_cache takes at most {min(self.n_batch, self.n_out)} tokens")
         want = None if names is None else set(names)
+        if want is not None:
+            missing = want - set(self.stage_names())
+            if missing:
+                raise KeyError(f"no stage named {sorted(missing)[0]!r} in this model")
         cache = {}
 
-        def keep(name, il, out):
+        def keep(name, il, out, weight):
             key = name if il < 0 else f"blk.{il}.{name}"
             if want is None or key in want:
                 cache[key] = out.to_numpy()
         logits = self.run_eager(tokens, keep, out_rows="all").to_numpy()
-        if want is not None:
-            missing = want - set(cache)
-            if missing:
-                raise KeyError(f"no stage named {sorted(missing)[0]!r} in this model")
         return logits, cache
 
+    @serialized
     def run_eager(self, tokens, hook, out_rows="last", pos0=0):
-        """One forward pass committing after every stage, calling hook(name, layer, out)."""
+        """One forward pass committing after every stage, calling hook(name, layer, out, weight)."""
         self.hook = hook
         try:
             return self.forward(tokens, pos0, out_rows)

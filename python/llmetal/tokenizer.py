@@ -81,7 +81,7 @@ _EOG_TEXTS = {
     "<｜end▁of▁sentence｜>", "[e~[",
 }
 # Texts by which llama.cpp finds special ids the GGUF does not name (first match wins).
-_DETECT = {
+DETECTED = {
     "eot": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
             "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"),
     "eom": ("<|eom_id|>",),
@@ -202,7 +202,7 @@ def _fix_special_tokens(v: Vocab) -> None:
         v.attrs[i] |= ATTR_CONTROL
 
     # ids the GGUF does not name, found by their text; the token becomes a control token
-    for name, texts in _DETECT.items():
+    for name, texts in DETECTED.items():
         if v.ids.get(name) is None:
             for t, i in by_id:
                 if t in texts:

@@ -12,29 +12,8 @@ import time
 
 import numpy as np
 
-# which weight each stage reads (for display): stage -> tensor name suffix
-STAGE_WEIGHT = {
-    "inp_embd": "token_embd.weight", "attn_norm": "attn_norm.weight", "Qcur": "attn_q.weight",
-    "Kcur": "attn_k.weight", "Vcur": "attn_v.weight", "Qcur_normed": "attn_q_norm.weight",
-    "Kcur_normed": "attn_k_norm.weight", "kqv_out": "attn_output.weight",
-    "attn_post_norm": "post_attention_norm.weight", "ffn_norm": "ffn_norm.weight",
-    "ffn_gate": "ffn_gate.weight", "ffn_up": "ffn_up.weight", "ffn_out": "ffn_down.weight",
-    "ffn_post_norm": "post_ffw_norm.weight", "result_norm": "output_norm.weight",
-}
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K",
-              13: "Q5_K", 14: "Q6_K", 26: "I32", 30: "BF16"}
 
-
-def _weight(model, name, il):
-    if name == "result_output":
-        return "token_embd.weight" if model.cfg.tied_output else "output.weight"
-    suffix = STAGE_WEIGHT.get(name)
-    if suffix is None:
-        return None
-    return suffix if il < 0 else f"blk.{il}.{suffix}"
-
-
-def _parse_filter(spec, what):
+def parse_filter(spec, what):
     """'0,2,5-7' -> set of ints (layers); 'Qcur,attn_norm' -> set of names (stages)."""
     if spec is None:
         return None
@@ -59,10 +38,16 @@ def _parse_filter(spec, what):
 
 def run_trace(model, tokenizer, prompt: str, layers=None, stages=None, as_json=False, top=5,
               console=None):
-    layer_set = _parse_filter(layers, "layers")
-    stage_set = _parse_filter(stages, "stages")
+    layer_set = parse_filter(layers, "layers")
+    stage_set = parse_filter(stages, "stages")
     if layer_set and max(layer_set) >= model.cfg.n_layer:
         raise ValueError(f"--layers: the model has layers 0..{model.cfg.n_layer - 1}")
+    if stage_set:
+        known = {s.name for s in model.plan().steps}
+        unknown = sorted(stage_set - known)
+        if unknown:
+            raise ValueError(f"--stages: no stage named {unknown[0]!r} in this model "
+                             f"(stages: {', '.join(sorted(known))})")
     tokens = tokenizer.encode(prompt, parse_special=True)
     if not tokens:
         raise ValueError("the prompt gave no tokens")
@@ -72,19 +57,18 @@ def run_trace(model, tokenizer, prompt: str, layers=None, stages=None, as_json=F
     rows = []
     t_last = [time.perf_counter()]
 
-    def hook(name, il, out):
+    def hook(name, il, out, wname):
         now = time.perf_counter()
         dt, t_last[0] = now - t_last[0], now
         if (layer_set is not None and il not in layer_set) or (stage_set is not None and name not in stage_set):
             t_last[0] = time.perf_counter()
             return
         a = out.to_numpy()
-        wname = _weight(model, name, il)
         wt = model.w.get(wname) if wname else None
         flat = a.reshape(-1).astype(np.float64)
         rows.append({
             "stage": name, "layer": il, "shape": list(a.shape), "dtype": str(a.dtype),
-            "weight": wname, "weight_type": TYPE_NAMES.get(wt.type, str(wt.type)) if wt is not None else None,
+            "weight": wname, "weight_type": wt.type_name if wt is not None else None,
             "ms": dt * 1e3, "min": float(flat.min()), "max": float(flat.max()), "mean": float(flat.mean()),
             "first": [float(v) for v in a.reshape(-1)[:3]],
         })
