@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cpu/features.h"
+#include "cuda/planner.h"
 #include "engine.h"
 
 #ifdef LLMETAL_WITH_METAL_EMU   // cpp/metal_emu/device_emu.cpp
@@ -24,6 +25,58 @@ using namespace llmetal;
 #ifndef LLMETAL_VERSION
 #define LLMETAL_VERSION "0.0.0"
 #endif
+
+// The CUDA planner's launch list for a plan's commands as dicts (tests without a GPU).
+// caps: CudaCaps fields to change from the H100 defaults (n_sm, cc_major, pdl, fuse,
+// mv_resident / mvg_resident: {ggml type: [one token, 2-8 tokens]}).
+static cuda::CudaCaps caps_from(const nb::dict& d) {
+    cuda::CudaCaps c;
+    for (auto [k, v] : d) {
+        const std::string key = nb::cast<std::string>(k);
+        if (key == "n_sm") c.n_sm = nb::cast<int>(v);
+        else if (key == "cc_major") c.cc_major = nb::cast<int>(v);
+        else if (key == "pdl") c.pdl = nb::cast<bool>(v);
+        else if (key == "fuse") c.fuse = nb::cast<bool>(v);
+        else if (key == "mv_resident" || key == "mvg_resident") {
+            auto& t = key == "mv_resident" ? c.mv_resident : c.mvg_resident;
+            for (auto [ty, r] : nb::cast<nb::dict>(v)) {
+                const int i = nb::cast<int>(ty);
+                if (i < 0 || i >= 32) throw Error("cuda_plan: ggml type " + std::to_string(i) + " out of range");
+                t[i][0] = nb::cast<int>(nb::cast<nb::sequence>(r)[0]);
+                t[i][1] = nb::cast<int>(nb::cast<nb::sequence>(r)[1]);
+            }
+        } else throw Error("cuda_plan: unknown capability '" + key + "'");
+    }
+    return c;
+}
+static nb::dict caps_dict(const cuda::CudaCaps& c) {
+    nb::dict d, mv, mvg;
+    d["n_sm"] = c.n_sm; d["cc_major"] = c.cc_major; d["pdl"] = c.pdl; d["fuse"] = c.fuse;
+    for (int t = 0; t < 32; ++t) {
+        mv[nb::int_(t)] = nb::make_tuple(c.mv_resident[t][0], c.mv_resident[t][1]);
+        mvg[nb::int_(t)] = nb::make_tuple(c.mvg_resident[t][0], c.mvg_resident[t][1]);
+    }
+    d["mv_resident"] = mv; d["mvg_resident"] = mvg;
+    return d;
+}
+static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
+    const cuda::LaunchList l = cuda::plan(p.cmds, caps_from(caps));
+    nb::list launches;
+    const auto descs = cuda::describe(l);
+    for (size_t i = 0; i < l.launches.size(); ++i) {
+        const cuda::Launch& x = l.launches[i];
+        nb::dict d;
+        d["kernel"] = descs[i].kernel; d["first"] = x.first; d["count"] = x.count; d["fusion"] = descs[i].fusion;
+        d["grid"] = nb::make_tuple(x.grid[0], x.grid[1], x.grid[2]); d["block"] = x.block; d["smem"] = x.smem;
+        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd;
+        launches.append(d);
+    }
+    nb::dict out;
+    out["launches"] = launches; out["pdl"] = l.pdl;
+    out["scratch_bytes"] = l.scratch_bytes; out["qscratch_bytes"] = l.qscratch_bytes;
+    out["hscratch_bytes"] = l.hscratch_bytes;
+    return out;
+}
 
 static nb::dict build_info() {
     nb::dict d;
@@ -168,6 +221,10 @@ NB_MODULE(_engine, m) {
             return out;
         }, nb::arg("plan"), "The kernels this device launches for a recorded plan: "
                             "(kernel, first command, command count, fusion name or '').")
+        .def_prop_ro("cuda_caps", [](const Device& d) -> nb::object {
+            const cuda::CudaCaps* c = cuda::device_caps(d);
+            return c ? nb::object(caps_dict(*c)) : nb::none();
+        }, "The capabilities a CUDA device plans with (None on other devices).")
         .def("host_empty", [](Device& d, int64_t n) {
             if (n < 0) throw Error("host_empty: negative size");
             float* p = (float*)d.host_alloc((uint64_t)n * sizeof(float));
@@ -189,6 +246,17 @@ NB_MODULE(_engine, m) {
           "missing them (another process holds the cores); tests pin that path with 'always', or "
           "the threaded one with 'never'.");
     m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
+    m.def("cuda_plan", &cuda_plan, nb::arg("plan"), nb::arg("caps") = nb::dict(),
+          "The CUDA planner's launch list for a plan recorded on any device (no GPU needed).");
+    m.def("cuda_fusions", [] {
+        nb::list out;
+        for (const cuda::Fusion& f : cuda::FUSIONS) {
+            nb::dict d;
+            d["name"] = f.name; d["matches"] = f.matches; d["kernel"] = f.kernel; d["why"] = f.why;
+            out.append(d);
+        }
+        return out;
+    }, "The CUDA planner's fusion table.");
     m.def("metal_device", &make_metal_device, "The Metal device (Apple builds only).");
     m.def("metal_emu_device", &make_metal_emu_device, nb::arg("schedule") = "forward",
           "The Metal device's plan run by the CPU emulator of Metal (LLMETAL_METAL_EMU builds).");

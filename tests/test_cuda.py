@@ -679,3 +679,30 @@ def test_end_to_end_cut_smollm2(devs):
     print(f"end to end: NMSE {e:.3g}, ids {ids_g}")
     assert ids_c == ids_g, f"greedy ids differ: cpu {ids_c} cuda {ids_g}"
     assert e <= 1e-3, f"logits NMSE {e:.3g} > 1e-3"
+
+
+def test_describe_is_the_planners_list(devs):
+    """What model.plan() shows on cuda is the executor's input: the device's describe() of the
+    decode step equals the plain-C++ planner's list for the device's capabilities, and the
+    same step recorded on the CPU device plans to the same kernels (the planner reads offsets,
+    not addresses). tests/test_cuda_planner.py checks those lists without a GPU."""
+    import llmetal
+    path = _cut_model()
+    plans = {}
+    for dev in ("cuda", "cpu"):
+        m = llmetal.load(path, device=dev, n_ctx=128, n_batch=16, n_out=16)
+        m.enc.begin_record(1)
+        m.forward([0], 0, "last")
+        plans[dev] = (m, m.enc.end_record())
+    m, plan = plans["cuda"]
+    caps = m.device.cuda_caps
+    print("caps:", {k: v for k, v in caps.items() if k not in ("mv_resident", "mvg_resident")},
+          "mv_resident", {t: caps["mv_resident"][t] for t in QUANTS},
+          "mvg_resident", {t: caps["mvg_resident"][t] for t in QUANTS})
+    got = [tuple(k) for k in m.device.describe(plan)]
+    want = [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in E.cuda_plan(plan, caps)["launches"]]
+    assert got == want
+    from_cpu = [(l["kernel"], l["first"], l["count"], l["fusion"])
+                for l in E.cuda_plan(plans["cpu"][1], caps)["launches"]]
+    assert from_cpu == want
+    assert any(k[3] == "rope_kv_attention" for k in got)

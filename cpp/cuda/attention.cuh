@@ -24,17 +24,13 @@
 #include <type_traits>
 
 #include "../kargs.h"
+#include "geometry.h"
 #include "kernels.cuh"
-#include "matmul.cuh"   // cp_async16_zfill, ldsm_x4, mma_16816, cp_async_commit / wait
+#include "gemm.cuh"   // cp_async16_zfill, ldsm_x4, mma_16816
 
 namespace llmetal_cuda {
 
-constexpr int FA_BQ = 64;      // queries per block (16 per warp)
-constexpr int FA_BK = 64;      // keys per tile
-constexpr int FA_THREADS = 128;
-
-// bytes of dynamic shared memory: the query tile and two stages of K and V tiles
-__host__ __device__ constexpr int fa_smem(int hd) { return (FA_BQ + 2 * 2 * FA_BK) * hd * 2; }
+// FA_BQ, FA_BK, FA_THREADS, fa_smem: geometry.h
 
 __device__ __forceinline__ void ldsm_x4_t(uint32_t* r, uint32_t addr) {   // transposed 8x8 blocks
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -243,13 +239,7 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 // kernel_attention_combine, cost ~5.6 us a layer on the H100: its own start and the round
 // trips before its first store.) With xq.q set, the outputs are also quantized to 8 bits
 // (32-value blocks) for the matmul that reads them next (the o projection): no quantize stage.
-constexpr int AD_KEYS = 32;              // keys of a split per pass
-constexpr int AD_WPH = 4;                // warps per query head
-constexpr int AD_KW = AD_KEYS / AD_WPH;  // keys a warp takes per pass (8) ...
-constexpr int AD_LPK = 32 / AD_KW;       // ... with 4 lanes a key, each a quarter of the row
-constexpr int AD_GMAX = 8;               // query heads per K/V head (so at most 32 warps a block)
-constexpr int AD_QMAX = 1024;            // G * head_dim
-constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
+// AD_KEYS, AD_WPH, AD_KW, AD_LPK, AD_GMAX, AD_QMAX, AD_COUNTERS: geometry.h
 constexpr int AD_MF = 8;                 // live splits up to which the merge loads all at once
 
 // A lane's DPL outputs of query head qi (dims lane*DPL ..): to out, and to 8 bits when asked
@@ -400,7 +390,6 @@ struct AdRope {
     const float* v;      // [n_kv_heads * head_dim] the token's v
     int* err;            // ERR_KV_POS when the position is outside the cache
     int on;
-    int pf;              // the split's cache rows before the position, early: 0 no, 1 into L1, 2 into L2
     const double* pw;    // [n_rot / 2] freq_base^(-2i / n_rot) (kernel_rope_powers)
 };
 
@@ -426,15 +415,14 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     // The cache rows before the token's were written by earlier launches and are not written by
     // this one (its single token writes row pos): they do not depend on the previous kernel, so
     // the split's K and V rows are requested now, while that kernel drains; the passes below
-    // then find them in the L1 (or L2).
-    if (rope.on && rope.pf) {
+    // then find them in the L1.
+    if (rope.on) {
         constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
         const int nk = min(min(j1, pos), a.n_ctx) - j0;   // (rows of the cache only, also when pos is past it)
         for (int i = threadIdx.x; i < 2 * LPR * nk; i += blockDim.x) {
             const int r = i / (2 * LPR), c = i % (2 * LPR);
             const __half* p = (c < LPR ? kc : vc) + (int64_t)(j0 + r) * kv_dim + g * HD + (c % LPR) * 64;
-            if (rope.pf == 1) asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-            else asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
         }
     }
     pdl_enter();

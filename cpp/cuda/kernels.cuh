@@ -9,12 +9,12 @@
 #include <stdint.h>
 
 #include "../kargs.h"
+#include "geometry.h"
 #include "quants.cuh"
 
 namespace llmetal_cuda {
 
-// Error codes a kernel can raise (read back by Device::wait()).
-enum : int { ERR_NONE = 0, ERR_EMBED_ID = 1, ERR_KV_POS = 2 };
+// Error codes a kernel can raise (ERR_*): geometry.h.
 
 // ---- programmatic dependent launch (sm_90) ---------------------------------------------------
 // The device launches every kernel with the programmatic-serialization attribute, so a kernel's
@@ -62,6 +62,16 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+
+// ---- asynchronous copies global -> shared (cp.async, sm_80+) ------------------------------
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int vw) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    if (vw == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
+    else if (vw == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // ---- embed: out[t, e] = dequant(W[ids[t]])[e] * scale ----------------------------------------
 // One thread per output element: a table lookup, no reuse to exploit.
@@ -168,7 +178,7 @@ __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, 
 // Needs dim % 4 == 0, 16-byte aligned rows, dim <= 4 * RMS_V * blockDim, and for QB > 0 a
 // block size that is a multiple of QB / 4 threads (8 or 64) so a quantization block never
 // straddles two register slots.
-constexpr int RMS_V = 4;
+// RMS_V: geometry.h
 template <bool ADD, int QB>
 __global__ void __launch_bounds__(1024)
 kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
@@ -250,8 +260,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
 // (one contiguous span) per step, and the activations as two 16-byte loads per group.
 // The weight row is read once per chunk of MT tokens: at decode (one token) this streams
 // the weights once, which is the whole cost of a decode step.
-constexpr int MV_WARPS = 4;   // rows per block
-constexpr int MV_MT = 8;      // tokens per launch row
+// MV_WARPS rows per block, MV_MT tokens per launch row (geometry.h)
 
 template <int T>
 __global__ void __launch_bounds__(MV_WARPS * 32)
@@ -418,9 +427,7 @@ __global__ void kernel_kv_store(kargs_kv_store a, const float* src, __half* cach
 // lanes, and the 4 warps merge in shared memory. With one split the block writes the output;
 // otherwise it writes (max, sum, acc[hd]) to `part` and kernel_attention_combine merges.
 // Keys outside the visible range are never read (the tests put NaN there).
-constexpr int ATT_WARPS = 4;
-constexpr int ATT_MAXD = 8;   // head_dim <= 256
-constexpr int ATT_KG = 8;     // keys a warp loads together
+// ATT_WARPS, ATT_MAXD (head_dim <= 32 * ATT_MAXD), ATT_KG: geometry.h
 
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 kernel_attention(kargs_attention a, const float* q, const __half* kc, const __half* vc, float* out,

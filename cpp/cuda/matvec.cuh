@@ -1,4 +1,5 @@
-// matmul.cuh -- the CUDA device's matrix products, in three named stages:
+// matvec.cuh -- the CUDA device's decode matmuls (mat-vec, 1..8 tokens); the prefill GEMM is in
+// gemm.cuh. The kernels:
 //
 //   kernel_quantize_q8<QB>   decode: activations -> 8-bit integers with one float scale per
 //                            QB values (QB = 32 for the 32-element weight formats, 256 for the
@@ -18,11 +19,9 @@
 //                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
 //                            come off the integer sums as z * sum(xq), exactly. sum(xq) per
 //                            32 values is written by the stage that quantizes x.
+//   kernel_mmvq_group<T, NT, GS>  2-3 weights of one input (Q/K/V, gate/up) in one launch.
 //   kernel_mv_f16<NT>        decode with F16 weights: the same window, float activations.
-//   kernel_dequant_f16<T>,   prefill (more than 8 tokens): the weights (a chunk of rows at a
-//   kernel_f32_to_f16,       time) and the activations to fp16 in scratch memory, then a
-//   kernel_gemm_f16          tensor-core GEMM (mma.sync m16n8k16, float accumulators, a
-//                            4-stage cp.async pipeline, 128 x 128 tiles).
+// Which one runs, and with how many warps, is the planner's choice (planner.cpp).
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -47,27 +46,9 @@ __global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, Q8Act 
 }
 
 // ---- stage 2: quantized mat-vec ---------------------------------------------------------------
-constexpr int MV_ROWS = 4;          // warps (= weight rows) per block
-constexpr int MV_WIN = 2304;        // bytes of one warp's shared-memory window
+// MV_ROWS, MV_WIN and each format's window (MVQ<T>::NB blocks) and activation block
+// (MVQ<T>::QB): geometry.h
 constexpr int MV_LD = (MV_WIN + 511) / 512;   // 16-byte loads per lane per window (at most)
-
-// Blocks per window for each format: a whole number of blocks whose bytes are a multiple of
-// 16, so every window but a row's last starts 16-byte aligned (given an aligned row).
-template <int T> struct MVQ;
-// Windows of about 2 KB: each warp keeps three in flight while it computes one (24 warps an
-// SM: ~160 KB in flight, plenty to cover DRAM latency at full rate). Where it fits, a window
-// is a power-of-two number of blocks, so the usual row widths (K = 2048, 4096, 8192, 14336:
-// 64, 128, 256, 448 blocks of 32) split into equal windows -- a short last window costs a
-// whole round trip for a sliver of work (Q4_0 at K = 4096 was 112 + 16 blocks).
-template <> struct MVQ<KT_Q4_0> { static constexpr int NB = 128, QB = 32; };   // 2304 B
-template <> struct MVQ<KT_Q4_1> { static constexpr int NB = 96, QB = 32; };    // 1920 B
-template <> struct MVQ<KT_Q5_0> { static constexpr int NB = 96, QB = 32; };    // 2112 B
-template <> struct MVQ<KT_Q5_1> { static constexpr int NB = 96, QB = 32; };    // 2304 B
-template <> struct MVQ<KT_Q8_0> { static constexpr int NB = 64, QB = 32; };    // 2176 B
-template <> struct MVQ<KT_Q4_K> { static constexpr int NB = 16, QB = 256; };   // 2304 B
-template <> struct MVQ<KT_Q5_K> { static constexpr int NB = 8, QB = 256; };    // 1408 B
-template <> struct MVQ<KT_Q6_K> { static constexpr int NB = 8, QB = 256; };    // 1680 B
-template <> struct MVQ<KT_F16> { static constexpr int NB = 1024, QB = 1; };   // "blocks" = values
 
 // Shared-memory reads at 2-byte alignment (block formats of even size): 4 bytes / 8 bytes.
 __device__ __forceinline__ int sm32_2(const uint8_t* p) {
@@ -424,19 +405,8 @@ __device__ __forceinline__ void row_out(float* acc, float (*red)[NT], float* y, 
 // KB, in the L1 after the first warps). Each lane dots whole pieces of blocks (see Piece), the
 // warp reduces by shuffles when a row ends, and lane 0 writes it: no shared reduction and no
 // block-wide barrier.
-#ifndef LLMETAL_MV_STAGES
-#define LLMETAL_MV_STAGES 4
-#endif
-constexpr int MV_STAGES = LLMETAL_MV_STAGES;   // (a build option only for measuring)
+constexpr int MV_STAGES = 4;   // ring slots a warp (cp_async: kernels.cuh)
 
-__device__ __forceinline__ void cp_async(void* dst, const void* src, int vw) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    if (vw == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
-    else if (vw == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
-    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Copy `nbytes` (a multiple of vw) from src to the slot: asynchronous for vw 16, 8, 4;
 // rows only 2-byte aligned are copied synchronously.
@@ -625,7 +595,7 @@ kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nw
 // exactly as kernel_mmvq would with that many warps; every weight starts at a multiple of its
 // S, so a group of S warps lies in one block -- and one launch (one start-up, one drain)
 // covers what were 2 or 3 small launches.
-constexpr int MVG_MAX = 3;
+// MVG_MAX (3): geometry.h
 struct MvGroup {
     const uint8_t* W[MVG_MAX];
     float* y[MVG_MAX];
@@ -706,156 +676,6 @@ kernel_mv_f16(kargs_matmul a, const uint8_t* W, const float* x, float* y, int vw
         }
     });
     row_out<NT>(acc, red, y, a, n, valid, mc, lane, warp, split);
-}
-
-// ---- stage 3: prefill on tensor cores -----------------------------------------------------------
-// Three kernels: the weights (a chunk of rows at a time) and the activations go to fp16 in
-// scratch memory, then one GEMM on the tensor cores:
-//   kernel_dequant_f16<T>  W rows -> fp16 [rows][K], each group of 8 through dq8 (the CPU's
-//                          dequantization) and rounded to nearest fp16;
-//   kernel_f32_to_f16      x [M][K] float -> fp16;
-//   kernel_gemm_f16        Y[m][n] = sum_k X[m][k] W[n][k], fp16 products summed in float.
-// Dequantizing once per prompt chunk (not once per tile of tokens, as a fused kernel would)
-// costs a write and a read of the fp16 copy (2 B per weight), small next to the products at
-// 512 tokens (2 * 512 flops per weight).
-template <int T>
-__global__ void __launch_bounds__(256)
-kernel_dequant_f16(const uint8_t* W, uint64_t row_bytes, int K, int rows, __half* out) {
-    pdl_enter();   // `out` may still be read by the previous GEMM
-    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // group of 8 values
-    const int gpr = K / 8;
-    if (i >= (int64_t)rows * gpr) return;
-    const int r = (int)(i / gpr), g = (int)(i % gpr);
-    float w[8];
-    dq8<T>(W + (uint64_t)r * row_bytes, g, w);
-    __half2 h[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[2 * j], w[2 * j + 1]);
-    *(uint4*)(out + (int64_t)r * K + 8 * g) = *(const uint4*)h;
-}
-
-__global__ void __launch_bounds__(256) kernel_f32_to_f16(const float* x, __half* out, int64_t n4) {
-    pdl_enter();
-    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // group of 4 values
-    if (i >= n4) return;
-    const float4 v = ((const float4*)x)[i];
-    const __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
-    ((uint2*)out)[i] = make_uint2(*(const uint32_t*)&a, *(const uint32_t*)&b);
-}
-
-// The GEMM. Block tile: BM tokens (128, or 64 when 128 would leave SMs idle) x GM_BN = 128
-// weight rows, K in steps of GM_BK = 32 halves (64 bytes a row: 4 chunks of 16 B). GM_STAGES
-// steps are in flight in shared memory, filled by cp.async (16 B, zero-filled past the last
-// token / row), so the loads of step kt + 3 run while step kt is multiplied. 8 warps in a
-// 2 (tokens) x 4 (rows) grid; each warp owns a BM/2 x 32 piece of Y as (BM/32) x 4
-// mma.m16n8k16 tiles (64 or 32 float accumulators a thread), loading its operands with
-// ldmatrix. Shared rows are 64 B, so 8 consecutive rows at the same chunk would hit 2 bank
-// groups; the chunk index is XOR-ed with (row / 2) % 4, which spreads any 8 consecutive rows
-// over all 8 groups (conflict-free ldmatrix).
-constexpr int GM_BN = 128, GM_BK = 32, GM_STAGES = 4;
-__host__ __device__ constexpr int gm_tile(int bm) { return GM_BK * 2 * (bm + GM_BN); }   // bytes of one stage (A then B)
-__host__ __device__ constexpr int gm_smem(int bm) { return GM_STAGES * gm_tile(bm); }    // 64 / 48 KB, dynamic
-
-__device__ __forceinline__ uint32_t gm_swz(int row, int chunk) {   // byte offset in a tile
-    return (uint32_t)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
-}
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// X [M][K], W [N][K] fp16 with K % 32 == 0 and 16-byte aligned rows; Y row stride ldy floats.
-template <int BM>
-__global__ void __launch_bounds__(256)
-kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K, int ldy) {
-    constexpr int MI = BM / 32;   // m16 tiles a warp
-    extern __shared__ __align__(128) uint8_t gsm[];
-    pdl_enter();
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * GM_BN;   // tokens fastest: the blocks
-    const int wm = warp >> 2, wn = warp & 3;                   // of one weight slab run together
-    const int nk = K / GM_BK;
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(gsm);
-
-    // stage s of step kt: BM x 4 chunks of X, 128 x 4 of W, 16 B each
-    auto load = [&](int kt, int s) {
-        const uint32_t A = base + s * gm_tile(BM), B = A + BM * 64;
-#pragma unroll
-        for (int i = 0; i < BM / 64; ++i) {
-            const int idx = tid + 256 * i, r = idx >> 2, c = idx & 3;
-            const bool va = m0 + r < M;
-            cp_async16_zfill(A + gm_swz(r, c), X + (int64_t)(va ? m0 + r : 0) * K + kt * GM_BK + 8 * c, va);
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int idx = tid + 256 * i, r = idx >> 2, c = idx & 3;
-            const bool vb = n0 + r < N;
-            cp_async16_zfill(B + gm_swz(r, c), W + (int64_t)(vb ? n0 + r : 0) * K + kt * GM_BK + 8 * c, vb);
-        }
-    };
-
-    float acc[MI][4][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-#pragma unroll
-    for (int s = 0; s < GM_STAGES - 1; ++s) {
-        if (s < nk) load(s, s);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < nk; ++kt) {
-        cp_async_wait<GM_STAGES - 2>();   // step kt has landed (this thread's copies) ...
-        __syncthreads();                  // ... everyone's; and step kt - 1's slot is free
-        if (kt + GM_STAGES - 1 < nk) load(kt + GM_STAGES - 1, (kt + GM_STAGES - 1) % GM_STAGES);
-        cp_async_commit();
-        const uint32_t A = base + (kt % GM_STAGES) * gm_tile(BM), B = A + BM * 64;
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {   // two k16 steps
-            uint32_t af[MI][4], bf[2][4];
-#pragma unroll
-            for (int i = 0; i < MI; ++i)   // tokens BM/2 wm + 16 i ..: lanes 0-15 rows at k 0-7, 16-31 at k 8-15
-                ldsm_x4(af[i], A + gm_swz(BM / 2 * wm + 16 * i + (lane & 15), 2 * kk + (lane >> 4)));
-#pragma unroll
-            for (int j = 0; j < 2; ++j)    // rows 32 wn + 16 j ..: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, lo), (hi)
-                ldsm_x4(bf[j], B + gm_swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_16816(acc[i][j], af[i], bf[j >> 1][2 * (j & 1)], bf[j >> 1][2 * (j & 1) + 1]);
-        }
-    }
-    cp_async_wait<0>();
-
-    // accumulator (i, j): rows g and g + 8 of the m16 tile, columns 2t, 2t + 1 of the n8 tile
-    const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int i = 0; i < MI; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + 32 * wn + 8 * j + 2 * t;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int m = m0 + BM / 2 * wm + 16 * i + g + 8 * h;
-                if (m < M) {
-                    if (n < N) Y[(int64_t)m * ldy + n] = acc[i][j][2 * h];
-                    if (n + 1 < N) Y[(int64_t)m * ldy + n + 1] = acc[i][j][2 * h + 1];
-                }
-            }
-        }
-    }
 }
 
 }  // namespace llmetal_cuda

@@ -1,0 +1,323 @@
+"""The CUDA planner without a GPU: which kernels a recorded command list becomes on CUDA.
+
+The planner (cpp/cuda/planner.cpp) is plain C++ built into every extension, CUDA or not. Its
+inputs are a command list and the device's capabilities (E.cuda_plan's caps; the defaults are
+an H100's), so the lists here are recorded on the CPU device and planned for CUDA. Each fusion
+of the table (E.cuda_fusions()) is checked on a small hand-built list where it applies and where
+one of its preconditions fails; then the whole decode step of SmolLM2 and of the Llama-3-8B
+shape. On a GPU, tests/test_cuda.py checks that the device's own listing equals this planner's.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llmetal import _engine as E
+
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K = 0, 1, 2, 3, 8, 12
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return E.cpu_device(1)
+
+
+class Lists:
+    """Activations and weights on the CPU device; record() gives a plan of the stages called."""
+
+    def __init__(self, dev, d=256, ff=512, hq=4, hkv=2, hd=64, n_ctx=64, T=1):
+        self.dev, self.T = dev, T
+        p = self.pool = E.BufferPool(dev)
+        for name, width in (("x", d), ("o", d), ("xn", d), ("q", hq * hd), ("k", hkv * hd),
+                            ("v", hkv * hd), ("attn", hq * hd), ("g", ff), ("u", ff), ("h", ff),
+                            ("y1", d), ("y2", d), ("y3", d)):
+            p.declare(name, F32, [T, width])
+        p.declare("kc", F16, [n_ctx, hkv * hd])
+        p.declare("vc", F16, [n_ctx, hkv * hd])
+        p.declare("nw", F32, [d])
+        p.reserve()
+        self.t = {n: p.get(n) for n in p.names()}
+        self.hq, self.hkv, self.hd, self.d = hq, hkv, hd, d
+        self.enc = E.Encoder(dev, eager=False)
+
+    def weight(self, ktype, rows, cols):
+        qk, bb = E.type_block(ktype)
+        buf = self.dev.alloc(rows * cols // qk * bb, "w")
+        return E.Tensor(buf, 0, ktype, [rows, cols])
+
+    def record(self, fn):
+        self.dev.set_step(0, self.T)
+        self.enc.begin_record(self.T)
+        fn(self.enc, self.t)
+        self.enc.commit()
+        return self.enc.end_record()
+
+
+def kernels(plan, **caps):
+    return [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in E.cuda_plan(plan, caps)["launches"]]
+
+
+def names(plan, **caps):
+    return [l["kernel"] for l in E.cuda_plan(plan, caps)["launches"]]
+
+
+def test_fusion_table():
+    """Every fusion has a name, what it matches, its kernel and why; names are unique."""
+    fs = E.cuda_fusions()
+    assert len({f["name"] for f in fs}) == len(fs) == 8
+    for f in fs:
+        assert f["matches"] and f["why"] and f["kernel"].startswith("kernel_"), f
+
+
+def test_add_rmsnorm_q8(cpu):
+    L = Lists(cpu)
+    W = L.weight(Q4_0, L.d, L.d)
+
+    def step(e, t):
+        e.add(t["x"], t["o"], t["x"])
+        e.rmsnorm(t["x"], t["nw"], t["xn"], 1e-5)
+        e.matmul(W, t["xn"], t["y1"])
+    assert kernels(L.record(step)) == [("kernel_add_rmsnorm_q", 0, 2, "add_rmsnorm_q8"),
+                                       ("kernel_mmvq<Q4_0>", 2, 1, "q8_reuse")]
+
+    # the norm reads a row that is not 16-byte aligned: no fused kernel, the matmul quantizes
+    x4 = L.t["x"].view(4, [1, L.d - 4])
+    n4 = L.t["xn"].view(0, [1, L.d - 4])
+    W4 = L.weight(F32, L.d, L.d - 4)
+
+    def unaligned(e, t):
+        e.add(x4, x4, x4)
+        e.rmsnorm(x4, L.t["nw"].view(4, [L.d - 4]), n4, 1e-5)
+        e.matmul(W4, n4, t["y1"])
+    assert names(L.record(unaligned)) == ["kernel_add", "kernel_rmsnorm", "kernel_matmul<F32>"]
+
+
+def test_rmsnorm_q8_not_for_a_float_matmul(cpu):
+    """One row: the fused norm kernel, quantizing only when a quantized mat-vec reads it."""
+    L = Lists(cpu)
+    Wq, Wf = L.weight(Q8_0, L.d, L.d), L.weight(F16, L.d, L.d)
+    p = L.record(lambda e, t: (e.rmsnorm(t["x"], t["nw"], t["xn"], 1e-5), e.matmul(Wq, t["xn"], t["y1"])))
+    assert kernels(p) == [("kernel_add_rmsnorm_q", 0, 1, "rmsnorm_q8"), ("kernel_mmvq<Q8_0>", 1, 1, "q8_reuse")]
+    p = L.record(lambda e, t: (e.rmsnorm(t["x"], t["nw"], t["xn"], 1e-5), e.matmul(Wf, t["xn"], t["y1"])))
+    assert kernels(p) == [("kernel_add_rmsnorm_q", 0, 1, ""), ("kernel_mv_f16", 1, 1, "")]
+
+
+def test_swiglu_q8(cpu):
+    L = Lists(cpu)
+    Wq, Wf = L.weight(Q4_K, L.d, 512), L.weight(F16, L.d, 512)
+    p = L.record(lambda e, t: (e.swiglu(t["g"], t["u"], t["h"]), e.matmul(Wq, t["h"], t["y1"])))
+    assert kernels(p) == [("kernel_swiglu_q", 0, 1, "swiglu_q8"), ("kernel_mmvq<Q4_K>", 1, 1, "q8_reuse")]
+    l0 = E.cuda_plan(p)["launches"][0]
+    assert l0["qb"] == 256 and l0["qcmd"] == 1   # Q4_K reads 256-value blocks
+    # the matmul reads another tensor: split, and the matmul quantizes its own input
+    p = L.record(lambda e, t: (e.swiglu(t["g"], t["u"], t["h"]), e.matmul(Wq, t["g"], t["y1"])))
+    assert names(p) == ["kernel_swiglu", "kernel_quantize_q8", "kernel_mmvq<Q4_K>"]
+    p = L.record(lambda e, t: (e.swiglu(t["g"], t["u"], t["h"]), e.matmul(Wf, t["h"], t["y1"])))
+    assert names(p) == ["kernel_swiglu", "kernel_mv_f16"]
+
+
+def test_mmvq_group(cpu):
+    L = Lists(cpu)
+    W1, W2, W3 = (L.weight(Q4_1, L.d, L.d) for _ in range(3))
+    W8 = L.weight(Q8_0, L.d, L.d)
+    p = L.record(lambda e, t: [e.matmul(w, t["xn"], t[y]) for w, y in ((W1, "y1"), (W2, "y2"), (W3, "y3"))])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq_group<Q4_1>", 0, 3, "mmvq_group")]
+    # another weight type: two launches reading one quantization
+    p = L.record(lambda e, t: [e.matmul(w, t["xn"], t[y]) for w, y in ((W1, "y1"), (W8, "y2"))])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""),
+                          ("kernel_mmvq<Q8_0>", 1, 1, "q8_reuse")]
+    # the second output is the first one: split (each sees the other's writes), then the third
+    # would be alone
+    p = L.record(lambda e, t: [e.matmul(w, t["xn"], t[y]) for w, y in ((W1, "y1"), (W2, "y1"), (W3, "y3"))])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""),
+                          ("kernel_mmvq_group<Q4_1>", 1, 2, "mmvq_group")]
+    # an output overwrites the input: the next matmul must quantize again
+    p = L.record(lambda e, t: [e.matmul(W1, t["xn"], t["xn"]), e.matmul(W2, t["xn"], t["y2"])])
+    assert names(p) == ["kernel_quantize_q8", "kernel_mmvq<Q4_1>", "kernel_quantize_q8", "kernel_mmvq<Q4_1>"]
+
+
+def _rope_kv(L, t, e, v="v"):
+    e.rope(t["q"], L.hq, L.hd, E.ROPE_NORM, 10000.0)
+    e.rope(t["k"], L.hkv, L.hd, E.ROPE_NORM, 10000.0)
+    e.kv_store(t["k"], t["kc"])
+    e.kv_store(t[v], t["vc"])
+
+
+def test_rope_kv_store(cpu):
+    L = Lists(cpu, T=2)   # two tokens: the attention is not fused with the rope
+    p = L.record(lambda e, t: _rope_kv(L, t, e))
+    assert kernels(p) == [("kernel_rope_kv_store", 0, 4, "rope_kv_store")]
+    # v is k (rotated by the rope before it is stored): the stages run split
+    p = L.record(lambda e, t: _rope_kv(L, t, e, v="k"))
+    assert names(p) == ["kernel_rope", "kernel_rope", "kernel_kv_store", "kernel_kv_store"]
+
+
+def test_rope_kv_attention(cpu):
+    L = Lists(cpu)
+    Wo = L.weight(Q8_0, L.d, L.hq * L.hd)
+
+    def step(e, t):
+        _rope_kv(L, t, e)
+        e.attention(t["q"], t["kc"], t["vc"], t["attn"], L.hq, L.hkv, 0.125)
+        e.matmul(Wo, t["attn"], t["y1"])
+    p = L.record(step)
+    assert kernels(p) == [("kernel_attention_decode", 0, 5, "rope_kv_attention"),
+                          ("kernel_mmvq<Q8_0>", 5, 1, "q8_reuse")]
+    att = E.cuda_plan(p)["launches"][0]
+    assert att["qb"] == 32 and att["S"] == 1 and att["grid"] == (1, L.hkv, 1)   # 64 keys: one 128-key split
+    # a K-quant o projection reads 256-value blocks: the attention does not quantize for it
+    Wk = L.weight(Q4_K, L.d, L.hq * L.hd)
+    p = L.record(lambda e, t: (_rope_kv(L, t, e), e.attention(t["q"], t["kc"], t["vc"], t["attn"], L.hq, L.hkv, 0.125),
+                               e.matmul(Wk, t["attn"], t["y1"])))
+    assert names(p) == ["kernel_attention_decode", "kernel_quantize_q8", "kernel_mmvq<Q4_K>"]
+
+
+def test_attention_q8_and_its_limits(cpu):
+    L = Lists(cpu)
+    Wo = L.weight(Q8_0, L.d, L.hq * L.hd)
+    att = lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], L.hq, L.hkv, 0.125)
+    p = L.record(lambda e, t: (att(e, t), e.matmul(Wo, t["attn"], t["y1"])))
+    assert kernels(p) == [("kernel_attention_decode", 0, 1, "attention_q8"), ("kernel_mmvq<Q8_0>", 1, 1, "q8_reuse")]
+    # head size 32: not the decode kernel's; kernel_attention and the merge of its splits
+    L32 = Lists(cpu, hq=8, hkv=4, hd=32)
+    p = L32.record(lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], 8, 4, 0.18))
+    assert names(p) == ["kernel_attention", "kernel_attention_combine"]
+
+
+def test_fusion_off_and_prompt_lists(cpu):
+    L = Lists(cpu)
+    W = L.weight(Q4_0, L.d, L.d)
+    step = lambda e, t: (e.add(t["x"], t["o"], t["x"]), e.rmsnorm(t["x"], t["nw"], t["xn"], 1e-5),
+                         e.matmul(W, t["xn"], t["y1"]))
+    p = L.record(step)
+    assert names(p, fuse=False) == ["kernel_add", "kernel_rmsnorm", "kernel_quantize_q8", "kernel_mmvq<Q4_0>"]
+    assert E.cuda_plan(p)["pdl"] and not E.cuda_plan(p, {"pdl": False})["pdl"]
+    assert not E.cuda_plan(p, {"cc_major": 8})["pdl"]
+    # a prompt of 32 tokens: the GEMM on the tensor cores, and no PDL
+    P = Lists(cpu, T=32)
+    p = P.record(lambda e, t: e.matmul(W, t["xn"], t["y1"]))
+    r = E.cuda_plan(p)
+    assert [l["kernel"] for l in r["launches"]] == ["kernel_f32_to_f16", "kernel_dequant_f16<Q4_0>", "kernel_gemm_f16"]
+    assert not r["pdl"] and r["hscratch_bytes"] > 0
+
+
+def _decode_step(model):
+    model.enc.begin_record(1)
+    model.forward([0], 0, "last")
+    return model.enc.end_record()
+
+
+PER_LAYER = ["kernel_mmvq_group<{w}>",        # Q/K/V
+             "kernel_attention_decode",         # rope q/k, K/V stores, attention, o's 8-bit input
+             "kernel_mmvq<{w}>",                # o
+             "kernel_add_rmsnorm_q",            # residual, ffn_norm, gate/up's 8-bit input
+             "kernel_mmvq_group<{w}>",          # gate/up
+             "kernel_swiglu_q",                 # swiglu, down's 8-bit input
+             "kernel_mmvq<{w}>",                # down
+             "kernel_add_rmsnorm_q"]            # residual, next attn_norm (or output_norm)
+
+
+def _check_decode(plan, n_layer, wtype, emb, out):
+    r = E.cuda_plan(plan)
+    ks = [l["kernel"] for l in r["launches"]]
+    assert len(ks) == 2 + 8 * n_layer + 1
+    assert ks[:2] == [f"kernel_embed<{emb}>", "kernel_add_rmsnorm_q"]
+    per = [k.format(w=wtype) for k in PER_LAYER]
+    for il in range(n_layer):
+        assert ks[2 + 8 * il: 10 + 8 * il] == per, f"layer {il}"
+    assert ks[-1] == f"kernel_mmvq<{out}>"
+    assert r["pdl"]
+    # every command is covered exactly once, in order
+    covered = []
+    for l in r["launches"]:
+        if l["kernel"] != "kernel_quantize_q8":
+            covered += range(l["first"], l["first"] + l["count"])
+    assert covered == list(range(plan.n_commands))
+    assert Counter(l["fusion"] for l in r["launches"])["rope_kv_attention"] == n_layer
+    return r
+
+
+def test_smollm2_decode_step(smollm2_path):
+    """SmolLM2-135M Q4_1 (30 layers): 8 launches a layer, 243 for the step (513 stages)."""
+    import llmetal
+    m = llmetal.load(str(smollm2_path), device="cpu", n_ctx=512)
+    plan = _decode_step(m)
+    r = _check_decode(plan, 30, "Q4_1", "Q8_0", "Q8_0")
+    assert len(r["launches"]) == 243
+    # model.plan()'s per-device listing of a CPU device: one kernel a stage
+    assert len(m.device.describe(plan)) == plan.n_commands
+
+
+def _write_sparse_8b(path, n_ctx_train=8192):
+    """A GGUF of Llama-3-8B's config (32 layers, 4096 wide, 32/8 heads, ff 14336, vocab 128256,
+    Q4_0 weights, Q8_0 embeddings and output) whose tensor data is never written: the file is
+    extended to its full size with a hole (sparse, ~nothing on disk; the CPU device maps it
+    read-only and no page is touched). A recorded plan is only planned here, never run, so the
+    weights' values do not matter -- only their shapes, types and offsets, which are the real
+    file's."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    n_layer, d, nh, nkv, ff, vocab = 32, 4096, 32, 8, 14336, 128256
+    hd = d // nh
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(n_layer)
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_rope_freq_base(500000.0)
+    w.add_rope_dimension_count(hd)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"<t{i}>" for i in range(vocab)])
+    w.add_token_types([1] * vocab)
+    sizes = []
+
+    def info(name, shape, qt):
+        qk, bb = gguf.GGML_QUANT_SIZES[qt]
+        n = int(np.prod(shape)) // qk * bb
+        if qt == Q.F32:
+            w.add_tensor_info(name, shape, np.dtype(np.float32), n)
+        else:   # a quantized tensor's shape is given in bytes a row
+            w.add_tensor_info(name, (*shape[:-1], shape[-1] // qk * bb), np.dtype(np.uint8), n, raw_dtype=qt)
+        sizes.append(n)
+    info("token_embd.weight", (vocab, d), Q.Q8_0)
+    info("output_norm.weight", (d,), Q.F32)
+    info("output.weight", (vocab, d), Q.Q8_0)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        info(b + "attn_norm.weight", (d,), Q.F32)
+        info(b + "ffn_norm.weight", (d,), Q.F32)
+        for name, rows, cols in (("attn_q", d, d), ("attn_k", nkv * hd, d), ("attn_v", nkv * hd, d),
+                                 ("attn_output", d, d), ("ffn_gate", ff, d), ("ffn_up", ff, d),
+                                 ("ffn_down", d, ff)):
+            info(b + name + ".weight", (rows, cols), Q.Q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    # tensor data starts at the header's end rounded up to the alignment (32), each tensor
+    # at the next multiple of 32
+    a = 32
+    size = -(-path.stat().st_size // a) * a + sum(-(-n // a) * a for n in sizes)
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return path
+
+
+def test_llama3_8b_shape_decode_step(tmp_path):
+    """The Llama-3-8B shape from its config alone (no weights, see _write_sparse_8b): 8
+    launches a layer, 259 for the step."""
+    import llmetal
+    path = _write_sparse_8b(tmp_path / "llama3-8b-shape.gguf")
+    m = llmetal.load(str(path), device="cpu", n_ctx=256)
+    plan = _decode_step(m)
+    r = _check_decode(plan, 32, "Q4_0", "Q8_0", "Q8_0")
+    assert len(r["launches"]) == 259
+    # head size 128: 32-key splits over the 256 positions; 4 query heads a K/V head, 4 warps each
+    att = [l for l in r["launches"] if l["kernel"] == "kernel_attention_decode"][0]
+    assert att["S"] == 8 and att["grid"] == (8, 8, 1) and att["block"] == 4 * 4 * 32
