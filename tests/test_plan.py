@@ -67,7 +67,7 @@ def test_plan_listing(smol):
     assert lines[0].startswith(f"decode step of {smol.cfg.name} on cpu:")
     assert any(line.startswith("blk.0.Qcur") for line in lines)
     assert not any(line.startswith("blk.1.") for line in lines)
-    assert "commands of the other layers" in lines[-1]
+    assert "commands of other layers" in lines[-3] and lines[-1].startswith("result_output")
     full = str(smol.plan())
     assert f"blk.{smol.cfg.n_layer - 1}.l_out" in full and "result_output" in full
 
@@ -148,3 +148,15 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_plan_with_the_cuda_planner(smol):
+    """The CUDA planner's launches for this plan, shown through the same listing: fused kernels
+    cover several commands, and a row whose kernel started in a hidden layer names it."""
+    launches = E.cuda_plan(smol.plan().plan)["launches"]
+    p = smol.plan().with_kernels(launches, "cuda planner")
+    check_plan(smol, p)
+    assert len(p.kernels) < p.n_commands
+    text = p.format(layers=[0])
+    assert "[mmvq_group: 3 commands]" in text and "(in the kernel above)" in text
+    assert f"(in kernel_add_rmsnorm_q of blk.{smol.cfg.n_layer - 1}.l_out)" in text

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the recorded decode step: stages, commands, kernels")
     _add_model(p)
     p.add_argument("--layers", default=None, help="list only these layers in full, e.g. 0 or 0,3-5")
+    p.add_argument("--cuda-planner", action="store_true",
+                   help="list the kernels the CUDA planner launches for this plan (an H100's "
+                        "capabilities), without a GPU")
     _add_runtime(p, n_ctx=512)
 
     p = sub.add_parser("generate", help="generate text from a prompt")
@@ -174,7 +177,11 @@ def _cmd_plan(args) -> int:
     layers = parse_filter(args.layers, "layers")
     if layers and max(layers) >= model.cfg.n_layer:
         raise CLIError(f"--layers: the model has layers 0..{model.cfg.n_layer - 1}")
-    print(model.plan().format(layers))
+    plan = model.plan()
+    if args.cuda_planner:
+        from . import _engine as E
+        plan = plan.with_kernels(E.cuda_plan(plan.plan)["launches"], "the CUDA planner (H100)")
+    print(plan.format(layers))
     return 0
 
 

@@ -12,6 +12,7 @@ whose differences are the few `if c.arch == "gemma3"`-style branches below.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import threading
@@ -130,6 +131,15 @@ class DecodePlan:
     def n_commands(self) -> int:
         return len(self.ops)
 
+    def with_kernels(self, kernels, device: str) -> "DecodePlan":
+        """The same stages and commands with another device's kernel list, e.g. the CUDA
+        planner's launches for this plan (E.cuda_plan), to read the CUDA program without a GPU."""
+        p = copy.copy(self)
+        p.kernels = [(k["kernel"], k["first"], k["count"], k["fusion"]) if isinstance(k, dict) else tuple(k)
+                     for k in kernels]
+        p.device = device
+        return p
+
     def rows(self):
         """(step, command index, op, kernels starting at this command) for every command."""
         starts: dict[int, list] = {}
@@ -142,25 +152,39 @@ class DecodePlan:
     def format(self, layers=None) -> str:
         """The listing; `layers` (an iterable of layer numbers) limits the per-layer rows."""
         keep = None if layers is None else set(layers)
+        owner = {}                                   # command -> the kernel that runs it
+        for k in self.kernels:
+            for i in range(k[1], k[1] + k[2]):
+                owner.setdefault(i, k)
+        step_of = {i: st for st in self.steps for i in range(st.first, st.end)}
         fused = sum(1 for k in self.kernels if k[3])
         lines = [f"decode step of {self.model_name} on {self.device}: {len(self.steps)} stages, "
                  f"{self.n_commands} commands, {len(self.kernels)} kernels ({fused} fused)",
                  f"{'stage':<22} {'op':<10} {'weight':<28} kernel"]
-        hidden = 0
+        hidden, shown_last = 0, -1
         for st, i, op, ks in self.rows():
             if keep is not None and st.layer >= 0 and st.layer not in keep:
                 hidden += 1
                 continue
+            if hidden:
+                lines.append(f"  ... {hidden} commands of other layers")
+                hidden = 0
             first = i == st.first
             label = st.key if first else ""
             weight = (st.weight or "") if first else ""
             if ks:
-                kern = " + ".join(k[0] + (f" [{k[3]}: {k[2]} commands]" if k[2] > 1 else "") for k in ks)
-            else:
+                kern = " + ".join(k[0] + (f" [{k[3]}" + (f": {k[2]} commands" if k[2] > 1 else "") + "]"
+                                          if k[3] else "") for k in ks)
+            elif i in owner and owner[i][1] <= shown_last:
                 kern = "  (in the kernel above)"
+            elif i in owner:
+                kern = f"  (in {owner[i][0]} of {step_of[owner[i][1]].key})"
+            else:
+                kern = "  (no kernel)"
             lines.append(f"{label:<22} {op:<10} {weight:<28} {kern}")
+            shown_last = i
         if hidden:
-            lines.append(f"... {hidden} commands of the other layers")
+            lines.append(f"  ... {hidden} commands of other layers")
         return "\n".join(lines)
 
     def __str__(self) -> str:
