@@ -1,4 +1,4 @@
-// Load latency on a CUDA GPU, one thread's dependent loads timed by %globaltimer (docs/benchmarks-cuda.md,
+// Load latency on a CUDA GPU, one thread's dependent loads timed by %globaltimer (docs/log/cuda-rounds.md,
 // round 15, section 2): the first line of a DRAM page after 4 GB were streamed (cold), another line of it,
 // the same line again (an L2 hit), the same after an L2 prefetch 3 us earlier, and while a 4 GB stream
 // runs beside the probe on half of each SM's threads.

@@ -217,7 +217,7 @@ kernel_attention_prefill(kargs_attention a, const float* q, const __half* kc, co
 // chain of one warp
 // (ncu on an H100, SmolLM2 at position 64, when one warp took all 32 keys of a head: 3 warps
 // busy per block, ~700 instructions each at ~16 cycles apiece; with 4 warps a head, each warp
-// loads and weighs a quarter of the keys: docs/benchmarks-cuda.md, round 9). A warp's chain is:
+// loads and weighs a quarter of the keys: docs/log/cuda-rounds.md, round 9). A warp's chain is:
 // q (into shared memory) with the position, then per pass every load of its 8 keys at once --
 //   K: 4 lanes a key, each a quarter of the row (DPL 16-byte pieces);
 //   V: for each of the 8 keys, the lane's DPL = head_dim / 32 values (one coalesced row read)

@@ -333,7 +333,7 @@ __device__ __forceinline__ void rope_cs(const kargs_rope& a, const float* ff, in
 // captured: kernel_attention_decode reads it instead of computing the pow, a double-precision
 // chain of ~2000-2900 cycles it ran before its PDL wait -- and its blocks reach that wait only
 // just before it ends (they start when a Q/K/V mat-vec block leaves their SM), so the chain sat
-// on the decode path: SmolLM2 tg128 +5.6% on an H100, 8B flat (docs/benchmarks-cuda.md, round
+// on the decode path: SmolLM2 tg128 +5.6% on an H100, 8B flat (docs/log/cuda-rounds.md, round
 // 12). Same function, so the same bits.
 __global__ void kernel_rope_powers(kargs_rope a, double* pw) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -576,7 +576,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
 // S (1, 2 or 4 warps a row, from the host's plan) is a template parameter: each S gets its own
 // kernel, with S's divisions as shifts and, for S = 1, none of the cross-warp sum's code. With S
 // a runtime value 8B Q4_0 tg128 was 2.5% lower; with the three S as branches of one kernel
-// (three times the code of one) SmolLM2's was 2% lower (docs/benchmarks-cuda.md, round 12).
+// (three times the code of one) SmolLM2's was 2% lower (docs/log/cuda-rounds.md, round 12).
 template <int T, int NT, int S>
 __global__ void __launch_bounds__(MV_ROWS * 32)
 kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nwarps) {
@@ -607,7 +607,7 @@ struct MvGroup {
 // `g.W[j]` etc. under a loop the compiler copied the whole group to local memory and read it
 // back at every kernel start (ptxas: a 128-byte stack). Without that copy and with S a template
 // parameter of kernel_mmvq, 8B Q4_0 tg128 went from 433 to 471 t/s on an H100, most of it by
-// elimination from this (docs/benchmarks-cuda.md, round 12).
+// elimination from this (docs/log/cuda-rounds.md, round 12).
 template <class F> __device__ __forceinline__ F mvg_pick(const F (&f)[MVG_MAX], int j) {
     return j == 0 ? f[0] : j == 1 ? f[1] : f[2];
 }
