@@ -244,6 +244,11 @@ def write_tiny_model(path, arch: str = "llama", n_layer: int = 2, n_embd: int = 
             b + "ffn_up.weight": (n_ff, n_embd),
             b + "ffn_down.weight": (n_embd, n_ff),
         })
+        if arch == "qwen2":
+            shapes.update({b + "attn_q.bias": (n_head * hd,), b + "attn_k.bias": (n_head_kv * hd,),
+                           b + "attn_v.bias": (n_head_kv * hd,)})
+        if arch == "qwen3":
+            shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
         if arch == "gemma3":
             shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,),
                            b + "post_attention_norm.weight": (n_embd,),

@@ -1,13 +1,13 @@
 """ModelConfig: the numbers a forward pass needs, read from a GGUF's metadata and checked
 against its tensors.
 
-Facts follow llama.cpp (src/llama-model.cpp, src/models/llama.cpp, src/models/gemma3.cpp,
-src/llama-hparams.cpp, src/llama-context.cpp), so that a trace can be compared with it:
+Facts follow llama.cpp (src/llama-model.cpp, src/models/llama.cpp, gemma3.cpp, qwen2.cpp,
+qwen3.cpp, src/llama-hparams.cpp, src/llama-context.cpp), so that a trace can be compared with it:
 
 - head_dim is `{arch}.attention.key_length`, else n_embd / n_head; head_dim_v likewise with
   value_length. n_rot is `{arch}.rope.dimension_count`, else head_dim (llama requires them equal).
-- rope: llama uses the "norm" layout (pairs of adjacent dims), gemma3 "neox" (dim i with
-  i + n_rot/2). freq_base defaults to 10000. The scaling factor `rope.scaling.factor` (older
+- rope: llama uses the "norm" layout (pairs of adjacent dims), gemma3 / qwen2 / qwen3 "neox"
+  (dim i with i + n_rot/2). freq_base defaults to 10000. The scaling factor `rope.scaling.factor` (older
   files: `rope.scale_linear`) gives freq_scale = 1/factor; the type defaults to "linear", and
   "none" means freq_scale 1. yarn/longrope are not implemented here and are rejected.
 - gemma3: sliding-window ("local") layers when `attention.sliding_window` > 0. Which layers:
@@ -19,6 +19,10 @@ src/llama-hparams.cpp, src/llama-context.cpp), so that a trace can be compared w
   and the outputs of attention and FFN get RMSNorms ("post" norms). The final logits are
   soft-capped when `final_logit_softcapping` is given; llama.cpp's gemma3 graph applies no
   attention-logit softcapping, so attn_softcap is 0 for gemma3 (it was a Gemma 2 feature).
+- qwen2 (Qwen2, Qwen2.5): llama's layer with biases added to Q, K and V (`attn_q.bias`, ...),
+  neox rope (the files give the base, 1e6 for Qwen2.5). qwen3 (dense): no biases, an RMSNorm
+  of each head of Q and K before rope (`attn_q_norm`, `attn_k_norm`, as gemma3), neox rope.
+  Both: tied or untied output, attention scale 1/sqrt(head_dim).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
 
 from .gguf_file import GGUFError, GGUFFile, quoted
 
-SUPPORTED_ARCHS = ("llama", "gemma3")
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen2", "qwen3")
 _INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
               GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
 _FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
@@ -37,7 +41,7 @@ _FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
 
 @dataclass
 class ModelConfig:
-    arch: str                 # "llama" or "gemma3"
+    arch: str                 # "llama", "gemma3", "qwen2" or "qwen3"
     name: str                 # general.name (or the file name)
     n_layer: int              # transformer blocks
     n_embd: int               # residual stream width
@@ -47,7 +51,7 @@ class ModelConfig:
     head_dim: int             # per-head width of Q and K
     head_dim_v: int           # per-head width of V
     n_rot: int                # leading dims of each head that rope rotates
-    rope_type: str            # "norm" (llama) or "neox" (gemma3)
+    rope_type: str            # "norm" (llama) or "neox" (gemma3, qwen2, qwen3)
     rope_freq_base: float     # theta base of the global (or only) layers
     rope_freq_base_swa: float  # theta base of sliding-window layers
     rope_freq_scale: float    # position scale: 1/linear factor, 1 when unscaled
@@ -62,8 +66,9 @@ class ModelConfig:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     has_rope_freqs: bool = False   # rope_freqs.weight present (per-dim frequency factors)
-    has_qk_norm: bool = False
-    has_post_norms: bool = False
+    has_qk_norm: bool = False      # gemma3, qwen3: rmsnorm of each head of Q and K before rope
+    has_post_norms: bool = False   # gemma3: rmsnorm of the attention and FFN outputs
+    has_qkv_bias: bool = False     # qwen2: biases added to Q, K and V
     rope_scaling_type: str = "none"
 
     # ------------------------------------------------------------------ helpers
@@ -234,7 +239,7 @@ def _build(gf: GGUFFile) -> ModelConfig:
         name=str(gf.metadata.get(Keys.General.NAME) or gf.path.stem),
         n_layer=n_layer, n_embd=n_embd, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
         head_dim=head_dim, head_dim_v=head_dim_v, n_rot=n_rot,
-        rope_type="neox" if arch == "gemma3" else "norm",
+        rope_type="norm" if arch == "llama" else "neox",
         rope_freq_base=rope_freq_base, rope_freq_base_swa=rope_freq_base_swa,
         rope_freq_scale=rope_freq_scale, rms_eps=rms_eps, n_ctx_train=n_ctx_train,
         n_vocab=n_vocab, tied_output="output.weight" not in gf.tensors,
@@ -242,7 +247,8 @@ def _build(gf: GGUFFile) -> ModelConfig:
         attn_scale=attn_scale, embed_scale=embed_scale, attn_softcap=0.0,
         final_softcap=final_softcap,
         has_rope_freqs="rope_freqs.weight" in gf.tensors,
-        has_qk_norm=arch == "gemma3", has_post_norms=arch == "gemma3",
+        has_qk_norm=arch in ("gemma3", "qwen3"), has_post_norms=arch == "gemma3",
+        has_qkv_bias=arch == "qwen2",
         rope_scaling_type=scaling_type,
     )
     _check_tensors(gf, cfg)
@@ -274,6 +280,9 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     def tn(t: MODEL_TENSOR, bid: int | None = None) -> str:
         return TENSOR_NAMES[t].format(bid=bid) + ".weight"
 
+    def tb(t: MODEL_TENSOR, bid: int) -> str:
+        return TENSOR_NAMES[t].format(bid=bid) + ".bias"
+
     T = MODEL_TENSOR
     d, hq, hkv = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     hv, hkv_v = cfg.n_head * cfg.head_dim_v, cfg.n_head_kv * cfg.head_dim_v
@@ -292,6 +301,10 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[tn(T.FFN_GATE, il)] = (cfg.n_ff, d)
         shapes[tn(T.FFN_UP, il)] = (cfg.n_ff, d)
         shapes[tn(T.FFN_DOWN, il)] = (d, cfg.n_ff)
+        if cfg.has_qkv_bias:
+            shapes[tb(T.ATTN_Q, il)] = (hq,)
+            shapes[tb(T.ATTN_K, il)] = (hkv,)
+            shapes[tb(T.ATTN_V, il)] = (hkv_v,)
         if cfg.has_qk_norm:
             shapes[tn(T.ATTN_Q_NORM, il)] = (cfg.head_dim,)
             shapes[tn(T.ATTN_K_NORM, il)] = (cfg.head_dim,)

@@ -7,8 +7,9 @@
 `Model.forward` calls the engine's stages in order, under llama.cpp's stage names
 (`attn_norm`, `Qcur`, `Kcur`, `Vcur`, `kqv_out`, `ffn_inp`, `ffn_norm`, `ffn_out`, `l_out`,
 `result_norm`, `result_output`) so that a trace can be laid next to llama.cpp's
-`llama-eval-callback`. Two families share it: llama (SmolLM2, Llama 2/3, Mistral) and gemma3,
-whose differences are the few `if c.arch == "gemma3"`-style branches below.
+`llama-eval-callback`. Four families share it: llama (SmolLM2, Llama 2/3, Mistral), gemma3,
+qwen2 and qwen3, whose differences are the few config-flag branches below (ModelConfig says
+which family has what).
 """
 from __future__ import annotations
 
@@ -87,12 +88,13 @@ def serialized(method):
 
 
 class Weights(dict):
-    """The model's weights by GGUF name. It remembers the last name a stage call looked up, so
-    that the stage's hook learns which weight the stage used from the call itself."""
+    """The model's weights by GGUF name. It remembers the first name a stage looked up, so that
+    the stage's hook learns which weight the stage used from the call itself."""
     last: str | None = None
 
     def __getitem__(self, name):
-        self.last = name
+        if self.last is None:     # a stage's first lookup is its weight (a bias comes after)
+            self.last = name
         return dict.__getitem__(self, name)
 
     def take(self) -> str | None:
@@ -288,10 +290,16 @@ class Model:
 
             # attention block
             enc.rmsnorm(a.x, w[L + "attn_norm.weight"], a.xn, c.rms_eps); st("attn_norm", il, a.xn)
-            enc.matmul(w[L + "attn_q.weight"], a.xn, a.q);                 st("Qcur", il, a.q)
-            enc.matmul(w[L + "attn_k.weight"], a.xn, a.k);                 st("Kcur", il, a.k)
-            enc.matmul(w[L + "attn_v.weight"], a.xn, a.v);                 st("Vcur", il, a.v)
-            if c.has_qk_norm:  # gemma3: rmsnorm over each head's vector
+            enc.matmul(w[L + "attn_q.weight"], a.xn, a.q)
+            if c.has_qkv_bias: enc.add(a.q, w[L + "attn_q.bias"], a.q)     # qwen2
+            st("Qcur", il, a.q)
+            enc.matmul(w[L + "attn_k.weight"], a.xn, a.k)
+            if c.has_qkv_bias: enc.add(a.k, w[L + "attn_k.bias"], a.k)
+            st("Kcur", il, a.k)
+            enc.matmul(w[L + "attn_v.weight"], a.xn, a.v)
+            if c.has_qkv_bias: enc.add(a.v, w[L + "attn_v.bias"], a.v)
+            st("Vcur", il, a.v)
+            if c.has_qk_norm:  # gemma3, qwen3: rmsnorm over each head's vector
                 qh = a.q.view(0, [T * c.n_head, c.head_dim])
                 kh = a.k.view(0, [T * c.n_head_kv, c.head_dim])
                 enc.rmsnorm(qh, w[L + "attn_q_norm.weight"], qh, c.rms_eps); st("Qcur_normed", il, a.q)

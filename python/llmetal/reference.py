@@ -330,6 +330,8 @@ def forward(gf, cfg, tokens) -> np.ndarray:
         L = f"blk.{il}."
         xn = rmsnorm(x, W(L + "attn_norm.weight"), c.rms_eps)
         q, k, v = (matmul(W(L + f"attn_{n}.weight"), xn) for n in "qkv")
+        if c.has_qkv_bias:
+            q, k, v = (t + W(L + f"attn_{n}.bias") for t, n in zip((q, k, v), "qkv"))
         if c.has_qk_norm:
             q = rmsnorm(q.reshape(-1, c.head_dim), W(L + "attn_q_norm.weight"), c.rms_eps).reshape(T, -1)
             k = rmsnorm(k.reshape(-1, c.head_dim), W(L + "attn_k_norm.weight"), c.rms_eps).reshape(T, -1)
