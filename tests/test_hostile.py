@@ -183,3 +183,41 @@ def test_chat_goes_on_past_a_full_context(run_cli_input):
     assert r.returncode == 0, r.stderr
     assert "were dropped" in r.stderr and "error" not in r.stderr.lower()
     assert r.stdout.count("> ") >= 6
+
+
+# ---- silent coercions, help and messages ----------------------------------------------------
+def test_bad_load_arguments_are_clear_errors(smollm2_path):
+    for kw, needle in ((dict(n_ctx=1.5), "n_ctx must be an integer"), (dict(n_ctx=-1), "n_ctx must be >= 0"),
+                       (dict(n_batch=0), "n_batch"), (dict(n_ctx=True), "n_ctx must be an integer")):
+        with pytest.raises(ValueError, match=needle):
+            llmetal.load(smollm2_path, **kw)
+    m = llmetal.load(smollm2_path, n_ctx=64, n_batch=100000000, n_out=100000)   # sized to the context
+    assert m.n_batch == 64 and m.n_out == 64
+
+
+def test_non_integer_tokens_are_refused(smol):
+    m, _ = smol
+    for bad in ([1.7], [True], ["1"]):
+        with pytest.raises(ValueError, match="integers"):
+            m.logits(bad)
+    with pytest.raises(ValueError, match="integers"):
+        m.decode_step(1.5, 0)
+    assert m.logits([np.int64(1)]).shape == (1, m.cfg.n_vocab)
+
+
+def test_cli_messages(run_cli, tmp_path):
+    r = run_cli("generate", "--help")
+    r.stdout = " ".join(r.stdout.split())
+    assert "else 0.8" in r.stdout and "else 40" in r.stdout and "else 0.95" in r.stdout and "random" in r.stdout
+    r = run_cli("generate", "-p", "hi", "-n", "1", "-c", "0", "-b", "100000", "--temp", "0", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "-c 0: the model's training context, 8192 tokens" in r.stderr
+    assert "-b 100000: batches of 8192 tokens" in r.stderr
+    r = run_cli("generate", "-p", "hi", "-n", "0", timeout=300)
+    assert r.returncode == 0 and "0.00 t/s" not in r.stderr, r.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    r = run_cli("generate", "-f", bad, "-n", "1", timeout=300)
+    assert r.returncode == 2 and f"{bad}: not valid UTF-8 at byte 6" in r.stderr, r.stderr
+    r = run_cli("tokenize", "-f", bad, "--ids", timeout=300)
+    assert r.returncode == 0 and "not valid UTF-8 at byte 6; tokenized as bytes" in r.stderr

@@ -29,7 +29,7 @@ def _add_model(p):
 def _add_runtime(p, n_ctx):
     p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
     p.add_argument("-c", "--ctx-size", type=int, default=n_ctx, help="context size (tokens)")
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="prompt batch size")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="prompt batch size (default 256)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "metal", "metal-emu"],
                    help="compute device (metal-emu: the Metal kernels on a CPU emulator, slow)")
 
@@ -40,14 +40,23 @@ def _add_generation(p, chat=False):
         p.add_argument("-f", "--file", default=None, help="read the prompt from a file (verbatim)")
         p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("-sys", "--system-prompt", default=None, help="system message for chat templates")
-    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate")
-    p.add_argument("--temp", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repeat-penalty", type=float, default=None)
-    p.add_argument("--repeat-last-n", type=int, default=None)
-    p.add_argument("-s", "--seed", type=int, default=None)
+    from .sampling import SamplerParams
+    d = SamplerParams()   # llama.cpp's defaults; a GGUF's general.sampling.* values come first
+    dflt = "default: the model's general.sampling.{key} if it has one, else {v}"
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--temp", type=float, default=None,
+                   help="temperature, <= 0 greedy (" + dflt.format(key="temp", v=d.temp) + ")")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="top-k, 0 off (" + dflt.format(key="top_k", v=d.top_k) + ")")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="top-p, 1 off (" + dflt.format(key="top_p", v=d.top_p) + ")")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="min-p, 0 off (" + dflt.format(key="min_p", v=d.min_p) + ")")
+    p.add_argument("--repeat-penalty", type=float, default=None,
+                   help=f"repetition penalty, 1 off (default {d.repeat_penalty})")
+    p.add_argument("--repeat-last-n", type=int, default=None,
+                   help=f"tokens of history the penalty looks at, 0 off (default {d.repeat_last_n})")
+    p.add_argument("-s", "--seed", type=int, default=None, help="sampling seed (default: random, printed with -v)")
     p.add_argument("--no-parse-special", action="store_true", help="treat special-token text as plain text")
     p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-generation tokens")
     p.add_argument("-v", "--verbose", action="store_true", help="print the sampler chain and settings")
@@ -140,15 +149,32 @@ def _check_runtime(args):
         raise CLIError("-t/--threads must be >= 0")
     if args.ctx_size < 0:
         raise CLIError("-c/--ctx-size must be >= 0")
-    if args.batch_size <= 0:
+    if args.batch_size is not None and args.batch_size <= 0:
         raise CLIError("-b/--batch-size must be > 0")
 
 
 def _load(args, n_ctx=None):
     from .model import load
     _check_runtime(args)
-    return load(args.model, device=args.device or "cpu", n_ctx=args.ctx_size if n_ctx is None else n_ctx,
-                n_threads=args.threads, n_batch=args.batch_size)
+    n_ctx = args.ctx_size if n_ctx is None else n_ctx
+    model = load(args.model, device=args.device or "cpu", n_ctx=n_ctx, n_threads=args.threads,
+                 n_batch=args.batch_size or 256)
+    if n_ctx == 0:
+        print(f"llmetal: -c 0: the model's training context, {model.n_ctx} tokens", file=sys.stderr)
+    if args.batch_size and model.n_batch < args.batch_size:
+        print(f"llmetal: -b {args.batch_size}: batches of {model.n_batch} tokens (the context size)",
+              file=sys.stderr)
+    return model
+
+
+def _read_prompt_file(path) -> str:
+    """A prompt file's text, verbatim; invalid UTF-8 is an error naming the file and the byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path}: not valid UTF-8 at byte {e.start} ({e.reason})") from None
 
 
 def _tokenizer(model):
@@ -201,14 +227,13 @@ def _need_template(tok):
 
 def _cmd_generate(args) -> int:
     import json
-    from .generate import GenerationResult, prompt_ids, stream_generate
+    from .generate import GenerationResult, peak_memory_bytes, prompt_ids, stream_generate
     if args.prompt is not None and args.file is not None:
         raise CLIError("give the prompt with -p or -f, not both")
     if args.n_predict < 0:
         raise CLIError("-n/--n-predict must be >= 0")
     if args.file is not None:
-        with open(args.file, "r", encoding="utf-8", newline="") as f:
-            prompt = f.read()
+        prompt = _read_prompt_file(args.file)
     else:
         prompt = args.prompt if args.prompt is not None else ""
     if prompt == "" and not args.chat:
@@ -225,7 +250,7 @@ def _cmd_generate(args) -> int:
         from .sampling import Sampler
         print(f"sampler: {Sampler(params, model.cfg.n_vocab).describe()}", file=sys.stderr)
     ids = prompt_ids(tok, prompt, add_bos=None, parse_special=not args.no_parse_special)
-    res = GenerationResult(prompt_tokens=ids)
+    res = GenerationResult(prompt_tokens=ids, peak_mem_bytes=peak_memory_bytes())
     out = sys.stdout
     for rec in stream_generate(model, tok, ids, args.n_predict, params, stop_at_eog=not args.ignore_eos):
         res.add(rec)
@@ -239,8 +264,10 @@ def _cmd_generate(args) -> int:
         print(json.dumps(res.as_json(), ensure_ascii=False))
     else:
         out.write("\n")
-        print(f"\nprompt: {len(res.prompt_tokens)} tokens, {res.prompt_tps:.2f} t/s | "
-              f"generation: {len(res.tokens)} tokens, {res.gen_tps:.2f} t/s | "
+        prompt_rate = f", {res.prompt_tps:.2f} t/s" if res.prompt_tps > 0 else " (not run: -n 0)"
+        gen_rate = f", {res.gen_tps:.2f} t/s" if res.gen_tps > 0 else ""
+        print(f"\nprompt: {len(res.prompt_tokens)} tokens{prompt_rate} | "
+              f"generation: {len(res.tokens)} tokens{gen_rate} | "
               f"peak memory {res.peak_mem_bytes / 2**20:.1f} MiB", file=sys.stderr)
     return 0
 
@@ -322,6 +349,11 @@ def _cmd_tokenize(args) -> int:
     if args.file is not None:
         with open(args.file, "rb") as f:
             text = f.read()
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as e:   # llama-tokenize tokenizes the bytes as they are
+            print(f"llmetal: warning: {args.file}: not valid UTF-8 at byte {e.start}; tokenized as bytes, "
+                  "as llama-tokenize does", file=sys.stderr)
     else:
         text = args.prompt.encode("utf-8", errors="surrogateescape")
     tok = Tokenizer.from_gguf(resolve(args.model))

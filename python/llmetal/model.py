@@ -206,11 +206,18 @@ class Model:
         if c.final_softcap:
             raise ValueError(f"{self.path.name}: final logit softcapping ({c.final_softcap}) is not "
                              "implemented by llmetal's forward pass")
-        if n_ctx <= 0:
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_out", n_out)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if n_ctx < 0 or n_batch <= 0 or n_out <= 0:
+            raise ValueError(f"n_ctx must be >= 0 (0: the training context), n_batch and n_out > 0; "
+                             f"got {n_ctx}, {n_batch}, {n_out}")
+        if n_ctx == 0:
             n_ctx = c.n_ctx_train
         if n_ctx > c.n_ctx_train:
             raise ValueError(f"n_ctx {n_ctx} exceeds the model's training context {c.n_ctx_train}")
-        self.n_ctx, self.n_batch, self.n_out = n_ctx, max(1, n_batch), max(1, n_out)
+        # a batch or output block larger than the context could never fill: sized to it
+        self.n_ctx, self.n_batch, self.n_out = int(n_ctx), int(min(n_batch, n_ctx)), int(min(n_out, n_ctx))
         self.device = make_device(device, n_threads)
         self.device_name = self.device.name
 
@@ -365,6 +372,8 @@ class Model:
         recorded plan; returns the logits [vocab] in a buffer the next step reuses (copy to keep)."""
         if not 0 <= pos < self.n_ctx:
             raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx}")
+        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
+            raise ValueError(f"token ids must be integers, got {token!r}")
         if not 0 <= token < self.cfg.n_vocab:
             raise ValueError(f"token id {token} outside the vocabulary of {self.cfg.n_vocab}")
         self.enc.replay_token(self.plan().plan, self._ids1, int(token), int(pos))
@@ -373,6 +382,9 @@ class Model:
 
     # ---- convenience ----------------------------------------------------------------------
     def _check_tokens(self, tokens, pos0=0):
+        bad = [t for t in tokens if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))]
+        if bad:
+            raise ValueError(f"token ids must be integers, got {bad[0]!r}")
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("no tokens to run")
