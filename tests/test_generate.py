@@ -70,3 +70,12 @@ def test_decode_context_overflow_is_an_error(model):
         model.decode_step(model.cfg.n_vocab, 0)
     with pytest.raises(ValueError, match="context overflow"):
         model.prefill(list(range(model.n_ctx + 1)), 0)
+
+
+def test_prefill_reports_progress(model):
+    from llmetal.tokenizer import Tokenizer
+    seen = []
+    tok = Tokenizer.from_gguf(model.gguf)
+    prompt = list(range(100, 250))                     # 150 tokens: 3 chunks of n_batch 64
+    recs = list(llmetal.stream_generate(model, tok, prompt, 2, progress=lambda d, t: seen.append((d, t))))
+    assert seen == [(0, 150), (64, 150), (128, 150)] and len(recs) == 2

@@ -221,3 +221,66 @@ def test_cli_messages(run_cli, tmp_path):
     assert r.returncode == 2 and f"{bad}: not valid UTF-8 at byte 6" in r.stderr, r.stderr
     r = run_cli("tokenize", "-f", bad, "--ids", timeout=300)
     assert r.returncode == 0 and "not valid UTF-8 at byte 6; tokenized as bytes" in r.stderr
+
+
+# ---- non-finite values -----------------------------------------------------------------------
+def test_a_nan_weight_is_named_not_spread(tmp_path):
+    """One NaN in a weight: every path stops with an error naming the first stage whose output
+    is not finite (eager checks each stage; the fast paths check the logits and re-run the step
+    eagerly to find the stage)."""
+    import gguf
+    from conftest import write_tiny_model
+    from llmetal.model import NonFiniteError
+    src = write_tiny_model(tmp_path / "ok.gguf", n_layer=2, quant=False)
+    data = bytearray(src.read_bytes())
+    r = gguf.GGUFReader(src)
+    t = next(t for t in r.tensors if t.name == "blk.1.ffn_down.weight")
+    off = int(t.data_offset) + 4 * 5
+    data[off:off + 4] = np.float32(np.nan).tobytes()
+    bad = tmp_path / "nan.gguf"
+    bad.write_bytes(bytes(data))
+    m = llmetal.load(bad, n_ctx=32, n_batch=8, n_out=8)
+    for run in (lambda: m.run_with_cache([3, 4, 5]), lambda: m.logits([3, 4, 5]), lambda: m.prefill([3, 4, 5])):
+        with pytest.raises(NonFiniteError, match=r"stage blk\.1\.ffn_out .*blk\.1\.ffn_down\.weight"):
+            run()
+    with pytest.raises(NonFiniteError, match=r"stage blk\.1\.ffn_out"):
+        m.decode_step(3, 0)
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------
+def _interrupt_after(cmd, seconds, env=None, wait_for=None):
+    """Start cmd, send SIGINT after `seconds` (or once `wait_for` appears on stdout), return
+    (returncode, stderr, seconds from the signal to the exit)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import _cli_env
+    p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_cli_env(env), text=True)
+    if wait_for is not None:
+        seen = ""
+        while wait_for not in seen:
+            ch = p.stdout.read(1)
+            assert ch, "the child ended before it started working"
+            seen += ch
+    time.sleep(seconds)
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    return p.returncode, err, time.monotonic() - t0
+
+
+def test_ctrl_c_stops_a_template_render():
+    code = ("import sys\nfrom llmetal.chat import render_chat\nprint('go', flush=True)\n"
+            "render_chat('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', "
+            "[{'role': 'user', 'content': 'x'}])\n")
+    rc, err, dt = _interrupt_after(["-c", code], 0.3, wait_for="go")
+    assert "KeyboardInterrupt" in err and dt < 1.0, (rc, err[-500:], dt)
+
+
+def test_ctrl_c_stops_generation(smollm2_path):
+    rc, err, dt = _interrupt_after(["-m", "llmetal", "generate", "-m", str(smollm2_path), "-p", "Once upon a time",
+                                    "-n", "100000", "-c", "8192", "--ignore-eos"], 0.5, wait_for=" ")
+    assert rc == 130 and "llmetal: interrupted" in err and dt < 5, (rc, err[-500:], dt)

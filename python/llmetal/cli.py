@@ -220,6 +220,36 @@ def _sampler_params(args, model):
     return SamplerParams.from_gguf_metadata(model.gguf.metadata, **over).with_seed()
 
 
+class _prefill_progress:
+    """A progress bar on stderr while a long prompt (more than two batches) is prefilled."""
+
+    def __init__(self, model, n_tokens):
+        self.bar = None
+        if n_tokens > 2 * model.n_batch:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            self.bar = Progress("prompt", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("prefill", total=n_tokens)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __call__(self, done, total):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def done(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __exit__(self, *exc):
+        self.done()
+
+
 def _need_template(tok):
     if tok.chat_template is None:
         raise CLIError("the model has no chat template (tokenizer.chat_template): run it without --chat")
@@ -252,11 +282,14 @@ def _cmd_generate(args) -> int:
     ids = prompt_ids(tok, prompt, add_bos=None, parse_special=not args.no_parse_special)
     res = GenerationResult(prompt_tokens=ids, peak_mem_bytes=peak_memory_bytes())
     out = sys.stdout
-    for rec in stream_generate(model, tok, ids, args.n_predict, params, stop_at_eog=not args.ignore_eos):
-        res.add(rec)
-        if not args.json:
-            out.write(rec.text)
-            out.flush()
+    with _prefill_progress(model, len(ids)) as progress:
+        for rec in stream_generate(model, tok, ids, args.n_predict, params, stop_at_eog=not args.ignore_eos,
+                                   progress=progress):
+            progress.done()
+            res.add(rec)
+            if not args.json:
+                out.write(rec.text)
+                out.flush()
     if len(res.tokens) < args.n_predict and res.finish_reason == "length":
         print(f"\nllmetal: the context ({model.n_ctx} tokens) is full: stopped after {len(res.tokens)} "
               f"of {args.n_predict} tokens (raise -c/--ctx-size)", file=sys.stderr)

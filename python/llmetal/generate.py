@@ -81,8 +81,10 @@ def room_after(model, ids) -> int:
 
 
 def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params: SamplerParams | None = None,
-                    add_bos: bool | None = None, parse_special: bool = True, stop_at_eog: bool = True):
-    """Yield a TokenRecord per generated token. `prompt` is text or a list of token ids."""
+                    add_bos: bool | None = None, parse_special: bool = True, stop_at_eog: bool = True,
+                    progress=None):
+    """Yield a TokenRecord per generated token. `prompt` is text or a list of token ids;
+    progress(done, total) follows the prompt's prefill, chunk by chunk."""
     ids = prompt_ids(tokenizer, prompt, add_bos, parse_special)
     if not ids:
         raise ValueError("the prompt is empty (no tokens)")
@@ -102,12 +104,12 @@ def stream_generate(model, tokenizer, prompt, max_tokens: int = 128, params: Sam
                                "first: one KV cache serves one sequence)")
         model.generating = True
         try:
-            yield from _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog)
+            yield from _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog, progress)
         finally:
             model.generating = False
 
 
-def _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog):
+def _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog, progress):
     params = params or SamplerParams(temp=0.0)
     sampler = Sampler(params, model.cfg.n_vocab)
     eog = set(tokenizer.eog_ids) if stop_at_eog else set()
@@ -115,7 +117,7 @@ def _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog):
     stream = tokenizer.decoder()
 
     t0 = time.perf_counter()
-    logits = model.prefill(ids, 0)
+    logits = model.prefill(ids, 0, progress)
     t_prompt = time.perf_counter() - t0
     prompt_tps = len(ids) / t_prompt if t_prompt > 0 else 0.0
 

@@ -77,6 +77,19 @@ class Activations:
     logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
 
 
+class NonFiniteError(ValueError):
+    """A stage produced NaN or infinity (a damaged weight, or values past float range)."""
+
+
+def _check_finite(what: str, a: np.ndarray, weight: str | None = None):
+    bad = np.flatnonzero(~np.isfinite(a))
+    if bad.size:
+        where = np.unravel_index(bad[0], a.shape)
+        raise NonFiniteError(f"{what} produced {bad.size} non-finite value(s) (first {a.flat[bad[0]]} at "
+                             f"index {tuple(int(i) for i in where)})"
+                             + (f"; it read {weight}" if weight else ""))
+
+
 def serialized(method):
     """One user of a model at a time: the method runs holding the model's lock (a second
     thread waits), since every call shares the model's buffers and KV cache."""
@@ -262,8 +275,9 @@ class Model:
                                                            "gate", "up", "h")})
 
     def _stage(self, name, il, out):
-        """After each stage: note it in a plan being recorded; in eager mode, commit and let the
-        hook look at `out` (hook(name, layer, out, weight name or None))."""
+        """After each stage: note it in a plan being recorded; in eager mode, commit, check that
+        `out` is finite (NonFiniteError names the first stage that is not) and let the hook look
+        at it (hook(name, layer, out, weight name or None))."""
         weight = self.w.take()
         if self._plan_steps is not None:
             first = self._plan_steps[-1].end if self._plan_steps else 0
@@ -271,6 +285,7 @@ class Model:
         if self.hook is not None:
             self.enc.commit()
             self.enc.wait()
+            _check_finite(f"stage {name if il < 0 else f'blk.{il}.{name}'}", out.to_numpy(), weight)
             self.hook(name, il, out, weight)
 
     # ---- the forward pass ---------------------------------------------------------------
@@ -378,7 +393,16 @@ class Model:
             raise ValueError(f"token id {token} outside the vocabulary of {self.cfg.n_vocab}")
         self.enc.replay_token(self.plan().plan, self._ids1, int(token), int(pos))
         self._out1.download_into(self._logits1)
+        if not np.isfinite(self._logits1).all():
+            self._diagnose([int(token)], int(pos))
         return self._logits1
+
+    def _diagnose(self, tokens, pos0):
+        """Logits came out non-finite: run the same tokens again eagerly (the KV cache rows they
+        write are rewritten with the same values) so that NonFiniteError names the first stage."""
+        self.run_eager(tokens, lambda *a: None, "last", pos0)
+        raise NonFiniteError(f"the logits of positions {pos0}..{pos0 + len(tokens) - 1} are not finite, "
+                             "though every stage was when run again eagerly")
 
     # ---- convenience ----------------------------------------------------------------------
     def _check_tokens(self, tokens, pos0=0):
@@ -396,20 +420,29 @@ class Model:
         return tokens
 
     @serialized
-    def prefill(self, tokens, pos0: int = 0) -> np.ndarray:
-        """Run a prompt in chunks of n_batch; returns the last token's logits [vocab]."""
+    def prefill(self, tokens, pos0: int = 0, progress=None) -> np.ndarray:
+        """Run a prompt in chunks of n_batch; returns the last token's logits [vocab].
+        progress(done, total) is called after each chunk."""
         tokens = self._check_tokens(tokens, pos0)
-        out = None
         for i in range(0, len(tokens), self.n_batch):
-            out = self.forward(tokens[i:i + self.n_batch], pos0 + i, "last")
-        return out.to_numpy()[-1]
+            if progress is not None:
+                progress(i, len(tokens))
+            chunk = tokens[i:i + self.n_batch]
+            last = self.forward(chunk, pos0 + i, "last").to_numpy()[-1]
+            if not np.isfinite(last).all():
+                self._diagnose(chunk, pos0 + i)
+        return last
 
     @serialized
     def logits(self, tokens) -> np.ndarray:
         """Logits [T, vocab] of every position of `tokens` in a fresh context."""
         tokens = self._check_tokens(tokens)
         step = min(self.n_batch, self.n_out)
-        rows = [self.forward(tokens[i:i + step], i, "all").to_numpy() for i in range(0, len(tokens), step)]
+        rows = []
+        for i in range(0, len(tokens), step):
+            rows.append(self.forward(tokens[i:i + step], i, "all").to_numpy())
+            if not np.isfinite(rows[-1]).all():
+                self._diagnose(tokens[i:i + step], i)
         return np.concatenate(rows, axis=0)
 
     @serialized
