@@ -356,7 +356,7 @@ def test_missing_file_and_directory(tmp_path):
 from gguf import GGUFValueType as V  # noqa: E402
 
 ARCH = [
-    pytest.param(dict(arch="qwen2"), ("'general.architecture'", "unknown architecture 'qwen2'"),
+    pytest.param(dict(arch="mamba"), ("'general.architecture'", "unknown architecture 'mamba'"),
                  id="unknown_architecture"),
     pytest.param(dict(drop_kv=["llama.block_count"]), ("'llama.block_count'", "missing"),
                  id="block_count_missing"),
