@@ -10,6 +10,8 @@ from .models import DEFAULT_MODEL, KNOWN as KNOWN_MODELS, ModelError, pull, reso
 # Imported here, not on first call: importing the submodule later would rebind the package's
 # `generate` attribute from the function to the module llmetal.generate.
 from .generate import GenerationResult, TokenRecord, generate, stream_generate  # noqa: F401
+from .logit_lens import Lens, lens  # noqa: F401
+from .stage_error import compare_stages  # noqa: F401
 
 
 def build_info() -> dict:

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="only these layers, e.g. 0,3-5")
     p.add_argument("--stages", default=None, help="only these stages, e.g. attn_norm,Qcur")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the live trace")
+    p.add_argument("--lens", action="store_true",
+                   help="the logit lens: each layer's top next token at each position")
+    p.add_argument("--compare", action="store_true",
+                   help="the error each stage adds: NMSE against the float64 reference fed the device's inputs")
     _add_runtime(p, n_ctx=512)
 
     p = sub.add_parser("plan", help="print the recorded decode step: stages, commands, kernels")
@@ -192,8 +196,28 @@ def _cmd_trace(args) -> int:
     if prompt is None:
         prompt = DEFAULT_TRACE_PROMPT
     model = _load(args)
-    run_trace(model, _tokenizer(model), prompt, layers=args.layers, stages=args.stages, as_json=args.json,
-              console=None if args.json else Console(highlight=False, soft_wrap=True))
+    tok = _tokenizer(model)
+    console = None if args.json else Console(highlight=False, soft_wrap=True)
+    if args.lens or args.compare:
+        import json
+        ids = tok.encode(prompt, parse_special=True)
+        out = {}
+        if args.lens:
+            from .logit_lens import lens, print_lens
+            lz = lens(model, ids)
+            out["lens"] = lz.as_json(tok)
+            if console is not None:
+                print_lens(lz, tok, console)
+        if args.compare:
+            from .stage_error import compare_stages, print_compare
+            rows = compare_stages(model, ids)
+            out["compare"] = rows
+            if console is not None:
+                print_compare(rows, console)
+        if args.json:
+            print(json.dumps(out))
+        return 0
+    run_trace(model, tok, prompt, layers=args.layers, stages=args.stages, as_json=args.json, console=console)
     return 0
 
 

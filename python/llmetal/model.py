@@ -470,6 +470,56 @@ class Model:
         return logits, cache
 
     @serialized
+    def run_with_hooks(self, tokens, hooks: dict) -> np.ndarray:
+        """Logits [T, vocab] of `tokens` (a fresh context, one eager batch) with hooks on named
+        stage outputs: hooks={"blk.3.Qcur": fn, ...}, fn(act, name) -> None (look only) or an
+        array of act's shape that replaces the output before the next stage reads it (stages that
+        work in place -- rope, the Q/K norms, post-norms, adds -- are patched after they ran).
+        kv_store's output is the KV cache: patch Kcur_rope or Vcur instead."""
+        tokens = self._check_tokens(tokens)
+        if len(tokens) > min(self.n_batch, self.n_out):
+            raise ValueError(f"run_with_hooks takes at most {min(self.n_batch, self.n_out)} tokens")
+        unknown = sorted(set(hooks) - set(self.stage_names()))
+        if unknown:
+            raise KeyError(f"no stage named {unknown[0]!r} in this model")
+
+        def patch(name, il, out, weight):
+            key = name if il < 0 else f"blk.{il}.{name}"
+            fn = hooks.get(key)
+            if fn is None:
+                return
+            act = out.to_numpy()
+            new = fn(act, key)
+            if new is None:
+                return
+            if name == "kv_store":
+                raise ValueError(f"{key}: kv_store writes the KV cache; patch Kcur_rope or Vcur instead")
+            new = np.asarray(new, dtype=np.float32)
+            if new.shape != act.shape:
+                raise ValueError(f"{key}: the patch has shape {new.shape}, the activation {act.shape}")
+            out.upload(np.ascontiguousarray(new))
+        return self.run_eager(tokens, patch, out_rows="all").to_numpy()
+
+    @serialized
+    def unembed(self, resid: np.ndarray) -> np.ndarray:
+        """Logits [R, vocab] of residual-stream rows [R, n_embd] put through the final norm and
+        the output projection on the device (the model's own result_norm / result_output
+        kernels; the logit lens)."""
+        resid = np.ascontiguousarray(resid, dtype=np.float32)
+        R = resid.shape[0]
+        if resid.ndim != 2 or resid.shape[1] != self.cfg.n_embd or not 0 < R <= min(self.n_batch, self.n_out):
+            raise ValueError(f"unembed takes [R, {self.cfg.n_embd}] rows, R <= {min(self.n_batch, self.n_out)}; "
+                             f"got {resid.shape}")
+        a = self.acts(R, R)
+        a.x.upload(resid)
+        self.enc.rmsnorm(a.x, self.w["output_norm.weight"], a.xn, self.cfg.rms_eps)
+        self.enc.logits(self.w[self.output_name], a.xn, a.logits)
+        self.w.take()
+        self.enc.commit()
+        self.enc.wait()
+        return a.logits.to_numpy()
+
+    @serialized
     def run_eager(self, tokens, hook, out_rows="last", pos0=0):
         """One forward pass committing after every stage, calling hook(name, layer, out, weight)."""
         self.hook = hook

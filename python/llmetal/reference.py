@@ -308,10 +308,12 @@ def geglu(gate, up) -> np.ndarray:
 
 # --------------------------------------------------------------------------- whole model
 
-def forward(gf, cfg, tokens) -> np.ndarray:
+def forward(gf, cfg, tokens, patch=None) -> np.ndarray:
     """The whole model in numpy float64, stage by stage as Model.forward does (fresh context).
 
     gf: a GGUFFile, cfg: its ModelConfig. Returns the logits [T, vocab] of every position.
+    patch(name, array) -> array, if given, sees each named stage output ("blk.0.attn_norm", ...,
+    as Model.run_with_hooks names them) and returns what the next stages read.
     Slow (seconds for the small test models) and meant as an independent check of the
     engine's composition of stages, not of llama.cpp's numerics (which quantizes the
     activations of quantized matmuls to 8 bits and rounds K/V to f16).
@@ -320,37 +322,44 @@ def forward(gf, cfg, tokens) -> np.ndarray:
         info = gf.tensors[name]
         return dequantize(gf.tensor_array(name), info.ggml_type, info.shape)
 
+    P = patch or (lambda name, a: a)
     c, T = cfg, len(tokens)
     info = gf.tensors["token_embd.weight"]
-    x = embed(gf.tensor_array("token_embd.weight"), info.ggml_type, tokens, c.embed_scale, shape=info.shape)
+    x = P("inp_embd", embed(gf.tensor_array("token_embd.weight"), info.ggml_type, tokens, c.embed_scale,
+                            shape=info.shape))
     mode = ROPE_NEOX if c.rope_type == "neox" else ROPE_NORM
     factors = W("rope_freqs.weight") if "rope_freqs.weight" in gf.tensors else None
     kvd = c.n_head_kv * c.head_dim
     for il in range(c.n_layer):
         L = f"blk.{il}."
-        xn = rmsnorm(x, W(L + "attn_norm.weight"), c.rms_eps)
+        xn = P(L + "attn_norm", rmsnorm(x, W(L + "attn_norm.weight"), c.rms_eps))
         q, k, v = (matmul(W(L + f"attn_{n}.weight"), xn) for n in "qkv")
         if c.has_qkv_bias:
             q, k, v = (t + W(L + f"attn_{n}.bias") for t, n in zip((q, k, v), "qkv"))
+        q, k, v = P(L + "Qcur", q), P(L + "Kcur", k), P(L + "Vcur", v)
         if c.has_qk_norm:
-            q = rmsnorm(q.reshape(-1, c.head_dim), W(L + "attn_q_norm.weight"), c.rms_eps).reshape(T, -1)
-            k = rmsnorm(k.reshape(-1, c.head_dim), W(L + "attn_k_norm.weight"), c.rms_eps).reshape(T, -1)
+            q = P(L + "Qcur_normed", rmsnorm(q.reshape(-1, c.head_dim), W(L + "attn_q_norm.weight"),
+                                             c.rms_eps).reshape(T, -1))
+            k = P(L + "Kcur_normed", rmsnorm(k.reshape(-1, c.head_dim), W(L + "attn_k_norm.weight"),
+                                             c.rms_eps).reshape(T, -1))
         base, fs = c.rope_freq_base_for(il), c.rope_freq_scale_for(il)
-        q = rope(q, c.n_head, c.n_rot, mode, base, fs, 0, factors)
-        k = rope(k, c.n_head_kv, c.n_rot, mode, base, fs, 0, factors)
+        q = P(L + "Qcur_rope", rope(q, c.n_head, c.n_rot, mode, base, fs, 0, factors))
+        k = P(L + "Kcur_rope", rope(k, c.n_head_kv, c.n_rot, mode, base, fs, 0, factors))
         kc = kv_store(np.zeros((T, kvd), np.float16), k, 0)
         vc = kv_store(np.zeros((T, kvd), np.float16), v, 0)
-        a = attention(q, kc, vc, c.n_head, c.n_head_kv, 0, c.attn_scale, c.window_for(il), c.attn_softcap)
-        o = matmul(W(L + "attn_output.weight"), a)
+        a = P(L + "kqv", attention(q, kc, vc, c.n_head, c.n_head_kv, 0, c.attn_scale, c.window_for(il),
+                                   c.attn_softcap))
+        o = P(L + "kqv_out", matmul(W(L + "attn_output.weight"), a))
         if c.has_post_norms:
-            o = rmsnorm(o, W(L + "post_attention_norm.weight"), c.rms_eps)
-        x = x + o
-        xn = rmsnorm(x, W(L + "ffn_norm.weight"), c.rms_eps)
-        g, u = matmul(W(L + "ffn_gate.weight"), xn), matmul(W(L + "ffn_up.weight"), xn)
-        h = geglu(g, u) if c.arch == "gemma3" else swiglu(g, u)
-        o = matmul(W(L + "ffn_down.weight"), h)
+            o = P(L + "attn_post_norm", rmsnorm(o, W(L + "post_attention_norm.weight"), c.rms_eps))
+        x = P(L + "ffn_inp", x + o)
+        xn = P(L + "ffn_norm", rmsnorm(x, W(L + "ffn_norm.weight"), c.rms_eps))
+        g = P(L + "ffn_gate", matmul(W(L + "ffn_gate.weight"), xn))
+        u = P(L + "ffn_up", matmul(W(L + "ffn_up.weight"), xn))
+        h = P(L + "ffn_geglu", geglu(g, u)) if c.arch == "gemma3" else P(L + "ffn_swiglu", swiglu(g, u))
+        o = P(L + "ffn_out", matmul(W(L + "ffn_down.weight"), h))
         if c.has_post_norms:
-            o = rmsnorm(o, W(L + "post_ffw_norm.weight"), c.rms_eps)
-        x = x + o
-    xn = rmsnorm(x, W("output_norm.weight"), c.rms_eps)
-    return matmul(W("token_embd.weight" if c.tied_output else "output.weight"), xn)
+            o = P(L + "ffn_post_norm", rmsnorm(o, W(L + "post_ffw_norm.weight"), c.rms_eps))
+        x = P(L + "l_out", x + o)
+    xn = P("result_norm", rmsnorm(x, W("output_norm.weight"), c.rms_eps))
+    return P("result_output", matmul(W("token_embd.weight" if c.tied_output else "output.weight"), xn))
