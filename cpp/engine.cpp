@@ -18,11 +18,13 @@ namespace llmetal {
 static const TypeInfo kF32{1, 4, "F32"}, kF16{1, 2, "F16"}, kBF16{1, 2, "BF16"},
     kI32{1, 4, "I32"}, kQ4_0{32, 18, "Q4_0"}, kQ4_1{32, 20, "Q4_1"}, kQ5_0{32, 22, "Q5_0"},
     kQ5_1{32, 24, "Q5_1"}, kQ8_0{32, 34, "Q8_0"}, kQ4_K{256, 144, "Q4_K"},
-    kQ5_K{256, 176, "Q5_K"}, kQ6_K{256, 210, "Q6_K"};
+    kQ5_K{256, 176, "Q5_K"}, kQ6_K{256, 210, "Q6_K"}, kQ2_K{256, 84, "Q2_K"},
+    kQ3_K{256, 110, "Q3_K"}, kIQ4_XS{256, 136, "IQ4_XS"};
 
 const std::vector<int>& known_types() {
     static const std::vector<int> all{KT_F32, KT_F16, KT_BF16, KT_I32, KT_Q4_0, KT_Q4_1,
-                                      KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q4_K, KT_Q5_K, KT_Q6_K};
+                                      KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q2_K, KT_Q3_K, KT_Q4_K,
+                                      KT_Q5_K, KT_Q6_K, KT_IQ4_XS};
     return all;
 }
 
@@ -46,6 +48,9 @@ const TypeInfo& type_info(int t) {
         case KT_Q4_K: return kQ4_K;
         case KT_Q5_K: return kQ5_K;
         case KT_Q6_K: return kQ6_K;
+        case KT_Q2_K: return kQ2_K;
+        case KT_Q3_K: return kQ3_K;
+        case KT_IQ4_XS: return kIQ4_XS;
     }
     throw Error("unsupported tensor type id " + std::to_string(t));
 }

@@ -25,9 +25,12 @@
 #define KT_Q5_0 6
 #define KT_Q5_1 7
 #define KT_Q8_0 8
+#define KT_Q2_K 10
+#define KT_Q3_K 11
 #define KT_Q4_K 12
 #define KT_Q5_K 13
 #define KT_Q6_K 14
+#define KT_IQ4_XS 23
 #define KT_I32 26
 #define KT_BF16 30
 

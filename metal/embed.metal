@@ -37,3 +37,6 @@ template [[host_name("kernel_embed_q8_0")]] kernel kernel_embed_t kernel_embed<K
 template [[host_name("kernel_embed_q4_k")]] kernel kernel_embed_t kernel_embed<KT_Q4_K>;
 template [[host_name("kernel_embed_q5_k")]] kernel kernel_embed_t kernel_embed<KT_Q5_K>;
 template [[host_name("kernel_embed_q6_k")]] kernel kernel_embed_t kernel_embed<KT_Q6_K>;
+template [[host_name("kernel_embed_q2_k")]] kernel kernel_embed_t kernel_embed<KT_Q2_K>;
+template [[host_name("kernel_embed_q3_k")]] kernel kernel_embed_t kernel_embed<KT_Q3_K>;
+template [[host_name("kernel_embed_iq4_xs")]] kernel kernel_embed_t kernel_embed<KT_IQ4_XS>;

@@ -122,6 +122,9 @@ template [[host_name("kernel_matmul_q8_0")]] kernel kernel_matmul_t kernel_matmu
 template [[host_name("kernel_matmul_q4_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q4_K>;
 template [[host_name("kernel_matmul_q5_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q5_K>;
 template [[host_name("kernel_matmul_q6_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q6_K>;
+template [[host_name("kernel_matmul_q2_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q2_K>;
+template [[host_name("kernel_matmul_q3_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q3_K>;
+template [[host_name("kernel_matmul_iq4_xs")]] kernel kernel_matmul_t kernel_matmul<KT_IQ4_XS>;
 
 typedef decltype(kernel_matmul_mm<KT_F32>) kernel_matmul_mm_t;
 template [[host_name("kernel_matmul_mm_f32")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_F32>;
@@ -135,3 +138,6 @@ template [[host_name("kernel_matmul_mm_q8_0")]] kernel kernel_matmul_mm_t kernel
 template [[host_name("kernel_matmul_mm_q4_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_K>;
 template [[host_name("kernel_matmul_mm_q5_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_K>;
 template [[host_name("kernel_matmul_mm_q6_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q6_K>;
+template [[host_name("kernel_matmul_mm_q2_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q2_K>;
+template [[host_name("kernel_matmul_mm_q3_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q3_K>;
+template [[host_name("kernel_matmul_mm_iq4_xs")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_IQ4_XS>;

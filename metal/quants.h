@@ -28,6 +28,18 @@ inline void scale_min_k4(int j, device const uchar* q, thread int& sc, thread in
     }
 }
 
+// Q3_K: the signed 6-bit scale of sub-block s (0..15), packed in 12 bytes: low 4 bits in
+// byte s (low nibble) or s - 8 (high nibble), top 2 bits at bit 2 (s / 4) of byte 8 + s % 4.
+inline int scale_q3k(int s, device const uchar* q) {
+    int lo = s < 8 ? (q[s] & 0xF) : (q[s - 8] >> 4);
+    int hi = (q[8 + s % 4] >> (2 * (s / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+// IQ4_XS: the non-linear 4-bit code book (ggml's kvalues_iq4nl; short, not char, whose sign
+// differs between C++ targets where the emulator compiles this file).
+constant short kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 inline float dq1(int T, device const uchar* row, int e) {
     switch (T) {
         case KT_F32: return ((device const float*)row)[e];
@@ -91,6 +103,27 @@ inline float dq1(int T, device const uchar* row, int e) {
             int lo = (qd & 1) ? ql[l + 32] : ql[l];
             int q = ((qd & 2) ? (lo >> 4) : (lo & 0xF)) | (((qh[l] >> (2 * qd)) & 3) << 4);
             return (ldh(b + 208) * (float)(as_type<char>(sc[l / 16 + 2 * qd]))) * (float)(q - 32);
+        }
+        case KT_Q2_K: {   // {scales[16]; qs[64]; f16 d; f16 dmin}: 16 sub-blocks of 16
+            device const uchar* b = row + (e / 256) * 84;
+            int w = e % 256, h = w / 128, j = (w % 128) / 32, l = w % 32, sc = b[w / 16];
+            int q = (b[16 + 32 * h + l] >> (2 * j)) & 3;
+            return (ldh(b + 80) * (float)(sc & 0xF)) * (float)q - ldh(b + 82) * (float)(sc >> 4);
+        }
+        case KT_Q3_K: {   // {hmask[32]; qs[64]; scales[12]; f16 d}: bit 4h + j of hmask[l] is bit 2
+            device const uchar* b = row + (e / 256) * 110;
+            int w = e % 256, h = w / 128, j = (w % 128) / 32, l = w % 32;
+            int q = ((b[32 + 32 * h + l] >> (2 * j)) & 3) | (((b[l] >> (4 * h + j)) & 1) << 2);
+            return (ldh(b + 108) * (float)scale_q3k(w / 16, b + 96)) * (float)(q - 4);
+        }
+        case KT_IQ4_XS: {   // {f16 d; u16 scales_h; scales_l[4]; qs[128]}: 8 sub-blocks of 32
+            device const uchar* b = row + (e / 256) * 136;
+            int w = e % 256, ib = w / 32, j = w % 32;
+            int sh = (int)(*(device const ushort*)(b + 2));
+            int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4);
+            uchar qb = b[8 + 16 * ib + (j % 16)];
+            int q = j < 16 ? (qb & 0xF) : (qb >> 4);
+            return (ldh(b) * (float)(ls - 32)) * (float)kvalues_iq4nl[q];
         }
     }
     return 0.0f;

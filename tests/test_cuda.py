@@ -20,11 +20,13 @@ from llmetal import _engine as E
 pytestmark = pytest.mark.cuda
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, I32, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 26, 30
-QUANTS = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+Q2_K, Q3_K, IQ4_XS = 10, 11, 23
+QUANTS = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS]
 ALL_W = [F32, F16, BF16] + QUANTS
+BLOCK256 = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS)   # rows a multiple of 256 values
 # where each block format keeps its float16 scales: (byte offset, is-a-min) per block
 F16_FIELDS = {Q4_0: [0], Q4_1: [0, 2], Q5_0: [0], Q5_1: [0, 2], Q8_0: [0], Q4_K: [0, 2],
-              Q5_K: [0, 2], Q6_K: [208]}
+              Q5_K: [0, 2], Q6_K: [208], Q2_K: [80, 82], Q3_K: [108], IQ4_XS: [0]}
 
 
 def _cuda_or_skip():
@@ -132,9 +134,9 @@ def test_matmul_every_type(devs, rng, wtype, M):
     order. Above 8 (prefill) weight tiles are dequantized to fp16 for the tensor cores and the
     activations rounded to fp16: checked against float64 on the exact weights (fp16 rounding,
     NMSE ~1e-7), and loosely against the CPU, whose 8-bit activations are the coarser side."""
-    K = 512 if wtype in (Q4_K, Q5_K, Q6_K) else 320
+    K = 512 if wtype in BLOCK256 else 320
     N = 67 if M < 70 else 200   # 70 tokens x 200 rows: two token tiles, two row tiles
-    if M == 70 and wtype in (Q4_K, Q5_K, Q6_K):
+    if M == 70 and wtype in BLOCK256:
         K = 2048                 # several K steps and a row longer than one decode window
     W = random_weight(rng, wtype, N, K)
     x = rng.standard_normal((M, K)).astype(np.float32)
@@ -170,7 +172,7 @@ def test_matmul_prefill_row_chunks(devs, rng, wtype):
         assert e <= 1e-5, f"column {c}: NMSE {e:.3g}"
 
 
-@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K, F16])
+@pytest.mark.parametrize("wtype", [Q8_0, Q4_0, Q4_1, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F16])
 @pytest.mark.parametrize("N", [37, 4100])
 def test_matmul_decode_wide_rows(devs, rng, wtype, N):
     """Rows several windows long, 16-byte aligned (the streamed fast path) and not (K=576,
@@ -179,7 +181,7 @@ def test_matmul_decode_wide_rows(devs, rng, wtype, N):
     (more rows than an H100 keeps resident warps: a warp walks two rows, one window sequence).
     K=14336 (the FFN down projection's width): rows of several windows, which kernel_mmvq shares
     out to groups of 2 or 4 warps (37 rows: 4; 4100 rows: 2, three rows a group)."""
-    for K in ([4096, 14336] if wtype in (Q4_K, Q5_K, Q6_K) else [4096, 576, 4064, 14336]):
+    for K in ([4096, 14336] if wtype in BLOCK256 else [4096, 576, 4064, 14336]):
         for M in ((1, 5) if N < 100 else (1,)):
             W = random_weight(rng, wtype, N, K)
             x = rng.standard_normal((M, K)).astype(np.float32)

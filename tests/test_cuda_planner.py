@@ -321,3 +321,15 @@ def test_llama3_8b_shape_decode_step(tmp_path):
     # head size 128: 32-key splits over the 256 positions; 4 query heads a K/V head, 4 warps each
     att = [l for l in r["launches"] if l["kernel"] == "kernel_attention_decode"][0]
     assert att["S"] == 8 and att["grid"] == (8, 8, 1) and att["block"] == 4 * 4 * 32
+
+
+@pytest.mark.parametrize("wtype", [10, 11, 23], ids=["Q2_K", "Q3_K", "IQ4_XS"])
+def test_low_bit_types_take_the_quantized_mat_vec(cpu, wtype):
+    """Q2_K, Q3_K and IQ4_XS decode through kernel_mmvq on 256-value activation blocks, as the
+    other K-quants do (not through a float fallback)."""
+    L = Lists(cpu)
+    W = L.weight(wtype, L.d, 512)
+    p = L.record(lambda e, t: (e.swiglu(t["g"], t["u"], t["h"]), e.matmul(W, t["h"], t["y1"])))
+    name = E.TYPE_NAMES[wtype]
+    assert kernels(p) == [("kernel_swiglu_q", 0, 1, "swiglu_q8"), (f"kernel_mmvq<{name}>", 1, 1, "q8_reuse")]
+    assert E.cuda_plan(p)["launches"][0]["qb"] == 256

@@ -1,8 +1,9 @@
 """CPU matmul and embed for every weight type, at every SIMD level this CPU has, against numpy.
 
 Weights are made with gguf.quants.quantize from random floats where gguf can quantize the
-type (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1); for the K-quants it cannot, they are random
-bytes with sane fp16 scales. The reference is float64 numpy over gguf.quants.dequantize.
+type (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1); for the 256-value formats it cannot (Q2_K
+Q3_K Q4_K Q5_K Q6_K IQ4_XS), they are random bytes (every byte pattern is a valid block) with
+sane fp16 scales. The reference is float64 numpy over gguf.quants.dequantize.
 
 Tolerances (NMSE = sum((a - b)^2) / sum(b^2)):
   float weights (F32, F16, BF16): 1e-6 -- f32 accumulation of exact products.
@@ -18,7 +19,7 @@ from llmetal import _engine as E
 
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]
-K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 TOL = {t: 1e-6 for t in FLOAT_TYPES} | {t: 1e-3 for t in Q32_TYPES + K_TYPES}
 
@@ -49,9 +50,17 @@ def make_weights(rng, t, n, k):
         return np.ascontiguousarray(w).view(np.uint8).reshape(n, -1)
     block, block_bytes = E.type_block(int(t))
     raw = rng.integers(0, 256, (n, k // block, block_bytes), dtype=np.uint8)
+    def f16s(lo, hi, n=1):   # n random float16 scales per block, as bytes
+        return rng.uniform(lo, hi, raw.shape[:2] + (n,)).astype(np.float16).view(np.uint8)
     if t == T.Q6_K:  # {ql[128] qh[64] i8 scales[16] f16 d}
         raw[:, :, 192:208] = rng.integers(-64, 64, raw[:, :, 192:208].shape).astype(np.int8).view(np.uint8)
-        raw[:, :, 208:210] = rng.uniform(0.001, 0.01, raw.shape[:2] + (1,)).astype(np.float16).view(np.uint8)
+        raw[:, :, 208:210] = f16s(0.001, 0.01)
+    elif t == T.Q2_K:  # {scales[16] qs[64] f16 d f16 dmin}
+        raw[:, :, 80:84] = f16s(0.001, 0.01, 2)
+    elif t == T.Q3_K:  # {hmask[32] qs[64] scales[12] f16 d}
+        raw[:, :, 108:110] = f16s(0.001, 0.01)
+    elif t == T.IQ4_XS:  # {f16 d; u16 scales_h; scales_l[4]; qs[128]}: values up to 32 * 127 d
+        raw[:, :, 0:2] = f16s(0.0001, 0.001)
     else:  # Q4_K / Q5_K: {f16 d; f16 dmin; scales[12]; ...}
         raw[:, :, 0:4] = rng.uniform(0.001, 0.01, raw.shape[:2] + (2,)).astype(np.float16).view(np.uint8)
     return raw.reshape(n, -1)

@@ -149,6 +149,47 @@ void dequant_row(int t, const void* src_, float* y, int64_t n) {
                 }
             }
             return;
+        case KT_Q2_K:  // {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}
+            for (int64_t i = 0; i < n; i += 256, b += 84) {
+                // 16 sub-blocks of 16: value e is bits 2j of qs[32 h + l] (e = 128 h + 32 j + l),
+                // scaled by the low nibble of scales[e / 16], minus dmin times its high nibble
+                float d = h2f(b + 80), dmin = h2f(b + 82);
+                for (int e = 0; e < 256; ++e) {
+                    int h = e / 128, j = (e % 128) / 32, l = e % 32, sc = b[e / 16];
+                    int q = (b[16 + 32 * h + l] >> (2 * j)) & 3;
+                    *y++ = d * (sc & 0xF) * q - dmin * (sc >> 4);
+                }
+            }
+            return;
+        case KT_Q3_K:  // {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}
+            for (int64_t i = 0; i < n; i += 256, b += 110) {
+                // value e = 128 h + 32 j + l: low 2 bits as in Q2_K, third bit at bit 4 h + j of
+                // hmask[l]; (q - 4) times d times the signed 6-bit scale of sub-block e / 16
+                float d = h2f(b + 108);
+                int8_t sc[16];
+                unpack_scales_q3k(b + 96, sc);
+                for (int e = 0; e < 256; ++e) {
+                    int h = e / 128, j = (e % 128) / 32, l = e % 32;
+                    int q = ((b[32 + 32 * h + l] >> (2 * j)) & 3) | (((b[l] >> (4 * h + j)) & 1) << 2);
+                    *y++ = d * sc[e / 16] * (q - 4);
+                }
+            }
+            return;
+        case KT_IQ4_XS:  // {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}
+            for (int64_t i = 0; i < n; i += 256, b += 136) {
+                float d = h2f(b);
+                int8_t ls[8];
+                unpack_scales_iq4xs(b, ls);
+                for (int ib = 0; ib < 8; ++ib, y += 32) {
+                    const uint8_t* qs = b + 8 + 16 * ib;
+                    float dl = d * ls[ib];
+                    for (int j = 0; j < 16; ++j) {
+                        y[j] = dl * kvalues_iq4nl[qs[j] & 0xF];
+                        y[j + 16] = dl * kvalues_iq4nl[qs[j] >> 4];
+                    }
+                }
+            }
+            return;
     }
     throw Error("dequant_row: unsupported type id " + std::to_string(t));
 }
@@ -159,7 +200,7 @@ int act_format(int t) {
     switch (t) {
         case KT_F32: case KT_F16: case KT_BF16: return 0;
         case KT_Q4_0: case KT_Q4_1: case KT_Q5_0: case KT_Q5_1: case KT_Q8_0: return 1;
-        case KT_Q4_K: case KT_Q5_K: case KT_Q6_K: return 2;
+        case KT_Q2_K: case KT_Q3_K: case KT_Q4_K: case KT_Q5_K: case KT_Q6_K: case KT_IQ4_XS: return 2;
     }
     throw Error("matmul: unsupported weight type id " + std::to_string(t));
 }
@@ -383,6 +424,94 @@ void dot_q6_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, floa
     for (int j = 0; j < nx; ++j) y[j] = acc[j];
 }
 
+// Q2_K / Q3_K: the 256 codes of a block in value order. Value e = 128 h + 32 j + l takes
+// bits 2j of qs[32 h + l] (Q2_K: 0..3); Q3_K adds bit 4 h + j of hmask[l] as bit 2 (0..7).
+template <bool Q3>
+inline void unpack_q23k(const uint8_t* qs, const uint8_t* hmask, int* q) {
+    for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j)
+            for (int l = 0; l < 32; ++l) {
+                int v = (qs[32 * h + l] >> (2 * j)) & 3;
+                if (Q3) v |= ((hmask[l] >> (4 * h + j)) & 1) << 2;
+                q[128 * h + 32 * j + l] = v;
+            }
+}
+
+// Q2_K {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}: 16 sub-blocks of 16, value
+// d * (sc & 15) * q - dmin * (sc >> 4): the mins through the activation sums per 16.
+void dot_q2_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    float acc[4] = {0, 0, 0, 0};
+    int q[256];
+    for (int b = 0; b < K / 256; ++b, w += 84) {
+        const float d = h2f(w + 80), dmin = h2f(w + 82);
+        unpack_q23k<false>(w + 16, nullptr, q);
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
+            int isum = 0, msum = 0;
+            for (int s = 0; s < 16; ++s) {
+                int dot = 0;
+                for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
+                isum += (w[s] & 0xF) * dot;
+                msum += (w[s] >> 4) * a.bsums[s];
+            }
+            acc[j] += a.d * (d * (float)isum - dmin * (float)msum);
+        }
+    }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
+// Q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}: 16 sub-blocks of 16, value
+// d * sc * (q - 4) with sc the signed 6-bit scale: the -4 through the sums per 16.
+void dot_q3_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    float acc[4] = {0, 0, 0, 0};
+    int q[256];
+    int8_t sc[16];
+    for (int b = 0; b < K / 256; ++b, w += 110) {
+        const float d = h2f(w + 108);
+        unpack_scales_q3k(w + 96, sc);
+        unpack_q23k<true>(w + 32, w, q);
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
+            int isum = 0;
+            for (int s = 0; s < 16; ++s) {
+                int dot = 0;
+                for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
+                isum += sc[s] * (dot - 4 * a.bsums[s]);
+            }
+            acc[j] += d * a.d * (float)isum;
+        }
+    }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
+// IQ4_XS {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: 8 sub-blocks of 32, value
+// d * ls * kvalues_iq4nl[q] (see quants.h); the table values are the integers dotted.
+void dot_iq4_xs(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
+    float acc[4] = {0, 0, 0, 0};
+    int q[256];
+    int8_t ls[8];
+    for (int b = 0; b < K / 256; ++b, w += 136) {
+        const float d = h2f(w);
+        unpack_scales_iq4xs(w, ls);
+        for (int ib = 0; ib < 8; ++ib)
+            for (int l = 0; l < 16; ++l) {
+                q[32 * ib + l] = kvalues_iq4nl[w[8 + 16 * ib + l] & 0xF];
+                q[32 * ib + l + 16] = kvalues_iq4nl[w[8 + 16 * ib + l] >> 4];
+            }
+        for (int j = 0; j < nx; ++j) {
+            const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
+            int isum = 0;
+            for (int s = 0; s < 8; ++s) {
+                int dot = 0;
+                for (int i = 32 * s; i < 32 * s + 32; ++i) dot += q[i] * a.qs[i];
+                isum += ls[s] * dot;
+            }
+            acc[j] += d * a.d * (float)isum;
+        }
+    }
+    for (int j = 0; j < nx; ++j) y[j] = acc[j];
+}
+
 }  // namespace
 
 RowDot rowdot_scalar(int t) {
@@ -398,6 +527,9 @@ RowDot rowdot_scalar(int t) {
         case KT_Q4_K: return dot_qk45<false>;
         case KT_Q5_K: return dot_qk45<true>;
         case KT_Q6_K: return dot_q6_k;
+        case KT_Q2_K: return dot_q2_k;
+        case KT_Q3_K: return dot_q3_k;
+        case KT_IQ4_XS: return dot_iq4_xs;
     }
     return nullptr;
 }

@@ -116,4 +116,27 @@ inline void unpack_scales_k4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
     std::memcpy(m + 4, &m_hi, 4);
 }
 
+
+// Q3_K: 16 six-bit scales packed in 12 bytes: scale s has its low 4 bits in byte s (low
+// nibble, s < 8) or byte s - 8 (high nibble), its top 2 bits at bit 2 * (s / 4) of byte
+// 8 + s % 4. Returned as the signed scale (stored value - 32).
+inline void unpack_scales_q3k(const uint8_t* q, int8_t sc[16]) {
+    for (int s = 0; s < 16; ++s) {
+        int lo = s < 8 ? (q[s] & 0xF) : (q[s - 8] >> 4);
+        int hi = (q[8 + s % 4] >> (2 * (s / 4))) & 3;
+        sc[s] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+// IQ4_XS {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: 8 sub-blocks of 32, value
+// d * (ls - 32) * kvalues_iq4nl[q], q a nibble (qs layout of Q4_0 per sub-block: byte j of
+// sub-block ib holds value j (low nibble) and j + 16 (high)); ls 6 bits: low 4 from nibble
+// ib % 2 of scales_l[ib / 2], top 2 from bits 2 ib of scales_h. Returned signed (ls - 32).
+constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+inline void unpack_scales_iq4xs(const uint8_t* b, int8_t ls[8]) {
+    const int sh = b[2] | (b[3] << 8);
+    for (int ib = 0; ib < 8; ++ib)
+        ls[ib] = (int8_t)((((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)) - 32);
+}
+
 }  // namespace llmetal::cpu

@@ -287,6 +287,113 @@ struct DotQ6K {
     }
 };
 
+// Q2_K / Q3_K: see quants_x86.h. The 32 values 128h + 32c .. +31 are bits 2c of qs[32h ..
+// 32h+31] (Q3_K: plus bit 4h + c of hmask[0..31] as bit 2): 16 bytes are one sub-block.
+template <bool Q3>
+struct DotQ23K {
+    template <int NX>
+    static void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        float acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = 0;
+        }
+        const uint8x16_t m2 = vdupq_n_u8(3), one = vdupq_n_u8(1);
+        for (int b = 0; b < K / 256; ++b, w += (Q3 ? 110 : 84)) {
+            int8_t sc[16];   // the scale of each sub-block
+            int16x8_t off_lo, off_hi;   // Q2_K: the mins; Q3_K: -4 * the scales
+            if (Q3) {
+                unpack_scales_q3k(w + 96, sc);
+                const int8x16_t s8 = vld1q_s8(sc);
+                off_lo = vmulq_n_s16(vmovl_s8(vget_low_s8(s8)), -4);
+                off_hi = vmulq_n_s16(vmovl_s8(vget_high_s8(s8)), -4);
+            } else {
+                const uint8x16_t s8 = vld1q_u8(w);
+                for (int s = 0; s < 16; ++s) sc[s] = (int8_t)(w[s] & 0xF);
+                const uint8x16_t m8 = vshrq_n_u8(s8, 4);
+                off_lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m8)));
+                off_hi = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(m8)));
+            }
+            int32x4_t isum[NX], osum[NX];
+            for (int j = 0; j < NX; ++j) {
+                const int16_t* bs = xb[j][b].bsums;
+                int16x8_t b0 = vld1q_s16(bs), b1 = vld1q_s16(bs + 8);
+                int32x4_t o = vmull_s16(vget_low_s16(off_lo), vget_low_s16(b0));
+                o = vmlal_s16(o, vget_high_s16(off_lo), vget_high_s16(b0));
+                o = vmlal_s16(o, vget_low_s16(off_hi), vget_low_s16(b1));
+                osum[j] = vmlal_s16(o, vget_high_s16(off_hi), vget_high_s16(b1));
+                isum[j] = vdupq_n_s32(0);
+            }
+            uint8x16_t hm0 = vdupq_n_u8(0), hm1 = vdupq_n_u8(0);
+            if (Q3) { hm0 = vld1q_u8(w); hm1 = vld1q_u8(w + 16); }
+            const uint8_t* qs = w + (Q3 ? 32 : 16);
+            for (int h = 0; h < 2; ++h) {
+                uint8x16_t r0 = vld1q_u8(qs + 32 * h), r1 = vld1q_u8(qs + 32 * h + 16);
+                for (int c = 0; c < 4; ++c) {
+                    uint8x16_t q0 = vandq_u8(r0, m2), q1 = vandq_u8(r1, m2);
+                    r0 = vshrq_n_u8(r0, 2);
+                    r1 = vshrq_n_u8(r1, 2);
+                    if (Q3) {  // hm is shifted right by 1 per chunk, so its bit 0 is ours
+                        q0 = vorrq_u8(q0, vshlq_n_u8(vandq_u8(hm0, one), 2));
+                        q1 = vorrq_u8(q1, vshlq_n_u8(vandq_u8(hm1, one), 2));
+                        hm0 = vshrq_n_u8(hm0, 1);
+                        hm1 = vshrq_n_u8(hm1, 1);
+                    }
+                    const int s = 8 * h + 2 * c;
+                    for (int j = 0; j < NX; ++j) {
+                        const int8_t* a = xb[j][b].qs + 128 * h + 32 * c;
+                        isum[j] = vmlaq_n_s32(isum[j], dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(q0), vld1q_s8(a)), sc[s]);
+                        isum[j] = vmlaq_n_s32(isum[j], dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(q1), vld1q_s8(a + 16)),
+                                              sc[s + 1]);
+                    }
+                }
+            }
+            const float d = h2f(w + (Q3 ? 108 : 80));
+            for (int j = 0; j < NX; ++j) {
+                const float da = xb[j][b].d;
+                if (Q3) acc[j] += d * da * (float)vaddvq_s32(vaddq_s32(isum[j], osum[j]));
+                else acc[j] += da * (d * (float)vaddvq_s32(isum[j]) - h2f(w + 82) * (float)vaddvq_s32(osum[j]));
+            }
+        }
+        for (int j = 0; j < NX; ++j) y[j] = acc[j];
+    }
+};
+
+// IQ4_XS: see quants_x86.h. The nibbles index the code book by vqtbl1q (signed bytes, dotted
+// with the signed activations directly).
+struct DotIQ4XS {
+    template <int NX>
+    static void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        float acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = 0;
+        }
+        const int8x16_t table = vld1q_s8(kvalues_iq4nl);
+        const uint8x16_t m4 = vdupq_n_u8(0x0F);
+        for (int b = 0; b < K / 256; ++b, w += 136) {
+            int8_t ls[8];
+            unpack_scales_iq4xs(w, ls);
+            int32x4_t isum[NX];
+            for (int j = 0; j < NX; ++j) isum[j] = vdupq_n_s32(0);
+            for (int ib = 0; ib < 8; ++ib) {
+                const uint8x16_t r = vld1q_u8(w + 8 + 16 * ib);
+                const int8x16_t v0 = vqtbl1q_s8(table, vandq_u8(r, m4)), v1 = vqtbl1q_s8(table, vshrq_n_u8(r, 4));
+                for (int j = 0; j < NX; ++j) {
+                    const int8_t* a = xb[j][b].qs + 32 * ib;
+                    const int32x4_t p = dot16(dot16(vdupq_n_s32(0), v0, vld1q_s8(a)), v1, vld1q_s8(a + 16));
+                    isum[j] = vmlaq_n_s32(isum[j], p, ls[ib]);
+                }
+            }
+            const float d = h2f(w);
+            for (int j = 0; j < NX; ++j) acc[j] += d * xb[j][b].d * (float)vaddvq_s32(isum[j]);
+        }
+        for (int j = 0; j < NX; ++j) y[j] = acc[j];
+    }
+};
+
 template <class Kern>
 void rowdot(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
     switch (nx) {
@@ -312,6 +419,9 @@ RowDot rowdot_neon(int t) {
         case KT_Q4_K: return rowdot<DotQ45K<false>>;
         case KT_Q5_K: return rowdot<DotQ45K<true>>;
         case KT_Q6_K: return rowdot<DotQ6K>;
+        case KT_Q2_K: return rowdot<DotQ23K<false>>;
+        case KT_Q3_K: return rowdot<DotQ23K<true>>;
+        case KT_IQ4_XS: return rowdot<DotIQ4XS>;
     }
     return nullptr;
 }

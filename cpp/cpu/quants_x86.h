@@ -475,6 +475,108 @@ struct DotQ6K {
     }
 };
 
+// Q2_K {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin} and Q3_K {u8 hmask[32]; u8 qs[64];
+// u8 scales[12]; f16 d}: 16 sub-blocks of 16. The 32 values 128h + 32j .. +31 are bits 2j of
+// qs[32h .. 32h+31] (Q3_K: plus bit 4h + j of hmask[0..31] as bit 2), so each 32-byte load
+// of qs serves 4 chunks, shifted right by 2 per chunk; a chunk is 2 sub-blocks (int16 lanes
+// 0-7 and 8-15 after vpmaddubsw), scaled by vpmaddwd / vpdpwssd.
+// Q2_K: value d * (sc & 15) * q - dmin * (sc >> 4); Q3_K: d * sc6 * (q - 4), sc6 signed.
+template <bool Q3>
+struct DotQ23K {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        __m256 acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = _mm256_setzero_ps();
+        }
+        const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+        for (int b = 0; b < K / 256; ++b, w += (Q3 ? 110 : 84)) {
+            int16_t sc[16];   // the scale of each sub-block
+            __m256i isum[NX], mins = _mm256_setzero_si256();
+            if (Q3) {
+                int8_t s8[16];
+                unpack_scales_q3k(w + 96, s8);
+                for (int s = 0; s < 16; ++s) sc[s] = s8[s];
+                // the -4 offset: -4 * sum_s sc[s] * (sum of the activations of sub-block s)
+                const __m256i sc16 = _mm256_loadu_si256((const __m256i*)sc);
+                for (int j = 0; j < NX; ++j)
+                    isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                               _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xb[j][b].bsums)), 2));
+            } else {
+                for (int s = 0; s < 16; ++s) sc[s] = w[s] & 0xF;
+                mins = _mm256_cvtepu8_epi16(_mm_srli_epi16(_mm_andnot_si128(_mm_set1_epi8(0x0F),
+                                                                             _mm_loadu_si128((const __m128i*)w)), 4));
+                for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
+            }
+            __m256i hm = Q3 ? load32(w) : _mm256_setzero_si256();
+            const uint8_t* qs = w + (Q3 ? 32 : 16);
+            for (int h = 0; h < 2; ++h) {
+                __m256i raw = load32(qs + 32 * h);
+                for (int c = 0; c < 4; ++c) {
+                    __m256i q = _mm256_and_si256(raw, m2);
+                    raw = _mm256_srli_epi16(raw, 2);
+                    if (Q3) {  // hm is shifted right by 1 per chunk, so its bit 0 is ours
+                        q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                        hm = _mm256_srli_epi16(hm, 1);
+                    }
+                    const int s = 8 * h + 2 * c;
+                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+                    for (int j = 0; j < NX; ++j) {
+                        const int8_t* a = xb[j][b].qs + 128 * h + 32 * c;
+                        isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q, load32(a)), s16);
+                    }
+                }
+            }
+            const float d = h2f(w + (Q3 ? 108 : 80));
+            for (int j = 0; j < NX; ++j) {
+                const BlockQ8K& a = xb[j][b];
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * a.d), acc[j]);
+                if (!Q3) {  // mins: sum_s (sc[s] >> 4) * (sum of the activations of sub-block s)
+                    const __m256i msum = _mm256_madd_epi16(mins, load32(a.bsums));
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-h2f(w + 82) * a.d), acc[j]);
+                }
+            }
+        }
+        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+    }
+};
+
+// IQ4_XS {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: 8 sub-blocks of 32, value
+// d * ls * kvalues_iq4nl[q]. The nibbles index the table by vpshufb; the table values are
+// signed, so the dot uses Q8_0's sign trick: dot(v, a) = dot(|v|, a negated where v < 0).
+struct DotIQ4XS {
+    template <int NX>
+    static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+        const BlockQ8K* xb[NX];
+        __m256 acc[NX];
+        for (int j = 0; j < NX; ++j) {
+            xb[j] = (const BlockQ8K*)(x + j * xs);
+            acc[j] = _mm256_setzero_ps();
+        }
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kvalues_iq4nl));
+        for (int b = 0; b < K / 256; ++b, w += 136) {
+            int8_t ls[8];
+            unpack_scales_iq4xs(w, ls);
+            __m256i isum[NX];
+            for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
+            for (int ib = 0; ib < 8; ++ib) {
+                const __m256i v = _mm256_shuffle_epi8(table, nibbles_32(w + 8 + 16 * ib));
+                const __m256i uv = _mm256_abs_epi8(v), s16 = _mm256_set1_epi16(ls[ib]);
+                for (int j = 0; j < NX; ++j) {
+                    const __m256i a = _mm256_sign_epi8(load32(xb[j][b].qs + 32 * ib), v);
+                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(uv, a), s16);
+                }
+            }
+            const float d = h2f(w);
+            for (int j = 0; j < NX; ++j)
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * xb[j][b].d), acc[j]);
+        }
+        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+    }
+};
+
 // ---- the kernel table ---------------------------------------------------------------------
 
 // RowDot entry: picks the instantiation for the number of activation rows.
@@ -527,6 +629,9 @@ static RowDot x86_table(int t) {
         case KT_Q4_K: return rowdot<DotQ45K<false>>;
         case KT_Q5_K: return rowdot<DotQ45K<true>>;
         case KT_Q6_K: return rowdot<DotQ6K>;
+        case KT_Q2_K: return rowdot<DotQ23K<false>>;
+        case KT_Q3_K: return rowdot<DotQ23K<true>>;
+        case KT_IQ4_XS: return rowdot<DotIQ4XS>;
     }
     return nullptr;
 }

@@ -41,6 +41,9 @@ template <> struct MVQ<KT_Q8_0> { static constexpr int NB = 64, QB = 32; };    /
 template <> struct MVQ<KT_Q4_K> { static constexpr int NB = 16, QB = 256; };   // 2304 B
 template <> struct MVQ<KT_Q5_K> { static constexpr int NB = 8, QB = 256; };    // 1408 B
 template <> struct MVQ<KT_Q6_K> { static constexpr int NB = 8, QB = 256; };    // 1680 B
+template <> struct MVQ<KT_Q2_K> { static constexpr int NB = 16, QB = 256; };   // 1344 B
+template <> struct MVQ<KT_Q3_K> { static constexpr int NB = 16, QB = 256; };   // 1760 B
+template <> struct MVQ<KT_IQ4_XS> { static constexpr int NB = 16, QB = 256; }; // 2176 B
 template <> struct MVQ<KT_F16> { static constexpr int NB = 1024, QB = 1; };   // "blocks" = values
 
 // ---- norms --------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ template <class F> void with_qtype(int t, F&& f) {
         case KT_Q4_K: return f(I<KT_Q4_K>{});
         case KT_Q5_K: return f(I<KT_Q5_K>{});
         case KT_Q6_K: return f(I<KT_Q6_K>{});
+        case KT_Q2_K: return f(I<KT_Q2_K>{});
+        case KT_Q3_K: return f(I<KT_Q3_K>{});
+        case KT_IQ4_XS: return f(I<KT_IQ4_XS>{});
         default: throw Error("cuda: unsupported weight type " + std::to_string(t));
     }
 }
@@ -267,6 +270,7 @@ void CudaDevice::init_kernels() {
        "attention smem");
     occupancy<KT_Q4_0>(caps); occupancy<KT_Q4_1>(caps); occupancy<KT_Q5_0>(caps); occupancy<KT_Q5_1>(caps);
     occupancy<KT_Q8_0>(caps); occupancy<KT_Q4_K>(caps); occupancy<KT_Q5_K>(caps); occupancy<KT_Q6_K>(caps);
+    occupancy<KT_Q2_K>(caps); occupancy<KT_Q3_K>(caps); occupancy<KT_IQ4_XS>(caps);
 }
 
 void CudaDevice::run_list(const std::vector<Command>& cmds, const cuda::LaunchList& list) {

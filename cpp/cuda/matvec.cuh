@@ -16,7 +16,7 @@
 //                            8-bit activations by dp4a. Per piece:
 //                              acc += xd * (d * dot(w, xq) + m * sum(xq))
 //                            d: the block (or sub-block) scale, m: its min (Q4_1, Q5_1,
-//                            Q4_K, Q5_K); the zero points of Q4_0 / Q5_0 / Q6_K (8, 16, 32)
+//                            Q4_K, Q5_K, Q2_K); the zero points of Q4_0 / Q5_0 / Q6_K / Q3_K (8, 16, 32, 4)
 //                            come off the integer sums as z * sum(xq), exactly. sum(xq) per
 //                            32 values is written by the stage that quantizes x.
 //   kernel_mmvq_group<T, NT, GS>  2-3 weights of one input (Q/K/V, gate/up) in one launch.
@@ -299,6 +299,87 @@ template <> struct Piece<KT_Q6_K> {
             s += sc[qd] * (dp4(w[qd][0], v.x, dp4(w[qd][1], v.y, 0)) - 32 * sum4(v));
         }
         return d * (float)s;
+    }
+};
+
+// Sum of 16 activation bytes.
+__device__ __forceinline__ int sum16(int4 v) {
+    return dp4(0x01010101, v.x, dp4(0x01010101, v.y, dp4(0x01010101, v.z, dp4(0x01010101, v.w, 0))));
+}
+// The 32 activations of a piece of 32 consecutive values (lo: the first 16, hi: the rest).
+struct X32 { int4 lo, hi; };
+
+// Q2_K (84 B: scales[16], qs[64], d, dmin) and Q3_K (110 B: hmask[32], qs[64], scales[12],
+// d): 16 sub-blocks of 16. Piece pp: h = pp / 4, c = pp % 4, the 32 values 128h + 32c ..
+// +31: bits 2c of qs[32h .. 32h+31] (Q3_K: bit 4h + c of hmask[0..31] is bit 2), two
+// sub-blocks (8h + 2c: lo, + 1: hi). Q2_K: value d (sc & 15) q - dmin (sc >> 4); Q3_K:
+// d sc (q - 4), the -4 (like the min) through the sums of the 16 activations. Q3_K's blocks
+// are 2-byte aligned in the window: read by sm32_2.
+template <bool Q3>
+struct PieceQ23K {
+    static constexpr int PPB = 8;
+    using X = X32;
+    static __device__ __forceinline__ X xload(const int8_t* x, const int*, int pp) {
+        const int off = 128 * (pp >> 2) + 32 * (pp & 3);
+        return {ldx4(x + off), ldx4(x + off + 16)};
+    }
+    int q[8], sc0, sc1, m0, m1, off; float d, dm;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int h = pp >> 2, c = pp & 3, s = 8 * h + 2 * c;
+        const uint8_t* qs = b + (Q3 ? 32 : 16) + 32 * h;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            q[i] = (sm32_2(qs + 4 * i) >> (2 * c)) & 0x03030303;
+            if (Q3) q[i] |= ((sm32_2(b + 4 * i) >> (4 * h + c)) & 0x01010101) << 2;
+        }
+        if (Q3) {
+            sc0 = scale_q3k(s, b + 96); sc1 = scale_q3k(s + 1, b + 96);
+            m0 = -4 * sc0; m1 = -4 * sc1;
+            d = ldh(b + 108); dm = 0.f;
+        } else {
+            sc0 = b[s] & 0xF; sc1 = b[s + 1] & 0xF;
+            m0 = b[s] >> 4; m1 = b[s + 1] >> 4;
+            d = ldh(b + 80); dm = ldh(b + 82);
+        }
+        off = 128 * h + 32 * c;
+    }
+    __device__ __forceinline__ float dot(const X& x) const {
+        const int s0 = dot16(q, x.lo, 0), s1 = dot16(q + 4, x.hi, 0);
+        const int ms = m0 * sum16(x.lo) + m1 * sum16(x.hi);
+        if (Q3) return d * (float)(sc0 * s0 + sc1 * s1 + ms);
+        return d * (float)(sc0 * s0 + sc1 * s1) - dm * (float)ms;
+    }
+    __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
+        return dot(X{ldx4(x + off), ldx4(x + off + 16)});
+    }
+};
+template <> struct Piece<KT_Q2_K> : PieceQ23K<false> {};
+template <> struct Piece<KT_Q3_K> : PieceQ23K<true> {};
+
+// IQ4_XS (136 B: d, scales_h, scales_l[4], qs[128]): piece pp is sub-block pp (32 values):
+// its 16 qs bytes (8-byte aligned) hold value j (low nibble) and j + 16 (high), codes into
+// kvalues_iq4nl (iq4nl_lut: 4 at a time); value d * scale * kvalues_iq4nl[code].
+template <> struct Piece<KT_IQ4_XS> {
+    static constexpr int PPB = 8;
+    using X = X32;
+    static __device__ __forceinline__ X xload(const int8_t* x, const int*, int pp) {
+        return {ldx4(x + 32 * pp), ldx4(x + 32 * pp + 16)};
+    }
+    int lo[4], hi[4], sc, off; float d;
+    __device__ __forceinline__ void load(const uint8_t* b, int pp) {
+        const int2 u = *(const int2*)(b + 8 + 16 * pp), v = *(const int2*)(b + 16 + 16 * pp);
+        const int qa[4] = {u.x, u.y, v.x, v.y};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { lo[i] = iq4nl_lut(qa[i] & M4); hi[i] = iq4nl_lut((qa[i] >> 4) & M4); }
+        sc = scale_iq4xs(pp, b);
+        d = ldh(b);
+        off = 32 * pp;
+    }
+    __device__ __forceinline__ float dot(const X& x) const {
+        return d * (float)(sc * (dot16(lo, x.lo, 0) + dot16(hi, x.hi, 0)));
+    }
+    __device__ __forceinline__ float dot(const int8_t* x, const int*) const {
+        return dot(X{ldx4(x + off), ldx4(x + off + 16)});
     }
 };
 

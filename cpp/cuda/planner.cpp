@@ -91,10 +91,10 @@ CudaCaps::CudaCaps() {
 
 // ---- sizes shared with the executor -------------------------------------------------------
 static bool mmvq_type(int t) {
-    return t == KT_Q4_0 || t == KT_Q4_1 || t == KT_Q5_0 || t == KT_Q5_1 || t == KT_Q8_0 || t == KT_Q4_K ||
-           t == KT_Q5_K || t == KT_Q6_K;
+    return t == KT_Q4_0 || t == KT_Q4_1 || t == KT_Q5_0 || t == KT_Q5_1 || t == KT_Q8_0 || t == KT_Q2_K ||
+           t == KT_Q3_K || t == KT_Q4_K || t == KT_Q5_K || t == KT_Q6_K || t == KT_IQ4_XS;
 }
-int q8_block(int t) { return (t == KT_Q4_K || t == KT_Q5_K || t == KT_Q6_K) ? 256 : 32; }
+int q8_block(int t) { return type_info(t).block == 256 ? 256 : 32; }   // the K-quants and IQ4_XS: 256
 static uint64_t a256(uint64_t n) { return (n + 255) & ~255ull; }
 uint64_t q8_values_bytes(const kargs_matmul& a) { return a256((uint64_t)a.n_tokens * a.n_in); }
 uint64_t q8_scales_bytes(const kargs_matmul& a) {
@@ -129,6 +129,9 @@ static int mvq_nb(int t) {
         case KT_Q4_K: return MVQ<KT_Q4_K>::NB;
         case KT_Q5_K: return MVQ<KT_Q5_K>::NB;
         case KT_Q6_K: return MVQ<KT_Q6_K>::NB;
+        case KT_Q2_K: return MVQ<KT_Q2_K>::NB;
+        case KT_Q3_K: return MVQ<KT_Q3_K>::NB;
+        case KT_IQ4_XS: return MVQ<KT_IQ4_XS>::NB;
         default: return MVQ<KT_F16>::NB;
     }
 }

@@ -27,6 +27,9 @@ template <> struct QT<KT_Q8_0> { static constexpr int QK = 32, BB = 34; };
 template <> struct QT<KT_Q4_K> { static constexpr int QK = 256, BB = 144; };
 template <> struct QT<KT_Q5_K> { static constexpr int QK = 256, BB = 176; };
 template <> struct QT<KT_Q6_K> { static constexpr int QK = 256, BB = 210; };
+template <> struct QT<KT_Q2_K> { static constexpr int QK = 256, BB = 84; };
+template <> struct QT<KT_Q3_K> { static constexpr int QK = 256, BB = 110; };
+template <> struct QT<KT_IQ4_XS> { static constexpr int QK = 256, BB = 136; };
 
 // Every block starts 2-byte aligned (block sizes are even, GGUF data is 32-byte aligned).
 __device__ __forceinline__ float ldh(const uint8_t* p) {
@@ -46,6 +49,32 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, i
         *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
+}
+
+// Q3_K: the signed 6-bit scale of sub-block s (0..15), packed in 12 bytes: low 4 bits in
+// byte s (low nibble) or s - 8 (high nibble), top 2 bits at bit 2 (s / 4) of byte 8 + s % 4.
+__device__ __forceinline__ int scale_q3k(int s, const uint8_t* q) {
+    const int lo = s < 8 ? (q[s] & 0xF) : (q[s - 8] >> 4);
+    const int hi = (q[8 + s % 4] >> (2 * (s / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+// IQ4_XS: ggml's code book kvalues_iq4nl {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13,
+// 25, 38, 53, 69, 89, 113} as four little-endian words, looked up 4 bytes at a time: each
+// byte of q (a code 0..15) -> the int8 code-book value, by two byte permutes (codes 0-7 and
+// 8-15, selector bits 0-2) and a per-byte pick on bit 3.
+__device__ __forceinline__ int iq4nl_lut(int q) {
+    const uint32_t u = (uint32_t)q;
+    const uint32_t sel = (u & 7) | ((u >> 4) & 0x70) | ((u >> 8) & 0x700) | ((u >> 12) & 0x7000);
+    const uint32_t lo = __byte_perm(0xBFAD9881u, 0xF6EADDCFu, sel), hi = __byte_perm(0x26190D01u, 0x71594535u, sel);
+    const uint32_t m = ((u >> 3) & 0x01010101u) * 0xFFu;
+    return (int)((lo & ~m) | (hi & m));
+}
+__device__ __forceinline__ int iq4nl_value(int code) { return (int)(int8_t)(iq4nl_lut(code) & 0xFF); }
+// IQ4_XS: the signed 6-bit scale of 32-value sub-block ib (0..7).
+__device__ __forceinline__ int scale_iq4xs(int ib, const uint8_t* b) {
+    const int sh = b[2] | (b[3] << 8);
+    return (((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
 }
 
 // ---- one element ------------------------------------------------------------------------
@@ -118,6 +147,33 @@ template <> __device__ __forceinline__ float dq1<KT_Q6_K>(const uint8_t* row, in
     int lo = (qd & 1) ? ql[l + 32] : ql[l];
     int q = ((qd & 2) ? (lo >> 4) : (lo & 0xF)) | (((qh[l] >> (2 * qd)) & 3) << 4);
     return __fmul_rn(__fmul_rn(ldh(b + 208), (float)sc[l / 16 + 2 * qd]), (float)(q - 32));
+}
+
+// Q2_K (84 B: scales[16], qs[64], d, dmin): value e = 128 h + 32 j + l is bits 2j of
+// qs[32 h + l]; sub-block e / 16 has a 4-bit scale (low nibble) and min (high nibble).
+template <> __device__ __forceinline__ float dq1<KT_Q2_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 84;
+    int w = e % 256, h = w / 128, j = (w % 128) / 32, l = w % 32, sc = b[w / 16];
+    int q = (b[16 + 32 * h + l] >> (2 * j)) & 3;
+    return __fsub_rn(__fmul_rn(__fmul_rn(ldh(b + 80), (float)(sc & 0xF)), (float)q),
+                     __fmul_rn(ldh(b + 82), (float)(sc >> 4)));
+}
+// Q3_K (110 B: hmask[32], qs[64], scales[12], d): Q2_K's low bits plus bit 4h + j of
+// hmask[l] as bit 2; value d * scale * (q - 4).
+template <> __device__ __forceinline__ float dq1<KT_Q3_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 110;
+    int w = e % 256, h = w / 128, j = (w % 128) / 32, l = w % 32;
+    int q = ((b[32 + 32 * h + l] >> (2 * j)) & 3) | (((b[l] >> (4 * h + j)) & 1) << 2);
+    return __fmul_rn(__fmul_rn(ldh(b + 108), (float)scale_q3k(w / 16, b + 96)), (float)(q - 4));
+}
+// IQ4_XS (136 B: d, scales_h, scales_l[4], qs[128]): sub-block ib's 16 qs bytes hold value j
+// (low nibble) and j + 16 (high); value d * scale * kvalues_iq4nl[code].
+template <> __device__ __forceinline__ float dq1<KT_IQ4_XS>(const uint8_t* row, int e) {
+    const uint8_t* b = row + (e / 256) * 136;
+    int w = e % 256, ib = w / 32, j = w % 32;
+    uint8_t qb = b[8 + 16 * ib + (j % 16)];
+    int code = j < 16 ? (qb & 0xF) : (qb >> 4);
+    return __fmul_rn(__fmul_rn(ldh(b), (float)scale_iq4xs(ib, b)), (float)iq4nl_value(code));
 }
 
 // ---- eight elements -----------------------------------------------------------------------

@@ -41,6 +41,9 @@ void bind(DispatchDesc& d, int index, const Binding& b) {
         case KT_Q4_K: return prefix "q4_k";                                                   \
         case KT_Q5_K: return prefix "q5_k";                                                   \
         case KT_Q6_K: return prefix "q6_k";                                                   \
+        case KT_Q2_K: return prefix "q2_k";                                                   \
+        case KT_Q3_K: return prefix "q3_k";                                                   \
+        case KT_IQ4_XS: return prefix "iq4_xs";                                               \
     }                                                                                         \
     throw Error(std::string("metal: no " prefix "<type> kernel for weight type id ") + std::to_string(t));
 

@@ -40,7 +40,8 @@ const TypeDesc kTypes[] = {
     {KT_F32, "F32", 1, 4},       {KT_F16, "F16", 1, 2},       {KT_BF16, "BF16", 1, 2},
     {KT_Q8_0, "Q8_0", 32, 34},   {KT_Q4_0, "Q4_0", 32, 18},   {KT_Q4_1, "Q4_1", 32, 20},
     {KT_Q5_0, "Q5_0", 32, 22},   {KT_Q5_1, "Q5_1", 32, 24},   {KT_Q4_K, "Q4_K", 256, 144},
-    {KT_Q5_K, "Q5_K", 256, 176}, {KT_Q6_K, "Q6_K", 256, 210},
+    {KT_Q5_K, "Q5_K", 256, 176}, {KT_Q6_K, "Q6_K", 256, 210}, {KT_Q2_K, "Q2_K", 256, 84},
+    {KT_Q3_K, "Q3_K", 256, 110}, {KT_IQ4_XS, "IQ4_XS", 256, 136},
 };
 
 std::mt19937 rng(42);
@@ -82,6 +83,16 @@ std::vector<uint8_t> random_row(const TypeDesc& t, int K) {
             case KT_Q6_K:
                 for (int i = 0; i < 16; ++i) p[192 + i] = (uint8_t)(int8_t)((int)(rng() % 128) - 64);
                 put_f16(p + 208, uniform(0.001f, 0.01f));
+                break;
+            case KT_Q2_K:  // d and dmin at the end
+                put_f16(p + 80, uniform(0.001f, 0.02f));
+                put_f16(p + 82, uniform(0.001f, 0.02f));
+                break;
+            case KT_Q3_K:
+                put_f16(p + 108, uniform(0.001f, 0.01f));
+                break;
+            case KT_IQ4_XS:  // values up to 32 * 127 * d
+                put_f16(p, uniform(0.0001f, 0.001f));
                 break;
             default:  // Q4_0 Q5_0 Q8_0: f16 d first
                 put_f16(p, uniform(0.001f, 0.02f));
@@ -146,7 +157,7 @@ void test_type(const TypeDesc& t) {
     double e0 = nmse(ys.data(), ref.data(), M * N);
     const double tol0 = fmt == 0 ? 1e-10 : 1e-3;
     check(e0 <= tol0, std::string(t.name) + " scalar vs dequant NMSE " + std::to_string(e0));
-    std::printf("%-5s scalar  vs float64 dequant: NMSE %.1e\n", t.name, e0);
+    std::printf("%-6s scalar  vs float64 dequant: NMSE %.1e\n", t.name, e0);
 
     for (Simd lv : levels_here()) {
         if (lv == Simd::scalar) continue;
@@ -178,7 +189,7 @@ void test_type(const TypeDesc& t) {
         force_simd(best_simd());
         double ed = nmse(y.data(), ysd.data(), M * N);
         check(ed <= 1e-10, std::string(t.name) + " " + simd_name(lv) + " driver vs scalar NMSE " + std::to_string(ed));
-        std::printf("%-5s %-7s vs scalar: kernel NMSE %.1e, driver NMSE %.1e\n", t.name, simd_name(lv), worst, ed);
+        std::printf("%-6s %-7s vs scalar: kernel NMSE %.1e, driver NMSE %.1e\n", t.name, simd_name(lv), worst, ed);
     }
 }
 
