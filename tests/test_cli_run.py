@@ -112,6 +112,16 @@ def test_bench_table_and_json(run_cli):
     assert [x["test"] for x in res] == ["pp16", "tg8"] and all(x["avg_ts"] > 0 for x in res)
 
 
+
+def test_bench_depth_fills_the_cache_first(run_cli):
+    r = run_cli("bench", "-p", "16", "-n", "8", "-r", "1", "-d", "40", "-o", "json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [x["test"] for x in res] == ["pp16 @ d40", "tg8 @ d40"] and all(x["n_depth"] == 40 for x in res)
+    r = run_cli("bench", "-p", "16", "-n", "8", "-d", "100", "-c", "64", timeout=300)
+    assert r.returncode == 2 and "exceed n_ctx 64" in r.stderr
+
+
 def test_chat_loop_answers_and_quits_on_eof(run_cli_input):
     r = run_cli_input(["chat", "-n", "8", "--temp", "0"], "Hello!\n")
     assert r.returncode == 0, r.stderr

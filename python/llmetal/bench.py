@@ -4,8 +4,9 @@ printed as llama-bench's markdown table so the numbers paste next to llama.cpp's
 As llama-bench does, tokenization and sampling are excluded. ppN runs N random tokens through
 one batched prefill (in n_batch chunks) into a fresh context; tgN runs N decode steps from an
 empty context through the same replayed plan `generate` uses -- the KV cache growing and the
-last token's logits computed and downloaded each step. Each test runs once to warm up, then
-`repetitions` times; t/s is reported as mean +- standard deviation.
+last token's logits computed and downloaded each step. With `-d N` (llama-bench's depth) N
+random tokens are prefilled into the cache, untimed, before each timed run. Each test runs once
+to warm up, then `repetitions` times; t/s is reported as mean +- standard deviation.
 """
 from __future__ import annotations
 
@@ -39,36 +40,52 @@ def _model_label(model) -> tuple[str, int, int]:
     return f"{model.cfg.arch} {size_label} {ftype}", n_bytes, n_params
 
 
-def _time_pp(model, tokens) -> float:
+def _fill(model, depth_tokens):
+    """Put `depth` tokens in the KV cache (untimed), as llama-bench's -d does."""
+    if depth_tokens:
+        model.prefill(depth_tokens, 0)
+
+
+def _time_pp(model, tokens, depth_tokens) -> float:
+    _fill(model, depth_tokens)
     t0 = time.perf_counter()
-    model.prefill(tokens, 0)
+    model.prefill(tokens, len(depth_tokens))
     return time.perf_counter() - t0
 
 
-def _time_tg(model, n, token) -> float:
+def _time_tg(model, n, token, depth_tokens) -> float:
     model.plan()
+    _fill(model, depth_tokens)
+    d = len(depth_tokens)
     t0 = time.perf_counter()
-    for pos in range(n):
+    for pos in range(d, d + n):
         model.decode_step(token, pos)
     return time.perf_counter() - t0
 
 
-def run_bench(model, n_prompt=512, n_gen=128, repetitions=5, n_threads=0, seed=1234):
-    if n_prompt > model.n_ctx or n_gen > model.n_ctx:
-        raise ValueError(f"bench sizes exceed n_ctx {model.n_ctx}")
+def run_bench(model, n_prompt=512, n_gen=128, repetitions=5, n_threads=0, seed=1234, depth=0):
+    """ppN and tgN rows (llama-bench's tests); with depth, N tokens are in the cache first."""
+    if depth < 0:
+        raise ValueError("the depth must be >= 0")
+    if depth + max(n_prompt, n_gen) > model.n_ctx:
+        raise ValueError(f"bench sizes (depth {depth} + {max(n_prompt, n_gen)}) exceed n_ctx {model.n_ctx}")
     rng = np.random.default_rng(seed)
     label, n_bytes, n_params = _model_label(model)
+    depth_tokens = rng.integers(0, model.cfg.n_vocab, size=depth).tolist()
+    at = f" @ d{depth}" if depth else ""
     results = []
     if n_prompt > 0:
         tokens = rng.integers(0, model.cfg.n_vocab, size=n_prompt).tolist()
-        _time_pp(model, tokens)  # warm-up
-        ts = [n_prompt / _time_pp(model, tokens) for _ in range(repetitions)]
-        results.append({"test": f"pp{n_prompt}", "n_prompt": n_prompt, "n_gen": 0, "samples_ts": ts})
+        _time_pp(model, tokens, depth_tokens)  # warm-up
+        ts = [n_prompt / _time_pp(model, tokens, depth_tokens) for _ in range(repetitions)]
+        results.append({"test": f"pp{n_prompt}{at}", "n_prompt": n_prompt, "n_gen": 0, "n_depth": depth,
+                        "samples_ts": ts})
     if n_gen > 0:
         token = int(rng.integers(0, model.cfg.n_vocab))
-        _time_tg(model, min(n_gen, 16), token)  # warm-up (records the plan)
-        ts = [n_gen / _time_tg(model, n_gen, token) for _ in range(repetitions)]
-        results.append({"test": f"tg{n_gen}", "n_prompt": 0, "n_gen": n_gen, "samples_ts": ts})
+        _time_tg(model, min(n_gen, 16), token, [])  # warm-up (records the plan)
+        ts = [n_gen / _time_tg(model, n_gen, token, depth_tokens) for _ in range(repetitions)]
+        results.append({"test": f"tg{n_gen}{at}", "n_prompt": 0, "n_gen": n_gen, "n_depth": depth,
+                        "samples_ts": ts})
     for r in results:
         r["avg_ts"] = statistics.fmean(r["samples_ts"])
         r["stddev_ts"] = statistics.stdev(r["samples_ts"]) if len(r["samples_ts"]) > 1 else 0.0

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (ppN)")
     p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tgN)")
     p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("-d", "--n-depth", type=int, default=0,
+                   help="tokens already in the KV cache before each test (llama-bench's -d)")
     p.add_argument("-o", "--output", choices=["md", "json"], default="md")
     _add_runtime(p, n_ctx=0)
 
@@ -374,10 +376,12 @@ def _cmd_bench(args) -> int:
     from .bench import format_json, format_markdown, run_bench
     if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1:
         raise CLIError("-p and -n must be >= 0 and -r >= 1")
-    n_ctx = args.ctx_size or max(args.n_prompt, args.n_gen, 1)
+    if args.n_depth < 0:
+        raise CLIError("-d/--n-depth must be >= 0")
+    n_ctx = args.ctx_size or args.n_depth + max(args.n_prompt, args.n_gen, 1)
     model = _load(args, n_ctx=n_ctx)
     threads = args.threads or _engine.default_threads()
-    res = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, threads)
+    res = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, threads, depth=args.n_depth)
     print(format_json(res) if args.output == "json" else format_markdown(res))
     return 0
 
