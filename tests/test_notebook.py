@@ -25,5 +25,8 @@ def test_inspect_notebook_executes(tmp_path):
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                       for o in cell.get("outputs", []))
     assert "NMSE engine vs numpy" in outputs and "next token" in outputs
-    assert any("image/png" in o.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for o in cell.get("outputs", []))
+    assert "last layer's top token: ' Paris' = the model's: ' Paris'" in outputs   # the lens
+    assert "patched at position 3" in outputs and "kqv " in outputs                 # patching, errors
+    assert sum("image/png" in o.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for o in cell.get("outputs", [])) >= 5
+    assert NB.stat().st_size < 1 << 20, "the committed notebook (with its outputs) stays under 1 MB"
