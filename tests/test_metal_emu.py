@@ -133,7 +133,12 @@ def test_embed_all_types(wtype):
     pool.reserve()
     pool.get("W").upload(wq); pool.get("ids").upload(ids)
     E.Encoder(dev, eager=True).embed(pool.get("W"), pool.get("ids"), pool.get("out"), 1.0)
-    np.testing.assert_array_equal(pool.get("out").to_numpy(), ref_w[ids].astype(np.float32))
+    got, want = pool.get("out").to_numpy(), ref_w[ids].astype(np.float32)
+    if REAL:
+        # Apple compiles with fast math: q*d + m may become one fma (one rounding, not two)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        np.testing.assert_array_equal(got, want)   # the emulator: -ffp-contract=off, as the reference
 
 
 # ---- the plan ---------------------------------------------------------------------------------
