@@ -1,5 +1,5 @@
-// device.mm -- the Metal device: the only Objective-C++ in the tree (built by CMake's APPLE
-// branch, manual reference counting). It turns the dispatch descriptions of dispatch.cpp into
+// device.mm -- the Metal device: the only Objective-C++ of the product (manual reference
+// counting; built on Apple, and on Linux against tests/metal_shim with LLMETAL_METAL_SHIM=ON). It turns the dispatch descriptions of dispatch.cpp into
 // Metal calls, line for line; everything else (planning, checks, counters) is PlannedDevice.
 //
 // NOT RUN ON APPLE HARDWARE BY THE PROJECT: no Mac exists where llmetal is built and tested.
