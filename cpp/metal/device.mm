@@ -1,6 +1,7 @@
 // device.mm -- the Metal device: the only Objective-C++ of the product (manual reference
 // counting; built on Apple, and on Linux against tests/metal_shim with LLMETAL_METAL_SHIM=ON).
-// It turns the dispatch descriptions of dispatch.cpp into Metal calls, line for line; everything else (planning, checks, counters) is PlannedDevice.
+// It turns the dispatch descriptions of dispatch.cpp into Metal calls, line for line;
+// everything else (planning, checks, counters) is PlannedDevice.
 //
 // NOT RUN ON APPLE HARDWARE BY THE PROJECT: no Mac exists where llmetal is built and tested.
 // What does run here (CI): this file compiled by clang as Objective-C++ against a declaration
