@@ -18,6 +18,12 @@ void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& buf
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule);
 }
 #endif
+#ifdef LLMETAL_WITH_METAL_SHIM   // tests/metal_shim/shim.mm (test builds only)
+namespace llmetal {
+std::vector<std::pair<std::string, int64_t>> metal_shim_stats();
+void metal_shim_fail_command_buffer(int64_t k);
+}
+#endif
 
 namespace nb = nanobind;
 using namespace llmetal;
@@ -88,6 +94,9 @@ static nb::dict build_info() {
 #endif
 #ifdef LLMETAL_WITH_METAL
     devices.append("metal");
+#endif
+#ifdef LLMETAL_WITH_METAL_SHIM
+    d["metal_shim"] = true;   // "metal" is device.mm on the Linux shim (tests/metal_shim)
 #endif
 #ifdef LLMETAL_WITH_METAL_EMU
     devices.append("metal-emu");
@@ -285,6 +294,15 @@ NB_MODULE(_engine, m) {
         metal_emu_run_kernel(name, bufs, a.data(), grid.data(), tg.data(), tg_mem, schedule);
     }, nb::arg("name"), nb::arg("arrays"), nb::arg("args"), nb::arg("grid"), nb::arg("tg"),
        nb::arg("tg_mem") = 0, nb::arg("schedule") = "forward");
+#endif
+#ifdef LLMETAL_WITH_METAL_SHIM
+    m.def("metal_shim_stats", []() {
+        nb::dict r;
+        for (auto& kv : metal_shim_stats()) r[kv.first.c_str()] = kv.second;
+        return r;
+    }, "The Linux Metal shim's bookkeeping: live objects per class, retains, open pools, ...");
+    m.def("metal_shim_fail_command_buffer", &metal_shim_fail_command_buffer, nb::arg("k"),
+          "Make the k-th command buffer committed from now on end with an error (tests).");
 #endif
 
     nb::class_<Tensor>(m, "Tensor")

@@ -70,6 +70,11 @@ GAP_TIE = 0.1         # a CPU near-tie: top-2 within this may break either way
 MAX_NEAR_TIES = 2     # CPU/metal-emu disagreements allowed per model, each at a CPU near-tie
 
 CASES = [(m, s) for m in ("smollm2", "gemma3") for s in ("forward", "reverse")]
+# Shim builds (-DLLMETAL_METAL_SHIM=ON, .ci/run): the same models through cpp/metal/device.mm on
+# the Linux Metal shim ("metal"), which must give metal-emu:reverse's logits bit for bit.
+if E.build_info().get("metal_shim"):
+    CASES += [(m, "metal") for m in ("smollm2", "gemma3")]
+_EMU_LOGITS: dict[tuple, list] = {}
 
 _RUNS: dict[str, dict] = {}
 
@@ -100,7 +105,8 @@ def test_whole_model_on_metal_emu(name, schedule):
     n_steps = N_STEPS
     run = cpu_run(name)
     prompt, toks = run["prompt"], run["toks"]
-    m = llmetal.load(run["path"], device=f"metal-emu:{schedule}", n_ctx=N_CTX, n_batch=16, n_out=1)
+    dev = "metal" if schedule == "metal" else f"metal-emu:{schedule}"
+    m = llmetal.load(run["path"], device=dev, n_ctx=N_CTX, n_batch=16, n_out=1)
     logits = [m.prefill(prompt).copy()]
     cbufs, allocs = [], []
     for i in range(n_steps):
@@ -109,6 +115,9 @@ def test_whole_model_on_metal_emu(name, schedule):
         cbufs.append(E.metal_counters(m.device)["command_buffers"] - cb0)
         allocs.append(E.alloc_count() - a0)
 
+    _EMU_LOGITS[(name, schedule)] = logits
+    if schedule == "metal" and (name, "reverse") in _EMU_LOGITS:   # device.mm: metal-emu's numbers
+        np.testing.assert_array_equal(np.array(logits), np.array(_EMU_LOGITS[(name, "reverse")]))
     # the plan: one command buffer per token; nothing allocated once the plan is recorded
     assert cbufs == [1] * n_steps, f"command buffers per token: {cbufs}"
     assert sum(allocs[1:]) == 0, f"allocations per replayed token: {allocs}"

@@ -1,12 +1,18 @@
-// device.mm -- the Metal device: the only Objective-C++ in the tree (built by CMake's APPLE
-// branch, manual reference counting). It turns the dispatch descriptions of dispatch.cpp into
-// Metal calls, line for line; everything else (planning, checks, counters) is PlannedDevice.
+// device.mm -- the Metal device: the only Objective-C++ of the product (manual reference
+// counting; built on Apple, and on Linux against tests/metal_shim with LLMETAL_METAL_SHIM=ON).
+// It turns the dispatch descriptions of dispatch.cpp into Metal calls, line for line;
+// everything else (planning, checks, counters) is PlannedDevice.
 //
-// NEVER COMPILED OR RUN BY THE PROJECT: no Apple hardware exists where llmetal is built and
-// tested. The plan it encodes and the kernels it runs are tested on Linux through the metal-emu
-// device (tests/test_metal_emu.py); this file is exercised only by the macOS workflow
-// (.github/workflows/macos.yml) on machines of users who have a Mac.
+// NOT RUN ON APPLE HARDWARE BY THE PROJECT: no Mac exists where llmetal is built and tested.
+// What does run here (CI): this file compiled by clang as Objective-C++ against a declaration
+// header of the Metal/Foundation API it uses, and run as `device="metal"` against a Linux
+// implementation of that API over the CPU emulator of Metal (tests/metal_shim/, CMake option
+// LLMETAL_METAL_SHIM), with Metal's documented limits and encoder rules enforced. Apple's
+// compiler and GPU run it only in .github/workflows/macos.yml, on machines of users with a Mac.
 //
+//   device     the system default device, else the first of MTLCopyAllDevices(); Apple7 family
+//              (A14 / M1) or newer required: the kernels assume 32-lane SIMD groups, simd_sum and
+//              simdgroup_float8x8 (threadExecutionWidth == 32 is checked per pipeline)
 //   kernels    MSL source embedded at build time (scripts/metal_embed.py -> metal_source.inc),
 //              compiled once when the device is made; pipelines made on first use and cached
 //              by kernel name (the names are static strings: the pointer is the key)
@@ -15,7 +21,12 @@
 //              newBufferWithBytesNoCopy, in overlapping pieces below maxBufferLength
 //   execution  one command buffer and one concurrent compute encoder per submit (per token
 //              when a plan replays); memoryBarrier where the planner found a hazard; a debug
-//              group per dispatch named after its stage, so a GPU capture reads like the trace
+//              group per dispatch named after its stage, so a GPU capture reads like the trace.
+//              Everything that can fail (pipelines, sizes) is checked before the encoder opens,
+//              and the encoder is ended on every path: Metal aborts the process when an encoder
+//              is released without endEncoding. No exception leaves an @autoreleasepool block
+//              (that would leak the pool). wait() checks every command buffer since the last
+//              wait, so a failure in an early one of an eager run is reported.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
@@ -27,6 +38,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
+#include <string>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -46,31 +59,79 @@ const char* const kMetalSource =
 struct Piece { id<MTLBuffer> buf; uint64_t base, len; };
 struct MetalBuf { std::vector<Piece> pieces; uint64_t step = 0; };
 
+// The device: the system default, else the first one MTLCopyAllDevices() lists (Apple
+// documents that the default needs CoreGraphics linked in a process without graphics: CMake
+// links it; the list is the fallback). Returned retained, or nil.
+id<MTLDevice> pick_device() {
+    id<MTLDevice> d = MTLCreateSystemDefaultDevice();
+    if (d) return d;
+    NSArray<id<MTLDevice>>* all = MTLCopyAllDevices();   // a Copy function: we own the array
+    if (all && all.count > 0) d = [[all objectAtIndex:0] retain];
+    [all release];
+    return d;
+}
+
+std::string error_text(NSError* err) {
+    return err ? std::string(err.localizedDescription.UTF8String) : std::string("unknown error");
+}
+
 struct MetalDevice final : metal::PlannedDevice {
     MetalDevice() {
-        @autoreleasepool {
-            dev = MTLCreateSystemDefaultDevice();
-            if (!dev) throw Error("metal: no Metal device on this machine");
-            queue = [dev newCommandQueue];
-            MTLCompileOptions* opt = [[MTLCompileOptions new] autorelease];
-            opt.fastMathEnabled = YES;
-            NSError* err = nil;
-            lib = [dev newLibraryWithSource:[NSString stringWithUTF8String:kMetalSource] options:opt error:&err];
-            if (!lib)
-                throw Error(std::string("metal: compiling the kernels failed: ") +
-                            (err ? err.localizedDescription.UTF8String : "unknown error"));
+        std::string failure;
+        @autoreleasepool {   // no exception may leave the pool: failures are thrown after it
+            failure = open();
+        }
+        if (!failure.empty()) {
+            release_all();
+            throw Error(failure);
         }
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
+    }
+    // Makes the device, queue and library; "" or why not.
+    std::string open() {
+        dev = pick_device();
+        if (!dev)
+            return "metal: no Metal device: MTLCreateSystemDefaultDevice() returned none and "
+                   "MTLCopyAllDevices() lists none (a Mac without a Metal GPU, a virtual machine, or "
+                   "a login session without access to the GPU); use device=\"cpu\"";
+        if (![dev supportsFamily:MTLGPUFamilyApple7])
+            return std::string("metal: ") + dev.name.UTF8String +
+                   " is not an Apple7-family GPU (Apple A14 / M1 or newer): llmetal's kernels need "
+                   "32-lane SIMD groups and simdgroup matrices; use device=\"cpu\"";
+        queue = [dev newCommandQueue];
+        if (!queue) return "metal: cannot create a command queue";
+        MTLCompileOptions* opt = [[MTLCompileOptions new] autorelease];
+#if __MAC_OS_X_VERSION_MAX_ALLOWED >= 150000
+        if (@available(macOS 15.0, *)) {
+            opt.mathMode = MTLMathModeFast;   // fastMathEnabled is deprecated from macOS 15
+        } else {
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+            opt.fastMathEnabled = YES;
+#pragma clang diagnostic pop
+        }
+#else
+        opt.fastMathEnabled = YES;
+#endif
+        NSError* err = nil;
+        lib = [dev newLibraryWithSource:[NSString stringWithUTF8String:kMetalSource] options:opt error:&err];
+        if (!lib) return "metal: compiling the kernels failed: " + error_text(err);
+        return "";
+    }
+    void release_all() {
+        for (auto& kv : pipelines) [kv.second release];
+        pipelines.clear();
+        [lib release];
+        [queue release];
+        [dev release];
+        lib = nil; queue = nil; dev = nil;
     }
     ~MetalDevice() override {
         wait_quiet();
         step_buf.reset();
         scratch.reset();
-        for (auto& kv : pipelines) [kv.second release];
-        [lib release];
-        [queue release];
-        [dev release];
+        release_all();
     }
     const char* name() const override { return "metal"; }
 
@@ -154,64 +215,108 @@ struct MetalDevice final : metal::PlannedDevice {
         *off = b.offset - mb->pieces[k].base;
     }
 
+    // The pipeline of a kernel (made on first use, cached), checked: 32-lane SIMD groups.
     id<MTLComputePipelineState> pipeline(const char* kernel) {
         auto it = pipelines.find(kernel);
         if (it != pipelines.end()) return it->second;
-        @autoreleasepool {
+        std::string failure;
+        id<MTLComputePipelineState> ps = nil;
+        @autoreleasepool {   // no exception may leave the pool: failures are thrown after it
             id<MTLFunction> fn = [[lib newFunctionWithName:[NSString stringWithUTF8String:kernel]] autorelease];
-            if (!fn) throw Error(std::string("metal: no kernel named ") + kernel + " in the library");
             NSError* err = nil;
-            id<MTLComputePipelineState> ps = [dev newComputePipelineStateWithFunction:fn error:&err];
-            if (!ps)
-                throw Error(std::string("metal: pipeline for ") + kernel + ": " +
-                            (err ? err.localizedDescription.UTF8String : "unknown error"));
-            pipelines[kernel] = ps;
-            return ps;
+            if (!fn) {
+                failure = std::string("metal: no kernel named ") + kernel + " in the library";
+            } else if (!(ps = [dev newComputePipelineStateWithFunction:fn error:&err])) {
+                failure = std::string("metal: pipeline for ") + kernel + ": " + error_text(err);
+            } else if (ps.threadExecutionWidth != 32) {
+                failure = std::string("metal: ") + kernel + " runs in SIMD groups of " +
+                          std::to_string(ps.threadExecutionWidth) + " threads on " + dev.name.UTF8String +
+                          "; llmetal's kernels need 32";
+                [ps release];
+                ps = nil;
+            }
         }
+        if (!ps) throw Error(failure);
+        pipelines[kernel] = ps;
+        return ps;
     }
 
     // ---- execution: one command buffer, descriptions in order ----------------------------------
     void execute(const metal::DispatchDesc* d, size_t n) override {
-        @autoreleasepool {
+        // Everything that can fail is checked before the encoder opens.
+        if (ps_of.size() < n) ps_of.resize(n);   // keeps its capacity: no allocation per token
+        for (size_t i = 0; i < n; ++i) {
+            const metal::DispatchDesc& x = d[i];
+            id<MTLComputePipelineState> ps = pipeline(x.kernel);
+            if ((uint64_t)x.tg[0] * x.tg[1] * x.tg[2] > ps.maxTotalThreadsPerThreadgroup)
+                throw Error(std::string("metal: ") + x.kernel + " allows " +
+                            std::to_string(ps.maxTotalThreadsPerThreadgroup) + " threads per threadgroup, not " +
+                            std::to_string((uint64_t)x.tg[0] * x.tg[1] * x.tg[2]));
+            if ((x.tg_mem + 15) / 16 * 16 > dev.maxThreadgroupMemoryLength)
+                throw Error(std::string("metal: ") + x.kernel + " needs " + std::to_string(x.tg_mem) +
+                            " bytes of threadgroup memory; the device has " +
+                            std::to_string(dev.maxThreadgroupMemoryLength));
+            ps_of[i] = ps;
+        }
+        std::exception_ptr failure;
+        @autoreleasepool {   // no exception may leave the pool: it is rethrown after it
             id<MTLCommandBuffer> cb = [queue commandBuffer];
             id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoderWithDispatchType:MTLDispatchTypeConcurrent];
-            for (size_t i = 0; i < n; ++i) {
-                const metal::DispatchDesc& x = d[i];
-                id<MTLComputePipelineState> ps = pipeline(x.kernel);
-                if ((uint64_t)x.tg[0] * x.tg[1] * x.tg[2] > ps.maxTotalThreadsPerThreadgroup)
-                    throw Error(std::string("metal: ") + x.kernel + " allows " +
-                                std::to_string(ps.maxTotalThreadsPerThreadgroup) + " threads per threadgroup");
-                if (x.barrier) [enc memoryBarrierWithScope:MTLBarrierScopeBuffers];
-                [enc pushDebugGroup:[NSString stringWithUTF8String:x.stage]];
-                [enc setComputePipelineState:ps];
-                [enc setBytes:x.args length:x.args_bytes atIndex:0];
-                for (int k = 1; k < x.n_bufs; ++k) {
-                    if (!x.bufs[k].buf) continue;
-                    id<MTLBuffer> b; uint64_t off;
-                    resolve(x.bufs[k], &b, &off);
-                    [enc setBuffer:b offset:off atIndex:k];
+            try {
+                for (size_t i = 0; i < n; ++i) {
+                    const metal::DispatchDesc& x = d[i];
+                    if (x.barrier) [enc memoryBarrierWithScope:MTLBarrierScopeBuffers];
+                    [enc pushDebugGroup:[NSString stringWithUTF8String:x.stage]];
+                    [enc setComputePipelineState:ps_of[i]];
+                    [enc setBytes:x.args length:x.args_bytes atIndex:0];
+                    for (int k = 1; k < x.n_bufs; ++k) {
+                        if (!x.bufs[k].buf) continue;
+                        id<MTLBuffer> b; uint64_t off;
+                        resolve(x.bufs[k], &b, &off);
+                        [enc setBuffer:b offset:off atIndex:k];
+                    }
+                    if (x.tg_mem) [enc setThreadgroupMemoryLength:(x.tg_mem + 15) / 16 * 16 atIndex:0];
+                    [enc dispatchThreadgroups:MTLSizeMake(x.grid[0], x.grid[1], x.grid[2])
+                        threadsPerThreadgroup:MTLSizeMake(x.tg[0], x.tg[1], x.tg[2])];
+                    [enc popDebugGroup];
                 }
-                if (x.tg_mem) [enc setThreadgroupMemoryLength:(x.tg_mem + 15) / 16 * 16 atIndex:0];
-                [enc dispatchThreadgroups:MTLSizeMake(x.grid[0], x.grid[1], x.grid[2])
-                    threadsPerThreadgroup:MTLSizeMake(x.tg[0], x.tg[1], x.tg[2])];
-                [enc popDebugGroup];
+            } catch (...) {
+                failure = std::current_exception();
             }
-            [enc endEncoding];
-            [cb commit];
-            [last release];
-            last = [cb retain];
+            [enc endEncoding];   // on every path: Metal aborts on an encoder released without it
+            if (!failure) {
+                [cb commit];
+                retire_completed();
+                inflight.push_back([cb retain]);
+            }
         }
+        if (failure) std::rethrow_exception(failure);
     }
 
+    // Drops command buffers at the front that completed without error (a queue completes in
+    // order); failed ones stay for wait() to report.
+    void retire_completed() {
+        size_t k = 0;
+        while (k < inflight.size() && inflight[k].status == MTLCommandBufferStatusCompleted) [inflight[k++] release];
+        if (k) inflight.erase(inflight.begin(), inflight.begin() + k);
+    }
+
+    // Waits for every command buffer since the last wait; reports the first that failed.
     void wait() override {
-        if (!last) return;
-        [last waitUntilCompleted];
-        MTLCommandBufferStatus st = last.status;
-        NSError* err = last.error;
-        std::string msg = err ? err.localizedDescription.UTF8String : "";
-        [last release];
-        last = nil;
-        if (st == MTLCommandBufferStatusError) throw Error("metal: command buffer failed: " + msg);
+        if (inflight.empty()) return;
+        std::string msg;
+        @autoreleasepool {
+            for (size_t i = 0; i < inflight.size(); ++i) {
+                id<MTLCommandBuffer> cb = inflight[i];
+                [cb waitUntilCompleted];
+                if (msg.empty() && cb.status == MTLCommandBufferStatusError)
+                    msg = "metal: command buffer " + std::to_string(i + 1) + " of " +
+                          std::to_string(inflight.size()) + " since the last wait failed: " + error_text(cb.error);
+                [cb release];
+            }
+        }
+        inflight.clear();
+        if (!msg.empty()) throw Error(msg);
     }
     void wait_quiet() {
         try { wait(); } catch (...) {}
@@ -220,7 +325,8 @@ struct MetalDevice final : metal::PlannedDevice {
     id<MTLDevice> dev = nil;
     id<MTLCommandQueue> queue = nil;
     id<MTLLibrary> lib = nil;
-    id<MTLCommandBuffer> last = nil;
+    std::vector<id<MTLCommandBuffer>> inflight;          // committed, not yet waited for
+    std::vector<id<MTLComputePipelineState>> ps_of;      // execute(): the pipeline per dispatch
     std::map<const char*, id<MTLComputePipelineState>> pipelines;
 };
 

@@ -211,9 +211,10 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
             d.tg[0] = ATT_SG * 32;
             if (p.n_splits > 1) {
                 finish(d);
-                out.emplace_back();
+                const char* stage = d.stage;
+                out.emplace_back();           // may reallocate: `d` is not used after this
                 DispatchDesc& e = out.back();
-                e.stage = d.stage;
+                e.stage = stage;
                 e.kernel = "kernel_attention_combine_f32";
                 set_args(e, p);
                 bind(e, 1, part); bind(e, 2, b[3]);

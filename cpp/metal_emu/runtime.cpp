@@ -3,6 +3,17 @@
 // The context switch: on x86-64 a hand-written switch (saves the six callee-saved registers
 // and the stack pointer: a few ns); elsewhere ucontext (portable, slower: it saves the signal
 // mask with a system call).
+// macOS: the SDK's <ucontext.h> (the fallback on arm64) is refused unless _XOPEN_SOURCE is
+// defined, and _XOPEN_SOURCE alone hides MAP_ANONYMOUS unless _DARWIN_C_SOURCE is defined too.
+// Both must come before the first system header.
+#if defined(__APPLE__)
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700
+#endif
+#ifndef _DARWIN_C_SOURCE
+#define _DARWIN_C_SOURCE 1
+#endif
+#endif
 #include "runtime.h"
 
 #include <sys/mman.h>
@@ -44,42 +55,7 @@ std::string kernel_names() {
 }
 
 // ---- context switch --------------------------------------------------------------------------
-#if defined(__x86_64__)
-extern "C" void llmetal_emu_switch(void** save_sp, void* to_sp);
-extern "C" void llmetal_emu_trampoline();
-asm(R"(
-    .text
-    .globl llmetal_emu_switch
-    .hidden llmetal_emu_switch
-    .type llmetal_emu_switch,@function
-llmetal_emu_switch:
-    pushq %rbp
-    pushq %rbx
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
-    movq %rsp, (%rdi)
-    movq %rsi, %rsp
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbx
-    popq %rbp
-    ret
-    .size llmetal_emu_switch, .-llmetal_emu_switch
-
-    .globl llmetal_emu_trampoline
-    .hidden llmetal_emu_trampoline
-    .type llmetal_emu_trampoline,@function
-llmetal_emu_trampoline:
-    movq %r12, %rdi
-    callq *%r13
-    ud2
-    .size llmetal_emu_trampoline, .-llmetal_emu_trampoline
-)");
-#endif
+#include "fiber_switch_x86_64.h"
 
 namespace {
 
