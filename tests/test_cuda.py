@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from llmetal import _engine as E
+from test_stages import probs_inputs, visible_keys  # the stage tests' inputs and mask
 
 pytestmark = pytest.mark.cuda
 
@@ -334,18 +335,13 @@ def test_attention_probs(devs, rng, H, KV, hd, T, pos0, window, softcap):
     """kernel_attention_probs against the CPU device (float arithmetic on both; __expf vs exp:
     NMSE <= 1e-9); rows sum to 1 and the keys a query does not read are exactly 0. NaN rows
     mark keys no query may see."""
-    n_ctx, n_keys = pos0 + T + 40, pos0 + T
-    q = (rng.standard_normal((T, H * hd)) * (16 if softcap else 2)).astype(np.float32)
-    K = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
-    K[pos0 + T:] = np.nan
-    if window > 0 and pos0 - window + 1 > 0:
-        K[:pos0 - window + 1] = np.nan
+    n_keys = pos0 + T
+    q, K = probs_inputs(rng, H, KV, hd, T, pos0, window, softcap, spare=40)
     p = Pair(devs, {"q": (F32, q.shape, q), "K": (F16, K.shape, K)}, {"out": (F32, (H, T, n_keys))})
     p.run(lambda e, g: e.attention_probs(g("q"), g("K"), g("out"), H, KV, 1 / np.sqrt(hd), window, softcap), pos0, T)
     cpu, gpu = p.get("out")
     assert_close("attention_probs", cpu, gpu, 1e-9)
-    j, pos = np.arange(n_keys)[None, :], pos0 + np.arange(T)[:, None]
-    vis = (j <= pos) & ((j > pos - window) if window > 0 else True)
+    vis = visible_keys(T, pos0, window, n_keys)
     assert np.all(gpu[:, ~vis] == 0.0), "attention_probs: a key the query does not read is not 0"
     assert np.abs(gpu.astype(np.float64).sum(-1) - 1).max() <= 1e-5
 

@@ -488,6 +488,17 @@ PROBS_CASES = [
 ]
 
 
+def probs_inputs(rng, H, KV, hd, T, pos0, window, softcap, spare=5):
+    """q [T, H*hd] (scores a few units apart; 8x larger with a softcap, so the cap matters) and
+    a K cache of pos0 + T + spare rows whose rows no query may read are NaN."""
+    q = (rng.standard_normal((T, H * hd)) * (16.0 if softcap else 2.0)).astype(np.float32)
+    K = rng.standard_normal((pos0 + T + spare, KV * hd)).astype(np.float16)
+    K[pos0 + T:] = np.nan
+    if window > 0 and pos0 - window + 1 > 0:
+        K[:pos0 - window + 1] = np.nan
+    return q, K
+
+
 def visible_keys(T, pos0, window, n_keys):
     """[T, n_keys] bool: the keys each query of the batch attends to."""
     j = np.arange(n_keys)[None, :]
@@ -504,12 +515,8 @@ def test_attention_probs(device, simd, request, H, KV, hd, T, pos0, window, soft
     does not attend to (later positions, outside the window) is exactly 0. NaN rows of K mark
     the keys no query may read."""
     rng, seed = rng_for(request)
-    n_ctx, n_keys = pos0 + T + 5, pos0 + T
-    q = (rng.standard_normal((T, H * hd)) * (16.0 if softcap else 2.0)).astype(np.float32)
-    K = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
-    K[pos0 + T:] = np.nan
-    if window > 0 and pos0 - window + 1 > 0:
-        K[:pos0 - window + 1] = np.nan
+    n_keys = pos0 + T
+    q, K = probs_inputs(rng, H, KV, hd, T, pos0, window, softcap)
     scale = 1.0 / np.sqrt(hd)
     rig = Rig(device, {"q": q, "K": K}, {"out": (F32, (H, T, n_keys))})
     encoder(device, pos0, T).attention_probs(rig["q"], rig["K"], rig["out"], H, KV, scale, window, softcap)
