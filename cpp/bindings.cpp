@@ -378,6 +378,12 @@ NB_MODULE(_engine, m) {
             e.attention(q, kc, vc, out, n_heads, n_kv_heads, window, scale, softcap);
         }, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"), nb::arg("n_heads"),
            nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f)
+        .def("attention_probs", [](Encoder& e, const Tensor& q, const Tensor& kc, const Tensor& out, int n_heads,
+                                   int n_kv_heads, float scale, int window, float softcap) {
+            e.attention_probs(q, kc, out, n_heads, n_kv_heads, window, scale, softcap);
+        }, nb::arg("q"), nb::arg("k_cache"), nb::arg("out"), nb::arg("n_heads"), nb::arg("n_kv_heads"),
+           nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f,
+           "The probabilities attention() uses, out [n_heads, T, n_keys = pos0 + T] (eager inspection).")
         .def("add", &Encoder::add)
         .def("swiglu", &Encoder::swiglu)
         .def("geglu", &Encoder::geglu)

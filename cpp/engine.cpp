@@ -118,6 +118,7 @@ const char* stage_name(Stage s) {
         case Stage::swiglu: return "swiglu";
         case Stage::geglu: return "geglu";
         case Stage::logits: return "logits";
+        case Stage::attention_probs: return "attention_probs";
     }
     return "?";
 }
@@ -131,7 +132,8 @@ std::vector<KernelDesc> Device::describe(const std::vector<Command>& cmds) {
         int t = KT_F32;
         if (c.stage == Stage::matmul || c.stage == Stage::logits) t = c.a.matmul.wtype;
         if (c.stage == Stage::embed) t = c.a.embed.wtype;
-        if (c.stage == Stage::kv_store || c.stage == Stage::attention) t = KT_F16;   // the cache's type
+        if (c.stage == Stage::kv_store || c.stage == Stage::attention || c.stage == Stage::attention_probs)
+            t = KT_F16;   // the cache's type
         std::string dtype = type_info(t).name;
         for (char& ch : dtype) ch = (char)std::tolower((unsigned char)ch);
         out.push_back({std::string("kernel_") + stage_name(c.stage) + "_" + dtype, (int)i, 1, ""});
@@ -171,12 +173,21 @@ void free_host_buffer(Buffer& b) {
 }
 
 void check_positions(const Command& c, const kstep& s) {
-    if (c.stage != Stage::kv_store && c.stage != Stage::attention) return;
-    int nt = c.stage == Stage::kv_store ? c.a.kv_store.n_tokens : c.a.attention.n_tokens;
-    int nctx = c.stage == Stage::kv_store ? c.a.kv_store.n_ctx : c.a.attention.n_ctx;
+    int nt, nctx;
+    switch (c.stage) {
+        case Stage::kv_store: nt = c.a.kv_store.n_tokens; nctx = c.a.kv_store.n_ctx; break;
+        case Stage::attention: nt = c.a.attention.n_tokens; nctx = c.a.attention.n_ctx; break;
+        case Stage::attention_probs: nt = c.a.attention_probs.a.n_tokens; nctx = c.a.attention_probs.a.n_ctx; break;
+        default: return;
+    }
     if (s.pos0 < 0 || s.pos0 + nt > nctx)
         throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(s.pos0) + ".." +
                     std::to_string(s.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
+    // the probabilities of every key the batch's last query reads: keys 0 .. pos0 + T - 1
+    if (c.stage == Stage::attention_probs && c.a.attention_probs.n_keys != s.pos0 + nt)
+        throw Error("attention_probs: out has " + std::to_string(c.a.attention_probs.n_keys) +
+                    " keys, the batch at positions " + std::to_string(s.pos0) + ".." + std::to_string(s.pos0 + nt) +
+                    " reads " + std::to_string(s.pos0 + nt) + " (n_keys must be pos0 + n_tokens)");
 }
 
 void Device::run(const Command& c) {
@@ -192,6 +203,7 @@ void Device::run(const Command& c) {
         case Stage::swiglu: swiglu(c.a.glu, b[0], b[1], b[2]); break;
         case Stage::geglu: geglu(c.a.glu, b[0], b[1], b[2]); break;
         case Stage::logits: logits(c.a.matmul, b[0], b[1], b[2]); break;
+        case Stage::attention_probs: attention_probs(c.a.attention_probs, b[0], b[1], b[2], c.step); break;
     }
 }
 
@@ -440,6 +452,36 @@ void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, con
     c.a.attention = kargs_attention{(int32_t)n_tokens, n_heads, n_kv_heads, hd, (int32_t)kc.shape[0],
                                     window, scale, softcap};
     c.b[0] = bind(q); c.b[1] = bind(kc); c.b[2] = bind(vc); c.b[3] = bind(out);
+    push(c);
+}
+
+void Encoder::attention_probs(const Tensor& q, const Tensor& kc, const Tensor& out, int n_heads,
+                              int n_kv_heads, int window, float scale, float softcap) {
+    const char* st = "attention_probs";
+    need_f32(q, st, "q"); need_f32(out, st, "out");
+    need(kc.type == KT_F16, st, "the K cache must be F16, got " + kc.repr());
+    need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, st,
+         "n_heads " + std::to_string(n_heads) + " must be a multiple of n_kv_heads " + std::to_string(n_kv_heads));
+    int64_t n_tokens;
+    int hd;
+    need_heads(q, n_heads, st, "q", &n_tokens, &hd);
+    need(kc.shape.size() == 2, st, "the K cache must be [n_ctx, n_kv_heads*head_dim], got " + kc.repr());
+    need(kc.cols() == (int64_t)n_kv_heads * hd, st,
+         "cache rows of " + std::to_string(kc.cols()) + " do not match n_kv_heads * head_dim = " +
+             std::to_string(n_kv_heads) + " * " + std::to_string(hd));
+    need(out.shape.size() == 3 && out.shape[0] == n_heads && out.shape[1] == n_tokens, st,
+         "out must be [n_heads, T, n_keys] = [" + std::to_string(n_heads) + ", " + std::to_string(n_tokens) +
+             ", pos0 + T], got " + out.repr());
+    need(out.shape[2] >= n_tokens && out.shape[2] <= kc.shape[0], st,
+         "out's n_keys " + std::to_string(out.shape[2]) + " must be pos0 + T, between T = " +
+             std::to_string(n_tokens) + " and the context of " + std::to_string(kc.shape[0]));
+    need(window >= 0, st, "window must be >= 0 (0 = none), got " + std::to_string(window));
+    need(softcap >= 0, st, "softcap must be >= 0 (0 = none)");
+    Command c{Stage::attention_probs, {}, {}, {}};
+    c.a.attention_probs = kargs_attention_probs{
+        kargs_attention{(int32_t)n_tokens, n_heads, n_kv_heads, hd, (int32_t)kc.shape[0], window, scale, softcap},
+        (int32_t)out.shape[2], 0};
+    c.b[0] = bind(q); c.b[1] = bind(kc); c.b[2] = bind(out);
     push(c);
 }
 

@@ -85,6 +85,7 @@ struct Binding {
 // ---- commands -----------------------------------------------------------------------
 enum class Stage : uint8_t {
     embed, rmsnorm, matmul, rope, kv_store, attention, add, swiglu, geglu, logits,
+    attention_probs,   // inspection only: Model.forward calls it in eager runs, never in a plan
 };
 const char* stage_name(Stage s);
 
@@ -95,6 +96,7 @@ union KArgs {
     kargs_rope rope;
     kargs_kv_store kv_store;
     kargs_attention attention;
+    kargs_attention_probs attention_probs;
     kargs_eltwise eltwise;
     kargs_glu glu;
 };
@@ -155,7 +157,7 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void wait() = 0;
     // The kernels this device launches for `cmds`, in order. By default one kernel a command,
     // named kernel_<stage>_<dtype> after its weight (matmul, logits, embed), the KV cache's
-    // type (kv_store, attention) or f32.
+    // type (kv_store, attention, attention_probs) or f32.
     virtual std::vector<KernelDesc> describe(const std::vector<Command>& cmds);
 
     // One method per stage. Bindings in the order named.
@@ -170,6 +172,8 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) = 0;
     virtual void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
+    virtual void attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
+                                 Binding step) = 0;
 
     // Runs one command by calling its stage method (the one switch over stages).
     void run(const Command& c);
@@ -179,8 +183,9 @@ struct Device : std::enable_shared_from_this<Device> {
 // a whole file mapped read-only (weights stay in place), and freeing either kind of buffer.
 BufferRef map_file_readonly(Device& d, const std::string& path);
 void free_host_buffer(Buffer& b);
-// The host-side check every device makes before running kv_store / attention: the batch's
-// positions must fit the context (a GPU kernel cannot throw, so GPUs check before submitting).
+// The host-side check every device makes before running kv_store / attention /
+// attention_probs: the batch's positions must fit the context, and attention_probs' key
+// count must be pos0 + n_tokens (a GPU kernel cannot throw, so GPUs check before submitting).
 void check_positions(const Command& c, const kstep& s);
 
 // pool_fallback: when the thread pool runs jobs on the calling thread alone: "auto" (while its
@@ -253,6 +258,9 @@ struct Encoder {
     void kv_store(const Tensor& src, const Tensor& cache);
     void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
                    int n_heads, int n_kv_heads, int window, float scale, float softcap);
+    // out [n_heads, T, n_keys]: the probabilities attention() uses (kargs_attention_probs)
+    void attention_probs(const Tensor& q, const Tensor& kc, const Tensor& out, int n_heads,
+                         int n_kv_heads, int window, float scale, float softcap);
     void add(const Tensor& a, const Tensor& b, const Tensor& out);
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);

@@ -111,6 +111,19 @@ typedef struct kargs_attention {
     float softcap;      // 0 = off
 } kargs_attention;
 
+// The probabilities of the attention above, for inspection (eager runs only; the fast path
+// never computes them): out [n_heads, n_tokens, n_keys] f32,
+//   out[h, t, j] = softmax_j(s_j), s_j = scale * q[t,h,:] . K[j, h/(n_heads/n_kv_heads), :]
+//                  (then softcap * tanh(s_j / softcap) when softcap > 0),
+// the softmax taken over the keys attention reads for query t (j <= pos0 + t, and
+// j > pos0 + t - window when window > 0), in float32 with the maximum subtracted; every
+// other key j < n_keys gets exactly 0. n_keys must equal pos0 + n_tokens when it runs.
+typedef struct kargs_attention_probs {
+    kargs_attention a;  // the attention stage's own arguments
+    int32_t n_keys;     // columns of out
+    int32_t pad0;
+} kargs_attention_probs;
+
 // Elementwise add: out = a + b, b broadcast over rows when it holds one row (b_n < n).
 typedef struct kargs_eltwise {
     int64_t n;          // elements of out

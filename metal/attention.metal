@@ -121,3 +121,74 @@ kernel void kernel_attention_combine_f32(constant kargs_attention_split& p [[buf
         out[qi * hd + d] = v / L;
     }
 }
+
+// kernel_attention_probs_f16 -- the probabilities of the attention above, for inspection (eager
+// runs only): out[h, t, j] (j < n_keys) = softmax_j(scale * q[t, h] . K[j, g]) over the keys
+// query t reads, 0 for every other key. Grid (n_heads, n_tokens), ATT_SG SIMD groups a
+// threadgroup; SIMD group w takes keys lo + w, lo + w + ATT_SG, ...: its k-th key's score is
+// computed by the whole group (simd_sum, as kernel_attention_f16 does) and kept in out by lane
+// k % 32, which alone later turns it into exp(s - max) and then into the probability, so every
+// element of out is read back only by the thread that wrote it. The maximum and the sum go
+// through threadgroup memory.
+kernel void kernel_attention_probs_f16(constant kargs_attention_probs& p [[buffer(0)]],
+                                       device const float* q [[buffer(1)]],
+                                       device const half* kc [[buffer(2)]],
+                                       device float* out [[buffer(3)]],
+                                       device const kstep* step [[buffer(4)]],
+                                       uint3 tgpig [[threadgroup_position_in_grid]],
+                                       ushort tiitg [[thread_index_in_threadgroup]],
+                                       ushort tiisg [[thread_index_in_simdgroup]],
+                                       ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float s_m[ATT_SG];
+    threadgroup float s_l[ATT_SG];
+
+    const int h = (int)tgpig.x, t = (int)tgpig.y;
+    const int hd = p.a.head_dim, kv_dim = p.a.n_kv_heads * hd, nk = p.n_keys;
+    const int g = h / (p.a.n_heads / p.a.n_kv_heads);
+    const int pos = step->pos0 + t;
+    const int lo = p.a.window > 0 ? max(0, pos - p.a.window + 1) : 0;
+    device float* o = out + ((long)h * p.a.n_tokens + t) * nk;
+
+    device const float* qr = q + ((long)t * p.a.n_heads + h) * hd;
+    float qv[ATT_MAXD];
+    for (int i = 0; i < ATT_MAXD; ++i) {
+        const int d = tiisg + 32 * i;
+        qv[i] = d < hd ? qr[d] : 0.0f;
+    }
+    // scores: j depends only on the SIMD group, so the loop (and its simd_sum) is uniform
+    float mx = ATT_NONE;
+    for (int j = lo + sgitg, k = 0; j <= pos; j += ATT_SG, ++k) {
+        device const half* kr = kc + (long)j * kv_dim + g * hd;
+        float d0 = 0.0f;
+        for (int i = 0; i < ATT_MAXD; ++i) {
+            const int d = tiisg + 32 * i;
+            if (d < hd) d0 += qv[i] * (float)kr[d];
+        }
+        float sc = simd_sum(d0) * p.a.scale;
+        if (p.a.softcap > 0.0f) sc = p.a.softcap * precise::tanh(sc / p.a.softcap);
+        if (k % 32 == (int)tiisg) o[j] = sc;
+        mx = max(mx, sc);
+    }
+    if (tiisg == 0) s_m[sgitg] = mx;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float M = ATT_NONE;
+    for (int w = 0; w < ATT_SG; ++w) M = max(M, s_m[w]);
+
+    // exp(s - M) of this thread's own keys, and their sum
+    float sum = 0.0f;
+    for (int j = lo + sgitg + ATT_SG * (int)tiisg; j <= pos; j += ATT_SG * 32) {
+        const float e = exp(o[j] - M);
+        o[j] = e;
+        sum += e;
+    }
+    sum = simd_sum(sum);
+    if (tiisg == 0) s_l[sgitg] = sum;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float L = 0.0f;
+    for (int w = 0; w < ATT_SG; ++w) L += s_l[w];
+    const float inv = 1.0f / L;
+    for (int j = lo + sgitg + ATT_SG * (int)tiisg; j <= pos; j += ATT_SG * 32) o[j] *= inv;
+    // the keys this query does not read
+    for (int j = tiitg; j < lo; j += ATT_SG * 32) o[j] = 0.0f;
+    for (int j = pos + 1 + tiitg; j < nk; j += ATT_SG * 32) o[j] = 0.0f;
+}

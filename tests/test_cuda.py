@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from llmetal import _engine as E
+from test_stages import probs_inputs, visible_keys  # the stage tests' inputs and mask
 
 pytestmark = pytest.mark.cuda
 
@@ -326,6 +327,25 @@ def test_attention(devs, rng, H, KV, hd, T, pos0, window, softcap):
     tensor_cores = T >= 16 and hd in (64, 128)
     assert_close("attention" + (" (tensor cores)" if tensor_cores else ""), *p.get("out"),
                  1e-5 if tensor_cores else 1e-9)
+
+
+@pytest.mark.parametrize("H,KV,hd,T,pos0,window,softcap", [
+    (9, 3, 64, 1, 0, 0, 0.0), (9, 3, 64, 1, 700, 0, 0.0), (32, 8, 128, 3, 300, 0, 0.0),
+    (4, 1, 256, 5, 600, 128, 0.0), (6, 2, 80, 33, 0, 0, 0.0), (2, 2, 64, 6, 10, 1, 0.0),
+    (8, 4, 64, 4, 200, 0, 30.0), (3, 3, 80, 2, 513, 512, 50.0)])
+def test_attention_probs(devs, rng, H, KV, hd, T, pos0, window, softcap):
+    """kernel_attention_probs against the CPU device (float arithmetic on both; __expf vs exp:
+    NMSE <= 1e-9); rows sum to 1 and the keys a query does not read are exactly 0. NaN rows
+    mark keys no query may see."""
+    n_keys = pos0 + T
+    q, K = probs_inputs(rng, H, KV, hd, T, pos0, window, softcap, spare=40)
+    p = Pair(devs, {"q": (F32, q.shape, q), "K": (F16, K.shape, K)}, {"out": (F32, (H, T, n_keys))})
+    p.run(lambda e, g: e.attention_probs(g("q"), g("K"), g("out"), H, KV, 1 / np.sqrt(hd), window, softcap), pos0, T)
+    cpu, gpu = p.get("out")
+    assert_close("attention_probs", cpu, gpu, 1e-9)
+    vis = visible_keys(T, pos0, window, n_keys)
+    assert np.all(gpu[:, ~vis] == 0.0), "attention_probs: a key the query does not read is not 0"
+    assert np.abs(gpu.astype(np.float64).sum(-1) - 1).max() <= 1e-5
 
 
 # ---- graph replay ------------------------------------------------------------------------------

@@ -186,6 +186,22 @@ def test_attention_q8_and_its_limits(cpu):
     assert names(p) == ["kernel_attention", "kernel_attention_combine"]
 
 
+def test_attention_probs_is_one_launch(cpu):
+    """The inspection stage: one kernel_attention_probs block per (head, token), never fused
+    into the attention next to it."""
+    L = Lists(cpu, T=3)
+    pool = E.BufferPool(cpu)
+    pool.declare("probs", F32, [L.hq, 3, 3])
+    pool.reserve()
+    probs = pool.get("probs")
+    p = L.record(lambda e, t: (e.attention(t["q"], t["kc"], t["vc"], t["attn"], L.hq, L.hkv, 0.125),
+                               e.attention_probs(t["q"], t["kc"], probs, L.hq, L.hkv, 0.125)))
+    launches = E.cuda_plan(p, {})["launches"]
+    assert [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in launches][-1] == \
+        ("kernel_attention_probs", 1, 1, "")
+    assert tuple(launches[-1]["grid"]) == (L.hq, 3, 1)
+
+
 def test_fusion_off_and_prompt_lists(cpu):
     L = Lists(cpu)
     W = L.weight(Q4_0, L.d, L.d)

@@ -24,6 +24,9 @@ Error measure: NMSE = sum((a - b)^2) / sum(b^2), b the float64 reference. Tolera
     attention    1e-7       float32 scores and softmax
     attention    1e-6       the CUDA device's tensor-core kernel for prompts (16+ tokens, head
      (cuda, prompt)         size 64 / 128): q and the probabilities rounded to f16 (~1.3e-7 seen)
+    attention_   1e-9       float32 scores (a few ulps of |s|, up to ~50 with softcap) and exp
+     probs                  (a few ulps; CUDA's __expf and Metal's fast exp more): ~2e-12 seen
+                            on the CPU and metal-emu
 
 Matmul/embed for block-quantized weights are tested in tests/test_matmul.py.
 """
@@ -52,6 +55,7 @@ TOL = {
     "matmul_f16": 1e-6,
     "attention": 1e-7,
     "attention_tc": 1e-6,
+    "attention_probs": 1e-9,
 }
 
 BASE_SEED = int(os.environ.get("LLMETAL_SEED") or secrets.randbits(31))
@@ -465,6 +469,124 @@ def test_attention_reference_properties(request):
     assert np.allclose(o1[0], V[0, :hd]), where(seed)
     o2 = R.attention(qq, K, V, H, KV, 3, 1.0, softcap=1.0).reshape(H, hd)
     assert not np.allclose(o2[0], V[0, :hd]), where(seed)
+
+
+# ---- attention probabilities ----------------------------------------------------------------
+PROBS_CASES = [
+    # n_heads, n_kv_heads, head_dim, T, pos0, window, softcap
+    (4, 4, 64, 1, 0, 0, 0.0),          # first token: one key, probability 1
+    (9, 3, 64, 1, 40, 0, 0.0),         # SmolLM2-like GQA 3, decode
+    (8, 2, 64, 7, 100, 0, 0.0),        # GQA 4, a batch continuing a context
+    (4, 1, 256, 3, 300, 0, 0.0),       # MQA, gemma3 head dim
+    (6, 2, 80, 33, 0, 0, 0.0),         # a prompt, head dim 80
+    (4, 1, 256, 5, 200, 128, 0.0),     # sliding window (gemma3 local layers), window < context
+    (4, 2, 64, 9, 3, 4, 0.0),          # window shorter than the batch
+    (2, 2, 64, 6, 10, 1, 0.0),         # window 1: each query sees only its own row
+    (8, 4, 64, 4, 200, 0, 30.0),       # logit softcap
+    (3, 3, 80, 2, 513, 512, 50.0),     # window + softcap
+    (66, 1, 16, 3, 5, 0, 0.0),         # 66 query heads a KV head: the CPU's scalar path
+]
+
+
+def probs_inputs(rng, H, KV, hd, T, pos0, window, softcap, spare=5):
+    """q [T, H*hd] (scores a few units apart; 8x larger with a softcap, so the cap matters) and
+    a K cache of pos0 + T + spare rows whose rows no query may read are NaN."""
+    q = (rng.standard_normal((T, H * hd)) * (16.0 if softcap else 2.0)).astype(np.float32)
+    K = rng.standard_normal((pos0 + T + spare, KV * hd)).astype(np.float16)
+    K[pos0 + T:] = np.nan
+    if window > 0 and pos0 - window + 1 > 0:
+        K[:pos0 - window + 1] = np.nan
+    return q, K
+
+
+def visible_keys(T, pos0, window, n_keys):
+    """[T, n_keys] bool: the keys each query of the batch attends to."""
+    j = np.arange(n_keys)[None, :]
+    p = pos0 + np.arange(T)[:, None]
+    m = j <= p
+    if window > 0:
+        m &= j > p - window
+    return m
+
+
+@pytest.mark.parametrize("H,KV,hd,T,pos0,window,softcap", PROBS_CASES)
+def test_attention_probs(device, simd, request, H, KV, hd, T, pos0, window, softcap):
+    """out [H, T, pos0 + T] against the reference; every row sums to 1, every key the query
+    does not attend to (later positions, outside the window) is exactly 0. NaN rows of K mark
+    the keys no query may read."""
+    rng, seed = rng_for(request)
+    n_keys = pos0 + T
+    q, K = probs_inputs(rng, H, KV, hd, T, pos0, window, softcap)
+    scale = 1.0 / np.sqrt(hd)
+    rig = Rig(device, {"q": q, "K": K}, {"out": (F32, (H, T, n_keys))})
+    encoder(device, pos0, T).attention_probs(rig["q"], rig["K"], rig["out"], H, KV, scale, window, softcap)
+    what = f"H={H} KV={KV} hd={hd} T={T} pos0={pos0} window={window} softcap={softcap} simd={simd}"
+    got = rig.out("out", seed, "attention_probs")
+    ref = R.attention_probs(q, K, H, KV, pos0, scale, window, softcap, n_keys)
+    check("attention_probs", got, ref, seed, what)
+    vis = np.broadcast_to(visible_keys(T, pos0, window, n_keys), got.shape)
+    assert np.all(got[~vis] == 0.0), f"attention_probs {what}: a key the query does not read is not 0 {where(seed)}"
+    assert np.all(got[vis] >= 0.0), f"attention_probs {what}: negative probability {where(seed)}"
+    sums = got.astype(np.float64).sum(axis=-1)
+    assert np.abs(sums - 1).max() <= 1e-5, \
+        f"attention_probs {what}: rows sum to {sums.min()}..{sums.max()} {where(seed)}"
+
+
+def test_attention_probs_weight_v_as_attention_does(device, request):
+    """The probabilities are the ones the attention stage uses: probs @ V equals attention's
+    output on the same q, K, V (up to the float32 order of the sums)."""
+    rng, seed = rng_for(request)
+    H, KV, hd, T, pos0, window = 8, 2, 64, 5, 37, 20
+    n_ctx = pos0 + T + 3
+    q = (rng.standard_normal((T, H * hd)) * 2.0).astype(np.float32)
+    K = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
+    V = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
+    rig = Rig(device, {"q": q, "K": K, "V": V}, {"out": (F32, (T, H * hd)), "p": (F32, (H, T, pos0 + T))})
+    enc = encoder(device, pos0, T)
+    enc.attention(rig["q"], rig["K"], rig["V"], rig["out"], H, KV, 0.125, window)
+    enc.attention_probs(rig["q"], rig["K"], rig["p"], H, KV, 0.125, window)
+    out, P = rig.out("out", seed, "attention"), rig.out("p", seed, "attention_probs").astype(np.float64)
+    Vg = V[:pos0 + T].astype(np.float64).reshape(pos0 + T, KV, hd)[:, np.arange(H) // (H // KV), :]
+    mixed = np.einsum("htj,jhd->thd", P, Vg).reshape(T, H * hd)
+    check("attention_probs", out, mixed, seed, "probs @ V vs attention")
+
+
+def test_attention_probs_reference_by_hand():
+    """A zero query spreads its probability evenly over the keys it reads; GQA, the window
+    and n_keys beyond the batch's last key (zeros) as documented."""
+    H, KV, hd, pos0, T = 4, 2, 8, 3, 2
+    K = np.arange(10 * KV * hd, dtype=np.float64).reshape(10, KV * hd)
+    P = R.attention_probs(np.zeros((T, H * hd)), K, H, KV, pos0, 1.0)
+    assert P.shape == (H, T, pos0 + T)
+    assert np.allclose(P[:, 0, :4], 0.25) and np.all(P[:, 0, 4:] == 0) and np.allclose(P[:, 1], 0.2)
+    P = R.attention_probs(np.zeros((T, H * hd)), K, H, KV, pos0, 1.0, window=2, n_keys=7)
+    assert P.shape == (H, T, 7)
+    assert np.allclose(P[:, 0, 2:4], 0.5) and np.allclose(P[:, 1, 3:5], 0.5) and P.sum() == pytest.approx(H * T)
+    with pytest.raises(ValueError, match="n_keys"):
+        R.attention_probs(np.zeros((T, H * hd)), K, H, KV, pos0, 1.0, n_keys=4)
+
+
+def test_attention_probs_rejects_bad_shapes_and_positions(device):
+    H, KV, hd, T = 4, 2, 16, 3
+    rig = Rig(device, {"q": np.zeros((T, H * hd), np.float32), "K": np.zeros((10, KV * hd), np.float16),
+                       "K32": np.zeros((10, KV * hd), np.float32)},
+              {"o5": (F32, (H, T, 5)), "o6": (F32, (H, T, 6)), "flat": (F32, (T, H, 5)),
+               "o11": (F32, (H, T, 11))})
+    enc = encoder(device, 2, T)
+    with pytest.raises(ValueError, match=r"out must be \[n_heads, T, n_keys\]"):
+        enc.attention_probs(rig["q"], rig["K"], rig["flat"], H, KV, 0.25)
+    with pytest.raises(ValueError, match="K cache must be F16"):
+        enc.attention_probs(rig["q"], rig["K32"], rig["o5"], H, KV, 0.25)
+    with pytest.raises(ValueError, match="n_keys 11 must be pos0"):
+        enc.attention_probs(rig["q"], rig["K"], rig["o11"], H, KV, 0.25)
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        enc.attention_probs(rig["q"], rig["K"], rig["o5"], H, 3, 0.25)
+    # checked when it runs: n_keys must be pos0 + T (pos0 = 2 here), positions in the context
+    with pytest.raises(ValueError, match="n_keys must be pos0 \\+ n_tokens"):
+        enc.attention_probs(rig["q"], rig["K"], rig["o6"], H, KV, 0.25)
+    with pytest.raises(ValueError, match="exceed the context"):
+        encoder(device, 8, T).attention_probs(rig["q"], rig["K"], rig["o5"], H, KV, 0.25)
+    encoder(device, 2, T).attention_probs(rig["q"], rig["K"], rig["o5"], H, KV, 0.25)   # fits
 
 
 # ---- elementwise --------------------------------------------------------------------------

@@ -279,6 +279,50 @@ struct CpuDevice final : Device {
         pool.run(f);
     }
 
+    // The attention's probabilities, by the attention's own first half (attention_weights_kernel
+    // or attention_weights_row: the same scores and softmax), each row times its 1/sum; keys
+    // the query does not read are 0. Work items as in attention: (token, KV head).
+    void attention_probs(const kargs_attention_probs& p, Binding q, Binding kc, Binding out,
+                         Binding step) override {
+        const kstep* s = step.ptr<kstep>();
+        Command c{Stage::attention_probs, {}, {}, {}};
+        c.a.attention_probs = p;
+        check_positions(c, *s);
+        const kargs_attention& a = p.a;
+        const int grp = a.n_heads / a.n_kv_heads, hd = a.head_dim, nk = p.n_keys;
+        const int64_t n_items = (int64_t)a.n_tokens * a.n_kv_heads;
+        const AttnWeights simd = attention_weights_kernel(a);
+        std::atomic<int64_t> next{0};
+        auto f = [&](int ith, int) {
+            const size_t per = (size_t)grp * (s->pos0 + a.n_tokens + 8);
+            float* sc = tmp(ith, per + grp + 64);
+            float* inv = sc + per;   // 1/sum of each query head of the group
+            for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+                const int t = (int)(it / a.n_kv_heads), g = (int)(it % a.n_kv_heads), pos = s->pos0 + t;
+                const float* qr = q.ptr<float>() + ((int64_t)t * a.n_heads + (int64_t)g * grp) * hd;
+                int lo = 0, ns = 0;
+                if (simd) {
+                    lo = simd(a, qr, grp, kc.ptr<uint16_t>(), g, pos, sc, inv);
+                    ns = (pos - lo + 1 + 7) & ~7;
+                } else {
+                    ns = pos + 1;
+                    for (int i = 0; i < grp; ++i)
+                        lo = attention_weights_row(a, qr + i * hd, kc.ptr<uint16_t>(), g * grp + i, pos, sc + i * ns,
+                                                   inv + i);
+                }
+                for (int i = 0; i < grp; ++i) {
+                    const int h = g * grp + i;
+                    float* o = out.ptr<float>() + ((int64_t)h * a.n_tokens + t) * nk;
+                    const float* w = sc + (int64_t)i * ns;
+                    for (int j = 0; j < lo; ++j) o[j] = 0.0f;
+                    for (int j = lo; j <= pos; ++j) o[j] = w[j - lo] * inv[i];
+                    for (int j = pos + 1; j < nk; ++j) o[j] = 0.0f;
+                }
+            }
+        };
+        pool.run(f);
+    }
+
     void add(const kargs_eltwise& a, Binding x, Binding y, Binding out) override {
         const float* px = x.ptr<float>(); const float* py = y.ptr<float>(); float* po = out.ptr<float>();
         const int64_t bn = a.b_n;

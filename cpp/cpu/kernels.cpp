@@ -49,8 +49,8 @@ void f32_to_f16_row(const float* x, uint16_t* y, int n) {
     for (int i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
-void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
-                   float* out, int h, int pos, float* sc) {
+int attention_weights_row(const kargs_attention& a, const float* q, const uint16_t* kc, int h, int pos,
+                          float* sc, float* inv) {
     const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
     const int g = h / (a.n_heads / a.n_kv_heads);   // the KV head this query head reads
     const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
@@ -66,7 +66,16 @@ void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc,
     }
     float sum = 0;
     for (int j = lo; j <= pos; ++j) sum += (sc[j - lo] = std::exp(sc[j - lo] - mx));
-    float inv = 1.0f / sum;
+    *inv = 1.0f / sum;
+    return lo;
+}
+
+void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
+                   float* out, int h, int pos, float* sc) {
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
+    const int g = h / (a.n_heads / a.n_kv_heads);
+    float inv;
+    const int lo = attention_weights_row(a, q, kc, h, pos, sc, &inv);
     float* acc = sc + (pos - lo + 1);
     for (int d = 0; d < hd; ++d) acc[d] = 0;
     for (int j = lo; j <= pos; ++j) {
@@ -84,6 +93,11 @@ AttnGroup attention_kernel(const kargs_attention& a) {
         case Simd::avx512: return attn_group_avx512();
         default: return nullptr;   // scalar; NEON has no attention kernel yet
     }
+}
+
+AttnWeights attention_weights_kernel(const kargs_attention& a) {
+    if (!attention_kernel(a)) return nullptr;   // where attention runs attention_row
+    return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
 }
 
 RowDot matmul_kernel(int t, Simd level) {

@@ -23,10 +23,17 @@ void f32_to_f16_row(const float* x, uint16_t* y, int n);
 // of at least pos + 1 floats.
 void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
                    float* out, int h, int pos, float* sc);
+// attention_row's first half: the softmax weights of the query row over its keys lo..pos,
+// unnormalized in sc[0 .. pos - lo], 1/sum in *inv; returns lo.
+int attention_weights_row(const kargs_attention& a, const float* q, const uint16_t* kc, int h, int pos,
+                          float* sc, float* inv);
 
 // The SIMD attention kernel for the active level, or null for the scalar path (attention_row
 // per head): null also where the shape does not suit it (head_dim % 16 != 0, groups > 64).
 AttnGroup attention_kernel(const kargs_attention& a);
+// The first half of that kernel (the softmax weights, quants.h), or null exactly where
+// attention_kernel is: the attention_probs stage then uses attention_weights_row.
+AttnWeights attention_weights_kernel(const kargs_attention& a);
 
 // Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
 // the weight type and the active SIMD level, and quantizes the activations into the

@@ -97,6 +97,13 @@ using AttnGroup = void (*)(const kargs_attention& a, const float* q, float* out,
                            const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc);
 AttnGroup attn_group_avx2();       // AVX2 + FMA + F16C
 AttnGroup attn_group_avx512();     // the same code compiled for AVX-512 F/BW/VL (32 vector registers)
+// The first half of an AttnGroup: the softmax weights of its nq query rows over the visible
+// keys lo..pos, unnormalized (row i at sc + i * ns, ns = (pos - lo + 1) rounded up to 8), and
+// 1/sum in inv[i] (nq <= 64). Returns lo. The attention_probs stage shows exactly these.
+using AttnWeights = int (*)(const kargs_attention& a, const float* q, int nq, const uint16_t* kc, int g, int pos,
+                            float* sc, float* inv);
+AttnWeights attn_weights_avx2();
+AttnWeights attn_weights_avx512();
 
 // ---- shared block helpers (plain C, usable from every level) -------------------------
 // Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:

@@ -33,11 +33,13 @@ namespace avx512 {
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
 RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnGroup attn_group_avx512() { return avx512::attn_group; }
+AttnWeights attn_weights_avx512() { return avx512::attn_weights; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
 RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnGroup attn_group_avx512() { return nullptr; }
+AttnWeights attn_weights_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 #endif
 

@@ -703,15 +703,17 @@ static TGT void attn_values(const float* p, int ns, int hd, const uint16_t* v, i
     }
 }
 
-// AttnGroup entry (quants.h): query rows q[0..nq) of one token at position pos, all reading
-// KV head g; `sc` holds nq * (n rounded up to 8) floats.
-static TGT void attn_group(const kargs_attention& a, const float* q, float* out, int nq,
-                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc) {
+// AttnWeights entry (quants.h): the softmax weights of query rows q[0..nq) of one token at
+// position pos, all reading KV head g, over its visible keys lo..pos (n of them): row i at
+// sc + i * ns (ns = n rounded up to 8; the padding holds 0), exp(s_j - max) left unnormalized,
+// and 1/sum in inv[i]. attn_group (below) and the attention_probs stage both use it, so the
+// probabilities shown are the ones the attention multiplies V by. Returns lo.
+static TGT int attn_weights(const kargs_attention& a, const float* q, int nq, const uint16_t* kc, int g, int pos,
+                            float* sc, float* inv) {
     const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
     const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
     const int n = pos - lo + 1, ns = (n + 7) & ~7;
     const uint16_t* k = kc + (int64_t)lo * kv_dim + g * hd;
-    const uint16_t* v = vc + (int64_t)lo * kv_dim + g * hd;
     // scores, 4 query rows at a time (4 accumulators + the K vector fit the 16 registers)
     for (int i = 0; i < nq; i += 4) {
         const float* qi = q + i * hd;
@@ -723,8 +725,7 @@ static TGT void attn_group(const kargs_attention& a, const float* q, float* out,
             default: attn_scores<4>(qi, hd, k, kv_dim, n, si, ns); break;
         }
     }
-    // softmax of each row, left unnormalized; 1/sum is applied to the output
-    float inv[64];   // nq <= 64 (checked by the caller)
+    // softmax of each row, left unnormalized; 1/sum goes to inv
     for (int i = 0; i < nq; ++i) {
         float* s = sc + i * ns;
         for (int j = 0; j < n; ++j) {
@@ -750,6 +751,18 @@ static TGT void attn_group(const kargs_attention& a, const float* q, float* out,
         }
         inv[i] = 1.0f / hsum(sum);
     }
+    return lo;
+}
+
+// AttnGroup entry (quants.h): query rows q[0..nq) of one token at position pos, all reading
+// KV head g; `sc` holds nq * (n rounded up to 8) floats.
+static TGT void attn_group(const kargs_attention& a, const float* q, float* out, int nq,
+                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc) {
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
+    float inv[64];   // nq <= 64 (checked by the caller)
+    const int lo = attn_weights(a, q, nq, kc, g, pos, sc, inv);
+    const int n = pos - lo + 1, ns = (n + 7) & ~7;
+    const uint16_t* v = vc + (int64_t)lo * kv_dim + g * hd;
     for (int i = 0; i < nq; i += 4) {
         const float* pi = sc + i * ns;
         float* oi = out + i * hd;

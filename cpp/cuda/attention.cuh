@@ -11,6 +11,8 @@
 //                                  for latency, its key splits merged inside it; for one token
 //                                  it can also apply the rope and store the K/V row (AdRope)
 //                                  and quantize its output for the o projection (see below).
+//   kernel_attention_probs         the probabilities alone, [head, query, key], for inspection
+//                                  (Stage::attention_probs, eager runs only; see its comment).
 //
 // Both compute what kernel_attention (kernels.cuh; every other shape) does:
 // out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g] over the keys j visible from
@@ -535,6 +537,70 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
         for (int e = 0; e < DPL; ++e) acc[e] /= L;
         ad_store<DPL>(out, xq, qi, lane, acc);
     }
+}
+
+// ---- the attention's probabilities, for inspection ----------------------------------------------
+// kernel_attention_probs (Stage::attention_probs; eager runs only, never in a decode plan):
+// out[h, t, j] (j < n_keys) = softmax_j(scale * q[t, h] . k[j, g]) over the keys query t reads,
+// 0 for every other key, with kernel_attention's float arithmetic (lanes over head_dim, warp_sum,
+// tanhf softcap, __expf). Grid (n_heads, n_tokens), ATT_WARPS warps a block; warp w takes keys
+// lo + w, lo + w + ATT_WARPS, ...: its k-th key's score is kept in out by lane k % 32, which
+// alone turns it into exp(s - max) and then into the probability, so no thread reads what
+// another wrote there. The maximum and the sum go through shared memory.
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+kernel_attention_probs(kargs_attention_probs p, const float* q, const __half* kc, float* out, const kstep* step) {
+    pdl_enter();
+    const kargs_attention& a = p.a;
+    const int h = blockIdx.x, t = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd, nk = p.n_keys;
+    const int g = h / (a.n_heads / a.n_kv_heads);
+    const int pos = step->pos0 + t;
+    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    float* o = out + ((int64_t)h * a.n_tokens + t) * nk;
+
+    const float* qr = q + ((int64_t)t * a.n_heads + h) * hd;
+    float qv[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; ++i) {
+        const int d = lane + 32 * i;
+        qv[i] = d < hd ? qr[d] : 0.f;
+    }
+    float mx = -INFINITY;   // the same on every lane (warp_sum gives every lane the same sum)
+    for (int j = lo + warp, k = 0; j <= pos; j += ATT_WARPS, ++k) {
+        const __half* kr = kc + (int64_t)j * kv_dim + g * hd;
+        float d0 = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) d0 += qv[i] * __half2float(kr[d]);
+        }
+        float sc = warp_sum(d0) * a.scale;
+        if (a.softcap > 0.f) sc = a.softcap * tanhf(sc / a.softcap);
+        if ((k & 31) == lane) o[j] = sc;
+        mx = fmaxf(mx, sc);
+    }
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    if (lane == 0) s_m[warp] = mx;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, s_m[w]);
+
+    float sum = 0.f;   // exp(s - M) of this thread's own keys
+    for (int j = lo + warp + ATT_WARPS * lane; j <= pos; j += ATT_WARPS * 32) {
+        const float e = __expf(o[j] - M);
+        o[j] = e;
+        sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) s_l[warp] = sum;
+    __syncthreads();
+    float L = 0.f;
+    for (int w = 0; w < ATT_WARPS; ++w) L += s_l[w];
+    const float inv = 1.f / L;
+    for (int j = lo + warp + ATT_WARPS * lane; j <= pos; j += ATT_WARPS * 32) o[j] *= inv;
+    for (int j = threadIdx.x; j < lo; j += blockDim.x) o[j] = 0.f;   // keys this query does not read
+    for (int j = pos + 1 + threadIdx.x; j < nk; j += blockDim.x) o[j] = 0.f;
 }
 
 }  // namespace llmetal_cuda

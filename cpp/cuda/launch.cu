@@ -167,6 +167,9 @@ struct Exec {
                 return go(l, kernel_swiglu_q<256>, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>(), xq(l));
             case Kernel::geglu:
                 return go(l, kernel_geglu, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>());
+            case Kernel::attention_probs:
+                return go(l, kernel_attention_probs, c.a.attention_probs, b[0].ptr<float>(), b[1].ptr<__half>(),
+                          b[2].ptr<float>(), step);
         }
     }
 

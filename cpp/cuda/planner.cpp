@@ -60,7 +60,7 @@ const char* kernel_base_name(Kernel k) {
         "kernel_mmvq_group", "kernel_mv_f16", "kernel_matmul", "kernel_f32_to_f16", "kernel_dequant_f16",
         "kernel_gemm_f16", "kernel_rope", "kernel_kv_store", "kernel_rope_kv_store", "kernel_attention_prefill",
         "kernel_attention_decode", "kernel_attention", "kernel_attention_combine", "kernel_add",
-        "kernel_swiglu", "kernel_swiglu_q", "kernel_geglu",
+        "kernel_swiglu", "kernel_swiglu_q", "kernel_geglu", "kernel_attention_probs",
     };
     return names[(int)k];
 }
@@ -551,6 +551,14 @@ struct Planner {
             case Stage::geglu:
                 emit(Kernel::geglu, ii, 1, blocks((int64_t)c.a.glu.n_tokens * c.a.glu.n_ff, 256), 256);
                 break;
+            case Stage::attention_probs: {   // eager inspection: one block per (head, token)
+                const kargs_attention& a = c.a.attention_probs.a;
+                if (a.head_dim > ATT_MAXD * 32)
+                    throw Error("attention_probs: head_dim above 256 is not supported on cuda");
+                Launch& l = emit(Kernel::attention_probs, ii, 1, a.n_heads, ATT_WARPS * 32);
+                l.grid[1] = a.n_tokens;
+                break;
+            }
         }
     }
 

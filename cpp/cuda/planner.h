@@ -37,7 +37,7 @@ struct CudaCaps {
 enum class Kernel : uint8_t {
     embed, rmsnorm, add_rmsnorm_q, quantize_q8, mmvq, mmvq_group, mv_f16, matmul,
     f32_to_f16, dequant_f16, gemm_f16, rope, kv_store, rope_kv_store, attention_prefill,
-    attention_decode, attention, attention_combine, add, swiglu, swiglu_q, geglu,
+    attention_decode, attention, attention_combine, add, swiglu, swiglu_q, geglu, attention_probs,
 };
 const char* kernel_base_name(Kernel k);
 

@@ -227,6 +227,22 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
             }
             break;
         }
+        case Stage::attention_probs: {   // eager inspection only: one threadgroup per (head, token)
+            const kargs_attention_probs& p = c.a.attention_probs;
+            const kargs_attention& a = p.a;
+            if (a.head_dim > ATT_MAXD * 32)
+                throw Error("attention_probs: head_dim above " + std::to_string(ATT_MAXD * 32) +
+                            " is not supported on metal");
+            d.kernel = "kernel_attention_probs_f16";
+            set_args(d, p);
+            bind(d, 1, b[0]); bind(d, 2, b[1]); bind(d, 3, b[2]); bind(d, 4, c.step);
+            reads(b[0], (uint64_t)a.n_tokens * a.n_heads * a.head_dim * 4);
+            reads(b[1], (uint64_t)a.n_ctx * a.n_kv_heads * a.head_dim * 2);
+            writes(b[2], (uint64_t)a.n_heads * a.n_tokens * p.n_keys * 4);
+            d.grid[0] = (uint32_t)a.n_heads; d.grid[1] = (uint32_t)a.n_tokens;
+            d.tg[0] = ATT_SG * 32;
+            break;
+        }
         case Stage::add: {
             const kargs_eltwise& a = c.a.eltwise;
             d.kernel = "kernel_add_f32";
@@ -363,6 +379,10 @@ void PlannedDevice::kv_store(const kargs_kv_store& a, Binding src, Binding cache
 void PlannedDevice::attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
                               Binding step) {
     KArgs k; k.attention = a; one(Stage::attention, k, {q, kc, vc, out}, step);
+}
+void PlannedDevice::attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
+                                    Binding step) {
+    KArgs k; k.attention_probs = a; one(Stage::attention_probs, k, {q, kc, out}, step);
 }
 void PlannedDevice::add(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
     KArgs k; k.eltwise = a; one(Stage::add, k, {x, y, out}, {});

@@ -98,6 +98,8 @@ struct PlannedDevice : Device {
     void swiglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void geglu(const kargs_glu& a, Binding gate, Binding up, Binding out) override;
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override;
+    void attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
+                         Binding step) override;
 
     // Counters (tests: one command buffer per token, no allocation per token).
     uint64_t n_command_buffers = 0, n_dispatches = 0, n_barriers = 0;

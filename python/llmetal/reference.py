@@ -33,7 +33,7 @@ from gguf.quants import dequantize as _gguf_dequantize
 
 __all__ = [
     "ROPE_NORM", "ROPE_NEOX", "dequantize", "embed", "rmsnorm", "matmul", "logits", "rope",
-    "kv_store", "attention", "add", "swiglu", "geglu", "nmse",
+    "kv_store", "attention", "attention_probs", "add", "swiglu", "geglu", "nmse",
 ]
 
 ROPE_NORM = 0   # llama "norm" rope: rotate pairs (2i, 2i+1)
@@ -226,6 +226,34 @@ def kv_store(cache, src, pos0: int) -> np.ndarray:
     return cache
 
 
+def _attention_setup(stage, q, k_cache, n_heads, n_kv_heads, pos0):
+    """q as [T, n_heads, head_dim] float64, K float64, and the KV head of each query head."""
+    q, K = _f64(q), _f64(k_cache)
+    T = q.shape[0]
+    if n_heads % n_kv_heads:
+        raise ValueError(f"{stage}: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+    qh = q.reshape(T, n_heads, -1)
+    hd = qh.shape[-1]
+    if K.ndim != 2 or K.shape[1] != n_kv_heads * hd:
+        raise ValueError(f"{stage}: K cache {K.shape} for {n_kv_heads} KV heads of {hd}")
+    if pos0 < 0 or pos0 + T > K.shape[0]:
+        raise ValueError(f"{stage}: positions {pos0}..{pos0 + T} exceed the context of {K.shape[0]}")
+    return qh, K, np.arange(n_heads) // (n_heads // n_kv_heads)
+
+
+def _attention_weights(qt, K, g, lo, p, scale, softcap):
+    """softmax over the visible rows lo..p of the scores of one token's query heads qt
+    [n_heads, head_dim]: [n_heads, p - lo + 1]. Only those rows of K are read."""
+    hd = qt.shape[-1]
+    Kt = K[lo:p + 1].reshape(p + 1 - lo, -1, hd)[:, g, :]     # [rows, n_heads, hd]
+    s = np.einsum("hd,jhd->hj", qt, Kt) * float(np.float32(scale))
+    if softcap > 0:
+        c = float(np.float32(softcap))
+        s = c * np.tanh(s / c)
+    w = np.exp(s - s.max(axis=-1, keepdims=True))
+    return w / w.sum(axis=-1, keepdims=True)
+
+
 def attention(q, k_cache, v_cache, n_heads: int, n_kv_heads: int, pos0: int, scale: float,
               window: int = 0, softcap: float = 0.0) -> np.ndarray:
     """Causal multi-head attention of a batch of queries against the KV cache.
@@ -238,35 +266,41 @@ def attention(q, k_cache, v_cache, n_heads: int, n_kv_heads: int, pos0: int, sca
       out = sum_j softmax(s)_j V[j, g].
     Returns float64 [T, n_heads * head_dim].
     """
-    q = _f64(q)
-    K, V = _f64(k_cache), _f64(v_cache)
-    T = q.shape[0]
-    if n_heads % n_kv_heads:
-        raise ValueError(f"attention: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
-    qh = q.reshape(T, n_heads, -1)
-    hd = qh.shape[-1]
-    if K.shape[1] != n_kv_heads * hd or V.shape != K.shape:
-        raise ValueError(f"attention: caches {K.shape}/{V.shape} for {n_kv_heads} KV heads of {hd}")
-    if pos0 < 0 or pos0 + T > K.shape[0]:
-        raise ValueError(f"attention: positions {pos0}..{pos0 + T} exceed the context of {K.shape[0]}")
-    group = n_heads // n_kv_heads
-    g = np.arange(n_heads) // group       # the KV head each query head reads
-    sc = float(np.float32(scale))
+    qh, K, g = _attention_setup("attention", q, k_cache, n_heads, n_kv_heads, pos0)
+    V = _f64(v_cache)
+    if V.shape != K.shape:
+        raise ValueError(f"attention: caches {K.shape}/{V.shape} differ")
+    T, hd = qh.shape[0], qh.shape[-1]
     out = np.empty((T, n_heads, hd))
     for t in range(T):
         p = pos0 + t
         lo = max(0, p - window + 1) if window > 0 else 0
         # only the visible rows lo..p are touched, so rows no query may see can hold anything
-        Kt = K[lo:p + 1].reshape(-1, n_kv_heads, hd)[:, g, :]     # [rows, n_heads, hd]
+        w = _attention_weights(qh[t], K, g, lo, p, scale, softcap)
         Vt = V[lo:p + 1].reshape(-1, n_kv_heads, hd)[:, g, :]
-        s = np.einsum("hd,jhd->hj", qh[t], Kt) * sc
-        if softcap > 0:
-            c = float(np.float32(softcap))
-            s = c * np.tanh(s / c)
-        w = np.exp(s - s.max(axis=-1, keepdims=True))
-        w /= w.sum(axis=-1, keepdims=True)
         out[t] = np.einsum("hj,jhd->hd", w, Vt)
     return out.reshape(T, n_heads * hd)
+
+
+def attention_probs(q, k_cache, n_heads: int, n_kv_heads: int, pos0: int, scale: float,
+                    window: int = 0, softcap: float = 0.0, n_keys: int | None = None) -> np.ndarray:
+    """The probabilities `attention` weights V with (llama.cpp's `kq_soft_max`).
+
+    Returns float64 [n_heads, T, n_keys] (n_keys defaults to pos0 + T, every key the batch
+    reads): out[h, t, j] = softmax(s)_j as in `attention` for the rows query t sees, exactly
+    0 for every other j (later positions, and rows outside the window).
+    """
+    qh, K, g = _attention_setup("attention_probs", q, k_cache, n_heads, n_kv_heads, pos0)
+    T = qh.shape[0]
+    n_keys = pos0 + T if n_keys is None else n_keys
+    if n_keys < pos0 + T:
+        raise ValueError(f"attention_probs: n_keys {n_keys} < pos0 + T = {pos0 + T}")
+    out = np.zeros((n_heads, T, n_keys))
+    for t in range(T):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        out[:, t, lo:p + 1] = _attention_weights(qh[t], K, g, lo, p, scale, softcap)
+    return out
 
 
 def _broadcast_b(a: np.ndarray, b: np.ndarray, stage: str) -> np.ndarray:
