@@ -1,6 +1,7 @@
 // bindings.cpp -- llmetal._engine: the engine's objects as Python classes (nanobind).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <cstring>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -209,6 +210,7 @@ NB_MODULE(_engine, m) {
 
     m.attr("ROPE_NORM") = KROPE_NORM;
     m.attr("ROPE_NEOX") = KROPE_NEOX;
+    m.attr("STEP_MAX_ROWS") = KSTEP_MAX_ROWS;   // rows of a batch of several sequences
 
     nb::class_<Buffer>(m, "Buffer")
         .def_ro("bytes", &Buffer::bytes)
@@ -223,6 +225,15 @@ NB_MODULE(_engine, m) {
         .def("alloc", &Device::alloc, nb::arg("bytes"), nb::arg("label") = "buffer")
         .def("map_file", &Device::map_file, "Memory-map a whole file read-only (weights in place).")
         .def("set_step", [](Device& d, int pos0, int n_tokens) { d.set_step(kstep{pos0, n_tokens, 0, 0}); })
+        .def("set_step_rows", [](Device& d, nb::ndarray<const int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> rows) {
+            if (rows.shape(1) != 2 || rows.shape(0) == 0 || rows.shape(0) > KSTEP_MAX_ROWS)
+                throw Error("set_step_rows: rows must be int32 [n, 2] (position, first cache row), 1 <= n <= " +
+                            std::to_string(KSTEP_MAX_ROWS));
+            const int n = (int)rows.shape(0);
+            kstep s{0, n, n, 0, {}};
+            std::memcpy(s.rows, rows.data(), sizeof(kstep_row) * n);
+            d.set_step(s);
+        }, nb::arg("rows"), "A step of several sequences: row t at (position, first cache row of its sequence).")
         .def("wait", &Device::wait)
         .def("describe", [](Device& d, const Plan& p) {
             std::vector<nb::tuple> out;
@@ -360,6 +371,17 @@ NB_MODULE(_engine, m) {
             nb::gil_scoped_release r;
             e.replay(p, kstep{pos0, p.n_tokens, 0, 0});
         })
+        .def("replay_rows", [](Encoder& e, Plan& p, const Tensor& ids,
+                               nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> tokens,
+                               nb::ndarray<const int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> rows) {
+            if (rows.shape(1) != 2 || rows.shape(0) != tokens.shape(0))
+                throw Error("replay_rows: rows must be int32 [n, 2] for n tokens");
+            const int32_t* tk = tokens.data();
+            const kstep_row* rw = (const kstep_row*)rows.data();
+            const int n = (int)tokens.shape(0);
+            nb::gil_scoped_release r;
+            e.replay_rows(p, ids, tk, rw, n);
+        }, nb::arg("plan"), nb::arg("ids"), nb::arg("tokens"), nb::arg("rows"))
         .def("replay_token", [](Encoder& e, Plan& p, const Tensor& ids, int32_t token, int32_t pos) {
             nb::gil_scoped_release r;
             e.replay_token(p, ids, token, pos);
@@ -368,16 +390,17 @@ NB_MODULE(_engine, m) {
         .def("rmsnorm", &Encoder::rmsnorm, nb::arg("x"), nb::arg("w"), nb::arg("out"), nb::arg("eps"))
         .def("matmul", &Encoder::matmul, nb::arg("W"), nb::arg("x"), nb::arg("y"))
         .def("rope", [](Encoder& e, const Tensor& x, int n_heads, int n_rot, int mode, float base,
-                        float fscale, const Tensor* factors) {
-            e.rope(x, n_heads, n_rot, mode, base, fscale, factors);
+                        float fscale, const Tensor* factors, bool by_row) {
+            e.rope(x, n_heads, n_rot, mode, base, fscale, factors, by_row);
         }, nb::arg("x"), nb::arg("n_heads"), nb::arg("n_rot"), nb::arg("mode"), nb::arg("freq_base"),
-           nb::arg("freq_scale") = 1.0f, nb::arg("factors").none() = nb::none())
-        .def("kv_store", &Encoder::kv_store, nb::arg("src"), nb::arg("cache"))
+           nb::arg("freq_scale") = 1.0f, nb::arg("factors").none() = nb::none(), nb::arg("by_row") = false)
+        .def("kv_store", &Encoder::kv_store, nb::arg("src"), nb::arg("cache"), nb::arg("by_row") = false)
         .def("attention", [](Encoder& e, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
-                             int n_heads, int n_kv_heads, float scale, int window, float softcap) {
-            e.attention(q, kc, vc, out, n_heads, n_kv_heads, window, scale, softcap);
+                             int n_heads, int n_kv_heads, float scale, int window, float softcap, bool by_row) {
+            e.attention(q, kc, vc, out, n_heads, n_kv_heads, window, scale, softcap, by_row);
         }, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"), nb::arg("n_heads"),
-           nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f)
+           nb::arg("n_kv_heads"), nb::arg("scale"), nb::arg("window") = 0, nb::arg("softcap") = 0.0f,
+           nb::arg("by_row") = false)
         .def("attention_probs", [](Encoder& e, const Tensor& q, const Tensor& kc, const Tensor& out, int n_heads,
                                    int n_kv_heads, float scale, int window, float softcap) {
             e.attention_probs(q, kc, out, n_heads, n_kv_heads, window, scale, softcap);

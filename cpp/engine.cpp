@@ -172,14 +172,29 @@ void free_host_buffer(Buffer& b) {
     b.host = b.dev = nullptr;
 }
 
+void check_rows(const char* stage, int n_tokens, int n_ctx, const kstep& s) {
+    if (s.n_rows < n_tokens)
+        throw Error(std::string(stage) + ": the step sets " + std::to_string(s.n_rows) + " rows of a batch of " +
+                    std::to_string(n_tokens));
+    for (int t = 0; t < n_tokens; ++t)
+        if (s.rows[t].pos < 0 || s.rows[t].cache0 < 0 || (int64_t)s.rows[t].cache0 + s.rows[t].pos >= n_ctx)
+            throw Error(std::string(stage) + ": row " + std::to_string(t) + " (position " +
+                        std::to_string(s.rows[t].pos) + ", cache row " + std::to_string(s.rows[t].cache0) +
+                        ") is outside the cache of " + std::to_string(n_ctx) + " rows");
+}
+
 void check_positions(const Command& c, const kstep& s) {
     int nt, nctx;
+    bool by_row = false;
     switch (c.stage) {
-        case Stage::kv_store: nt = c.a.kv_store.n_tokens; nctx = c.a.kv_store.n_ctx; break;
-        case Stage::attention: nt = c.a.attention.n_tokens; nctx = c.a.attention.n_ctx; break;
+        case Stage::kv_store: nt = c.a.kv_store.n_tokens; nctx = c.a.kv_store.n_ctx; by_row = c.a.kv_store.by_row; break;
+        case Stage::attention: nt = c.a.attention.n_tokens; nctx = c.a.attention.n_ctx; by_row = c.a.attention.by_row; break;
+        case Stage::rope: nt = c.a.rope.n_tokens; nctx = INT32_MAX; by_row = c.a.rope.by_row; break;
         case Stage::attention_probs: nt = c.a.attention_probs.a.n_tokens; nctx = c.a.attention_probs.a.n_ctx; break;
         default: return;
     }
+    if (by_row) return check_rows(stage_name(c.stage), nt, nctx, s);
+    if (c.stage == Stage::rope) return;
     if (s.pos0 < 0 || s.pos0 + nt > nctx)
         throw Error(std::string(stage_name(c.stage)) + ": positions " + std::to_string(s.pos0) + ".." +
                     std::to_string(s.pos0 + nt) + " exceed the context of " + std::to_string(nctx));
@@ -280,6 +295,20 @@ Plan Encoder::end_record() {
             if (b && (recorded.keep.empty() || recorded.keep.back().get() != b.buf))
                 recorded.keep.push_back(b.buf->shared_from_this());
     return std::move(recorded);
+}
+
+void Encoder::replay_rows(Plan& p, const Tensor& ids, const int32_t* tokens, const kstep_row* rows, int n) {
+    if (p.device != device.get()) throw Error("Encoder: plan recorded on another device");
+    if (n != p.n_tokens) throw Error("Encoder: plan recorded for a different batch size");
+    if (n > KSTEP_MAX_ROWS || n <= 0) throw Error("Encoder: a batch of several sequences takes 1.." +
+                                                  std::to_string(KSTEP_MAX_ROWS) + " rows");
+    if (ids.numel() < n) throw Error("Encoder: the ids tensor is shorter than the batch");
+    device->upload(Binding{ids.buf.get(), ids.offset}, tokens, sizeof(int32_t) * n);
+    kstep s{0, n, n, 0, {}};
+    for (int t = 0; t < n; ++t) s.rows[t] = rows[t];
+    device->set_step(s);
+    device->submit_plan(p);
+    ++n_commits;
 }
 
 void Encoder::replay(Plan& p, const kstep& s) {
@@ -398,8 +427,16 @@ void Encoder::logits(const Tensor& W, const Tensor& x, const Tensor& y) {
     push(c);
 }
 
+// A stage that reads each row's position (and sequence) from the step's rows takes at most
+// KSTEP_MAX_ROWS rows.
+static void need_rows(bool by_row, int64_t n_tokens, const char* stage) {
+    if (by_row && n_tokens > KSTEP_MAX_ROWS)
+        throw Error(std::string(stage) + ": a batch of several sequences takes at most " +
+                    std::to_string(KSTEP_MAX_ROWS) + " rows, got " + std::to_string(n_tokens));
+}
+
 void Encoder::rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq_base,
-                   float freq_scale, const Tensor* factors) {
+                   float freq_scale, const Tensor* factors, bool by_row) {
     need_f32(x, "rope", "x");
     int64_t n_tokens;
     int hd;
@@ -409,8 +446,9 @@ void Encoder::rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq
     need(mode == KROPE_NORM || mode == KROPE_NEOX, "rope",
          "mode must be 0 (norm) or 2 (neox), got " + std::to_string(mode));
     Command c{Stage::rope, {}, {}, {}};
+    need_rows(by_row, n_tokens, "rope");
     c.a.rope = kargs_rope{(int32_t)n_tokens, n_heads, hd, n_rot, mode, factors ? 1 : 0, freq_base,
-                          freq_scale};
+                          freq_scale, by_row ? 1 : 0, 0};
     c.b[0] = bind(x);
     if (factors) {
         need_f32(*factors, "rope", "factors");
@@ -420,18 +458,19 @@ void Encoder::rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq
     push(c);
 }
 
-void Encoder::kv_store(const Tensor& src, const Tensor& cache) {
+void Encoder::kv_store(const Tensor& src, const Tensor& cache, bool by_row) {
     need_f32(src, "kv_store", "src");
     need(cache.type == KT_F16 && cache.shape.size() == 2, "kv_store", "cache must be F16 [n_ctx, kv_dim]");
     need(cache.cols() == src.cols(), "kv_store", "src row length != cache row length");
     Command c{Stage::kv_store, {}, {}, {}};
-    c.a.kv_store = kargs_kv_store{(int32_t)src.rows(), (int32_t)src.cols(), (int32_t)cache.shape[0], 0};
+    need_rows(by_row, src.rows(), "kv_store");
+    c.a.kv_store = kargs_kv_store{(int32_t)src.rows(), (int32_t)src.cols(), (int32_t)cache.shape[0], by_row ? 1 : 0};
     c.b[0] = bind(src); c.b[1] = bind(cache);
     push(c);
 }
 
 void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
-                        int n_heads, int n_kv_heads, int window, float scale, float softcap) {
+                        int n_heads, int n_kv_heads, int window, float scale, float softcap, bool by_row) {
     need_f32(q, "attention", "q"); need_f32(out, "attention", "out");
     need(kc.type == KT_F16 && vc.type == KT_F16, "attention", "K/V caches must be F16");
     need(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention",
@@ -449,8 +488,9 @@ void Encoder::attention(const Tensor& q, const Tensor& kc, const Tensor& vc, con
     need(window >= 0, "attention", "window must be >= 0 (0 = none), got " + std::to_string(window));
     need(softcap >= 0, "attention", "softcap must be >= 0 (0 = none)");
     Command c{Stage::attention, {}, {}, {}};
+    need_rows(by_row, n_tokens, "attention");
     c.a.attention = kargs_attention{(int32_t)n_tokens, n_heads, n_kv_heads, hd, (int32_t)kc.shape[0],
-                                    window, scale, softcap};
+                                    window, scale, softcap, by_row ? 1 : 0, 0};
     c.b[0] = bind(q); c.b[1] = bind(kc); c.b[2] = bind(vc); c.b[3] = bind(out);
     push(c);
 }

@@ -141,7 +141,8 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void host_free(void* p);
     uint64_t n_allocs = 0, bytes_allocated = 0;
 
-    // The step buffer: per-token values read by kernels.
+    // The step buffer: per-token values read by kernels. set_step copies kstep_bytes(s): the
+    // rows only when a step of several sequences sets them.
     BufferRef step_buf;
     virtual void set_step(const kstep& s) = 0;
 
@@ -187,6 +188,11 @@ void free_host_buffer(Buffer& b);
 // attention_probs: the batch's positions must fit the context, and attention_probs' key
 // count must be pos0 + n_tokens (a GPU kernel cannot throw, so GPUs check before submitting).
 void check_positions(const Command& c, const kstep& s);
+// The same for a step of several sequences: rows [0, n_tokens) set, each inside the cache.
+void check_rows(const char* stage, int n_tokens, int n_ctx, const kstep& s);
+inline uint64_t kstep_bytes(const kstep& s) {
+    return offsetof(kstep, rows) + (uint64_t)(s.n_rows > 0 ? s.n_rows : 0) * sizeof(kstep_row);
+}
 
 // pool_fallback: when the thread pool runs jobs on the calling thread alone: "auto" (while its
 // workers keep missing jobs, cpu/threadpool.cpp), or, for tests that pin one path, "never" or
@@ -245,6 +251,9 @@ struct Encoder {
     void begin_record(int n_tokens);
     Plan end_record();
     void replay(Plan& p, const kstep& s);
+    // A step of several sequences: the n token ids into `ids`, row t at rows[t] (its position
+    // and its sequence's first cache row), then the plan (recorded for n rows, by_row stages).
+    void replay_rows(Plan& p, const Tensor& ids, const int32_t* tokens, const kstep_row* rows, int n);
     // Decode step: write one token id into `ids`, set the step buffer, submit the plan.
     // This is the whole per-token work of generation (nothing is allocated).
     void replay_token(Plan& p, const Tensor& ids, int32_t token, int32_t pos);
@@ -253,12 +262,15 @@ struct Encoder {
     void embed(const Tensor& W, const Tensor& ids, const Tensor& out, float scale);
     void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& out, float eps);
     void matmul(const Tensor& W, const Tensor& x, const Tensor& y);
+    // by_row: each row's position and sequence come from the step's rows (kstep), for a batch
+    // of several sequences; else row t sits at pos0 + t of the one sequence.
     void rope(const Tensor& x, int n_heads, int n_rot, int mode, float freq_base,
-              float freq_scale, const Tensor* factors);
-    void kv_store(const Tensor& src, const Tensor& cache);
+              float freq_scale, const Tensor* factors, bool by_row = false);
+    void kv_store(const Tensor& src, const Tensor& cache, bool by_row = false);
     void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& out,
-                   int n_heads, int n_kv_heads, int window, float scale, float softcap);
-    // out [n_heads, T, n_keys]: the probabilities attention() uses (kargs_attention_probs)
+                   int n_heads, int n_kv_heads, int window, float scale, float softcap, bool by_row = false);
+    // out [n_heads, T, n_keys]: the probabilities attention() uses (kargs_attention_probs); one
+    // sequence (eager inspection only)
     void attention_probs(const Tensor& q, const Tensor& kc, const Tensor& out, int n_heads,
                          int n_kv_heads, int window, float scale, float softcap);
     void add(const Tensor& a, const Tensor& b, const Tensor& out);

@@ -35,14 +35,31 @@
 #define KT_BF16 30
 
 // Per-token values, read by kernels from the step buffer.
-// Token i of the batch sits at position pos0 + i and its K/V row is written to cache
-// row pos0 + i; after the batch, the cache holds pos0 + n_tokens rows.
+// One sequence (the stages' by_row = 0): token t of the batch sits at position pos0 + t and
+// its K/V row is written to cache row pos0 + t; after the batch, the cache holds pos0 +
+// n_tokens rows.
+// Several sequences in one batch (by_row = 1, Model.step): row t of the batch belongs to the
+// sequence whose cache rows start at rows[t].cache0 (sequence s: s * n_ctx_seq), at position
+// rows[t].pos: rope rotates by rows[t].pos, kv_store writes cache row cache0 + pos, and
+// attention reads cache rows cache0 + j for j <= pos (that sequence's own keys only).
+#define KSTEP_MAX_ROWS 256
+typedef struct kstep_row {
+    int32_t pos;       // the row's position in its sequence
+    int32_t cache0;    // the cache row of its sequence's position 0
+} kstep_row;
+
 typedef struct kstep {
-    int32_t pos0;      // position of the first token of the batch
+    int32_t pos0;      // position of the first token of the batch (by_row = 0)
     int32_t n_tokens;  // tokens in this batch (<= the rows the plan was recorded for)
-    int32_t pad0;
+    int32_t n_rows;    // entries of rows[] set (0 outside by-row steps)
     int32_t pad1;
+    kstep_row rows[KSTEP_MAX_ROWS];
 } kstep;
+
+// Row t's position and the cache row of its sequence's position 0, for a stage whose kargs
+// say by_row (a macro: Metal pointers carry an address space a C function would have to name).
+#define KSTEP_POS(step, by_row, t) ((by_row) ? (step)->rows[t].pos : (step)->pos0 + (t))
+#define KSTEP_CACHE0(step, by_row, t) ((by_row) ? (step)->rows[t].cache0 : 0)
 
 // out[t, :] = row ids[t] of weight W [n_vocab, dim] (any weight type), times scale.
 typedef struct kargs_embed {
@@ -74,7 +91,7 @@ typedef struct kargs_matmul {
 } kargs_matmul;
 
 // Rotary embedding in place on x [n_tokens, n_heads, head_dim]; token t at position
-// step.pos0 + t. mode 0: llama "norm" pairs (2i, 2i+1); mode 2: neox pairs (i, i + n_rot/2).
+// KSTEP_POS(step, by_row, t). mode 0: llama "norm" pairs (2i, 2i+1); mode 2: neox pairs (i, i + n_rot/2).
 // theta_i = pos * freq_scale * freq_base^(-2i/n_rot) / factor_i (factor from rope_freqs).
 typedef struct kargs_rope {
     int32_t n_tokens;
@@ -85,21 +102,25 @@ typedef struct kargs_rope {
     int32_t has_factors;  // a freq-factor vector [n_rot/2] is bound
     float freq_base;
     float freq_scale;     // 1 / linear scaling factor
+    int32_t by_row;       // positions from the step's rows (several sequences), see kstep
+    int32_t pad0;
 } kargs_rope;
 
 #define KROPE_NORM 0
 #define KROPE_NEOX 2
 
-// cache[pos0 + t, :] = (half) src[t, :] for K or V of one layer; cache is [n_ctx, kv_dim].
+// cache[cache0 + pos, :] = (half) src[t, :] for K or V of one layer (pos, cache0 of row t:
+// KSTEP_POS / KSTEP_CACHE0); cache is [n_ctx, kv_dim] (all sequences' rows).
 typedef struct kargs_kv_store {
     int32_t n_tokens;
     int32_t kv_dim;
     int32_t n_ctx;
-    int32_t pad0;
+    int32_t by_row;       // positions and sequences from the step's rows, see kstep
 } kargs_kv_store;
 
 // out[t, h, :] = softmax(scale * q[t,h,:] . K[j, h/(n_heads/n_kv_heads), :]) V[j, ...]
-// over cache rows j <= pos0 + t (causal), and j > pos0 + t - window when window > 0.
+// over cache rows j <= pos (causal), and j > pos - window when window > 0, where pos =
+// KSTEP_POS(step, by_row, t); K and V rows of row t's sequence start at KSTEP_CACHE0.
 typedef struct kargs_attention {
     int32_t n_tokens;
     int32_t n_heads;
@@ -109,6 +130,8 @@ typedef struct kargs_attention {
     int32_t window;     // 0 = full causal attention
     float scale;        // usually 1/sqrt(head_dim)
     float softcap;      // 0 = off
+    int32_t by_row;     // positions and sequences from the step's rows, see kstep
+    int32_t pad0;
 } kargs_attention;
 
 // The probabilities of the attention above, for inspection (eager runs only; the fast path

@@ -1,5 +1,6 @@
 // attention.metal -- out[t, h, :] = softmax(scale * q . K^T) V over the visible cache rows
-// (causal: j <= pos0 + t; and j > pos0 + t - window when window > 0), flash-decoding style,
+// of row t's sequence (causal: j <= pos, the row's position KSTEP_POS; and j > pos - window
+// when window > 0; its sequence's rows from KSTEP_CACHE0), flash-decoding style,
 // the same structure as the CUDA device's kernel_attention:
 //
 // kernel_attention_f16: grid (n_splits, n_heads, n_tokens), ATT_SG SIMD groups a threadgroup.
@@ -31,7 +32,8 @@ kernel void kernel_attention_f16(constant kargs_attention_split& p [[buffer(0)]]
     const int s = (int)tgpig.x, h = (int)tgpig.y, t = (int)tgpig.z;
     const int hd = p.a.head_dim, kv_dim = p.a.n_kv_heads * hd;
     const int g = h / (p.a.n_heads / p.a.n_kv_heads);   // the KV head this query head reads
-    const int pos = step->pos0 + t;
+    const int pos = KSTEP_POS(step, p.a.by_row, t);
+    const long c0 = (long)KSTEP_CACHE0(step, p.a.by_row, t) * kv_dim;   // the row's sequence
     const int lo = p.a.window > 0 ? max(0, pos - p.a.window + 1) : 0;
     const int j0 = lo + s * p.chunk, j1 = min(pos + 1, j0 + p.chunk);
 
@@ -45,7 +47,7 @@ kernel void kernel_attention_f16(constant kargs_attention_split& p [[buffer(0)]]
     float mx = ATT_NONE, sum = 0.0f;
     // j depends only on the SIMD group: the loop (and its simd_sum) is uniform in the group
     for (int j = j0 + sgitg; j < j1; j += ATT_SG) {
-        device const half* kr = kc + (long)j * kv_dim + g * hd;
+        device const half* kr = kc + c0 + (long)j * kv_dim + g * hd;
         float d0 = 0.0f;
         for (int i = 0; i < ATT_MAXD; ++i) {
             const int d = tiisg + 32 * i;
@@ -57,7 +59,7 @@ kernel void kernel_attention_f16(constant kargs_attention_split& p [[buffer(0)]]
         const float corr = exp(mx - nm);   // 0 on the first key (mx = ATT_NONE)
         const float pe = exp(sc - nm);
         sum = sum * corr + pe;
-        device const half* vr = vc + (long)j * kv_dim + g * hd;
+        device const half* vr = vc + c0 + (long)j * kv_dim + g * hd;
         for (int i = 0; i < ATT_MAXD; ++i) {
             const int d = tiisg + 32 * i;
             if (d < hd) acc[i] = acc[i] * corr + pe * (float)vr[d];

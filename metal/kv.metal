@@ -1,4 +1,4 @@
-// kv.metal -- kv_store: cache[pos0 + t, :] = half(src[t, :]) (round to nearest even), one
+// kv.metal -- kv_store: cache[cache0 + pos, :] = half(src[t, :]) (row t's KSTEP_CACHE0, KSTEP_POS) (round to nearest even), one
 // thread per element. A row outside the cache is not written (the host checks positions
 // before it submits).
 #include <metal_stdlib>
@@ -14,7 +14,7 @@ kernel void kernel_kv_store_f16(constant kargs_kv_store& a [[buffer(0)]],
     const long idx = (long)tgpig.x * EW_THREADS + tiitg;
     if (idx >= (long)a.n_tokens * a.kv_dim) return;
     const int t = (int)(idx / a.kv_dim), c = (int)(idx % a.kv_dim);
-    const int row = step->pos0 + t;
+    const int row = KSTEP_CACHE0(step, a.by_row, t) + KSTEP_POS(step, a.by_row, t);
     if (row < 0 || row >= a.n_ctx) return;
     cache[(long)row * a.kv_dim + c] = (half)src[idx];
 }

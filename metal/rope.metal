@@ -1,5 +1,5 @@
 // rope.metal -- rotary embedding in place on x [n_tokens, n_heads, head_dim], token t at
-// position step.pos0 + t; one thread per rotated pair. Mode 0 (llama "norm") rotates
+// position KSTEP_POS(step, a.by_row, t) (pos0 + t for one sequence); one thread per rotated pair. Mode 0 (llama "norm") rotates
 // (2i, 2i+1), mode 2 (neox) rotates (i, i + n_rot/2). Dims past n_rot are not touched.
 // The angle is float (Metal has no double; the CPU and CUDA devices use double): at position
 // ~1000 it is off by ~1e-4 rad, as in ggml's own Metal and CPU kernels.
@@ -19,7 +19,7 @@ kernel void kernel_rope_f32(constant kargs_rope& a [[buffer(0)]],
     const int i = (int)(idx % half_rot);
     const long r = idx / half_rot;               // row = t * n_heads + h
     const int t = (int)(r / a.n_heads);
-    const float p = (float)(step->pos0 + t);
+    const float p = (float)KSTEP_POS(step, a.by_row, t);
     float theta = p * a.freq_scale * precise::pow(a.freq_base, -2.0f * (float)i / (float)a.n_rot);
     if (a.has_factors) theta = theta / ff[i];
     const float c = precise::cos(theta), s = precise::sin(theta);

@@ -71,7 +71,7 @@ struct CpuDevice final : Device {
     }
     void download(void* dst, const Binding& src, uint64_t n) override { std::memcpy(dst, src.ptr<char>(), n); }
 
-    void set_step(const kstep& s) override { std::memcpy(step_buf->host, &s, sizeof s); }
+    void set_step(const kstep& s) override { std::memcpy(step_buf->host, &s, kstep_bytes(s)); }
 
     void submit(const std::vector<Command>& cmds) override {
         for (const Command& c : cmds) run(c);
@@ -223,7 +223,7 @@ struct CpuDevice final : Device {
             split(a.n_tokens, ith, nth, &b, &e);
             float* cs = tmp(ith, (size_t)a.n_rot + 16);
             for (int64_t t = b; t < e; ++t) {
-                rope_table(a, s->pos0 + (int)t, ff, cs);   // one table per token, shared by its heads
+                rope_table(a, KSTEP_POS(s, a.by_row, (int)t), ff, cs);   // one table per token, shared by its heads
                 for (int h = 0; h < a.n_heads; ++h)
                     rope_apply(x.ptr<float>() + (t * a.n_heads + h) * a.head_dim, a, cs);
             }
@@ -233,7 +233,8 @@ struct CpuDevice final : Device {
 
     void kv_store(const kargs_kv_store& a, Binding src, Binding cache, Binding step) override {
         const kstep* s = step.ptr<kstep>();
-        if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx)
+        if (a.by_row) check_rows("kv_store", a.n_tokens, a.n_ctx, *s);
+        else if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx)
             throw Error("kv_store: positions " + std::to_string(s->pos0) + ".." +
                         std::to_string(s->pos0 + a.n_tokens) + " exceed the context of " + std::to_string(a.n_ctx));
         auto f = [&](int ith, int nth) {
@@ -241,7 +242,8 @@ struct CpuDevice final : Device {
             split(a.n_tokens, ith, nth, &b, &e);
             for (int64_t t = b; t < e; ++t) {
                 const float* in = src.ptr<float>() + t * a.kv_dim;
-                uint16_t* o = cache.ptr<uint16_t>() + (int64_t)(s->pos0 + t) * a.kv_dim;
+                uint16_t* o = cache.ptr<uint16_t>() +
+                              ((int64_t)KSTEP_CACHE0(s, a.by_row, t) + KSTEP_POS(s, a.by_row, t)) * a.kv_dim;
                 f32_to_f16_row(in, o, a.kv_dim);
             }
         };
@@ -251,7 +253,14 @@ struct CpuDevice final : Device {
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
                    Binding step) override {
         const kstep* s = step.ptr<kstep>();
-        if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx) throw Error("attention: positions exceed the context");
+        int span = s->pos0 + a.n_tokens;   // keys a query sees at most
+        if (a.by_row) {
+            check_rows("attention", a.n_tokens, a.n_ctx, *s);
+            span = 0;
+            for (int t = 0; t < a.n_tokens; ++t) span = std::max(span, s->rows[t].pos + 1);
+        } else if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx) {
+            throw Error("attention: positions exceed the context");
+        }
         // Work items are (token, KV head): the query heads that share a KV head run together,
         // so each K / V row is read once per group. Items are taken from a shared counter,
         // longest first (the last token sees the most rows), so threads finish together even
@@ -261,18 +270,21 @@ struct CpuDevice final : Device {
         const AttnGroup simd = attention_kernel(a);
         std::atomic<int64_t> next{0};
         auto f = [&](int ith, int) {
-            float* sc = tmp(ith, (size_t)grp * (s->pos0 + a.n_tokens + 8) + 2 * hd + 64);
+            float* sc = tmp(ith, (size_t)grp * (span + 8) + 2 * hd + 64);
             for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
                 const int t = a.n_tokens - 1 - (int)(it / a.n_kv_heads), g = (int)(it % a.n_kv_heads);
                 const int64_t r0 = (int64_t)t * a.n_heads + (int64_t)g * grp;   // first query row
                 const float* qr = q.ptr<float>() + r0 * hd;
                 float* o = out.ptr<float>() + r0 * hd;
+                // the row's own sequence: its cache rows start at cache0
+                const int64_t c0 = (int64_t)KSTEP_CACHE0(s, a.by_row, t) * a.n_kv_heads * hd;
+                const uint16_t *kr = kc.ptr<uint16_t>() + c0, *vr = vc.ptr<uint16_t>() + c0;
+                const int pos = KSTEP_POS(s, a.by_row, t);
                 if (simd) {
-                    simd(a, qr, o, grp, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(), g, s->pos0 + t, sc);
+                    simd(a, qr, o, grp, kr, vr, g, pos, sc);
                 } else {
                     for (int i = 0; i < grp; ++i)
-                        attention_row(a, qr + i * hd, kc.ptr<uint16_t>(), vc.ptr<uint16_t>(), o + i * hd,
-                                      g * grp + i, s->pos0 + t, sc);
+                        attention_row(a, qr + i * hd, kr, vr, o + i * hd, g * grp + i, pos, sc);
                 }
             }
         };

@@ -170,7 +170,7 @@ void CudaDevice::download(void* dst, const Binding& src, uint64_t n) {
 
 void CudaDevice::set_step(const kstep& s) {
     hstep = s;
-    ck(cudaMemcpyAsync(step_buf->dev, &hstep, sizeof hstep, cudaMemcpyHostToDevice, stream), "set_step");
+    ck(cudaMemcpyAsync(step_buf->dev, &hstep, kstep_bytes(hstep), cudaMemcpyHostToDevice, stream), "set_step");
 }
 
 // ---- execution -------------------------------------------------------------------------------

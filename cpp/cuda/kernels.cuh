@@ -48,7 +48,9 @@ __global__ void kernel_set_token(int32_t* ids, kstep* step, int32_t token, int32
     pdl_enter();
     if (on && threadIdx.x == 0) {
         ids[0] = token;
-        *step = kstep{pos, 1, 0, 0};
+        step->pos0 = pos;   // the header only: a token's step sets no rows
+        step->n_tokens = 1;
+        step->n_rows = 0;
     }
 }
 
@@ -364,7 +366,7 @@ __global__ void kernel_rope(kargs_rope a, float* x, const float* ff, const kstep
     int t = (int)(r / a.n_heads);
     float c, s, y0, y1;
     int i0, i1;
-    rope_cs(a, ff, step->pos0 + t, i, &c, &s);
+    rope_cs(a, ff, KSTEP_POS(step, a.by_row, t), i, &c, &s);
     rope_pair(a, x + r * a.head_dim, i, c, s, &i0, &i1, &y0, &y1);
 }
 
@@ -406,13 +408,13 @@ __global__ void kernel_rope_kv_store(kargs_rope aq, kargs_rope ak, int n_ctx, fl
     }
 }
 
-// ---- kv_store: cache[pos0 + t, :] = half(src[t, :]) ------------------------------------------
+// ---- kv_store: cache[cache0 + pos, :] = half(src[t, :]) (row t's KSTEP_CACHE0 / KSTEP_POS) ------------------------------------------
 __global__ void kernel_kv_store(kargs_kv_store a, const float* src, __half* cache, const kstep* step, int* err) {
     pdl_enter();
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)a.n_tokens * a.kv_dim) return;
     int t = (int)(idx / a.kv_dim), c = (int)(idx % a.kv_dim);
-    int row = step->pos0 + t;
+    int row = KSTEP_CACHE0(step, a.by_row, t) + KSTEP_POS(step, a.by_row, t);
     if (row < 0 || row >= a.n_ctx) {
         atomicExch(err, ERR_KV_POS);
         return;
@@ -437,9 +439,13 @@ kernel_attention(kargs_attention a, const float* q, const __half* kc, const __ha
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
     const int g = h / (a.n_heads / a.n_kv_heads);
-    const int pos = step->pos0 + t;
+    const int pos = KSTEP_POS(step, a.by_row, t);
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
     const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);
+    if (a.by_row) {   // the row's own sequence: its cache rows start at cache0
+        kc += (int64_t)KSTEP_CACHE0(step, 1, t) * kv_dim;
+        vc += (int64_t)KSTEP_CACHE0(step, 1, t) * kv_dim;
+    }
 
     const float* qr = q + ((int64_t)t * a.n_heads + h) * hd;
     float qv[ATT_MAXD], acc[ATT_MAXD];
@@ -536,7 +542,7 @@ __global__ void kernel_attention_combine(kargs_attention a, const float* part, f
     const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
     const int64_t qi = (int64_t)t * a.n_heads + h;
     const float* pr = part + qi * n_splits * (hd + 2);
-    const int pos = step->pos0 + t;
+    const int pos = KSTEP_POS(step, a.by_row, t);
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
     const int ns = min(n_splits, (pos - lo) / chunk + 1);
     float M = -INFINITY;

@@ -167,11 +167,14 @@ int row_split(int n_out, int n_windows) {
 // ---- attention: which kernel and how many splits --------------------------------------------
 // kernel_attention_decode takes head sizes 64 and 128, up to 8 query heads per K/V head and
 // G * head_dim <= 1024; prompts of 16+ tokens with those head sizes go to the tensor cores
-// instead. Other shapes (e.g. Gemma-3's head size 256) run kernel_attention.
-bool prefill_attention(const kargs_attention& a) { return a.n_tokens >= 16 && (a.head_dim == 64 || a.head_dim == 128); }
+// instead. Other shapes (e.g. Gemma-3's head size 256), and a batch of several sequences
+// (by_row: each row its own sequence and position), run kernel_attention.
+bool prefill_attention(const kargs_attention& a) {
+    return !a.by_row && a.n_tokens >= 16 && (a.head_dim == 64 || a.head_dim == 128);
+}
 bool decode_attention(const kargs_attention& a) {
     const int G = a.n_heads / a.n_kv_heads;
-    return !prefill_attention(a) && (a.head_dim == 64 || a.head_dim == 128) && G <= AD_GMAX &&
+    return !a.by_row && !prefill_attention(a) && (a.head_dim == 64 || a.head_dim == 128) && G <= AD_GMAX &&
            G * a.head_dim <= AD_QMAX && a.n_tokens * a.n_kv_heads <= AD_COUNTERS;
 }
 // How many blocks split one query's keys: decode splits the whole context in chunks of 32 or
@@ -302,6 +305,8 @@ struct Planner {
     size_t rope_chain(size_t i) {
         const Command &c = cmds[i], &rk = cmds[i + 1], &sk = cmds[i + 2], &sv = cmds[i + 3];
         const kargs_rope &q = c.a.rope, &k = rk.a.rope;
+        // a batch of several sequences (by_row) runs the split stages
+        if (q.by_row || k.by_row || sk.a.kv_store.by_row || sv.a.kv_store.by_row) return 0;
         if (!(rk.stage == Stage::rope && sk.stage == Stage::kv_store && sv.stage == Stage::kv_store &&
               q.n_rot == q.head_dim && k.n_rot == q.n_rot && k.head_dim == q.head_dim && k.mode == q.mode &&
               k.freq_base == q.freq_base && k.freq_scale == q.freq_scale && k.has_factors == q.has_factors &&

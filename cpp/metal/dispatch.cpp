@@ -280,7 +280,7 @@ void PlannedDevice::grow_scratch(uint64_t bytes) {
 
 void PlannedDevice::set_step(const kstep& s) {
     hstep = s;
-    upload(Binding{step_buf.get(), 0}, &s, sizeof s);
+    upload(Binding{step_buf.get(), 0}, &s, kstep_bytes(s));
 }
 
 // The CPU device's checks, made on the host before a command buffer is committed: a kernel

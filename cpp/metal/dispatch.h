@@ -26,7 +26,7 @@
 namespace llmetal::metal {
 
 constexpr int MAX_BUFFERS = 8;    // [[buffer(0..7)]]; 0 carries the argument bytes
-constexpr int MAX_ARG_BYTES = 48;
+constexpr int MAX_ARG_BYTES = 64;
 
 struct BufferBinding {
     Buffer* buf = nullptr;

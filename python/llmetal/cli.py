@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print how the engine was built and what this CPU offers")
     p.add_argument("--json", action="store_true")
     _add_tokenize_parser(sub)
+    _add_serve_parser(sub)
     return ap
 
 
@@ -388,6 +389,36 @@ def _cmd_bench(args) -> int:
 
 COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace, "plan": _cmd_plan,
             "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench}
+
+
+# ---- serve: an OpenAI-compatible HTTP server (llmetal[serve]: starlette + uvicorn)
+def _add_serve_parser(sub):
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server that decodes requests together")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-np", "--parallel", type=int, default=4, help="slots: requests decoded at once (default 4)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096,
+                   help="total context, split over the slots (default 4096)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask for")
+    p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: the cores this process may use)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "metal", "metal-emu"], help="compute device")
+
+
+def _cmd_serve(args) -> int:
+    try:
+        from . import server
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise CLIError(f"serve needs the serve extra: pip install 'llmetal[serve]' ({e})") from None
+    app = server.build(args.model, n_slots=args.parallel, n_ctx=args.ctx_size, device=args.device,
+                       n_threads=args.threads, max_tokens_limit=args.max_tokens)
+    server.serve(app, host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS["serve"] = _cmd_serve
 
 
 # ---- tokenize: like llama-tokenize (special-token text is parsed by default on the command line)

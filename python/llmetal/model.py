@@ -4,6 +4,9 @@
     logits = model.logits(tokens)                       # [T, vocab], fresh context
     logits, cache = model.run_with_cache(tokens, names=["blk.0.attn_norm", "result_output"])
 
+    model = llmetal.load("smollm2", n_ctx=1024, n_seq=4)  # KV cache for 4 sequences of 1024
+    logits = model.step([(0, tok_a, 17), (2, tok_b, 5)])  # [2, vocab]: one step, two sequences
+
 `Model.forward` calls the engine's stages in order, under llama.cpp's stage names
 (`attn_norm`, `Qcur`, `Kcur`, `Vcur`, `kqv_out`, `ffn_inp`, `ffn_norm`, `ffn_out`, `l_out`,
 `result_norm`, `result_output`) so that a trace can be laid next to llama.cpp's
@@ -212,25 +215,26 @@ class DecodePlan:
 
 class Model:
     def __init__(self, path, device: str | None = "cpu", n_ctx: int = 4096, n_threads: int = 0,
-                 n_batch: int = 256, n_out: int = 32):
+                 n_batch: int = 256, n_out: int = 32, n_seq: int = 1):
         self.path = Path(resolve(path))
         self.gguf = GGUFFile(self.path)
         self.cfg = c = ModelConfig.from_gguf(self.gguf)
         if c.final_softcap:
             raise ValueError(f"{self.path.name}: final logit softcapping ({c.final_softcap}) is not "
                              "implemented by llmetal's forward pass")
-        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_out", n_out)):
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_out", n_out), ("n_seq", n_seq)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
-        if n_ctx < 0 or n_batch <= 0 or n_out <= 0:
-            raise ValueError(f"n_ctx must be >= 0 (0: the training context), n_batch and n_out > 0; "
-                             f"got {n_ctx}, {n_batch}, {n_out}")
+        if n_ctx < 0 or n_batch <= 0 or n_out <= 0 or n_seq <= 0:
+            raise ValueError(f"n_ctx must be >= 0 (0: the training context), n_batch, n_out and n_seq > 0; "
+                             f"got {n_ctx}, {n_batch}, {n_out}, {n_seq}")
         if n_ctx == 0:
             n_ctx = c.n_ctx_train
         if n_ctx > c.n_ctx_train:
             raise ValueError(f"n_ctx {n_ctx} exceeds the model's training context {c.n_ctx_train}")
         # a batch or output block larger than the context could never fill: sized to it
         self.n_ctx, self.n_batch, self.n_out = int(n_ctx), int(min(n_batch, n_ctx)), int(min(n_out, n_ctx))
+        self.n_seq = int(n_seq)   # sequences the KV cache holds, n_ctx positions each (Model.step)
         self.device = make_device(device, n_threads)
         self.device_name = self.device.name
 
@@ -249,9 +253,13 @@ class Model:
                             ("o", d), ("gate", ff), ("up", ff), ("h", ff)):
             p.declare(name, F32, [B, width])
         p.declare("logits", F32, [self.n_out, c.n_vocab])
+        # KV cache: sequence s at rows [s * n_ctx, (s + 1) * n_ctx); with several sequences, one
+        # more row that the padding rows of a step's batch write and read (self.scratch_row)
+        self.scratch_row = self.n_seq * n_ctx
+        cache_rows = self.n_seq * n_ctx + (1 if self.n_seq > 1 else 0)
         for il in range(c.n_layer):
-            p.declare(f"blk.{il}.k_cache", F16, [n_ctx, kvd])   # [n_ctx, Hkv*hd] f16
-            p.declare(f"blk.{il}.v_cache", F16, [n_ctx, kvd])
+            p.declare(f"blk.{il}.k_cache", F16, [cache_rows, kvd])   # [rows, Hkv*hd] f16
+            p.declare(f"blk.{il}.v_cache", F16, [cache_rows, kvd])
         p.reserve()
         self.full = {n: p.get(n) for n in p.names()}
 
@@ -264,6 +272,7 @@ class Model:
         self._plan: DecodePlan | None = None
         self._plan_steps: list[PlanStep] | None = None   # filled while a plan is recorded
         self.n_recorded = 0
+        self._step_plans: dict[tuple[int, int], DecodePlan] = {}   # (rows, logit rows) -> plan
         self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
         self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
 
@@ -290,18 +299,26 @@ class Model:
 
     # ---- the forward pass ---------------------------------------------------------------
     @serialized
-    def forward(self, tokens, pos0: int, out_rows: str = "last"):
+    def forward(self, tokens, pos0: int, out_rows: str | int = "last", rows=None):
         """Run T tokens at positions pos0..pos0+T-1 through the model, filling the KV cache.
 
         out_rows: "last" computes the logits of the last token only, "all" of every token
-        (T <= n_out). Returns the logits tensor view (download with .to_numpy()).
+        (T <= n_out), a number R those of the last R tokens. rows (a batch of several
+        sequences, see step): int32 [T, 2], token t at position rows[t, 0] of the sequence whose
+        cache rows start at rows[t, 1]; then rope, kv_store and attention read each row's own
+        position and sequence (by_row) and pos0 is unused.
+        Returns the logits tensor view (download with .to_numpy()).
         """
         c, w, enc, st = self.cfg, self.w, self.enc, self._stage
         T = len(tokens)
-        R = T if out_rows == "all" else 1
+        R = T if out_rows == "all" else 1 if out_rows == "last" else int(out_rows)
         a = self.acts(T, R)
         self.n_forward_calls += 1
-        self.device.set_step(pos0, T)
+        by_row = rows is not None
+        if by_row:
+            self.device.set_step_rows(np.ascontiguousarray(rows, dtype=np.int32))
+        else:
+            self.device.set_step(pos0, T)
         a.ids.upload(np.asarray(tokens, dtype=np.int32))
 
         enc.embed(w["token_embd.weight"], a.ids, a.x, c.embed_scale); st("inp_embd", -1, a.x)
@@ -327,13 +344,13 @@ class Model:
                 enc.rmsnorm(qh, w[L + "attn_q_norm.weight"], qh, c.rms_eps); st("Qcur_normed", il, a.q)
                 enc.rmsnorm(kh, w[L + "attn_k_norm.weight"], kh, c.rms_eps); st("Kcur_normed", il, a.k)
             mode = E.ROPE_NEOX if c.rope_type == "neox" else E.ROPE_NORM
-            enc.rope(a.q, c.n_head, c.n_rot, mode, base, fscale, factors);    st("Qcur_rope", il, a.q)
-            enc.rope(a.k, c.n_head_kv, c.n_rot, mode, base, fscale, factors); st("Kcur_rope", il, a.k)
+            enc.rope(a.q, c.n_head, c.n_rot, mode, base, fscale, factors, by_row);    st("Qcur_rope", il, a.q)
+            enc.rope(a.k, c.n_head_kv, c.n_rot, mode, base, fscale, factors, by_row); st("Kcur_rope", il, a.k)
             kc, vc = self.full[L + "k_cache"], self.full[L + "v_cache"]
-            enc.kv_store(a.k, kc)
-            enc.kv_store(a.v, vc);                                                       st("kv_store", il, a.v)
+            enc.kv_store(a.k, kc, by_row)
+            enc.kv_store(a.v, vc, by_row);                                               st("kv_store", il, a.v)
             enc.attention(a.q, kc, vc, a.attn, c.n_head, c.n_head_kv, c.attn_scale,
-                          c.window_for(il), c.attn_softcap);                       st("kqv", il, a.attn)
+                          c.window_for(il), c.attn_softcap, by_row);               st("kqv", il, a.attn)
             enc.matmul(w[L + "attn_output.weight"], a.attn, a.o);                       st("kqv_out", il, a.o)
             if c.has_post_norms:
                 enc.rmsnorm(a.o, w[L + "post_attention_norm.weight"], a.o, c.rms_eps);  st("attn_post_norm", il, a.o)
@@ -396,6 +413,108 @@ class Model:
         if not np.isfinite(self._logits1).all():
             self._diagnose([int(token)], int(pos))
         return self._logits1
+
+    # ---- several sequences in one step ---------------------------------------------------
+    def _bucket(self, n: int, cap: int) -> int:
+        """The rows a step of n rows runs as: the next power of two (capped), so that a few
+        recorded plans serve every batch; a single-sequence model (no padding row) runs n."""
+        if self.n_seq == 1:
+            return n
+        b = 1
+        while b < n:
+            b *= 2
+        return max(n, min(b, cap))
+
+    def _step_plan(self, T: int, R: int) -> DecodePlan:
+        """The recorded forward pass of a step of T rows of several sequences whose last R rows
+        give logits (recorded once per (T, R), then replayed)."""
+        key = (T, R)
+        if key not in self._step_plans:
+            rows = np.zeros((T, 2), dtype=np.int32)
+            rows[:, 1] = self.scratch_row if self.n_seq > 1 else 0
+            self.enc.begin_record(T)
+            self._plan_steps = []
+            try:
+                self.forward([0] * T, 0, R, rows=rows)   # tokens and rows come from buffers at replay
+            finally:
+                plan, steps, self._plan_steps = self.enc.end_record(), self._plan_steps, None
+            self._step_plans[key] = DecodePlan(self, plan, steps)
+            self.n_recorded += 1
+        return self._step_plans[key]
+
+    def step_rows_max(self) -> int:
+        """The most rows one step takes."""
+        return min(self.n_batch, E.STEP_MAX_ROWS)
+
+    @serialized
+    def step(self, rows, want=None, eager: bool = False) -> np.ndarray:
+        """One forward pass over a batch that mixes sequences: rows = [(seq, token, pos), ...]
+        (decode rows of several sequences, prompt chunks of others; a sequence's rows before pos
+        must be in the cache or earlier in this batch). Each row attends only to its own
+        sequence's positions <= pos. want: the indices of the rows whose logits to return
+        (default: all rows; at most n_out; [] for none). Returns a new array [len(want), vocab].
+
+        Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
+        with rows that write only a scratch cache row); eager=True runs the same forward pass
+        stage by stage (for checking)."""
+        n = len(rows)
+        if not 0 < n <= self.step_rows_max():
+            raise ValueError(f"a step takes 1..{self.step_rows_max()} rows, got {n}")
+        want = list(range(n)) if want is None else [int(i) for i in want]
+        if len(want) > self.n_out or any(not 0 <= i < n for i in want) or len(set(want)) < len(want):
+            raise ValueError(f"want must name at most {self.n_out} distinct rows of the {n}")
+        seen = set()
+        for seq, tok, pos in rows:
+            for name, v in (("sequence", seq), ("token", tok), ("position", pos)):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise ValueError(f"the {name} of a row must be an integer, got {v!r}")
+            if not 0 <= seq < self.n_seq:
+                raise ValueError(f"sequence {seq} outside 0..{self.n_seq - 1} (n_seq {self.n_seq})")
+            if not 0 <= pos < self.n_ctx:
+                raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx} of sequence {seq}")
+            if not 0 <= tok < self.cfg.n_vocab:
+                raise ValueError(f"token id {tok} outside the vocabulary of {self.cfg.n_vocab}")
+            if (seq, pos) in seen:
+                raise ValueError(f"sequence {seq} has two rows at position {pos}")
+            seen.add((seq, pos))
+        # Padding rows first, then the rows without logits, then the wanted ones: the plan
+        # computes the logits of its last R rows (rows of a batch may come in any order: every
+        # row's K/V is stored before any row attends).
+        wanted = set(want)
+        order = [i for i in range(n) if i not in wanted] + want
+        T = self._bucket(n, self.step_rows_max())
+        nw = max(len(want), 1)     # a step of prompt rows only still computes one row's logits
+        R = max(min(self._bucket(nw, self.n_out), T) if self.n_seq > 1 else nw, nw)
+        pad = T - n
+        tokens = np.zeros(T, dtype=np.int32)
+        rr = np.zeros((T, 2), dtype=np.int32)
+        rr[:pad, 1] = self.scratch_row
+        for k, i in enumerate(order):
+            seq, tok, pos = rows[i]
+            tokens[pad + k] = tok
+            rr[pad + k] = (pos, seq * self.n_ctx)
+        if eager:
+            self.hook = lambda *a: None
+            try:
+                out = self.forward(tokens.tolist(), 0, R, rows=rr).to_numpy()
+            finally:
+                self.hook = None
+        else:
+            plan = self._step_plan(T, R)
+            self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
+            out = self.full["logits"].rows(0, R).to_numpy()
+        out = np.array(out[R - len(want):])   # a copy: the next step reuses the buffer
+        if not np.isfinite(out).all():
+            raise NonFiniteError("the logits of a step of several sequences are not finite "
+                                 "(run the sequences alone, or step(eager=True), to name the stage)")
+        return out
+
+    def step_plan(self, n_rows: int, n_logits: int = 1) -> DecodePlan:
+        """The recorded step of n_rows rows of several sequences (its last n_logits with logits),
+        as the device runs it: the same stages and names as plan()."""
+        with self.lock:
+            T = self._bucket(n_rows, self.step_rows_max())
+            return self._step_plan(T, n_logits)
 
     def _diagnose(self, tokens, pos0):
         """Logits came out non-finite: run the same tokens again eagerly (the KV cache rows they

@@ -1,0 +1,100 @@
+"""Several sequences in one step (Model.step): each sequence's greedy ids in a mixed batch equal
+its single-sequence run, and the step's plan has the forward pass's stage names."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import llmetal
+
+PROMPTS = [[1, 504, 3458, 282, 9565], [2, 9565, 42, 1003, 33, 7], [5, 16, 300]]
+
+
+def single_greedy(model, prompt, n):
+    logits, pos, out = model.prefill(prompt, 0), len(prompt), []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = model.decode_step(out[-1], pos)
+        pos += 1
+    return out
+
+
+def batched_greedy(model, prompts, seqs, n, chunk=None):
+    """Prompts prefilled in one mixed step (or in chunks of `chunk` rows that run together
+    with the decode rows of the sequences already started), then decoded together."""
+    out = {s: [] for s in seqs}
+    pos = {s: 0 for s in seqs}
+    todo = {s: list(p) for s, p in zip(seqs, prompts)}
+    while any(len(o) < n for o in out.values()):
+        rows, want, owner = [], [], []
+        for s in seqs:
+            if todo[s]:                                      # the next prompt chunk
+                take = todo[s][:chunk] if chunk else todo[s]
+                todo[s] = todo[s][len(take):]
+                for t in take:
+                    rows.append((s, t, pos[s]))
+                    pos[s] += 1
+                if not todo[s]:
+                    want.append(len(rows) - 1)
+                    owner.append(s)
+            elif len(out[s]) < n:                            # a decode row
+                rows.append((s, out[s][-1], pos[s]))
+                pos[s] += 1
+                want.append(len(rows) - 1)
+                owner.append(s)
+        if not rows:
+            break
+        logits = model.step(rows, want)
+        for s, lg in zip(owner, logits):
+            if len(out[s]) < n:
+                out[s].append(int(np.argmax(lg)))
+    return [out[s] for s in seqs]
+
+
+def test_mixed_batch_equals_single_runs_cpu(smollm2_path):
+    one = llmetal.load(smollm2_path, device="cpu", n_ctx=64)
+    ref = [single_greedy(one, p, 10) for p in PROMPTS]
+    many = llmetal.load(smollm2_path, device="cpu", n_ctx=64, n_seq=4)
+    assert batched_greedy(many, PROMPTS, [0, 1, 3], 10) == ref
+    # prompts in chunks of 2 rows running alongside the others' decode rows, other slots
+    assert batched_greedy(many, PROMPTS, [2, 0, 1], 10, chunk=2) == ref
+    # seq 0 through the single-sequence path still works on a multi-sequence model
+    assert single_greedy(many, PROMPTS[0], 10) == ref[0]
+
+
+def test_step_plan_has_the_forward_names(smollm2_path):
+    m = llmetal.load(smollm2_path, device="cpu", n_ctx=32, n_seq=2)
+    names = m.stage_names()
+    p = m.step_plan(3, 2)
+    assert [s.key for s in p.steps] == names
+    assert p.plan.n_tokens == 4                     # 3 rows run as the bucket of 4
+    m.step([(0, 1, 0), (1, 2, 0), (1, 3, 1)], [0, 2])
+    assert m.n_recorded == 2                        # plan() and that bucket, no more
+    m.step([(0, 4, 1), (1, 5, 2), (0, 6, 2)], [1, 2])
+    assert m.n_recorded == 2
+
+
+def test_step_eager_equals_plan(smollm2_path):
+    m = llmetal.load(smollm2_path, device="cpu", n_ctx=32, n_seq=3)
+    rows = [(0, 1, 0), (2, 7, 0), (2, 8, 1), (1, 9, 0)]
+    a = m.step(rows, eager=True)
+    b = m.step(rows)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_step_refuses_bad_rows(smollm2_path):
+    m = llmetal.load(smollm2_path, device="cpu", n_ctx=16, n_seq=2)
+    for rows, msg in (([(2, 1, 0)], "sequence 2"), ([(0, 1, 16)], "context overflow"),
+                      ([(0, -1, 0)], "outside the vocabulary"), ([(0, 1, 0), (0, 2, 0)], "two rows"),
+                      ([], "1..")):
+        with pytest.raises(ValueError, match=msg):
+            m.step(rows)
+
+
+def test_mixed_batch_metal_emu(smollm2_path):
+    """metal-emu is slow: two sequences, three tokens."""
+    prompts = PROMPTS[:2]
+    one = llmetal.load(smollm2_path, device="cpu", n_ctx=16)
+    ref = [single_greedy(one, p, 3) for p in prompts]
+    emu = llmetal.load(smollm2_path, device="metal-emu", n_ctx=16, n_seq=2)
+    assert batched_greedy(emu, prompts, [1, 0], 3) == ref
