@@ -90,3 +90,34 @@ def test_compare_stages(model):
         assert r["nmse"] < bound, r
     mm = [r for r in rows if r["stage"] == "Qcur"]
     assert all(r["weight_type"] == "Q4_1" for r in mm)
+
+
+def test_attention_probabilities(model):
+    """kq_soft_max, computed by the device when named: sums to 1 per query, zero above the
+    diagonal, and the reference's probabilities from the same (f16-cached) keys."""
+    c = model.cfg
+    _, cache = model.run_with_cache(TOKENS, names=["blk.1.Qcur_rope", "blk.1.Kcur_rope", "blk.1.kq_soft_max"])
+    p = cache["blk.1.kq_soft_max"]
+    T = len(TOKENS)
+    assert p.shape == (c.n_head, T, T)
+    assert np.allclose(p.sum(-1), 1, atol=1e-5)
+    assert np.all(p[:, np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
+    want = R.attention_probs(cache["blk.1.Qcur_rope"], cache["blk.1.Kcur_rope"].astype(np.float16), c.n_head,
+                             c.n_head_kv, 0, c.attn_scale)
+    assert R.nmse(p, want) < 1e-9
+    with pytest.raises(ValueError, match="inspection output"):
+        model.run_with_hooks(TOKENS, {"blk.0.kq_soft_max": lambda a, n: a})
+
+
+def test_attention_probabilities_sliding_window(tmp_path):
+    """gemma3's local layers attend to the last `sliding_window` keys only (16 in this file)."""
+    from conftest import write_tiny_model
+    m = llmetal.load(write_tiny_model(tmp_path / "g.gguf", arch="gemma3", quant=False), n_ctx=64, n_batch=32, n_out=32)
+    toks = list(range(3, 27))                       # 24 tokens > the window of 16
+    _, cache = m.run_with_cache(toks, names=["blk.0.kq_soft_max"])
+    p = cache["blk.0.kq_soft_max"]
+    assert m.cfg.window_for(0) == 16
+    for t in range(len(toks)):
+        assert np.all(p[:, t, :max(0, t - 15)] == 0) and np.all(p[:, t, t + 1:] == 0), t
+        assert np.allclose(p[:, t].sum(-1), 1, atol=1e-5)
+    assert "blk.0.kq_soft_max" not in m.run_with_cache(toks)[1]   # only when asked for

@@ -267,6 +267,8 @@ class Model:
         self.generating = False         # a stream_generate of this model is under way
         self.enc = E.Encoder(self.device, eager=False)
         self.hook = None          # called after each stage in eager inspection mode
+        self.probs_layers = None  # layers whose attention probabilities (kq_soft_max) an eager run keeps
+        self._probs_buf = None
         self.n_forward_calls = 0
         # decode: the one-token plan (recorded on first use) and the buffers each step reuses
         self._plan: DecodePlan | None = None
@@ -349,6 +351,10 @@ class Model:
             kc, vc = self.full[L + "k_cache"], self.full[L + "v_cache"]
             enc.kv_store(a.k, kc, by_row)
             enc.kv_store(a.v, vc, by_row);                                               st("kv_store", il, a.v)
+            if self.probs_layers is not None and il in self.probs_layers:   # eager inspection only
+                probs = self._probs(T, pos0)
+                enc.attention_probs(a.q, kc, probs, c.n_head, c.n_head_kv, c.attn_scale,
+                                    c.window_for(il), c.attn_softcap);                  st("kq_soft_max", il, probs)
             enc.attention(a.q, kc, vc, a.attn, c.n_head, c.n_head_kv, c.attn_scale,
                           c.window_for(il), c.attn_softcap, by_row);               st("kqv", il, a.attn)
             enc.matmul(w[L + "attn_output.weight"], a.attn, a.o);                       st("kqv_out", il, a.o)
@@ -564,11 +570,30 @@ class Model:
                 self._diagnose(tokens[i:i + step], i)
         return np.concatenate(rows, axis=0)
 
+    def _probs(self, T, pos0):
+        """The kq_soft_max output [n_head, T, pos0 + T] (inspection only: a buffer of its own,
+        grown as needed, never part of the pool the fast path uses)."""
+        shape = [self.cfg.n_head, T, pos0 + T]
+        nbytes = 4 * shape[0] * shape[1] * shape[2]
+        if self._probs_buf is None or self._probs_buf.bytes < nbytes:
+            self._probs_buf = self.device.alloc(nbytes, "kq_soft_max")
+        return E.Tensor(self._probs_buf, 0, F32, shape)
+
+    def inspection_names(self) -> list[str]:
+        """stage_names() plus the eager-only outputs: blk.N.kq_soft_max, the attention
+        probabilities [head, query, key] (computed only when asked for by name)."""
+        return self.stage_names() + [f"blk.{il}.kq_soft_max" for il in range(self.cfg.n_layer)]
+
+    def _probs_for(self, names):
+        layers = {int(n.split(".")[1]) for n in names if n.endswith(".kq_soft_max")}
+        return layers or None
+
     @serialized
     def run_with_cache(self, tokens, names=None):
         """Logits of every position and copies of the named intermediate activations.
 
-        names: e.g. ["blk.0.attn_norm", "blk.3.Qcur", "result_output"]; None keeps every stage.
+        names: e.g. ["blk.0.attn_norm", "blk.3.Qcur", "blk.3.kq_soft_max", "result_output"];
+        None keeps every stage of stage_names() (kq_soft_max only when named).
         Runs eagerly (one commit per stage) in one batch of len(tokens) <= min(n_batch, n_out).
         """
         tokens = self._check_tokens(tokens)
@@ -576,7 +601,7 @@ class Model:
             raise ValueError(f"run_with_cache takes at most {min(self.n_batch, self.n_out)} tokens")
         want = None if names is None else set(names)
         if want is not None:
-            missing = want - set(self.stage_names())
+            missing = want - set(self.inspection_names())
             if missing:
                 raise KeyError(f"no stage named {sorted(missing)[0]!r} in this model")
         cache = {}
@@ -585,7 +610,11 @@ class Model:
             key = name if il < 0 else f"blk.{il}.{name}"
             if want is None or key in want:
                 cache[key] = out.to_numpy()
-        logits = self.run_eager(tokens, keep, out_rows="all").to_numpy()
+        self.probs_layers = self._probs_for(want or ())
+        try:
+            logits = self.run_eager(tokens, keep, out_rows="all").to_numpy()
+        finally:
+            self.probs_layers = None
         return logits, cache
 
     @serialized
@@ -598,7 +627,7 @@ class Model:
         tokens = self._check_tokens(tokens)
         if len(tokens) > min(self.n_batch, self.n_out):
             raise ValueError(f"run_with_hooks takes at most {min(self.n_batch, self.n_out)} tokens")
-        unknown = sorted(set(hooks) - set(self.stage_names()))
+        unknown = sorted(set(hooks) - set(self.inspection_names()))
         if unknown:
             raise KeyError(f"no stage named {unknown[0]!r} in this model")
 
@@ -613,11 +642,18 @@ class Model:
                 return
             if name == "kv_store":
                 raise ValueError(f"{key}: kv_store writes the KV cache; patch Kcur_rope or Vcur instead")
+            if name == "kq_soft_max":
+                raise ValueError(f"{key}: the attention probabilities are an inspection output; "
+                                 "patch Qcur_rope or Kcur_rope instead")
             new = np.asarray(new, dtype=np.float32)
             if new.shape != act.shape:
                 raise ValueError(f"{key}: the patch has shape {new.shape}, the activation {act.shape}")
             out.upload(np.ascontiguousarray(new))
-        return self.run_eager(tokens, patch, out_rows="all").to_numpy()
+        self.probs_layers = self._probs_for(hooks)
+        try:
+            return self.run_eager(tokens, patch, out_rows="all").to_numpy()
+        finally:
+            self.probs_layers = None
 
     @serialized
     def unembed(self, resid: np.ndarray) -> np.ndarray:
