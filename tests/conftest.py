@@ -31,6 +31,11 @@ if USE_SOURCE_TREE and str(PYTHON_DIR) not in sys.path:
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
+    """SmolLM2-135M; LLMETAL_TEST_SMOLLM2 names another file of its layout instead (the GPU
+    machine gets the 4-layer cut of scripts/cut_gguf.py: the whole file does not travel there)."""
+    import os
+    if os.environ.get("LLMETAL_TEST_SMOLLM2"):
+        return Path(os.environ["LLMETAL_TEST_SMOLLM2"])
     from llmetal.models import resolve
     return resolve("smollm2")
 
@@ -292,3 +297,29 @@ def run_cli_input():
                               capture_output=True, text=True, timeout=timeout, env=_cli_env(None),
                               cwd=str(REPO))
     return run
+
+
+# ---------------------------------------------------------------------- GPU presence
+_GPU = None
+
+
+def cuda_usable() -> str | None:
+    """None when a CUDA device can be made here, else why not (a CUDA build without a GPU)."""
+    global _GPU
+    if _GPU is None:
+        from llmetal import _engine as E
+        if "cuda" not in E.build_info()["devices"]:
+            _GPU = "built without CUDA"
+        else:
+            try:
+                E.cuda_device(0)
+                _GPU = ""
+            except ValueError as e:
+                _GPU = str(e)
+    return _GPU or None
+
+
+def cuda_param():
+    """pytest.param("cuda") for device-parametrized tests: marked cuda, skipped without a GPU."""
+    why = cuda_usable()
+    return pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(why is not None, reason=str(why))])

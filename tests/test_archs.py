@@ -13,7 +13,9 @@ import llmetal
 from llmetal import _engine as E
 from llmetal import reference as ref
 
-DEVICES = ["cpu"] + (["metal-emu"] if "metal-emu" in E.build_info()["devices"] else [])
+from conftest import cuda_param  # noqa: E402
+
+DEVICES = ["cpu"] + (["metal-emu"] if "metal-emu" in E.build_info()["devices"] else []) + [cuda_param()]
 FAMILIES = {
     "llama": dict(),
     "qwen2": dict(),

@@ -8,7 +8,9 @@ import llmetal
 from llmetal import _engine as E
 from llmetal import reference as R
 
-DEVICES = ["cpu"] + (["metal-emu"] if "metal-emu" in E.build_info()["devices"] else [])
+from conftest import cuda_param  # noqa: E402
+
+DEVICES = ["cpu"] + (["metal-emu"] if "metal-emu" in E.build_info()["devices"] else []) + [cuda_param()]
 TOKENS = [504, 3575, 282, 4649, 314]     # SmolLM2: "The capital of France is"
 
 

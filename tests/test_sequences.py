@@ -51,10 +51,14 @@ def batched_greedy(model, prompts, seqs, n, chunk=None):
     return [out[s] for s in seqs]
 
 
-def test_mixed_batch_equals_single_runs_cpu(smollm2_path):
-    one = llmetal.load(smollm2_path, device="cpu", n_ctx=64)
+from conftest import cuda_param  # noqa: E402
+
+
+@pytest.mark.parametrize("device", ["cpu", cuda_param()])
+def test_mixed_batch_equals_single_runs(smollm2_path, device):
+    one = llmetal.load(smollm2_path, device=device, n_ctx=64)
     ref = [single_greedy(one, p, 10) for p in PROMPTS]
-    many = llmetal.load(smollm2_path, device="cpu", n_ctx=64, n_seq=4)
+    many = llmetal.load(smollm2_path, device=device, n_ctx=64, n_seq=4)
     assert batched_greedy(many, PROMPTS, [0, 1, 3], 10) == ref
     # prompts in chunks of 2 rows running alongside the others' decode rows, other slots
     assert batched_greedy(many, PROMPTS, [2, 0, 1], 10, chunk=2) == ref
