@@ -12,6 +12,7 @@ so Python does O(1) work per token and the engine allocates nothing. `trace` and
 """
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .sampling import Sampler, SamplerParams
+
+
+class NonFiniteError(ValueError):
+    """A stage produced NaN or infinity (a damaged weight, or values past float range)."""
 
 
 def peak_memory_bytes() -> int:
@@ -126,6 +131,9 @@ def _generate_locked(model, tokenizer, ids, max_tokens, params, stop_at_eog, pro
     t_gen, n_steps = 0.0, 0
     for i in range(max_tokens):
         tok, logprob = sampler.sample(logits, history)
+        if not math.isfinite(logprob):   # a non-finite logit the per-step check did not read
+            raise NonFiniteError(f"the logits sampled at position {pos - 1} are not finite (logprob "
+                                 f"{logprob}); run `trace` or run_with_cache to find the stage")
         history.append(tok)
         done = tok in eog
         last = done or i == max_tokens - 1

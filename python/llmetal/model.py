@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _engine as E
 from .config import ModelConfig
+from .generate import NonFiniteError   # noqa: F401  (raised here; generate.py raises it too)
 from .gguf_file import GGUFFile
 from .models import resolve
 
@@ -80,10 +81,6 @@ class Activations:
     logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
 
 
-class NonFiniteError(ValueError):
-    """A stage produced NaN or infinity (a damaged weight, or values past float range)."""
-
-
 def _check_finite(what: str, a: np.ndarray, weight: str | None = None):
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
@@ -91,6 +88,14 @@ def _check_finite(what: str, a: np.ndarray, weight: str | None = None):
         raise NonFiniteError(f"{what} produced {bad.size} non-finite value(s) (first {a.flat[bad[0]]} at "
                              f"index {tuple(int(i) for i in where)})"
                              + (f"; it read {weight}" if weight else ""))
+
+
+def finite_head(logits: np.ndarray) -> bool:
+    """Whether the first 256 logits are finite: the fast paths' per-step check. A NaN or inf in
+    any stage's output reaches every logit through the final norm, so a prefix shows it without
+    reading the whole row (a full read of 150k floats just copied from a GPU costs a decode step
+    ~15 us); a damaged row of the output matrix itself is caught where the row is sampled."""
+    return bool(np.isfinite(logits[:256]).all())
 
 
 def serialized(method):
@@ -416,7 +421,7 @@ class Model:
             raise ValueError(f"token id {token} outside the vocabulary of {self.cfg.n_vocab}")
         self.enc.replay_token(self.plan().plan, self._ids1, int(token), int(pos))
         self._out1.download_into(self._logits1)
-        if not np.isfinite(self._logits1).all():
+        if not finite_head(self._logits1):
             self._diagnose([int(token)], int(pos))
         return self._logits1
 
@@ -531,18 +536,19 @@ class Model:
 
     # ---- convenience ----------------------------------------------------------------------
     def _check_tokens(self, tokens, pos0=0):
-        bad = [t for t in tokens if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))]
-        if bad:
-            raise ValueError(f"token ids must be integers, got {bad[0]!r}")
-        tokens = [int(t) for t in tokens]
-        if not tokens:
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):   # bools, floats, strings
+            bad = next((t for t in np.ravel(ids) if isinstance(t, (bool, np.bool_)) or
+                        not isinstance(t, (int, np.integer))), ids)
+            raise ValueError(f"token ids must be integers, got {bad!r}")
+        if not ids.size:
             raise ValueError("no tokens to run")
-        if pos0 + len(tokens) > self.n_ctx:
-            raise ValueError(f"context overflow: {pos0 + len(tokens)} tokens > n_ctx {self.n_ctx}")
-        bad = [t for t in tokens if not 0 <= t < self.cfg.n_vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} outside the vocabulary of {self.cfg.n_vocab}")
-        return tokens
+        if pos0 + ids.size > self.n_ctx:
+            raise ValueError(f"context overflow: {pos0 + ids.size} tokens > n_ctx {self.n_ctx}")
+        if ids.min() < 0 or ids.max() >= self.cfg.n_vocab:
+            bad = ids[(ids < 0) | (ids >= self.cfg.n_vocab)][0]
+            raise ValueError(f"token id {bad} outside the vocabulary of {self.cfg.n_vocab}")
+        return ids.tolist()
 
     @serialized
     def prefill(self, tokens, pos0: int = 0, progress=None) -> np.ndarray:
@@ -554,7 +560,7 @@ class Model:
                 progress(i, len(tokens))
             chunk = tokens[i:i + self.n_batch]
             last = self.forward(chunk, pos0 + i, "last").to_numpy()[-1]
-            if not np.isfinite(last).all():
+            if not finite_head(last):
                 self._diagnose(chunk, pos0 + i)
         return last
 
