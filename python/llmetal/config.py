@@ -34,6 +34,17 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
 from .gguf_file import GGUFError, GGUFFile, quoted
 
 SUPPORTED_ARCHS = ("llama", "gemma3", "qwen2", "qwen3")
+
+
+class UnsupportedArchitecture(GGUFError):
+    """A GGUF whose architecture the forward pass does not implement: reading it (`inspect`) is
+    fine, running it is not. The message lists the supported architectures."""
+
+    def __init__(self, message: str, arch: str):
+        super().__init__(message)
+        self.arch = arch
+
+
 _INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
               GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
 _FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
@@ -156,8 +167,11 @@ def _build(gf: GGUFFile) -> ModelConfig:
     if arch is None:
         raise GGUFError(f"{gf.path}: metadata '{Keys.General.ARCHITECTURE}': missing (required)")
     if arch not in SUPPORTED_ARCHS:
-        raise GGUFError(f"{gf.path}: metadata '{Keys.General.ARCHITECTURE}': unknown architecture "
-                        f"{quoted(arch)} (supported: {', '.join(SUPPORTED_ARCHS)})")
+        msg = (f"{gf.path}: metadata '{Keys.General.ARCHITECTURE}': unknown architecture "
+               f"{quoted(arch)} (supported: {', '.join(SUPPORTED_ARCHS)})")
+        if not isinstance(arch, str):           # not even a name: a malformed file
+            raise GGUFError(msg)
+        raise UnsupportedArchitecture(msg, arch)
     m = _Meta(gf, arch)
     L, A, R = Keys.LLM, Keys.Attention, Keys.Rope
     n_tensors = len(gf.tensors)

@@ -4,7 +4,10 @@ Shows the model family and name, file type, tensor count, parameter count, size,
 architecture values the forward pass will use (ModelConfig), the tokenizer (kind, vocab size,
 special tokens) and, with --tensors, every tensor (name, type, shape, bytes).
 The file is fully validated first (GGUFFile + ModelConfig): a defect raises GGUFError, which
-the CLI reports as one `llmetal: error: ...` line with exit status 2.
+the CLI reports as one `llmetal: error: ...` line with exit status 2. A valid GGUF of an
+architecture llmetal cannot run (ModelConfig raises UnsupportedArchitecture) is shown all the
+same: its `{arch}.*` metadata as it is, the tokenizer and tensors, and a line saying it cannot
+run here and which architectures can.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from collections import Counter
 
 from gguf import Keys
 
-from .config import ModelConfig
-from .gguf_file import GGUFFile, file_type_name
+from .config import SUPPORTED_ARCHS, ModelConfig, UnsupportedArchitecture
+from .gguf_file import GGUFFile, file_type_name, quoted
 from .models import resolve
 from .tokenizer import DETECTED, TokenizerError, build_vocab
 
@@ -73,13 +76,32 @@ def _tokenizer_info(gf: GGUFFile) -> dict:
     }
 
 
-def describe(gf: GGUFFile, cfg: ModelConfig, tensors: bool = False) -> dict:
-    """Everything `inspect` shows, as a JSON-ready dict."""
+def _json_value(v):
+    """A metadata value for JSON: bytes never occur in GGUFFile's values, long arrays do."""
+    if isinstance(v, list) and len(v) > 64:
+        return {"array_len": len(v), "head": v[:8]}
+    return v
+
+
+def describe(gf: GGUFFile, cfg: ModelConfig | None, tensors: bool = False,
+             unsupported: str | None = None) -> dict:
+    """Everything `inspect` shows, as a JSON-ready dict.
+
+    cfg None: an architecture llmetal cannot run (`unsupported` says why); "architecture" is
+    then the file's own `{arch}.*` metadata, keys without the prefix.
+    """
     ft = gf.metadata.get(Keys.General.FILE_TYPE)
+    if cfg is not None:
+        arch = cfg.to_dict()
+    else:
+        prefix = f"{gf.arch}."
+        arch = {k[len(prefix):]: _json_value(v) for k, v in gf.metadata.items() if k.startswith(prefix)}
     info = {
         "path": str(gf.path),
-        "family": cfg.arch,
-        "name": cfg.name,
+        "family": cfg.arch if cfg is not None else gf.arch,
+        "name": cfg.name if cfg is not None else str(gf.metadata.get(Keys.General.NAME) or gf.path.stem),
+        "runnable": cfg is not None,
+        "unsupported": unsupported,
         "file_type": file_type_name(ft),
         "gguf_version": gf.version,
         "file_size": gf.file_size,
@@ -91,7 +113,7 @@ def describe(gf: GGUFFile, cfg: ModelConfig, tensors: bool = False) -> dict:
         "bits_per_weight": round(8 * gf.tensor_data_bytes / max(1, gf.n_params), 3),
         "tensor_types": dict(Counter(t.type_name for t in gf.tensors.values()).most_common()),
         "n_metadata": len(gf.metadata),
-        "architecture": cfg.to_dict(),
+        "architecture": arch,
         "tokenizer": _tokenizer_info(gf),
     }
     if tensors:
@@ -153,14 +175,17 @@ def print_rich(info: dict, console=None):
     t.add_row("size", f"{info['file_size']:,} bytes ({_human_bytes(info['file_size'])}), "
                       f"{info['bits_per_weight']} bits/weight")
     t.add_row("tensor types", ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items()))
+    t.add_row("runs in llmetal", "yes" if info["runnable"] else f"no: {info['unsupported']}")
     console.print(t)
 
-    t = kv_table("Architecture")
+    t = kv_table("Architecture" if info["runnable"] else f"Architecture ({info['family']}.* metadata)")
     for k, v in arch.items():
         if k in ("arch", "name"):
             continue
         if k == "layer_is_swa":
             v = _swa_summary(v)
+        elif isinstance(v, dict) and "array_len" in v:
+            v = f"array of {v['array_len']}: {v['head']} ..."
         elif isinstance(v, float):
             v = f"{v:.7g}"
         t.add_row(k, str(v))
@@ -199,8 +224,13 @@ def print_rich(info: dict, console=None):
 def run(model, tensors: bool = False, as_json: bool = False) -> int:
     """Inspect MODEL (a path, a known name, or None for the default model); exit code 0."""
     gf = GGUFFile(resolve(model))
-    cfg = ModelConfig.from_gguf(gf)
-    info = describe(gf, cfg, tensors=tensors)
+    try:
+        cfg, unsupported = ModelConfig.from_gguf(gf), None
+    except UnsupportedArchitecture as e:
+        # readable, not runnable (the model line shows the path, so the reason leaves it out)
+        cfg, unsupported = None, (f"unknown architecture {quoted(e.arch)} "
+                                  f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    info = describe(gf, cfg, tensors=tensors, unsupported=unsupported)
     if as_json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
     else:

@@ -12,7 +12,8 @@
 #   JOBS          parallel compile jobs                      (default 2: the machine is shared)
 #
 # Results:
-#   $ORACLE_DIR/bin/{llama-tokenize,llama-bench,llama-eval-callback,llama-completion}
+#   $ORACLE_DIR/bin/{llama-tokenize,llama-perplexity,llama-quantize,llama-bench,llama-eval-callback,
+#                    llama-completion}
 #   $ORACLE_DIR/bin/lib{llama,ggml,ggml-base,ggml-cpu}.so   (shared libraries, BUILD_SHARED_LIBS=ON)
 #   $ORACLE_ROOT/TOKENIZE_READY   path of llama-tokenize, written as soon as it is linked
 #   $ORACLE_ROOT/BENCH_READY      path of llama-bench
@@ -79,6 +80,9 @@ echo "== ISA flags used:"; printf '   %s\n' "${ISA_ARGS[@]}"
 cmake --build "$ORACLE_DIR" --target llama-tokenize -j "$JOBS"
 echo "$ORACLE_DIR/bin/llama-tokenize" > "$ORACLE_ROOT/TOKENIZE_READY"
 echo "== llama-tokenize ready: $ORACLE_DIR/bin/llama-tokenize"
+
+cmake --build "$ORACLE_DIR" --target llama-perplexity llama-quantize -j "$JOBS"
+echo "== llama-perplexity, llama-quantize ready in $ORACLE_DIR/bin"
 
 cmake --build "$ORACLE_DIR" --target llama-bench -j "$JOBS"
 echo "$ORACLE_DIR/bin/llama-bench" > "$ORACLE_ROOT/BENCH_READY"
