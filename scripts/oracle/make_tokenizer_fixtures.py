@@ -9,6 +9,8 @@ one `id -> 'piece'` per token, gives both the ids and llama.cpp's piece bytes of
 
 Models:
 - smollm2 (byte-level BPE, pre-tokenizer "smollm") and gemma3 (SentencePiece), the real files;
+- qwen2.5-coder-0.5b (byte-level BPE, pre "qwen2"): the real file's tokenizer keys in a vocab-only
+  copy (llama-tokenize loads only the vocabulary, and that copy loads in a moment);
 - pre_<name>: SmolLM2's vocabulary with tokenizer.ggml.pre set to another pre-tokenizer
   (default, gpt-2, llama3, qwen2, tekken) and no add_bos_token key (so each pre-tokenizer's
   default applies). These small vocab-only GGUFs (no tensors; llama-tokenize loads only the
@@ -189,10 +191,10 @@ def _special_texts(model: str) -> list:
     containing none of them tokenizes the same with and without --no-parse-special."""
     sys.path.insert(0, str(REPO / "python"))
     from llmetal.gguf_file import GGUFFile
-    from llmetal.tokenizer import _DETECT, _EOG_TEXTS
+    from llmetal.tokenizer import DETECTED, _EOG_TEXTS
     md = GGUFFile(model).metadata
     toks, types = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.token_type") or []
-    promoted = set(_EOG_TEXTS).union(*_DETECT.values())
+    promoted = set(_EOG_TEXTS).union(*DETECTED.values())
     return [t for t, ty in zip(toks, types) if ty in (2, 3, 4)] + [t for t in toks if t in promoted]
 
 
@@ -262,16 +264,19 @@ def make_fixture(binary: str, model: str, items: list, jobs: int, label: str) ->
             "pieces": {str(i): p.hex() for i, p in sorted(pieces.items())}}
 
 
-def write_pre_gguf(src: str, pre: str, dst: str):
-    """A vocab-only copy of `src` with tokenizer.ggml.pre = pre and no add_bos_token key."""
+def write_pre_gguf(src: str, pre: str | None, dst: str):
+    """A vocab-only copy of `src` with tokenizer.ggml.pre = pre and no add_bos_token key (pre
+    None: every key kept, the real tokenizer without the weights, which loads in a moment)."""
     import gguf
     r = gguf.GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(dst, arch)
     for k, f in r.fields.items():
-        if k.startswith("GGUF.") or k in ("general.architecture", "tokenizer.ggml.add_bos_token"):
+        if k.startswith("GGUF.") or k == "general.architecture":
             continue
-        val = pre if k == "tokenizer.ggml.pre" else f.contents()
+        if pre is not None and k == "tokenizer.ggml.add_bos_token":
+            continue
+        val = pre if (pre is not None and k == "tokenizer.ggml.pre") else f.contents()
         vt = f.types[0]
         if vt == gguf.GGUFValueType.ARRAY:
             w.add_key_value(k, val, vt, sub_type=f.types[-1])
@@ -296,6 +301,11 @@ def main(argv=None):
     smol = str(resolve("smollm2"))
     jobs = [("smollm2", smol, corpus_main()), ("gemma3", str(resolve("gemma3")), corpus_main())]
     with tempfile.TemporaryDirectory() as tmp:
+        # Qwen2.5-Coder-0.5B's tokenizer (byte-level BPE, pre "qwen2", 151,936 tokens), vocab only
+        qwen = os.path.join(tmp, "qwen2.5-coder-0.5b.gguf")
+        if only is None or "qwen2.5-coder-0.5b" in only:
+            write_pre_gguf(str(resolve("qwen2.5-coder-0.5b")), None, qwen)
+        jobs.append(("qwen2.5-coder-0.5b", qwen, corpus_main()))
         for pre in ["default", "gpt-2", "llama3", "qwen2", "tekken"]:
             path = os.path.join(tmp, f"pre_{pre}.gguf")
             if only is None or f"pre_{pre}" in only:
