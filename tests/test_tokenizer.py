@@ -36,6 +36,13 @@ def gemma(gemma3_path):
 
 
 @pytest.fixture(scope="module")
+def qwen():
+    import llmetal
+    from llmetal.tokenizer import Tokenizer
+    return Tokenizer.from_gguf(llmetal.resolve("qwen2.5-coder-0.5b"))
+
+
+@pytest.fixture(scope="module")
 def smol_metadata(smollm2_path):
     from llmetal.gguf_file import GGUFFile
     return dict(GGUFFile(smollm2_path).metadata)
@@ -86,6 +93,17 @@ def test_real_model_parity(name, smol, gemma):
     fx = _load(name)
     assert len(fx["cases"]) >= 150
     _check_fixture(smol if name == "smollm2" else gemma, fx)
+
+
+@pytest.mark.timeout(300)
+def test_qwen_parity(qwen):
+    """Qwen2.5-Coder-0.5B (byte-level BPE, pre "qwen2", 151,936 tokens, no BOS), all four modes."""
+    fx = _load("qwen2.5-coder-0.5b")
+    assert len(fx["cases"]) >= 150 and qwen.vocab.pre_name == "qwen2" and not qwen.vocab.add_bos
+    _check_fixture(qwen, fx)
+    pieces = fx["pieces"]
+    bad = [i for i, p in pieces.items() if qwen.token_bytes(int(i)).split(b"\0")[0] != bytes.fromhex(p)]
+    assert len(pieces) > 300 and not bad, bad[:5]
 
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
