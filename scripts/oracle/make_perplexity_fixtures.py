@@ -19,7 +19,6 @@ tests/test_perplexity_llamacpp.py compares `python -m llmetal perplexity` with i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -30,14 +29,6 @@ import oracle_common as oc
 
 TEXT = "/usr/share/common-licenses/GPL-3"   # Debian's base-files package: 35 KB of English
 N_CTX, N_CHUNKS, THREADS = 512, 12, 2
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 RUNS = {"default": [], "fa_off": ["-fa", "off", "-b", "512"]}
@@ -83,9 +74,9 @@ def run(name: str) -> dict:
         "what": "llama-perplexity on the GPL-3 text (running estimate per chunk, final estimate +/- error)",
         "model": name,
         "model_file": model.name,
-        "model_sha256": sha256(model),
+        "model_sha256": oc.sha256(model),
         "text": TEXT,
-        "text_sha256": sha256(TEXT),
+        "text_sha256": oc.sha256(TEXT),
         "llama_cpp_commit": commit,
         "n_ctx": N_CTX,
         "runs": {k: run_once(binary, model, extra) for k, extra in RUNS.items()},

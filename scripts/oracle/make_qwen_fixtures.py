@@ -24,7 +24,6 @@ stored logits into probabilities). NMSE(FA on, FA off) is computed on the full r
 """
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -48,14 +47,6 @@ PROMPTS = [
     "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
     "你好，世界！今天的天气很好，我们去",
 ]
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def synth_path(name: str) -> Path:
@@ -102,7 +93,7 @@ def run(name: str) -> None:
         llms[fa] = oc.load(str(path))
     oc.SETTINGS["flash_attn"] = False
     meta = oc.provenance(llms[False], str(path))
-    meta.update(model=name, model_file=path.name, model_sha256=sha256(path), prompts=PROMPTS,
+    meta.update(model=name, model_file=path.name, model_sha256=oc.sha256(path), prompts=PROMPTS,
                 n_gen=N_GEN, top_k=TOP_K, n_sample=N_SAMPLE,
                 synth_args=SYNTH.get(name), synth_tok=QWEN if name in SYNTH else None,
                 flash_attn="reference rows and ids with flash attention OFF; *_fa with it ON")

@@ -9,6 +9,7 @@ kinds share one set of settings, and the settings are written into every fixture
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -139,6 +140,15 @@ def provenance(llm, name: str) -> dict:
         settings=SETTINGS,
         tokenize="llama_tokenize(add_special=True, parse_special=True)",
     )
+
+
+def sha256(path) -> str:
+    """The file's sha256, read in 4 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_npz(path: Path, meta: dict, arrays: dict) -> None:
