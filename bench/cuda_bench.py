@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 import llmetal  # noqa: E402
-from llmetal.generate import Decoder  # noqa: E402
 
 
 def copy_roof_gbs():
@@ -55,10 +54,9 @@ def weight_bytes(m) -> int:
 def greedy(device, path, prompt, n):
     m = llmetal.load(path, device=device, n_ctx=64, n_batch=16, n_out=16)
     rows = [m.logits(prompt)]
-    dec = Decoder(m)
     ids = [int(np.argmax(rows[0][-1]))]
     for i in range(n - 1):
-        rows.append(dec.step(ids[-1], len(prompt) + i).copy()[None])
+        rows.append(m.decode_step(ids[-1], len(prompt) + i).copy()[None])
         ids.append(int(np.argmax(rows[-1])))
     return ids, np.concatenate(rows)
 
@@ -73,22 +71,21 @@ def bench(path, n_tok, check_cpu):
     for _ in range(3):
         t0 = time.perf_counter(); m.prefill(prompt); times.append(time.perf_counter() - t0)
     pp = 512 / float(np.median(times))
-    dec = Decoder(m)
-    plan = dec.record()
+    plan = m.plan().plan
     ids = m.full["ids"].rows(0, 1)
     for i in range(8):   # warm-up: graph capture on the first replay
         m.enc.replay_token(plan, ids, 1 + i, 512 + i)
     m.device.wait()
-    dec.step(1, 520)
+    m.decode_step(1, 520)
     t0 = time.perf_counter()
     for i in range(n_tok):   # no logits read back: one graph launch per token
         m.enc.replay_token(plan, ids, 1 + i % 100, 520 + i)
-    dec.step(1, 520 + n_tok)   # one download at the end waits for all of them
+    m.decode_step(1, 520 + n_tok)   # one download at the end waits for all of them
     tg = (n_tok + 1) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     tok = 1
     for i in range(n_tok):
-        tok = int(np.argmax(dec.step(tok, 520 + i)))
+        tok = int(np.argmax(m.decode_step(tok, 520 + i)))
     tg_read = n_tok / (time.perf_counter() - t0)
     wb = weight_bytes(m)
     res = dict(model=os.path.basename(path), pp512=pp, tg=tg, tg_read=tg_read, wbytes=wb, gbs=wb * tg / 1e9)

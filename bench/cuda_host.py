@@ -3,12 +3,12 @@
     python bench/cuda_host.py MODEL.gguf [--device cuda] [--plain]
 
 Times 128 tokens of the recorded one-token plan three ways (best of 7 rounds, us a token):
-  step         Decoder.step: replay_token, then the logits downloaded (what generation does)
+  step         Model.decode_step: replay_token, then the logits downloaded (what generation does)
   replay+wait  replay_token, then wait() (no logits)
   GPU-bound    128 replay_token calls and one wait(): the launches queue up, so this is the
                device's own time a token, without the host in between
 step minus GPU-bound is what the host adds per token. --plain downloads the logits into a
-plain numpy array instead of the Decoder's device.host_empty buffer (for comparing).
+plain numpy array instead of the model's device.host_empty buffer (for comparing).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 import llmetal
-from llmetal.generate import Decoder
 
 
 def main():
@@ -31,13 +30,12 @@ def main():
     if a.tokens < 1:
         ap.error("--tokens must be at least 1")
     m = llmetal.load(a.model, device=a.device, n_ctx=1024, n_batch=512, n_out=1)
-    dec = Decoder(m)
-    plan = dec.record()
+    plan = m.plan().plan
     ids = m.full["ids"].rows(0, 1)
     if a.plain:
-        dec.logits = np.empty(m.cfg.n_vocab, np.float32)
+        m._logits1 = np.empty(m.cfg.n_vocab, np.float32)
     for pos in range(16):   # warm-up (captures the graph)
-        dec.step(1, pos)
+        m.decode_step(1, pos)
     n = min(a.tokens, m.n_ctx)
 
     def best(f, reps=7):
@@ -50,7 +48,7 @@ def main():
 
     def step():
         for pos in range(n):
-            dec.step(1, pos)
+            m.decode_step(1, pos)
 
     def replay_wait():
         for pos in range(n):

@@ -23,7 +23,6 @@ import numpy as np
 
 import llmetal
 from llmetal import reference as R
-from llmetal.generate import Decoder
 
 PROMPT = [1, 9690, 28, 253, 1345, 314, 1078, 30, 2, 504, 3]
 FP16_MAX = 65504.0
@@ -44,8 +43,7 @@ def cache_of(m):
 
 
 def decode_only(m):
-    dec = Decoder(m)
-    return np.stack([dec.step(t, i).copy() for i, t in enumerate(PROMPT)])
+    return np.stack([m.decode_step(t, i).copy() for i, t in enumerate(PROMPT)])
 
 
 def main():

@@ -22,7 +22,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import llmetal
-from llmetal.generate import Decoder
 
 
 def main():
@@ -49,8 +48,7 @@ def main():
         report(prof, a, f"prefill {a.prefill}", a.prefill)
         return
     m.prefill(rng.integers(0, m.cfg.n_vocab, a.pos).tolist())
-    dec = Decoder(m)
-    plan = dec.record()
+    plan = m.plan().plan
     ids = m.full["ids"].rows(0, 1)
     for i in range(4):   # graph capture and warm-up
         m.enc.replay_token(plan, ids, 1 + i, a.pos + i)
