@@ -1,7 +1,7 @@
 """Side-by-side CPU speed: llama.cpp's llama-bench against `python -m llmetal bench`.
 
     python bench/compare_llamacpp.py                       # SmolLM2 Q4_1 + synthetic llama3-1b Q8_0
-    python bench/compare_llamacpp.py --rounds 7 --models smollm2
+    python bench/compare_llamacpp.py --rounds 7 --models smollm2,gemma3,qwen2.5
     python bench/compare_llamacpp.py --json results.json   # also keep every sample
 
 Both programs run on the same GGUF files with the same thread count (-t, default 2), the same
@@ -59,6 +59,10 @@ def model_paths(names: list[str]) -> dict[str, str]:
     for n in names:
         if n == "smollm2":
             out["SmolLM2-135M Q4_1"] = smol
+        elif n == "gemma3":
+            out["Gemma-3-270M Q4_K_M"] = str(resolve("gemma3"))
+        elif n == "qwen2.5":
+            out["Qwen2.5-Coder-0.5B Q4_K_M"] = str(resolve("qwen2.5-coder-0.5b"))
         elif n == "llama3-1b":
             p = Path("/tmp/llmetal-synth-llama3-1b-q8_0.gguf")
             if not p.exists():
@@ -67,7 +71,7 @@ def model_paths(names: list[str]) -> dict[str, str]:
                                 "--qtype", "Q8_0", "-o", str(p)], check=True)
             out["llama3-1B-shape Q8_0 (synthetic)"] = str(p)
         else:
-            sys.exit(f"error: unknown model '{n}' (smollm2, llama3-1b)")
+            sys.exit(f"error: unknown model '{n}' (smollm2, gemma3, qwen2.5, llama3-1b)")
     return out
 
 
@@ -99,7 +103,7 @@ def run_llmetal(model: str, p: int, n: int, t: int) -> tuple[dict, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="smollm2,llama3-1b", help="comma list: smollm2, llama3-1b")
+    ap.add_argument("--models", default="smollm2,llama3-1b", help="comma list: smollm2, gemma3, qwen2.5, llama3-1b")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one repetition each)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
