@@ -1,0 +1,60 @@
+"""Aggregate decode speed of several sequences in one step, in the engine (no HTTP).
+
+    python bench/seq_bench.py MODEL [--device cuda] [--seqs 1,2,4,8,16,32] [--steps 32] [--ctx 256]
+
+For each count N: a model with n_seq = N, every sequence prefilled with the same 16-token
+prompt (one step of N x 16 rows), then `steps` decode steps of N rows (one per sequence, each
+row's logits downloaded, greedy). Prints tokens/s summed over the sequences and the ratio to
+N = 1: how much one weight read per step serves several conversations.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+import llmetal  # noqa: E402
+
+
+def run(path, device, n_seq, steps, ctx):
+    m = llmetal.load(path, device=device, n_ctx=ctx, n_batch=512, n_out=max(32, n_seq), n_seq=n_seq)
+    prompt = list(range(100, 116))
+    rows = [(s, t, i) for s in range(n_seq) for i, t in enumerate(prompt)]
+    want = [s * len(prompt) + len(prompt) - 1 for s in range(n_seq)]
+    logits = m.step(rows, want)
+    toks = [int(np.argmax(r)) for r in logits]
+    pos = len(prompt)
+    for warm in range(2):    # records the plan of N rows
+        logits = m.step([(s, toks[s], pos + warm) for s in range(n_seq)])
+    pos += 2
+    toks = [int(np.argmax(r)) for r in logits]
+    t0 = time.perf_counter()
+    for i in range(steps):
+        logits = m.step([(s, toks[s], pos + i) for s in range(n_seq)])
+        toks = [int(np.argmax(r)) for r in logits]
+    return n_seq * steps / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seqs", default="1,2,4,8,16,32")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--ctx", type=int, default=256)
+    a = ap.parse_args()
+    base = None
+    print(f"| sequences | aggregate t/s | vs 1 |  ({Path(a.model).name}, {a.device}, {a.steps} steps)")
+    print("|---:|---:|---:|")
+    for n in (int(x) for x in a.seqs.split(",")):
+        tps = run(a.model, a.device, n, a.steps, a.ctx)
+        base = base or tps
+        print(f"| {n} | {tps:.1f} | {tps / base:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
