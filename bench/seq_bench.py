@@ -23,10 +23,13 @@ import llmetal  # noqa: E402
 def run(path, device, n_seq, steps, ctx):
     m = llmetal.load(path, device=device, n_ctx=ctx, n_batch=512, n_out=max(32, n_seq), n_seq=n_seq)
     prompt = list(range(100, 116))
-    rows = [(s, t, i) for s in range(n_seq) for i, t in enumerate(prompt)]
-    want = [s * len(prompt) + len(prompt) - 1 for s in range(n_seq)]
-    logits = m.step(rows, want)
-    toks = [int(np.argmax(r)) for r in logits]
+    per_step = max(1, m.step_rows_max() // len(prompt))   # whole prompts per prefill step
+    toks = []
+    for s0 in range(0, n_seq, per_step):
+        seqs = range(s0, min(n_seq, s0 + per_step))
+        rows = [(s, t, i) for s in seqs for i, t in enumerate(prompt)]
+        want = [k * len(prompt) + len(prompt) - 1 for k in range(len(seqs))]
+        toks += [int(np.argmax(r)) for r in m.step(rows, want)]
     pos = len(prompt)
     for warm in range(2):    # records the plan of N rows
         logits = m.step([(s, toks[s], pos + warm) for s in range(n_seq)])
@@ -48,6 +51,15 @@ def main():
     ap.add_argument("--ctx", type=int, default=256)
     a = ap.parse_args()
     base = None
+    m = llmetal.load(a.model, device=a.device, n_ctx=a.ctx)
+    m.prefill(list(range(100, 116)))
+    m.decode_step(1, 16)
+    t0 = time.perf_counter()
+    for i in range(a.steps):
+        m.decode_step(1, 17 + i)
+    single = a.steps / (time.perf_counter() - t0)
+    del m
+    print(f"one sequence through decode_step (the fused single-sequence plan): {single:.1f} t/s")
     print(f"| sequences | aggregate t/s | vs 1 |  ({Path(a.model).name}, {a.device}, {a.steps} steps)")
     print("|---:|---:|---:|")
     for n in (int(x) for x in a.seqs.split(",")):
