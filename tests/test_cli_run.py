@@ -81,6 +81,9 @@ def test_generate_chat_template(run_cli):
     (("generate", "-n", "4"), "no prompt"),
     (("generate", "-p", "hi", "--bogus"), "unrecognized"),
     (("trace", "--layers", "99"), "layers"),
+    (("plan", "--layers", "99"), "layers"),
+    (("plan", "--layers", "x"), "--layers"),
+    (("trace", "--lens", "-p", "word " * 300), "at most"),
     (("bench", "-r", "0"), "-r"),
     (("generate", "-m", "/nonexistent.gguf", "-p", "x"), "no such model"),
     (("generate", "-m", "gemma3", "--chat", "-p", "x"), "chat_template"),
@@ -128,3 +131,14 @@ def test_chat_loop_answers_and_quits_on_eof(run_cli_input):
     r = run_cli_input(["chat", "-n", "8", "--temp", "0"], "Hello!\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() != ""
+
+
+def test_plan_and_lens_cli(run_cli):
+    r = run_cli("plan", "--layers", "0", "--cuda-planner", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "on the CUDA planner (H100)" in r.stdout and "kernel_mmvq_group" in r.stdout
+    r = run_cli("trace", "--lens", "--compare", "--json", "-p", "The capital of France is", timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["lens"]["layers"][-1]["positions"][-1][0]["piece"] == " Paris"
+    assert {row["stage"] for row in out["compare"]} >= {"Qcur", "kqv", "result_output"}

@@ -123,3 +123,12 @@ def test_attention_probabilities_sliding_window(tmp_path):
         assert np.all(p[:, t, :max(0, t - 15)] == 0) and np.all(p[:, t, t + 1:] == 0), t
         assert np.allclose(p[:, t].sum(-1), 1, atol=1e-5)
     assert "blk.0.kq_soft_max" not in m.run_with_cache(toks)[1]   # only when asked for
+
+
+def test_lens_and_unembed_bad_input(model):
+    with pytest.raises(ValueError, match="k must be"):
+        llmetal.lens(model, TOKENS, k=0)
+    with pytest.raises(ValueError, match="unembed takes"):
+        model.unembed(np.zeros((2, model.cfg.n_embd + 1), np.float32))
+    with pytest.raises(ValueError, match="unembed takes"):
+        model.unembed(np.zeros((0, model.cfg.n_embd), np.float32))
