@@ -390,6 +390,19 @@ void dot_qk45(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, floa
     for (int j = 0; j < nx; ++j) y[j] = acc[j];
 }
 
+// Sum over the 16 sub-blocks of 16 of a 256 block: sc[s] * (codes . activations - off *
+// the sub-block's activation sum), for types whose value is d * sc * (q - off) (Q6_K: 32,
+// Q3_K: 4).
+inline int dot_16x16(const int* q, const int8_t* sc, const BlockQ8K& a, int off) {
+    int isum = 0;
+    for (int s = 0; s < 16; ++s) {
+        int dot = 0;
+        for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
+        isum += sc[s] * (dot - off * a.bsums[s]);
+    }
+    return isum;
+}
+
 // Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}: 16 sub-blocks of 16 with int8
 // scales, value d*sc*(q - 32), q six bits: see dequant_row for which bits go where.
 void dot_q6_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, float* y) {
@@ -412,13 +425,7 @@ void dot_q6_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, floa
             }
         for (int j = 0; j < nx; ++j) {
             const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
-            int isum = 0;
-            for (int s = 0; s < 16; ++s) {
-                int dot = 0;
-                for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
-                isum += sc[s] * (dot - 32 * a.bsums[s]);
-            }
-            acc[j] += d * a.d * (float)isum;
+            acc[j] += d * a.d * (float)dot_16x16(q, sc, a, 32);
         }
     }
     for (int j = 0; j < nx; ++j) y[j] = acc[j];
@@ -472,13 +479,7 @@ void dot_q3_k(int K, const uint8_t* w, const uint8_t* x, size_t xs, int nx, floa
         unpack_q23k<true>(w + 32, w, q);
         for (int j = 0; j < nx; ++j) {
             const BlockQ8K& a = ((const BlockQ8K*)(x + j * xs))[b];
-            int isum = 0;
-            for (int s = 0; s < 16; ++s) {
-                int dot = 0;
-                for (int i = 16 * s; i < 16 * s + 16; ++i) dot += q[i] * a.qs[i];
-                isum += sc[s] * (dot - 4 * a.bsums[s]);
-            }
-            acc[j] += d * a.d * (float)isum;
+            acc[j] += d * a.d * (float)dot_16x16(q, sc, a, 4);
         }
     }
     for (int j = 0; j < nx; ++j) y[j] = acc[j];
