@@ -4,6 +4,7 @@
 #include <cstring>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
@@ -23,6 +24,7 @@ void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& buf
 namespace llmetal {
 std::vector<std::pair<std::string, int64_t>> metal_shim_stats();
 void metal_shim_fail_command_buffer(int64_t k);
+std::vector<std::tuple<std::string, int64_t, std::string>> metal_shim_events();
 }
 #endif
 
@@ -314,6 +316,9 @@ NB_MODULE(_engine, m) {
     }, "The Linux Metal shim's bookkeeping: live objects per class, retains, open pools, ...");
     m.def("metal_shim_fail_command_buffer", &metal_shim_fail_command_buffer, nb::arg("k"),
           "Make the k-th command buffer committed from now on end with an error (tests).");
+    m.def("metal_shim_events", &metal_shim_events,
+          "The shim's host-side events since the last call, oldest first: (kind, command buffer, kernel), "
+          "kind 'pipeline' (kernel: its name), 'encode', 'commit', 'complete' or 'drop'.");
 #endif
 
     nb::class_<Tensor>(m, "Tensor")
