@@ -20,6 +20,12 @@ void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& buf
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule);
 }
 #endif
+#if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)   // cpp/metal/dispatch.cpp
+namespace llmetal::metal {
+int kernel_count();
+const char* kernel_name(int id);
+}
+#endif
 #ifdef LLMETAL_WITH_METAL_SHIM   // tests/metal_shim/shim.mm (test builds only)
 namespace llmetal {
 std::vector<std::pair<std::string, int64_t>> metal_shim_stats();
@@ -307,6 +313,13 @@ NB_MODULE(_engine, m) {
         metal_emu_run_kernel(name, bufs, a.data(), grid.data(), tg.data(), tg_mem, schedule);
     }, nb::arg("name"), nb::arg("arrays"), nb::arg("args"), nb::arg("grid"), nb::arg("tg"),
        nb::arg("tg_mem") = 0, nb::arg("schedule") = "forward");
+#endif
+#if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)
+    m.def("metal_kernel_names", []() {
+        std::vector<std::string> v;
+        for (int k = 0; k < metal::kernel_count(); ++k) v.push_back(metal::kernel_name(k));
+        return v;
+    }, "Every kernel the Metal planner can name: the pipelines a Metal device makes when created.");
 #endif
 #ifdef LLMETAL_WITH_METAL_SHIM
     m.def("metal_shim_stats", []() {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 
 namespace llmetal::metal {
 
@@ -56,6 +58,45 @@ const char* mm_kernel(int t) { TYPE_TABLE("kernel_matmul_mm_") }
 
 const char* type_suffix(int t) { return matvec_kernel(t) + std::strlen("kernel_matmul_"); }
 
+// ---- the kernel table ------------------------------------------------------------------------
+namespace {
+struct KernelTable {
+    std::vector<const char*> names;
+    std::unordered_map<std::string_view, int> index;
+    KernelTable() {
+        for (const char* n : {"kernel_rmsnorm_f32", "kernel_rope_f32", "kernel_kv_store_f16", "kernel_attention_f16",
+                              "kernel_attention_combine_f32", "kernel_attention_probs_f16", "kernel_add_f32",
+                              "kernel_swiglu_f32", "kernel_geglu_f32"})
+            add(n);
+        for (int t : {KT_F32, KT_F16, KT_BF16, KT_Q4_0, KT_Q4_1, KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q4_K, KT_Q5_K,
+                      KT_Q6_K, KT_Q2_K, KT_Q3_K, KT_IQ4_XS}) {   // embed, mat-vec and tiled matmul of each
+            add(embed_kernel(t));
+            add(matvec_kernel(t));
+            add(mm_kernel(t));
+        }
+    }
+    void add(const char* n) {
+        if (index.emplace(n, (int)names.size()).second) names.push_back(n);
+    }
+};
+const KernelTable& kernels() {
+    static const KernelTable t;
+    return t;
+}
+}  // namespace
+
+int kernel_count() { return (int)kernels().names.size(); }
+const char* kernel_name(int id) {
+    if (id < 0 || id >= kernel_count()) throw Error("metal: no kernel with index " + std::to_string(id));
+    return kernels().names[id];
+}
+int kernel_index(const char* name) {
+    auto it = kernels().index.find(name);
+    if (it == kernels().index.end())
+        throw Error(std::string("metal: the planner names ") + name + ", which is not in the kernel table (dispatch.cpp)");
+    return it->second;
+}
+
 // ---- hazards ---------------------------------------------------------------------------------
 void Planner::begin() {
     n_written = n_read = 0;
@@ -82,6 +123,7 @@ void Planner::finish(DispatchDesc& d) {
         need = hit(written, n_written, acc_w[i]) || hit(read, n_read, acc_w[i]);                   // WAW, WAR
     if (need) begin();
     d.barrier = need;
+    d.kernel_id = kernel_index(d.kernel);
     for (int i = 0; i < n_acc_r; ++i) {
         if (n_read == MAX_RANGES) overflow = true;
         else read[n_read++] = acc_r[i];

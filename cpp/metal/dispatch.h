@@ -11,6 +11,11 @@
 //                                  CPU emulator of Metal, kernel by kernel.
 // So everything but the Objective-C++ calls themselves runs, and is tested, on Linux.
 //
+// Kernels: every kernel the planner can name is in one table (kernel_count / kernel_name); a
+// description carries its index, and both devices make every kernel's pipeline (device.mm) or
+// find every kernel (metal-emu) when the device is created, so nothing is compiled or looked up
+// while a command buffer is encoded.
+//
 // PlannedDevice holds what the two share: host-side checks (token ids, positions), the
 // attention scratch, planning a command list into descriptions (no allocation per dispatch:
 // the description vector keeps its capacity), and a recorded plan's descriptions built once
@@ -35,6 +40,7 @@ struct BufferBinding {
 
 struct DispatchDesc {
     const char* kernel = "";                  // kernel_<stage>_<dtype>, a static string
+    int kernel_id = -1;                       // its index in the kernel table (kernel_name)
     const char* stage = "";                   // the engine stage (the debug group's name)
     BufferBinding bufs[MAX_BUFFERS];          // [[buffer(i)]] for i >= 1 (bufs[0] unused)
     int n_bufs = 0;                           // indices 1 .. n_bufs - 1 are bound
@@ -45,6 +51,12 @@ struct DispatchDesc {
     uint32_t tg_mem = 0;                      // bytes of [[threadgroup(0)]] memory
     bool barrier = false;                     // memoryBarrier(buffers) before this dispatch
 };
+
+// The kernel table: every kernel the planner can name, each once (a device makes all their
+// pipelines when it is created). kernel_index throws for a name not in the table.
+int kernel_count();
+const char* kernel_name(int id);
+int kernel_index(const char* name);
 
 // The kernel name for a stage and weight type (throws for types without a kernel).
 const char* type_suffix(int wtype);
