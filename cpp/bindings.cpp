@@ -22,6 +22,7 @@ void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& buf
 #endif
 #if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)   // cpp/metal/dispatch.cpp
 namespace llmetal::metal {
+void plan_counters(Device& d, uint64_t out[1]);
 int kernel_count();
 const char* kernel_name(int id);
 }
@@ -315,6 +316,13 @@ NB_MODULE(_engine, m) {
        nb::arg("tg_mem") = 0, nb::arg("schedule") = "forward");
 #endif
 #if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)
+    m.def("metal_plan_counters", [](Device& d) {
+        uint64_t v[1];
+        metal::plan_counters(d, v);
+        nb::dict r;
+        r["replans"] = v[0];
+        return r;
+    }, "A Metal device's recorded plans planned again (for other attention splits).");
     m.def("metal_kernel_names", []() {
         std::vector<std::string> v;
         for (int k = 0; k < metal::kernel_count(); ++k) v.push_back(metal::kernel_name(k));

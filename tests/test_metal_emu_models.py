@@ -5,7 +5,7 @@ kernels, recorded once and replayed per token as `generate` does.
 
 For each model: the prompt "The capital of France is" (with BOS) is prefilled in one batch
 (tiled simdgroup matmuls), then 16 tokens go through the replayed one-token plan (mat-vec,
-split attention). The CPU device picks the 16 greedy tokens; metal-emu is fed the same ones
+attention). The CPU device picks the 16 greedy tokens; metal-emu is fed the same ones
 (teacher forcing), so every step compares like with like, and where metal-emu's own argmax
 equals the CPU's token at every step, metal-emu's free-running greedy ids are the CPU's.
 

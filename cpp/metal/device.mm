@@ -27,8 +27,9 @@
 //              Everything that can fail (threads and threadgroup memory of each dispatch) is
 //              checked before the encoder opens, and the encoder is ended on every path: Metal
 //              aborts the process when an encoder is released without endEncoding. No exception
-//              leaves an @autoreleasepool block (that would leak the pool). wait() checks every command buffer since the last
-//              wait, so a failure in an early one of an eager run is reported.
+//              leaves an @autoreleasepool block (that would leak the pool). wait() checks every
+//              command buffer since the last wait, so a failure in an early one of an eager run
+//              is reported.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 

@@ -18,11 +18,19 @@
 //
 // PlannedDevice holds what the two share: host-side checks (token ids, positions), the
 // attention scratch, planning a command list into descriptions (no allocation per dispatch:
-// the description vector keeps its capacity), and a recorded plan's descriptions built once
-// and kept in Plan::exec. A submit is one command buffer (one per token when a plan replays;
+// the description vector keeps its capacity), and a recorded plan's descriptions kept in
+// Plan::exec (a PlanExec). A submit is one command buffer (one per token when a plan replays;
 // one per stage in inspection/eager mode, where every stage is committed on its own).
+//
+// Attention splits follow the step: a query at position p reads p + 1 keys (at most the
+// window), and the planner gives an attention as many ATT_CHUNK-key splits as the step's
+// longest query needs (see Planner::attention_split), so a short context does not pay for
+// n_ctx. A plan's descriptions therefore depend on the step, but only through the key chunks
+// of each attention: PlanExec keeps them for one such count and is planned again when a step
+// needs another (every ATT_CHUNK positions while decoding).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../engine.h"
@@ -65,12 +73,17 @@ const char* type_suffix(int wtype);
 // one encoder: a dispatch gets `barrier` when it reads or writes a byte range that an
 // earlier dispatch since the last barrier wrote, or writes a range one of them read.
 struct Planner {
-    // Dispatches appended for command c (1, or 2 for split attention). `scratch` is the
-    // device's attention scratch buffer (large enough: see scratch_bytes).
-    void plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>& out);
+    // Dispatches appended for command c (1, or 2 for split attention) run at step `s`, or
+    // when s is null at the most keys the command can read (the whole context or window).
+    // `scratch` is the device's attention scratch buffer (large enough: see scratch_bytes).
+    void plan(const Command& c, Buffer* scratch, const kstep* s, std::vector<DispatchDesc>& out);
     void begin();   // a new encoder: nothing written yet
+    // The attention scratch a command needs at any step (the most splits it can have).
     static uint64_t scratch_bytes(const Command& c);
-    static void attention_split(const kargs_attention& a, int* n_splits, int* chunk);
+    // How many chunks of ATT_CHUNK keys the longest query of an attention reads at step s
+    // (null: at the most keys), and the splits and keys per split that follow from it.
+    static int key_chunks(const kargs_attention& a, const kstep* s);
+    static void attention_split(const kargs_attention& a, int key_chunks, int* n_splits, int* chunk);
 
   private:
     struct Range { Buffer* b; uint64_t lo, hi; };
@@ -86,9 +99,18 @@ struct Planner {
     void finish(DispatchDesc& d);
 };
 
+// A recorded plan's executable form (Plan::exec): its descriptions, planned for the key chunks
+// of each attention command of the steps it serves, and the scratch buffer they bind.
+struct PlanExec {
+    std::vector<DispatchDesc> d;
+    std::vector<int> key_chunks;          // per attention command, in order
+    Buffer* scratch = nullptr;
+    uint64_t n_barriers = 0;
+};
+
 // The part of a Metal device that is not Metal: everything but memory and execution.
 struct PlannedDevice : Device {
-    // Runs descriptions [0, n) as one command buffer (one compute encoder).
+    // Runs descriptions [0, n) as one command buffer (one compute encoder), committed.
     virtual void execute(const DispatchDesc* d, size_t n) = 0;
     // (Re)allocates the attention scratch to at least `bytes` (outside any command buffer).
     virtual void grow_scratch(uint64_t bytes);
@@ -96,6 +118,8 @@ struct PlannedDevice : Device {
     void set_step(const kstep& s) override;
     void submit(const std::vector<Command>& cmds) override;
     void submit_plan(Plan& p) override;
+    // The dispatches of `cmds` at the most keys each attention can read (the end of the
+    // context): what model.plan() lists. Fewer splits run while fewer keys are cached.
     std::vector<KernelDesc> describe(const std::vector<Command>& cmds) override;
 
     // The stage methods plan and run one command (Device::run's path; Encoder uses submit).
@@ -113,17 +137,25 @@ struct PlannedDevice : Device {
     void attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
                          Binding step) override;
 
-    // Counters (tests: one command buffer per token, no allocation per token).
+    // Counters (tests: one command buffer per token, no allocation per token; the dispatches
+    // and barriers each token runs; plans planned again for another attention split count).
     uint64_t n_command_buffers = 0, n_dispatches = 0, n_barriers = 0;
+    uint64_t n_replans = 0;
     BufferRef scratch;
 
   protected:
     void check(const std::vector<Command>& cmds, bool check_ids);
     void one(Stage s, const KArgs& a, std::initializer_list<Binding> b, Binding step);
+    // p's executable form for step s: planned now unless it already is for s's key chunks.
+    PlanExec& plan_for(Plan& p, const kstep& s);
     kstep hstep{0, 1, 0, 0};              // host copy of the step buffer, for the checks
     Planner planner;
     std::vector<DispatchDesc> descs;      // reused: keeps its capacity between submits
     std::vector<Command> single{1};       // the stage methods' one-command list
 };
+
+// The planning counters of a Metal device (metal or metal-emu): plans planned again (the
+// bindings' metal_plan_counters).
+void plan_counters(Device& d, uint64_t out[1]);
 
 }  // namespace llmetal::metal
