@@ -22,7 +22,7 @@ void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& buf
 #endif
 #if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)   // cpp/metal/dispatch.cpp
 namespace llmetal::metal {
-void plan_counters(Device& d, uint64_t out[1]);
+void plan_counters(Device& d, uint64_t out[3]);
 int kernel_count();
 const char* kernel_name(int id);
 }
@@ -317,12 +317,13 @@ NB_MODULE(_engine, m) {
 #endif
 #if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)
     m.def("metal_plan_counters", [](Device& d) {
-        uint64_t v[1];
+        uint64_t v[3];
         metal::plan_counters(d, v);
         nb::dict r;
-        r["replans"] = v[0];
+        r["replans"] = v[0]; r["ahead_used"] = v[1]; r["ahead_dropped"] = v[2];
         return r;
-    }, "A Metal device's recorded plans planned again (for other attention splits).");
+    }, "A Metal device's recorded plans planned again (for other attention splits), and its command "
+       "buffers encoded ahead that were committed or dropped unused.");
     m.def("metal_kernel_names", []() {
         std::vector<std::string> v;
         for (int k = 0; k < metal::kernel_count(); ++k) v.push_back(metal::kernel_name(k));

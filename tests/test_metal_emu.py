@@ -289,7 +289,9 @@ def test_decode_across_a_split_boundary(smollm2_cut1, schedule):
     a 250-token prompt, then tokens at positions 250..257 (the split count goes from 1 to 2 at
     256) and a jump back to position 100 (1 again). Every step's logits match the float64
     model (NMSE <= 1e-6, as tests/test_metal_emu_models.py); the plan is planned 3 times
-    (positions 250, 256 and 100). (The 250-token prefill costs ~17 s
+    (positions 250, 256 and 100). On device.mm (shim) each token's command buffer was encoded
+    by the call before, except the first and the one after the jump, whose encoded-ahead
+    command buffer (for position 258) is dropped unused. (The 250-token prefill costs ~17 s
     in the emulator: the forward schedule is left to the stage test above.)"""
     import llmetal
     from llmetal import reference as R
@@ -320,6 +322,9 @@ def test_decode_across_a_split_boundary(smollm2_cut1, schedule):
         e = R.nmse(a, b)
         assert e <= 1e-6, f"{schedule}: the token at position {positions[i]}: NMSE vs the float64 model {e:.2e}"
     assert p1["replans"] - p0["replans"] == 3, (p0, p1)
+    ahead = schedule == "metal"
+    assert p1["ahead_used"] - p0["ahead_used"] == (len(positions) - 2 if ahead else 0), (p0, p1)
+    assert p1["ahead_dropped"] - p0["ahead_dropped"] == (1 if ahead else 0), (p0, p1)
 
 
 # ---- the emulator itself ------------------------------------------------------------------------

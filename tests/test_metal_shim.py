@@ -17,7 +17,8 @@ documented limits and encoder rules enforced). Builds with -DLLMETAL_METAL_SHIM=
     each command buffer's encode, commit, completion or drop; the shim completes a command
     buffer only when it is waited for, as a GPU finishes later than commit returns): every
     pipeline of the planner's kernel table is made when the device is, before any command buffer
-    is encoded.
+    is encoded; while decoding, the next token's command buffer is encoded before the current
+    one completes.
 """
 from __future__ import annotations
 
@@ -197,3 +198,38 @@ def test_every_pipeline_is_made_before_the_first_command_buffer(smollm2_cut):
     first_encode = next(i for i, (kind, _, _) in enumerate(ev) if kind == "encode")
     last_pipeline = max(i for i, (kind, _, _) in enumerate(ev) if kind == "pipeline")
     assert last_pipeline < first_encode, ev[:first_encode + 3]
+
+
+def test_next_token_encoded_while_the_current_one_runs(smollm2_cut):
+    """decode_step on device.mm: each call commits the command buffer the call before encoded
+    (after writing the token id and position into shared memory), then encodes the next
+    position's before the current one completes (the shim completes it when the logits are
+    waited for). The logits are metal-emu's, bit for bit."""
+    import llmetal
+    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345]
+    toks = [28, 378, 314, 2, 504]
+    logits = {}
+    for dev in ("metal-emu:reverse", "metal"):
+        m = llmetal.load(str(smollm2_cut), device=dev, n_ctx=128, n_batch=16, n_out=1)
+        m.prefill(prompt)
+        m.decode_step(toks[0], len(prompt))   # records the plan, encodes its own command buffer
+        logits[dev], steps = [], []
+        E.metal_shim_events()
+        for i, t in enumerate(toks[1:]):
+            logits[dev].append(m.decode_step(t, len(prompt) + 1 + i).copy())
+            steps.append(E.metal_shim_events())
+        del m
+    np.testing.assert_array_equal(np.array(logits["metal"]), np.array(logits["metal-emu:reverse"]))
+    for i, ev in enumerate(steps):
+        kinds = [(kind, cb) for kind, cb, _ in ev]
+        commits = [cb for kind, cb in kinds if kind == "commit"]
+        encodes = [cb for kind, cb in kinds if kind == "encode"]
+        assert len(commits) == 1 and len(encodes) == 1, f"step {i}: {kinds}"
+        cur, nxt = commits[0], encodes[0]
+        assert nxt != cur, f"step {i}: the committed command buffer was encoded in the same call: {kinds}"
+        if i > 0:
+            assert cur == prev_next, f"step {i}: committed {cur}, the call before encoded {prev_next}"
+        assert kinds.index(("commit", cur)) < kinds.index(("encode", nxt)) < kinds.index(("complete", cur)), \
+            f"step {i}: the next command buffer is not encoded while the current one runs: {kinds}"
+        assert ("drop", nxt) not in kinds, kinds
+        prev_next = nxt

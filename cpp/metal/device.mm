@@ -24,6 +24,9 @@
 //   execution  one command buffer and one concurrent compute encoder per submit (per token
 //              when a plan replays); memoryBarrier where the planner found a hazard; a debug
 //              group per dispatch named after its stage, so a GPU capture reads like the trace.
+//              Decoding encodes ahead: once a token's command buffer is committed, the next
+//              position's is encoded (encode_ahead) while the GPU runs it, and committed by the
+//              next replay_token after the token id and position are written (dispatch.h).
 //              Everything that can fail (threads and threadgroup memory of each dispatch) is
 //              checked before the encoder opens, and the encoder is ended on every path: Metal
 //              aborts the process when an encoder is released without endEncoding. No exception
@@ -89,6 +92,7 @@ struct MetalDevice final : metal::PlannedDevice {
         }
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
+        encodes_ahead = true;
     }
     // Makes the device, queue, library and every pipeline; "" or why not.
     std::string open() {
@@ -308,6 +312,25 @@ struct MetalDevice final : metal::PlannedDevice {
     void execute(const metal::DispatchDesc* d, size_t n) override {
         validate(d, n);
         commit(encode(d, n));
+    }
+
+    // A plan's command buffer: the one encoded ahead for these descriptions, else encoded now.
+    void execute_plan(metal::PlanExec& pe) override {
+        if (!pe.ahead) return execute(pe.d.data(), pe.d.size());
+        id<MTLCommandBuffer> cb = (id<MTLCommandBuffer>)pe.ahead;   // its reference moves to inflight
+        pe.ahead = nullptr;
+        commit(cb);
+    }
+
+    void encode_ahead(metal::PlanExec& pe) override {
+        validate(pe.d.data(), pe.d.size());
+        id<MTLCommandBuffer> cb = encode(pe.d.data(), pe.d.size());
+        pe.ahead = (void*)cb;
+        pe.release_ahead = [](void* p) {   // never committed: released unused
+            @autoreleasepool {
+                [(id<MTLCommandBuffer>)p release];
+            }
+        };
     }
 
     // Drops command buffers at the front that completed without error (a queue completes in

@@ -388,6 +388,8 @@ PlanExec& PlannedDevice::plan_for(Plan& p, const kstep& s) {
         pe->key_chunks[k++] = kc;
     }
     if (same) return *pe;
+    if (pe->ahead) ++n_ahead_dropped;
+    pe->drop_ahead();   // encoded from the descriptions replaced here
     pe->d.clear();
     Planner pl;
     pl.begin();
@@ -410,7 +412,26 @@ void PlannedDevice::submit_plan(Plan& p) {
     ++n_command_buffers;
     n_dispatches += pe.d.size();
     n_barriers += pe.n_barriers;
-    execute(pe.d.data(), pe.d.size());
+    n_ahead_used += pe.ahead != nullptr;
+    execute_plan(pe);
+}
+
+void PlannedDevice::replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) {
+    // The id into the plan's ids buffer and the position into the step buffer (both shared
+    // memory, written once the previous command buffer is done), then the plan: its command
+    // buffer encoded ahead by the previous call, when this step needs the same splits.
+    Device::replay_token(p, ids, token, pos);
+    if (!encodes_ahead) return;
+    // The next token's command buffer, encoded while this one runs. Speculative: it is for
+    // position pos + 1, and a failure here only means the next call encodes it itself (and
+    // reports the failure then, if it recurs).
+    PlanExec& pe = plan_for(p, kstep{pos + 1, 1, 0, 0});
+    if (pe.ahead) return;
+    try {
+        encode_ahead(pe);
+    } catch (const Error&) {
+        pe.drop_ahead();
+    }
 }
 
 // The dispatches a submit of `cmds` encodes at the end of the context (a split attention is
@@ -475,10 +496,12 @@ void PlannedDevice::geglu(const kargs_glu& a, Binding g, Binding u, Binding out)
     KArgs k; k.glu = a; one(Stage::geglu, k, {g, u, out}, {});
 }
 
-void plan_counters(Device& d, uint64_t out[1]) {
+void plan_counters(Device& d, uint64_t out[3]) {
     auto* p = dynamic_cast<PlannedDevice*>(&d);
     if (!p) throw Error(std::string("not a metal device: ") + d.name());
     out[0] = p->n_replans;
+    out[1] = p->n_ahead_used;
+    out[2] = p->n_ahead_dropped;
 }
 
 }  // namespace llmetal::metal

@@ -28,6 +28,12 @@
 // n_ctx. A plan's descriptions therefore depend on the step, but only through the key chunks
 // of each attention: PlanExec keeps them for one such count and is planned again when a step
 // needs another (every ATT_CHUNK positions while decoding).
+//
+// Encoding ahead (replay_token): after committing a token's command buffer, a device that can
+// (device.mm) encodes the command buffer of the token after it, at the next position, while
+// the GPU runs the current one; the next replay_token writes the token id (the plan's ids
+// buffer) and the position (the step buffer) into shared memory and commits it, unless its
+// step needs other attention splits (then it is dropped and encoded again).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -106,18 +112,41 @@ struct PlanExec {
     std::vector<int> key_chunks;          // per attention command, in order
     Buffer* scratch = nullptr;
     uint64_t n_barriers = 0;
+    // The device's command buffer of `d`, encoded ahead and not committed (device.mm), or
+    // null; release_ahead gives it back (drop_ahead: whenever `d` is planned again, and with
+    // the plan). A plain pointer and function: encoding ahead allocates nothing.
+    void* ahead = nullptr;
+    void (*release_ahead)(void*) = nullptr;
+    void drop_ahead() {
+        if (ahead) release_ahead(ahead);
+        ahead = nullptr;
+    }
+    PlanExec() = default;
+    PlanExec(const PlanExec&) = delete;
+    PlanExec& operator=(const PlanExec&) = delete;
+    ~PlanExec() { drop_ahead(); }
 };
 
 // The part of a Metal device that is not Metal: everything but memory and execution.
 struct PlannedDevice : Device {
     // Runs descriptions [0, n) as one command buffer (one compute encoder), committed.
     virtual void execute(const DispatchDesc* d, size_t n) = 0;
+    // Runs a plan's descriptions: its command buffer encoded ahead if there is one, else as
+    // execute() does.
+    virtual void execute_plan(PlanExec& pe) { execute(pe.d.data(), pe.d.size()); }
+    // Encodes pe's command buffer into pe.ahead without committing it. Called only on a device
+    // that sets `encodes_ahead` (device.mm; metal-emu runs each command buffer to completion
+    // when it is submitted, so there is nothing to overlap).
+    virtual void encode_ahead(PlanExec& pe) { (void)pe; }
     // (Re)allocates the attention scratch to at least `bytes` (outside any command buffer).
     virtual void grow_scratch(uint64_t bytes);
 
     void set_step(const kstep& s) override;
     void submit(const std::vector<Command>& cmds) override;
     void submit_plan(Plan& p) override;
+    // The token's id and position written, its command buffer committed, then the next
+    // position's command buffer encoded ahead (see the top of this file).
+    void replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) override;
     // The dispatches of `cmds` at the most keys each attention can read (the end of the
     // context): what model.plan() lists. Fewer splits run while fewer keys are cached.
     std::vector<KernelDesc> describe(const std::vector<Command>& cmds) override;
@@ -138,9 +167,10 @@ struct PlannedDevice : Device {
                          Binding step) override;
 
     // Counters (tests: one command buffer per token, no allocation per token; the dispatches
-    // and barriers each token runs; plans planned again for another attention split count).
+    // and barriers each token runs; plans planned again for another attention split count,
+    // and command buffers encoded ahead that were committed / dropped unused).
     uint64_t n_command_buffers = 0, n_dispatches = 0, n_barriers = 0;
-    uint64_t n_replans = 0;
+    uint64_t n_replans = 0, n_ahead_used = 0, n_ahead_dropped = 0;
     BufferRef scratch;
 
   protected:
@@ -148,14 +178,15 @@ struct PlannedDevice : Device {
     void one(Stage s, const KArgs& a, std::initializer_list<Binding> b, Binding step);
     // p's executable form for step s: planned now unless it already is for s's key chunks.
     PlanExec& plan_for(Plan& p, const kstep& s);
+    bool encodes_ahead = false;           // the device implements encode_ahead (device.mm)
     kstep hstep{0, 1, 0, 0};              // host copy of the step buffer, for the checks
     Planner planner;
     std::vector<DispatchDesc> descs;      // reused: keeps its capacity between submits
     std::vector<Command> single{1};       // the stage methods' one-command list
 };
 
-// The planning counters of a Metal device (metal or metal-emu): plans planned again (the
-// bindings' metal_plan_counters).
-void plan_counters(Device& d, uint64_t out[1]);
+// The planning counters of a Metal device (metal or metal-emu): plans planned again, command
+// buffers encoded ahead that were committed, and dropped unused (the bindings' metal_plan_counters).
+void plan_counters(Device& d, uint64_t out[3]);
 
 }  // namespace llmetal::metal
