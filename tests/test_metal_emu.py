@@ -291,6 +291,43 @@ def test_emu_shuffles_and_matrices():
     np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=1e-5, atol=1e-5)
 
 
+COUNTING = not REAL and bool(E.build_info().get("metal_emu_counting"))
+
+
+@pytest.mark.skipif(not COUNTING, reason="no counted build of the kernels (the compiler has no access hooks)")
+def test_emu_counts_memory_traffic():
+    """Counting mode (runtime.h): the neighbour exchange, 4 threadgroups of 64 threads, each
+    thread moving one float in and out of device and threadgroup memory: exactly 4 bytes per
+    thread each way, and the kargs reads as constant; an 8x8 product through simdgroup
+    matrices loads 2 x 256 bytes and stores 256 bytes, once per SIMD group (not per lane).
+    Off, nothing is recorded, and the results are the same either way."""
+    x = np.arange(1, 65, dtype=np.float32)
+    outs = []
+    try:
+        for on in (True, False):
+            E.metal_emu_counting(on)
+            out = np.zeros(64, np.float32)
+            _run("selftest_neighbour", [x, out], struct.pack("ii", 64, 0), (64, 1, 1), "reverse", grid=(4, 1, 1))
+            outs.append(out)
+            A = np.arange(64, dtype=np.float32).reshape(8, 8)
+            C = np.zeros((8, 8), np.float32)
+            _run("selftest_mma", [A, A, C], b"\0" * 8, (32, 1, 1), "forward")
+            np.testing.assert_allclose(C, A.astype(np.float64) @ A, rtol=1e-6)
+            recs = E.metal_emu_traffic()
+            if not on:
+                assert recs == []
+                continue
+            nb, mma = recs
+            assert nb["kernel"] == "selftest_neighbour" and nb["grid"] == (4, 1, 1) and nb["tg"] == (64, 1, 1)
+            assert (nb["device_read"], nb["device_written"]) == (4 * 256, 4 * 256), nb
+            assert (nb["threadgroup_read"], nb["threadgroup_written"]) == (4 * 256, 4 * 256), nb
+            assert 0 < nb["constant_read"] <= 4 * 256 * 8, nb   # at most both ints per thread
+            assert (mma["device_read"], mma["device_written"], mma["threadgroup_read"]) == (512, 256, 0), mma
+    finally:
+        E.metal_emu_counting(False)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_emu_unknown_kernel_and_schedule():
     with pytest.raises(ValueError, match="no kernel named kernel_nope"):
         _run("kernel_nope", [], b"", (1, 1, 1), "forward")

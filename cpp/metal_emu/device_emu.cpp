@@ -77,9 +77,14 @@ struct EmuDevice final : metal::PlannedDevice {
         l.fn = emu::find_kernel(d.kernel);
         l.name = d.kernel;
         if (!l.fn) throw Error(std::string("metal-emu: no kernel named ") + d.kernel + " (have: " + emu::kernel_names() + ")");
+        l.label = d.stage;
         l.buf[0] = (void*)d.args;
-        for (int i = 1; i < d.n_bufs; ++i)
-            l.buf[i] = d.bufs[i].buf ? (char*)d.bufs[i].buf->host + d.bufs[i].offset : nullptr;
+        l.buf_bytes[0] = d.args_bytes;
+        for (int i = 1; i < d.n_bufs; ++i) {
+            const metal::BufferBinding& b = d.bufs[i];
+            l.buf[i] = b.buf ? (char*)b.buf->host + b.offset : nullptr;
+            l.buf_bytes[i] = b.buf && b.buf->bytes > b.offset ? b.buf->bytes - b.offset : 0;
+        }
         for (int k = 0; k < 3; ++k) { l.grid[k] = d.grid[k]; l.tg[k] = d.tg[k]; }
         l.tg_mem[0] = d.tg_mem;
         try {
@@ -113,14 +118,19 @@ void metal_counters(Device& d, uint64_t out[7]) {
 }
 
 // Runs one kernel by name on raw host memory (the emulator's self-tests).
-void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
+void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs,
+                          const std::vector<uint64_t>& sizes, const void* args, uint32_t args_bytes,
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule) {
     emu::Launch l;
     l.fn = emu::find_kernel(name.c_str());
     l.name = name.c_str();
     if (!l.fn) throw Error("metal-emu: no kernel named " + name);
     l.buf[0] = (void*)args;
-    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) l.buf[i + 1] = bufs[i];
+    l.buf_bytes[0] = args_bytes;
+    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) {
+        l.buf[i + 1] = bufs[i];
+        l.buf_bytes[i + 1] = sizes[i];
+    }
     for (int k = 0; k < 3; ++k) { l.grid[k] = grid[k]; l.tg[k] = tg[k]; }
     l.tg_mem[0] = tg_mem;
     try {
