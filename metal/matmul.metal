@@ -1,11 +1,18 @@
 // matmul.metal -- y[t, n] = sum_k W[n, k] x[t, k], W in its GGUF block format.
 //
-// kernel_matmul_<t> (mat-vec, decode and small batches): one SIMD group per output row n,
-// MV_SG rows per threadgroup, MV_MT tokens per grid row. Lanes take consecutive groups of 8
-// elements, so a SIMD group reads one contiguous span of the weight row per step; simd_sum
-// reduces. The weight row is read once per MV_MT tokens: at decode it streams the weights
-// once, which is the whole cost of a decode step. (The CUDA device's kernel_matmul, warp for
-// SIMD group.)
+// kernel_matmul_<t> (mat-vec: decode and batches of up to MV_MT tokens): a threadgroup of MV_SG
+// SIMD groups computes MV_ROWS consecutive output rows, MV_R per SIMD group, for MV_MT tokens.
+// At decode the weights are the whole cost, so each weight byte is read once and the
+// activations cost little beside them:
+//   * the threadgroup stages its tokens' activations in threadgroup memory, a chunk of K at a
+//     time (MV_XS floats), so device memory sees them once per MV_ROWS rows;
+//   * each lane takes one unit of a row at a time (quants.h, "mat-vec lane units": a block, or
+//     a piece of a super-block that no other lane reads), loads it with wide loads, and
+//     dequantizes it into registers; its activations for the first token stay in registers
+//     across the SIMD group's MV_R rows (the other tokens' are read from threadgroup memory);
+//   * simd_sum reduces each (row, token) once at the end.
+// (The CUDA device's kernel_matmul, warp for SIMD group, does the same per row; there the L1
+// cache keeps the activations.)
 //
 // kernel_matmul_mm_<t> (prefill, n_in % 32 == 0): a threadgroup computes a 32x32 tile of y
 // with simdgroup_float8x8 matrices; per K step every thread dequantizes one group of 8
@@ -16,45 +23,84 @@ using namespace metal;
 #include "quants.h"
 #include "../cpp/metal/kargs_metal.h"
 
+// One staged chunk [k0, k0 + kn) of K: the SIMD group's rows n0 .. n0 + MV_R, units of U
+// elements (U = MV_U(T), or 1 for float rows with K % 8 != 0). xs holds the mc tokens' chunks,
+// kn floats each.
+template <int T, int U>
+inline void mv_chunk(constant kargs_matmul& a, device const uchar* W, threadgroup const float* xs, int k0, int kn,
+                     int n0, int mc, ushort tiisg, thread float* acc) {
+    const int nu = kn / U;
+    for (int u0 = 0; u0 < nu; u0 += 32) {   // uniform over the SIMD group: every lane calls mv_dq
+        const int u = u0 + tiisg;
+        const bool ok = u < nu;
+        const int ug = k0 / U + u;          // the unit's index in the row
+        float xr[U];                        // the first token's activations of this unit
+        for (int i = 0; i < U; ++i) xr[i] = ok ? xs[mv_elem(T, U, ug, i) - k0] : 0.0f;
+        for (int r = 0; r < MV_R; ++r) {
+            if (n0 + r >= a.n_out) break;   // uniform: the same rows for every lane
+            float w[U];
+            mv_dq<T, U>(W + (ulong)(n0 + r) * a.row_bytes, ug, ok, tiisg, w);
+            if (!ok) continue;
+            float s = 0.0f;
+            for (int i = 0; i < U; ++i) s += w[i] * xr[i];
+            acc[r * MV_MT] += s;
+            for (int m = 1; m < mc; ++m) {
+                threadgroup const float* xm = xs + m * kn - k0;
+                float t = 0.0f;
+                for (int i = 0; i < U; ++i) t += w[i] * xm[mv_elem(T, U, ug, i)];
+                acc[r * MV_MT + m] += t;
+            }
+        }
+    }
+}
+
 template <int T>
 kernel void kernel_matmul(constant kargs_matmul& a [[buffer(0)]],
                           device const uchar* W [[buffer(1)]],
                           device const float* x [[buffer(2)]],
                           device float* y [[buffer(3)]],
                           uint3 tgpig [[threadgroup_position_in_grid]],
+                          ushort tiitg [[thread_index_in_threadgroup]],
                           ushort tiisg [[thread_index_in_simdgroup]],
                           ushort sgitg [[simdgroup_index_in_threadgroup]]) {
-    const int n = (int)tgpig.x * MV_SG + sgitg;
-    const bool active = n < a.n_out;          // uniform per SIMD group: guards work, not simd_sum
+    threadgroup float4 xs4[MV_XS / 4];
+    threadgroup float* xs = (threadgroup float*)xs4;
+    const int n0 = (int)tgpig.x * MV_ROWS + (int)sgitg * MV_R;
     const int m0 = (int)tgpig.y * MV_MT;
     const int mc = min(MV_MT, a.n_tokens - m0);
-    float acc[MV_MT];
-    for (int m = 0; m < MV_MT; ++m) acc[m] = 0.0f;
-    if (active) {
-        device const uchar* row = W + (ulong)n * a.row_bytes;
-        device const float* xb = x + (long)m0 * a.n_in;
-        if (a.n_in % 8 == 0) {
-            const int ng = a.n_in / 8;
-            for (int g = tiisg; g < ng; g += 32) {
-                float w[8];
-                dq8(T, row, g, w);
-                for (int m = 0; m < mc; ++m) {
-                    device const float* xp = xb + (long)m * a.n_in + 8 * g;
-                    acc[m] += w[0] * xp[0] + w[1] * xp[1] + w[2] * xp[2] + w[3] * xp[3] +
-                              w[4] * xp[4] + w[5] * xp[5] + w[6] * xp[6] + w[7] * xp[7];
-                }
+    const int K = a.n_in;
+    // units of MV_U(T) elements; float rows of odd length go one element per unit
+    const bool single = MV_FLOAT(T) && K % 8 != 0;
+    const int span = single ? 4 : MV_SPAN(T);
+    const int kc = max(span, (MV_XS / mc) / span * span);   // a chunk: a multiple of the span
+    float acc[MV_R * MV_MT];
+    for (int i = 0; i < MV_R * MV_MT; ++i) acc[i] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += kc) {
+        const int kn = min(kc, K - k0);
+        if (k0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the previous chunk is used up
+        if (K % 4 == 0) {   // 16-byte loads: every token's row and every chunk start at a multiple of 4
+            const int kn4 = kn / 4;
+            for (int i = tiitg; i < mc * kn4; i += MV_SG * 32) {
+                const int m = i / kn4, k = i - m * kn4;
+                xs4[i] = *((device const float4*)(x + (long)(m0 + m) * K + k0) + k);
             }
-        } else {   // odd row lengths (float weights only): one element per lane per step
-            for (int k = tiisg; k < a.n_in; k += 32) {
-                float wk = dq1(T, row, k);
-                for (int m = 0; m < mc; ++m) acc[m] += wk * xb[(long)m * a.n_in + k];
+        } else {
+            for (int i = tiitg; i < mc * kn; i += MV_SG * 32) {
+                const int m = i / kn, k = i - m * kn;
+                xs[i] = x[(long)(m0 + m) * K + k0 + k];
             }
         }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        if (single) mv_chunk<T, 1>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
+        else mv_chunk<T, MV_U(T)>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
     }
-    // mc is uniform over the threadgroup, so every lane makes the same simd_sum calls
-    for (int m = 0; m < mc; ++m) {
-        float s = simd_sum(acc[m]);
-        if (active && tiisg == 0) y[(long)(m0 + m) * a.n_out + n] = s;
+    // rows and mc are uniform over the SIMD group, so every lane makes the same simd_sum calls
+    for (int r = 0; r < MV_R; ++r) {
+        if (n0 + r >= a.n_out) break;
+        for (int m = 0; m < mc; ++m) {
+            const float s = simd_sum(acc[r * MV_MT + m]);
+            if (tiisg == 0) y[(long)(m0 + m) * a.n_out + n0 + r] = s;
+        }
     }
 }
 

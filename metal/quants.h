@@ -17,8 +17,10 @@ inline uint ld32_2(device const uchar* p) {   // 4 bytes at a 2-byte boundary
     return (uint)q[0] | ((uint)q[1] << 16);
 }
 
-// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) packed in 12 bytes.
-inline void scale_min_k4(int j, device const uchar* q, thread int& sc, thread int& m) {
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) packed in 12 bytes (in device memory,
+// or a copy in registers: P is the pointer type).
+template <class P>
+inline void scale_min_k4(int j, P q, thread int& sc, thread int& m) {
     if (j < 4) {
         sc = q[j] & 63;
         m = q[j + 4] & 63;
@@ -160,6 +162,140 @@ inline void dq8(int T, device const uchar* row, int g, thread float* w) {
         }
         default:
             for (int i = 0; i < 8; ++i) w[i] = dq1(T, row, 8 * g + i);
+            return;
+    }
+}
+
+// ---- mat-vec lane units ------------------------------------------------------------------------
+// The mat-vec (kernel_matmul_<t>, matmul.metal) hands each lane of a SIMD group one *unit* of a
+// weight row at a time: MV_U(T) elements whose bytes no other lane reads, loaded with the widest
+// loads the block's alignment allows and dequantized into registers once for every token of the
+// batch. Unit ug of a row covers the elements mv_elem(T, ug, i), i < MV_U(T); a K chunk of the
+// kernel is a multiple of MV_SPAN(T) elements, so the units sharing a block are in it together.
+//   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0  one 32-element block: scale(s) and quants, read once.
+//   F32 F16 BF16  8 elements, two 16-byte loads (1 element through dq1 when K % 8 != 0).
+//   Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS  8 elements through dq8 (each unit reads its block's scales again).
+// mv_dq must be called by every lane of the SIMD group; `ok` says whether the lane's unit
+// exists, and only then does it read or write anything.
+#define MV_GENERIC(T) ((T) == KT_Q2_K || (T) == KT_Q3_K || (T) == KT_Q4_K || (T) == KT_Q5_K || (T) == KT_Q6_K || (T) == KT_IQ4_XS)
+#define MV_FLOAT(T) ((T) == KT_F32 || (T) == KT_F16 || (T) == KT_BF16)
+#define MV_U(T) (MV_GENERIC(T) || MV_FLOAT(T) ? 8 : 32)
+#define MV_SPAN(T) (MV_FLOAT(T) ? 8 : ((T) == KT_Q4_0 || (T) == KT_Q4_1 || (T) == KT_Q5_0 || (T) == KT_Q5_1 || (T) == KT_Q8_0) ? 32 : 256)
+
+// the element of a row that element i of unit ug is
+inline int mv_elem(int T, int U, int ug, int i) {
+    return ug * U + i;
+}
+
+inline uint byte_of(uint v, int k) { return (v >> (8 * k)) & 0xFF; }
+
+// w[0 .. U) = unit ug of `row` (U = MV_U(T), or 1 for float rows with K % 8 != 0)
+template <int T, int U>
+inline void mv_dq(device const uchar* row, int ug, bool ok, ushort lane, thread float* w) {
+    if (U == 1) {
+        if (ok) w[0] = dq1(T, row, ug);
+        return;
+    }
+    switch (T) {
+        case KT_F32: {
+            if (!ok) return;
+            device const float4* p = (device const float4*)row + 2 * ug;
+            const float4 a = p[0], b = p[1];
+            for (int i = 0; i < 4; ++i) { w[i] = a[i]; w[4 + i] = b[i]; }
+            return;
+        }
+        case KT_F16: {
+            if (!ok) return;
+            device const half4* p = (device const half4*)row + 2 * ug;
+            const half4 a = p[0], b = p[1];
+            for (int i = 0; i < 4; ++i) { w[i] = (float)a[i]; w[4 + i] = (float)b[i]; }
+            return;
+        }
+        case KT_BF16: {
+            if (!ok) return;
+            device const ushort4* p = (device const ushort4*)row + 2 * ug;
+            const ushort4 a = p[0], b = p[1];
+            for (int i = 0; i < 4; ++i) {
+                w[i] = as_type<float>((uint)a[i] << 16);
+                w[4 + i] = as_type<float>((uint)b[i] << 16);
+            }
+            return;
+        }
+        case KT_Q4_0: {   // {f16 d; qs[16]}: element j < 16 is the low nibble of qs[j], j >= 16 the high one of qs[j - 16]
+            if (!ok) return;
+            device const uchar* b = row + ug * 18;
+            const float d = ldh(b);
+            device const ushort* q = (device const ushort*)(b + 2);
+            for (int p = 0; p < 8; ++p) {
+                const uint v = q[p];
+                w[2 * p] = (float)((int)(v & 0xF) - 8) * d;
+                w[2 * p + 1] = (float)((int)((v >> 8) & 0xF) - 8) * d;
+                w[16 + 2 * p] = (float)((int)((v >> 4) & 0xF) - 8) * d;
+                w[17 + 2 * p] = (float)((int)(v >> 12) - 8) * d;
+            }
+            return;
+        }
+        case KT_Q4_1: {   // {f16 d; f16 m; qs[16]}: 20-byte blocks, 4-byte aligned
+            if (!ok) return;
+            device const uchar* b = row + ug * 20;
+            const float d = ldh(b), m = ldh(b + 2);
+            device const uint* q = (device const uint*)(b + 4);
+            for (int p = 0; p < 4; ++p) {
+                const uint v = q[p];
+                for (int k = 0; k < 4; ++k) {
+                    w[4 * p + k] = (float)(byte_of(v, k) & 0xF) * d + m;
+                    w[16 + 4 * p + k] = (float)(byte_of(v, k) >> 4) * d + m;
+                }
+            }
+            return;
+        }
+        case KT_Q5_0: {   // {f16 d; qh[4]; qs[16]}: bit j of qh is element j's fifth bit
+            if (!ok) return;
+            device const uchar* b = row + ug * 22;
+            const float d = ldh(b);
+            const uint qh = ld32_2(b + 2);
+            device const ushort* q = (device const ushort*)(b + 6);
+            for (int p = 0; p < 8; ++p) {
+                const uint v = q[p];
+                for (int k = 0; k < 2; ++k) {
+                    const int j = 2 * p + k;
+                    const uint by = byte_of(v, k);
+                    w[j] = (float)((int)((by & 0xF) | (((qh >> j) & 1) << 4)) - 16) * d;
+                    w[16 + j] = (float)((int)((by >> 4) | (((qh >> (16 + j)) & 1) << 4)) - 16) * d;
+                }
+            }
+            return;
+        }
+        case KT_Q5_1: {   // {f16 d; f16 m; qh[4]; qs[16]}: 24-byte blocks, 8-byte aligned
+            if (!ok) return;
+            device const uchar* b = row + ug * 24;
+            const float d = ldh(b), m = ldh(b + 2);
+            device const uint* q = (device const uint*)(b + 4);
+            const uint qh = q[0];
+            for (int p = 0; p < 4; ++p) {
+                const uint v = q[1 + p];
+                for (int k = 0; k < 4; ++k) {
+                    const int j = 4 * p + k;
+                    w[j] = (float)((byte_of(v, k) & 0xF) | (((qh >> j) & 1) << 4)) * d + m;
+                    w[16 + j] = (float)((byte_of(v, k) >> 4) | (((qh >> (16 + j)) & 1) << 4)) * d + m;
+                }
+            }
+            return;
+        }
+        case KT_Q8_0: {   // {f16 d; int8 qs[32]}: 34-byte blocks, 2-byte aligned
+            if (!ok) return;
+            device const uchar* b = row + ug * 34;
+            const float d = ldh(b);
+            device const ushort* q = (device const ushort*)(b + 2);
+            for (int p = 0; p < 16; ++p) {
+                const uint v = q[p];
+                w[2 * p] = (float)as_type<char>((uchar)(v & 0xFF)) * d;
+                w[2 * p + 1] = (float)as_type<char>((uchar)(v >> 8)) * d;
+            }
+            return;
+        }
+        default:   // the 256-element formats: 8 elements through dq8
+            if (ok) dq8(T, row, ug, w);
             return;
     }
 }

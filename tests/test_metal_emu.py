@@ -92,32 +92,35 @@ import test_matmul as TM  # noqa: E402
 @pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
 def test_matmul_all_types(schedule, wtype):
     """M = 1, 3 (mat-vec kernel_matmul_<t>), 17, 40 (tiled kernel_matmul_mm_<t>, with a partial
-    tile); K with odd block counts; N = 35 (a partial tile of 32 rows)."""
+    tile); K with odd block counts; N = 35 (a partial tile of 32 rows). Longer rows for the
+    mat-vec, M = 1 and 8: K = 1280 (block types), 1030 and 1100 (float types: K % 4 != 0, and
+    K % 8 != 0), so that 8 tokens' activations take 3 chunks of threadgroup memory."""
     dev = emu_device(schedule)
     rng = np.random.default_rng(4321 + int(wtype))
     block = E.type_block(int(wtype))[0]
     ks = {1: [64, 100], 32: [32, 96], 256: [256, 768]}[block]
-    for M in (1, 3, 17, 40):
-        for K in ks:
-            N = 35
-            wq = TM.make_weights(rng, wtype, N, K)
-            ref_w = quants.dequantize(wq, wtype).astype(np.float64).reshape(N, K)
-            x = rng.standard_normal((M, K)).astype(np.float32)
-            pool = E.BufferPool(dev)
-            pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, [M, K]); pool.declare("y", 0, [M + 1, N])
-            pool.reserve()
-            W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
-            W.upload(wq); X.upload(x)
-            Y.upload(np.full((M + 1, N), np.nan, np.float32))
-            E.Encoder(dev, eager=True).matmul(W, X, Y.rows(0, M))
-            y = Y.to_numpy()
-            assert np.isnan(y[M]).all(), f"{wtype.name} M={M} K={K}: wrote past the output"
-            y = y[:M]
-            assert np.isfinite(y).all(), f"{wtype.name} {schedule} M={M} K={K}: unwritten or non-finite outputs"
-            ref = x.astype(np.float64) @ ref_w.T
-            err = TM.nmse(y, ref)
-            # no activation quantization here: float32 dot products of exact weights
-            assert err <= 1e-10, f"{wtype.name} {schedule} M={M} K={K} N={N}: NMSE {err:.2e}"
+    long_ks = {1: [1030, 1100], 32: [1280], 256: [1280]}[block]
+    shapes = [(M, K) for M in (1, 3, 17, 40) for K in ks] + [(M, K) for M in (1, 8) for K in long_ks]
+    for M, K in shapes:
+        N = 35
+        wq = TM.make_weights(rng, wtype, N, K)
+        ref_w = quants.dequantize(wq, wtype).astype(np.float64).reshape(N, K)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        pool = E.BufferPool(dev)
+        pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, [M, K]); pool.declare("y", 0, [M + 1, N])
+        pool.reserve()
+        W, X, Y = pool.get("W"), pool.get("x"), pool.get("y")
+        W.upload(wq); X.upload(x)
+        Y.upload(np.full((M + 1, N), np.nan, np.float32))
+        E.Encoder(dev, eager=True).matmul(W, X, Y.rows(0, M))
+        y = Y.to_numpy()
+        assert np.isnan(y[M]).all(), f"{wtype.name} M={M} K={K}: wrote past the output"
+        y = y[:M]
+        assert np.isfinite(y).all(), f"{wtype.name} {schedule} M={M} K={K}: unwritten or non-finite outputs"
+        ref = x.astype(np.float64) @ ref_w.T
+        err = TM.nmse(y, ref)
+        # no activation quantization here: float32 dot products of exact weights
+        assert err <= 1e-10, f"{wtype.name} {schedule} M={M} K={K} N={N}: NMSE {err:.2e}"
 
 
 @pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
@@ -351,7 +354,7 @@ for sched, first in (("forward", "(0,0,0)"), ("reverse", "(15,0,0)")):
         raise SystemExit("no error reported")
     except ValueError as e:
         assert "not reached by every thread of threadgroup " + first in str(e), str(e)
-# 2. a mat-vec of 512 threadgroups: every group runs once, and the result is exact
+# 2. a mat-vec of 64 threadgroups (MV_ROWS = 32 rows each): every group runs once, and the result is exact
 dev = E.metal_emu_device(sys.argv[1])
 rng = np.random.default_rng(1)
 N, K = 2048, 256
@@ -361,7 +364,7 @@ pool.declare("W", 0, [N, K]); pool.declare("x", 0, [1, K]); pool.declare("y", 0,
 pool.get("W").upload(w); pool.get("x").upload(x)
 g0 = E.metal_counters(dev)["emu_threadgroups"]
 E.Encoder(dev, eager=True).matmul(pool.get("W"), pool.get("x"), pool.get("y"))
-assert E.metal_counters(dev)["emu_threadgroups"] - g0 == N // 4
+assert E.metal_counters(dev)["emu_threadgroups"] - g0 == N // 32
 y, ref = pool.get("y").to_numpy(), x.astype(np.float64) @ w.T.astype(np.float64)
 assert ((y - ref) ** 2).sum() / (ref ** 2).sum() < 1e-12
 print("ok")
