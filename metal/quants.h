@@ -173,17 +173,27 @@ inline void dq8(int T, device const uchar* row, int g, thread float* w) {
 // batch. Unit ug of a row covers the elements mv_elem(T, ug, i), i < MV_U(T); a K chunk of the
 // kernel is a multiple of MV_SPAN(T) elements, so the units sharing a block are in it together.
 //   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0  one 32-element block: scale(s) and quants, read once.
+//   Q4_K Q5_K   16 bytes of qs (a uint4): 16 elements of sub-block 2c (low nibbles) and 16 of
+//               2c+1 (high), c = 0..3, two units per c, so 8 lanes share a super-block. Its
+//               16-byte header (d, dmin, 12 bytes of scales) is loaded by the first of the 8 and
+//               handed to the others by one simd_shuffle; Q5_K's fifth bits (qh[32]: bit 2c, 2c+1
+//               of qh[l] for the unit's column l) likewise, the half a unit needs loaded by lane
+//               0 or 1 of the 8.
 //   F32 F16 BF16  8 elements, two 16-byte loads (1 element through dq1 when K % 8 != 0).
-//   Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS  8 elements through dq8 (each unit reads its block's scales again).
-// mv_dq must be called by every lane of the SIMD group; `ok` says whether the lane's unit
-// exists, and only then does it read or write anything.
-#define MV_GENERIC(T) ((T) == KT_Q2_K || (T) == KT_Q3_K || (T) == KT_Q4_K || (T) == KT_Q5_K || (T) == KT_Q6_K || (T) == KT_IQ4_XS)
+//   Q2_K Q3_K Q6_K IQ4_XS  8 elements through dq8 (each unit reads its block's scales again).
+// mv_dq must be called by every lane of the SIMD group (the shuffles); `ok` says whether the
+// lane's unit exists, and only then does it read or write anything.
+#define MV_GENERIC(T) ((T) == KT_Q2_K || (T) == KT_Q3_K || (T) == KT_Q6_K || (T) == KT_IQ4_XS)
 #define MV_FLOAT(T) ((T) == KT_F32 || (T) == KT_F16 || (T) == KT_BF16)
 #define MV_U(T) (MV_GENERIC(T) || MV_FLOAT(T) ? 8 : 32)
 #define MV_SPAN(T) (MV_FLOAT(T) ? 8 : ((T) == KT_Q4_0 || (T) == KT_Q4_1 || (T) == KT_Q5_0 || (T) == KT_Q5_1 || (T) == KT_Q8_0) ? 32 : 256)
 
 // the element of a row that element i of unit ug is
 inline int mv_elem(int T, int U, int ug, int i) {
+    if (U == 32 && (T == KT_Q4_K || T == KT_Q5_K)) {
+        const int c = (ug % 8) / 2, h = ug % 2;
+        return (ug / 8) * 256 + 64 * c + 16 * h + (i < 16 ? i : 16 + i);
+    }
     return ug * U + i;
 }
 
@@ -294,7 +304,45 @@ inline void mv_dq(device const uchar* row, int ug, bool ok, ushort lane, thread 
             }
             return;
         }
-        default:   // the 256-element formats: 8 elements through dq8
+        case KT_Q4_K:
+        case KT_Q5_K: {   // {f16 d; f16 dmin; scales[12]; (Q5_K: qh[32];) qs[128]}
+            const int bytes = T == KT_Q4_K ? 144 : 176, qs_at = T == KT_Q4_K ? 16 : 48;
+            device const uchar* b = row + (ug / 8) * bytes;
+            const int li = ug % 8, c = li / 2, h = li % 2;
+            const ushort first = lane & ~7;   // the lane holding unit 0 of this super-block
+            uint4 hd = uint4(0), qh = uint4(0);
+            if (ok && li == 0) hd = *(device const uint4*)b;
+            if (T == KT_Q5_K && ok && li < 2) qh = *(device const uint4*)(b + 16 + 16 * li);
+            hd = simd_shuffle(hd, first);
+            if (T == KT_Q5_K) qh = simd_shuffle(qh, first + h);
+            if (!ok) return;
+            uchar sb[12];
+            for (int k = 0; k < 4; ++k) {
+                sb[k] = (uchar)byte_of(hd.y, k);
+                sb[4 + k] = (uchar)byte_of(hd.z, k);
+                sb[8 + k] = (uchar)byte_of(hd.w, k);
+            }
+            int sc0, mn0, sc1, mn1;
+            scale_min_k4(2 * c, (thread const uchar*)sb, sc0, mn0);
+            scale_min_k4(2 * c + 1, (thread const uchar*)sb, sc1, mn1);
+            const half2 dm = as_type<half2>(hd.x);
+            const float d0 = (float)dm.x * (float)sc0, o0 = (float)dm.y * (float)mn0;
+            const float d1 = (float)dm.x * (float)sc1, o1 = (float)dm.y * (float)mn1;
+            const uint4 q = *(device const uint4*)(b + qs_at + 32 * c + 16 * h);
+            for (int k = 0; k < 16; ++k) {
+                const uint by = byte_of(q[k / 4], k % 4);
+                int lo = (int)(by & 0xF), hi = (int)(by >> 4);
+                if (T == KT_Q5_K) {
+                    const uint hb = byte_of(qh[k / 4], k % 4);
+                    lo += ((hb >> (2 * c)) & 1) ? 16 : 0;
+                    hi += ((hb >> (2 * c + 1)) & 1) ? 16 : 0;
+                }
+                w[k] = d0 * (float)lo - o0;
+                w[16 + k] = d1 * (float)hi - o1;
+            }
+            return;
+        }
+        default:   // Q2_K Q3_K Q6_K IQ4_XS: 8 elements through dq8
             if (ok) dq8(T, row, ug, w);
             return;
     }
