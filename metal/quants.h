@@ -179,11 +179,14 @@ inline void dq8(int T, device const uchar* row, int g, thread float* w) {
 //               handed to the others by one simd_shuffle; Q5_K's fifth bits (qh[32]: bit 2c, 2c+1
 //               of qh[l] for the unit's column l) likewise, the half a unit needs loaded by lane
 //               0 or 1 of the 8.
+//   Q6_K        8 columns l of one 128-element half: ql[l], ql[l + 32] and qh[l] give 4 elements
+//               each (24 bytes, as ushorts: the 210-byte blocks are only 2-byte aligned); the
+//               half's 8 scale bytes and d come by simd_shuffle from lanes 0 and 1 of the 8.
 //   F32 F16 BF16  8 elements, two 16-byte loads (1 element through dq1 when K % 8 != 0).
-//   Q2_K Q3_K Q6_K IQ4_XS  8 elements through dq8 (each unit reads its block's scales again).
+//   Q2_K Q3_K IQ4_XS  8 elements through dq8 (each unit reads its block's scales again).
 // mv_dq must be called by every lane of the SIMD group (the shuffles); `ok` says whether the
 // lane's unit exists, and only then does it read or write anything.
-#define MV_GENERIC(T) ((T) == KT_Q2_K || (T) == KT_Q3_K || (T) == KT_Q6_K || (T) == KT_IQ4_XS)
+#define MV_GENERIC(T) ((T) == KT_Q2_K || (T) == KT_Q3_K || (T) == KT_IQ4_XS)
 #define MV_FLOAT(T) ((T) == KT_F32 || (T) == KT_F16 || (T) == KT_BF16)
 #define MV_U(T) (MV_GENERIC(T) || MV_FLOAT(T) ? 8 : 32)
 #define MV_SPAN(T) (MV_FLOAT(T) ? 8 : ((T) == KT_Q4_0 || (T) == KT_Q4_1 || (T) == KT_Q5_0 || (T) == KT_Q5_1 || (T) == KT_Q8_0) ? 32 : 256)
@@ -193,6 +196,10 @@ inline int mv_elem(int T, int U, int ug, int i) {
     if (U == 32 && (T == KT_Q4_K || T == KT_Q5_K)) {
         const int c = (ug % 8) / 2, h = ug % 2;
         return (ug / 8) * 256 + 64 * c + 16 * h + (i < 16 ? i : 16 + i);
+    }
+    if (U == 32 && T == KT_Q6_K) {
+        const int hf = (ug % 8) / 4, j = ug % 4;
+        return (ug / 8) * 256 + 128 * hf + 32 * (i / 8) + 8 * j + i % 8;
     }
     return ug * U + i;
 }
@@ -342,7 +349,40 @@ inline void mv_dq(device const uchar* row, int ug, bool ok, ushort lane, thread 
             }
             return;
         }
-        default:   // Q2_K Q3_K Q6_K IQ4_XS: 8 elements through dq8
+        case KT_Q6_K: {   // {ql[128]; qh[64]; int8 scales[16]; f16 d}: 210-byte blocks, 2-byte aligned
+            device const uchar* b = row + (ug / 8) * 210;
+            const int li = ug % 8, hf = li / 4, j = li % 4;
+            const ushort first = lane & ~7;
+            ushort4 sv = ushort4(0);
+            half dv = (half)0.0f;
+            if (ok && li < 2) {
+                device const ushort* s = (device const ushort*)(b + 192 + 8 * li);
+                sv = ushort4(s[0], s[1], s[2], s[3]);
+            }
+            if (ok && li == 0) dv = *(device const half*)(b + 208);
+            sv = simd_shuffle(sv, first + hf);
+            dv = simd_shuffle(dv, first);
+            if (!ok) return;
+            float ds[4];   // d * the scale of the 16 columns holding l = 8j .. 8j + 7, per quarter qd
+            for (int qd = 0; qd < 4; ++qd)
+                ds[qd] = (float)dv * (float)as_type<char>((uchar)byte_of(sv[qd], j / 2));
+            device const ushort* ql0 = (device const ushort*)(b + 64 * hf + 8 * j);
+            device const ushort* ql1 = (device const ushort*)(b + 64 * hf + 32 + 8 * j);
+            device const ushort* qh = (device const ushort*)(b + 128 + 32 * hf + 8 * j);
+            for (int p = 0; p < 4; ++p) {
+                const uint a0 = ql0[p], a1 = ql1[p], hh = qh[p];
+                for (int e = 0; e < 2; ++e) {
+                    const int k = 2 * p + e;
+                    const uint l0 = byte_of(a0, e), l1 = byte_of(a1, e), hb = byte_of(hh, e);
+                    w[k] = ds[0] * (float)((int)((l0 & 0xF) | ((hb & 3) << 4)) - 32);
+                    w[8 + k] = ds[1] * (float)((int)((l1 & 0xF) | (((hb >> 2) & 3) << 4)) - 32);
+                    w[16 + k] = ds[2] * (float)((int)((l0 >> 4) | (((hb >> 4) & 3) << 4)) - 32);
+                    w[24 + k] = ds[3] * (float)((int)((l1 >> 4) | (((hb >> 6) & 3) << 4)) - 32);
+                }
+            }
+            return;
+        }
+        default:   // Q2_K Q3_K IQ4_XS: 8 elements through dq8
             if (ok) dq8(T, row, ug, w);
             return;
     }

@@ -32,7 +32,7 @@ if not E.build_info().get("metal_emu_counting"):
 
 import test_matmul as TM  # noqa: E402
 
-BOUND = {t: 1.3 for t in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K)}
+BOUND = {t: 1.3 for t in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)}
 BOUND |= {t: 1.1 for t in TM.FLOAT_TYPES}
 
 
