@@ -131,8 +131,8 @@ inline float dq1(int T, device const uchar* row, int e) {
     return 0.0f;
 }
 
-// Eight consecutive elements [8g, 8g+8). The formats on the decode hot path read their block
-// header once; the rest go through dq1.
+// Eight consecutive elements [8g, 8g+8): the block's scale(s) read once, then 8 quants (the
+// tiled matmul's weight loads, and the mat-vec's units of Q2_K, Q3_K and IQ4_XS).
 inline void dq8(int T, device const uchar* row, int g, thread float* w) {
     switch (T) {
         case KT_Q8_0: {
@@ -158,6 +158,65 @@ inline void dq8(int T, device const uchar* row, int g, thread float* w) {
             device const uchar* q = b + 4 + 8 * (s & 1);
             int shift = (s >> 1) * 4;
             for (int i = 0; i < 8; ++i) w[i] = (float)((q[i] >> shift) & 0xF) * d + m;
+            return;
+        }
+        // the 256-element formats: a group of 8 lies inside one scale's sub-block, so the scale
+        // is decoded once per group (the formulas of dq1)
+        case KT_Q4_K:
+        case KT_Q5_K: {
+            const int bytes = T == KT_Q4_K ? 144 : 176;
+            device const uchar* b = row + (g / 32) * bytes;
+            const int w0 = (8 * g) % 256, c = w0 / 64, l0 = w0 % 32, hi = (w0 % 64) >= 32 ? 1 : 0;
+            int sc, m;
+            scale_min_k4(2 * c + hi, b + 4, sc, m);
+            const float d1 = ldh(b) * (float)sc, o1 = ldh(b + 2) * (float)m;
+            device const uchar* q = b + (T == KT_Q4_K ? 16 : 48) + c * 32 + l0;
+            for (int i = 0; i < 8; ++i) {
+                int v = hi ? (q[i] >> 4) : (q[i] & 0xF);
+                if (T == KT_Q5_K) v += ((b[16 + l0 + i] >> (2 * c + hi)) & 1) ? 16 : 0;
+                w[i] = d1 * (float)v - o1;
+            }
+            return;
+        }
+        case KT_Q6_K: {
+            device const uchar* b = row + (g / 32) * 210;
+            const int w0 = (8 * g) % 256, hf = w0 / 128, r = w0 % 128, qd = r / 32, l0 = r % 32;
+            device const uchar* ql = b + hf * 64 + ((qd & 1) ? 32 : 0) + l0;
+            device const uchar* qh = b + 128 + hf * 32 + l0;
+            const float ds = ldh(b + 208) * (float)(as_type<char>(b[192 + hf * 8 + l0 / 16 + 2 * qd]));
+            for (int i = 0; i < 8; ++i) {
+                const int lo = (qd & 2) ? (ql[i] >> 4) : (ql[i] & 0xF);
+                w[i] = ds * (float)((lo | (((qh[i] >> (2 * qd)) & 3) << 4)) - 32);
+            }
+            return;
+        }
+        case KT_Q2_K: {
+            device const uchar* b = row + (g / 32) * 84;
+            const int w0 = (8 * g) % 256, h = w0 / 128, j = (w0 % 128) / 32, l0 = w0 % 32, sc = b[w0 / 16];
+            const float d1 = ldh(b + 80) * (float)(sc & 0xF), o1 = ldh(b + 82) * (float)(sc >> 4);
+            device const uchar* q = b + 16 + 32 * h + l0;
+            for (int i = 0; i < 8; ++i) w[i] = d1 * (float)((q[i] >> (2 * j)) & 3) - o1;
+            return;
+        }
+        case KT_Q3_K: {
+            device const uchar* b = row + (g / 32) * 110;
+            const int w0 = (8 * g) % 256, h = w0 / 128, j = (w0 % 128) / 32, l0 = w0 % 32;
+            const float d1 = ldh(b + 108) * (float)scale_q3k(w0 / 16, b + 96);
+            device const uchar* q = b + 32 + 32 * h + l0;
+            for (int i = 0; i < 8; ++i) {
+                const int v = ((q[i] >> (2 * j)) & 3) | (((b[l0 + i] >> (4 * h + j)) & 1) << 2);
+                w[i] = d1 * (float)(v - 4);
+            }
+            return;
+        }
+        case KT_IQ4_XS: {
+            device const uchar* b = row + (g / 32) * 136;
+            const int w0 = (8 * g) % 256, ib = w0 / 32, j0 = w0 % 32;
+            const int sh = (int)(*(device const ushort*)(b + 2));
+            const int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4);
+            const float d1 = ldh(b) * (float)(ls - 32);
+            device const uchar* q = b + 8 + 16 * ib + (j0 % 16);
+            for (int i = 0; i < 8; ++i) w[i] = d1 * (float)kvalues_iq4nl[j0 < 16 ? (q[i] & 0xF) : (q[i] >> 4)];
             return;
         }
         default:
