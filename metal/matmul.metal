@@ -14,10 +14,15 @@
 // (The CUDA device's kernel_matmul, warp for SIMD group, does the same per row; there the L1
 // cache keeps the activations.)
 //
-// kernel_matmul_mm_<t> (prefill, n_in % 32 == 0): a threadgroup computes a 32x32 tile of y
-// with simdgroup_float8x8 matrices; per K step every thread dequantizes one group of 8
-// weights and loads 8 activations into threadgroup memory, then each SIMD group multiplies
-// its 16x16 block as 2x2 8x8 tiles.
+// kernel_matmul_mm_<t> (prefill, n_in % 32 == 0): a threadgroup of 4 SIMD groups computes a
+// tile of MM_TN = 64 output rows x MM_TM = 32 tokens with simdgroup matrices. Per K step of 32
+// every thread dequantizes 16 weights (two groups of 8) into the weight tile and loads 8
+// activations into the activation tile; each SIMD group then multiplies its 32 rows x 16
+// tokens as 4 x 2 8x8 matrices, accumulating in float. The weight tile is half precision
+// (simdgroup_half8x8) for the block-quantized types and F16, whose dequantized values half
+// holds to its 11-bit precision (F16: exactly); F32 and BF16 weights, whose range half lacks,
+// stay float. The activations stay float (their range is the model's). Each weight row is read
+// once per 32 tokens, each activation once per 64 rows.
 #include <metal_stdlib>
 using namespace metal;
 #include "quants.h"
@@ -104,7 +109,7 @@ kernel void kernel_matmul(constant kargs_matmul& a [[buffer(0)]],
     }
 }
 
-template <int T>
+template <int T, typename WT>
 kernel void kernel_matmul_mm(constant kargs_matmul& a [[buffer(0)]],
                              device const uchar* W [[buffer(1)]],
                              device const float* x [[buffer(2)]],
@@ -113,42 +118,53 @@ kernel void kernel_matmul_mm(constant kargs_matmul& a [[buffer(0)]],
                              uint3 tgpig [[threadgroup_position_in_grid]],
                              ushort tiitg [[thread_index_in_threadgroup]],
                              ushort sgitg [[simdgroup_index_in_threadgroup]]) {
-    // sh holds sw[MM_TK][MM_TN] (the weight tile, transposed: k major) then sx[MM_TM][MM_TK]
-    threadgroup float* sw = sh;
-    threadgroup float* sx = sh + MM_TK * MM_TN;
+    // sh (MM_TG_BYTES) holds sw[MM_TK][MM_TN] (the weight tile in WT, transposed: k major), then
+    // sx[MM_TM][MM_TK] (the activations, float); at the end, the output tile [MM_TM][MM_TN] (float)
+    threadgroup WT* sw = (threadgroup WT*)sh;
+    threadgroup float* sx = sh + MM_TK * MM_TN * sizeof(WT) / sizeof(float);
     const int n0 = (int)tgpig.x * MM_TN, m0 = (int)tgpig.y * MM_TM;
-    const int r = tiitg / 4, gq = tiitg % 4;            // this thread's row in the tile, group of 8
-    const int sm = (sgitg / 2) * 16, sn = (sgitg % 2) * 16;   // this SIMD group's 16x16 block
+    const int wr = tiitg / 2, wk = (tiitg % 2) * 16;       // this thread's weight row, first k of its 16
+    const int xr = tiitg / 4, xk = (tiitg % 4) * 8;        // this thread's token, first k of its 8
+    const int sm = (sgitg / 2) * 16, sn = (sgitg % 2) * 32;   // this SIMD group's 16 tokens x 32 rows
 
-    simdgroup_float8x8 acc[4];
-    for (int i = 0; i < 4; ++i) acc[i] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    simdgroup_float8x8 acc[2][4];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 
     for (int k0 = 0; k0 < a.n_in; k0 += MM_TK) {
-        float w[8];
-        if (n0 + r < a.n_out) {
-            dq8(T, W + (ulong)(n0 + r) * a.row_bytes, k0 / 8 + gq, w);
+        float w[16];
+        if (n0 + wr < a.n_out) {
+            device const uchar* row = W + (ulong)(n0 + wr) * a.row_bytes;
+            dq8(T, row, (k0 + wk) / 8, w);
+            dq8(T, row, (k0 + wk) / 8 + 1, w + 8);
         } else {
-            for (int i = 0; i < 8; ++i) w[i] = 0.0f;
+            for (int i = 0; i < 16; ++i) w[i] = 0.0f;
         }
-        for (int i = 0; i < 8; ++i) sw[(gq * 8 + i) * MM_TN + r] = w[i];
-        const bool tok = m0 + r < a.n_tokens;
-        device const float* xp = x + (long)(m0 + r) * a.n_in + k0 + gq * 8;
-        for (int i = 0; i < 8; ++i) sx[r * MM_TK + gq * 8 + i] = tok ? xp[i] : 0.0f;
+        for (int i = 0; i < 16; ++i) sw[(wk + i) * MM_TN + wr] = (WT)w[i];
+        if (m0 + xr < a.n_tokens) {   // n_in % 32 == 0: 16-byte aligned
+            device const float4* xp = (device const float4*)(x + (long)(m0 + xr) * a.n_in + k0 + xk);
+            const float4 v0 = xp[0], v1 = xp[1];
+            for (int i = 0; i < 4; ++i) {
+                sx[xr * MM_TK + xk + i] = v0[i];
+                sx[xr * MM_TK + xk + 4 + i] = v1[i];
+            }
+        } else {
+            for (int i = 0; i < 8; ++i) sx[xr * MM_TK + xk + i] = 0.0f;
+        }
         threadgroup_barrier(mem_flags::mem_threadgroup);
         for (int kk = 0; kk < MM_TK; kk += 8) {
-            simdgroup_float8x8 ma[2], mb[2];
+            simdgroup_float8x8 ma[2];
+            simdgroup_matrix<WT, 8, 8> mb[4];
             for (int i = 0; i < 2; ++i) simdgroup_load(ma[i], sx + (sm + 8 * i) * MM_TK + kk, MM_TK);
-            for (int j = 0; j < 2; ++j) simdgroup_load(mb[j], sw + kk * MM_TN + sn + 8 * j, MM_TN);
+            for (int j = 0; j < 4; ++j) simdgroup_load(mb[j], sw + kk * MM_TN + sn + 8 * j, MM_TN);
             for (int i = 0; i < 2; ++i)
-                for (int j = 0; j < 2; ++j)
-                    simdgroup_multiply_accumulate(acc[2 * i + j], ma[i], mb[j], acc[2 * i + j]);
+                for (int j = 0; j < 4; ++j) simdgroup_multiply_accumulate(acc[i][j], ma[i], mb[j], acc[i][j]);
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
     }
-    // stage the 32x32 tile in threadgroup memory, then write the part inside y
+    // stage the output tile in threadgroup memory, then write the part inside y
     for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j)
-            simdgroup_store(acc[2 * i + j], sh + (sm + 8 * i) * MM_TN + sn + 8 * j, MM_TN);
+        for (int j = 0; j < 4; ++j) simdgroup_store(acc[i][j], sh + (sm + 8 * i) * MM_TN + sn + 8 * j, MM_TN);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (int e = tiitg; e < MM_TM * MM_TN; e += MM_THREADS) {
         const int m = e / MM_TN, nn = e % MM_TN;
@@ -172,18 +188,18 @@ template [[host_name("kernel_matmul_q2_k")]] kernel kernel_matmul_t kernel_matmu
 template [[host_name("kernel_matmul_q3_k")]] kernel kernel_matmul_t kernel_matmul<KT_Q3_K>;
 template [[host_name("kernel_matmul_iq4_xs")]] kernel kernel_matmul_t kernel_matmul<KT_IQ4_XS>;
 
-typedef decltype(kernel_matmul_mm<KT_F32>) kernel_matmul_mm_t;
-template [[host_name("kernel_matmul_mm_f32")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_F32>;
-template [[host_name("kernel_matmul_mm_f16")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_F16>;
-template [[host_name("kernel_matmul_mm_bf16")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_BF16>;
-template [[host_name("kernel_matmul_mm_q4_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_0>;
-template [[host_name("kernel_matmul_mm_q4_1")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_1>;
-template [[host_name("kernel_matmul_mm_q5_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_0>;
-template [[host_name("kernel_matmul_mm_q5_1")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_1>;
-template [[host_name("kernel_matmul_mm_q8_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q8_0>;
-template [[host_name("kernel_matmul_mm_q4_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_K>;
-template [[host_name("kernel_matmul_mm_q5_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_K>;
-template [[host_name("kernel_matmul_mm_q6_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q6_K>;
-template [[host_name("kernel_matmul_mm_q2_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q2_K>;
-template [[host_name("kernel_matmul_mm_q3_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q3_K>;
-template [[host_name("kernel_matmul_mm_iq4_xs")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_IQ4_XS>;
+typedef decltype(kernel_matmul_mm<KT_F32, float>) kernel_matmul_mm_t;
+template [[host_name("kernel_matmul_mm_f32")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_F32, float>;
+template [[host_name("kernel_matmul_mm_f16")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_F16, half>;
+template [[host_name("kernel_matmul_mm_bf16")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_BF16, float>;
+template [[host_name("kernel_matmul_mm_q4_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_0, half>;
+template [[host_name("kernel_matmul_mm_q4_1")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_1, half>;
+template [[host_name("kernel_matmul_mm_q5_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_0, half>;
+template [[host_name("kernel_matmul_mm_q5_1")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_1, half>;
+template [[host_name("kernel_matmul_mm_q8_0")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q8_0, half>;
+template [[host_name("kernel_matmul_mm_q4_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q4_K, half>;
+template [[host_name("kernel_matmul_mm_q5_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q5_K, half>;
+template [[host_name("kernel_matmul_mm_q6_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q6_K, half>;
+template [[host_name("kernel_matmul_mm_q2_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q2_K, half>;
+template [[host_name("kernel_matmul_mm_q3_k")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_Q3_K, half>;
+template [[host_name("kernel_matmul_mm_iq4_xs")]] kernel kernel_matmul_mm_t kernel_matmul_mm<KT_IQ4_XS, half>;

@@ -15,7 +15,7 @@ Contents:
   * every stage test of tests/test_stages.py (same inputs, poisoning, guard rows, tolerances)
     on metal-emu, except rope, whose tolerance is 1e-7 here: Metal has no double, the angle is
     float (as in ggml's kernels), off by ~1e-4 rad at position 1000;
-  * mat-vec and tiled (simdgroup_float8x8) matmul for every weight type against gguf's
+  * mat-vec and tiled (simdgroup matrices) matmul for every weight type against gguf's
     dequantization; embed for every weight type;
   * the plan: hazards found by the planner (barriers), one command buffer per token,
     no allocation per token; a whole cut SmolLM2 run against the CPU device;
@@ -92,7 +92,7 @@ import test_matmul as TM  # noqa: E402
 @pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
 def test_matmul_all_types(schedule, wtype):
     """M = 1, 3 (mat-vec kernel_matmul_<t>), 17, 40 (tiled kernel_matmul_mm_<t>, with a partial
-    tile); K with odd block counts; N = 35 (a partial tile of 32 rows). Longer rows for the
+    tile); K with odd block counts; N = 35 (a partial tile of 32 and of 64 rows). Longer rows for the
     mat-vec, M = 1 and 8: K = 1280 (block types), 1030 and 1100 (float types: K % 4 != 0, and
     K % 8 != 0), so that 8 tokens' activations take 3 chunks of threadgroup memory."""
     dev = emu_device(schedule)
@@ -119,8 +119,11 @@ def test_matmul_all_types(schedule, wtype):
         assert np.isfinite(y).all(), f"{wtype.name} {schedule} M={M} K={K}: unwritten or non-finite outputs"
         ref = x.astype(np.float64) @ ref_w.T
         err = TM.nmse(y, ref)
-        # no activation quantization here: float32 dot products of exact weights
-        assert err <= 1e-10, f"{wtype.name} {schedule} M={M} K={K} N={N}: NMSE {err:.2e}"
+        # no activation quantization here: float32 dot products of exact weights, except in the
+        # tiled kernel (M > 8), whose weight tile is half precision for the block types: each
+        # weight rounded to 11 bits, NMSE ~ 2^-22 / 3 ~ 8e-8 (F16 exact, F32 and BF16 stay float)
+        tol = 1e-6 if M > 8 and wtype not in (T.F32, T.BF16, T.F16) else 1e-10
+        assert err <= tol, f"{wtype.name} {schedule} M={M} K={K} N={N}: NMSE {err:.2e} > {tol:.0e}"
 
 
 @pytest.mark.parametrize("wtype", TM.ALL_TYPES, ids=lambda t: t.name)
