@@ -416,7 +416,10 @@ inline void mv_dq(device const uchar* row, int ug, bool ok, ushort lane, thread 
             half dv = (half)0.0f;
             if (ok && li < 2) {
                 device const ushort* s = (device const ushort*)(b + 192 + 8 * li);
-                sv = ushort4(s[0], s[1], s[2], s[3]);
+                sv.x = s[0];
+                sv.y = s[1];
+                sv.z = s[2];
+                sv.w = s[3];
             }
             if (ok && li == 0) dv = *(device const half*)(b + 208);
             sv = simd_shuffle(sv, first + hf);
