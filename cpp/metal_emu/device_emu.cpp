@@ -77,16 +77,18 @@ struct EmuDevice final : metal::PlannedDevice {
         l.fn = emu::find_kernel(d.kernel);
         l.name = d.kernel;
         if (!l.fn) throw Error(std::string("metal-emu: no kernel named ") + d.kernel + " (have: " + emu::kernel_names() + ")");
-        l.label = d.stage;
         l.buf[0] = (void*)d.args;
+        for (int i = 1; i < d.n_bufs; ++i)
+            l.buf[i] = d.bufs[i].buf ? (char*)d.bufs[i].buf->host + d.bufs[i].offset : nullptr;
+        for (int k = 0; k < 3; ++k) { l.grid[k] = d.grid[k]; l.tg[k] = d.tg[k]; }
+        l.tg_mem[0] = d.tg_mem;
+        // what counting mode classifies accesses by, and the record's label
+        l.label = d.stage;
         l.buf_bytes[0] = d.args_bytes;
         for (int i = 1; i < d.n_bufs; ++i) {
             const metal::BufferBinding& b = d.bufs[i];
-            l.buf[i] = b.buf ? (char*)b.buf->host + b.offset : nullptr;
             l.buf_bytes[i] = b.buf && b.buf->bytes > b.offset ? b.buf->bytes - b.offset : 0;
         }
-        for (int k = 0; k < 3; ++k) { l.grid[k] = d.grid[k]; l.tg[k] = d.tg[k]; }
-        l.tg_mem[0] = d.tg_mem;
         try {
             emu::run(l, sched);
         } catch (const std::runtime_error& e) {
