@@ -229,9 +229,10 @@ Traffic g_traffic;                        // the running dispatch's totals (unde
 std::mutex g_traffic_mu;
 std::vector<TrafficRecord> g_records;     // under count_mu
 
-// The runner whose fibers are running a counted dispatch on this OS thread, or null: code of
-// the counted build running anywhere else (static initialisers, the scheduler's resolve
-// functions) counts nothing. Initial-exec TLS: one register-relative load, no call.
+// The runner running a counted dispatch on this OS thread, or null: the counted build's code
+// run at any other time (its static initialisers) counts nothing. The scheduler's resolve
+// functions run while it is set, but touch only the fibers' slots, which lie in no counted
+// range. Initial-exec TLS: one register-relative load, no call.
 #if defined(__ELF__)
 __attribute__((tls_model("initial-exec")))
 #endif
