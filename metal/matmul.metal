@@ -30,8 +30,8 @@ using namespace metal;
 
 // One staged chunk [k0, k0 + kn) of K: the SIMD group's rows n0 .. n0 + MV_R, units of U
 // elements (U = MV_U(T), or 1 for float rows with K % 8 != 0). xs holds the mc tokens' chunks,
-// kn floats each.
-template <int T, int U>
+// kn floats each; acc the MV_R x MT sums (MT = 1 at decode: 8 accumulators, not 64).
+template <int T, int U, int MT>
 inline void mv_chunk(constant kargs_matmul& a, device const uchar* W, threadgroup const float* xs, int k0, int kn,
                      int n0, int mc, ushort tiisg, thread float* acc) {
     const int nu = kn / U;
@@ -48,38 +48,30 @@ inline void mv_chunk(constant kargs_matmul& a, device const uchar* W, threadgrou
             if (!ok) continue;
             float s = 0.0f;
             for (int i = 0; i < U; ++i) s += w[i] * xr[i];
-            acc[r * MV_MT] += s;
-            for (int m = 1; m < mc; ++m) {
+            acc[r * MT] += s;
+            for (int m = 1; m < min(mc, MT); ++m) {
                 threadgroup const float* xm = xs + m * kn - k0;
                 float t = 0.0f;
                 for (int i = 0; i < U; ++i) t += w[i] * xm[mv_elem(T, U, ug, i)];
-                acc[r * MV_MT + m] += t;
+                acc[r * MT + m] += t;
             }
         }
     }
 }
 
-template <int T>
-kernel void kernel_matmul(constant kargs_matmul& a [[buffer(0)]],
-                          device const uchar* W [[buffer(1)]],
-                          device const float* x [[buffer(2)]],
-                          device float* y [[buffer(3)]],
-                          uint3 tgpig [[threadgroup_position_in_grid]],
-                          ushort tiitg [[thread_index_in_threadgroup]],
-                          ushort tiisg [[thread_index_in_simdgroup]],
-                          ushort sgitg [[simdgroup_index_in_threadgroup]]) {
-    threadgroup float4 xs4[MV_XS / 4];
+// The SIMD group's MV_R rows for tokens m0 .. m0 + mc (mc <= MT): stage each K chunk of the
+// tokens' activations (the whole threadgroup), run it, reduce each sum once.
+template <int T, int MT>
+inline void mv_rows(constant kargs_matmul& a, device const uchar* W, device const float* x, device float* y,
+                    threadgroup float4* xs4, int n0, int m0, int mc, ushort tiitg, ushort tiisg) {
     threadgroup float* xs = (threadgroup float*)xs4;
-    const int n0 = (int)tgpig.x * MV_ROWS + (int)sgitg * MV_R;
-    const int m0 = (int)tgpig.y * MV_MT;
-    const int mc = min(MV_MT, a.n_tokens - m0);
     const int K = a.n_in;
     // units of MV_U(T) elements; float rows of odd length go one element per unit
     const bool single = MV_FLOAT(T) && K % 8 != 0;
     const int span = single ? 4 : MV_SPAN(T);
     const int kc = max(span, (MV_XS / mc) / span * span);   // a chunk: a multiple of the span
-    float acc[MV_R * MV_MT];
-    for (int i = 0; i < MV_R * MV_MT; ++i) acc[i] = 0.0f;
+    float acc[MV_R * MT];
+    for (int i = 0; i < MV_R * MT; ++i) acc[i] = 0.0f;
     for (int k0 = 0; k0 < K; k0 += kc) {
         const int kn = min(kc, K - k0);
         if (k0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the previous chunk is used up
@@ -96,17 +88,34 @@ kernel void kernel_matmul(constant kargs_matmul& a [[buffer(0)]],
             }
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
-        if (single) mv_chunk<T, 1>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
-        else mv_chunk<T, MV_U(T)>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
+        if (single) mv_chunk<T, 1, MT>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
+        else mv_chunk<T, MV_U(T), MT>(a, W, xs, k0, kn, n0, mc, tiisg, acc);
     }
     // rows and mc are uniform over the SIMD group, so every lane makes the same simd_sum calls
     for (int r = 0; r < MV_R; ++r) {
         if (n0 + r >= a.n_out) break;
-        for (int m = 0; m < mc; ++m) {
-            const float s = simd_sum(acc[r * MV_MT + m]);
+        for (int m = 0; m < min(mc, MT); ++m) {
+            const float s = simd_sum(acc[r * MT + m]);
             if (tiisg == 0) y[(long)(m0 + m) * a.n_out + n0 + r] = s;
         }
     }
+}
+
+template <int T>
+kernel void kernel_matmul(constant kargs_matmul& a [[buffer(0)]],
+                          device const uchar* W [[buffer(1)]],
+                          device const float* x [[buffer(2)]],
+                          device float* y [[buffer(3)]],
+                          uint3 tgpig [[threadgroup_position_in_grid]],
+                          ushort tiitg [[thread_index_in_threadgroup]],
+                          ushort tiisg [[thread_index_in_simdgroup]],
+                          ushort sgitg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float4 xs4[MV_XS / 4];
+    const int n0 = (int)tgpig.x * MV_ROWS + (int)sgitg * MV_R;
+    const int m0 = (int)tgpig.y * MV_MT;
+    const int mc = min(MV_MT, a.n_tokens - m0);   // uniform over the threadgroup
+    if (mc == 1) mv_rows<T, 1>(a, W, x, y, xs4, n0, m0, mc, tiitg, tiisg);   // decode
+    else mv_rows<T, MV_MT>(a, W, x, y, xs4, n0, m0, mc, tiitg, tiisg);
 }
 
 template <int T, typename WT>
