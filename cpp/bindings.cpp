@@ -77,7 +77,7 @@ static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
         nb::dict d;
         d["kernel"] = descs[i].kernel; d["first"] = x.first; d["count"] = x.count; d["fusion"] = descs[i].fusion;
         d["grid"] = nb::make_tuple(x.grid[0], x.grid[1], x.grid[2]); d["block"] = x.block; d["smem"] = x.smem;
-        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd;
+        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd; d["nks"] = x.nks;
         launches.append(d);
     }
     nb::dict out;
