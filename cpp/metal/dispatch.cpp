@@ -212,10 +212,10 @@ void Planner::plan(const Command& c, Buffer* scratch, const kstep* step, std::ve
                 d.kernel = mm_kernel(a.wtype);
                 d.grid[0] = groups(a.n_out, MM_TN); d.grid[1] = groups(a.n_tokens, MM_TM);
                 d.tg[0] = MM_THREADS;
-                d.tg_mem = (MM_TK * MM_TN + MM_TM * MM_TK) * sizeof(float);
-            } else {                                             // decode: one SIMD group per row
+                d.tg_mem = MM_TG_BYTES;
+            } else {                                             // decode: MV_ROWS rows a threadgroup
                 d.kernel = matvec_kernel(a.wtype);
-                d.grid[0] = groups(a.n_out, MV_SG); d.grid[1] = groups(a.n_tokens, MV_MT);
+                d.grid[0] = groups(a.n_out, MV_ROWS); d.grid[1] = groups(a.n_tokens, MV_MT);
                 d.tg[0] = MV_SG * 32;
             }
             break;

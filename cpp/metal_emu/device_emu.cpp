@@ -91,6 +91,13 @@ struct EmuDevice final : metal::PlannedDevice {
             l.buf[i] = d.bufs[i].buf ? (char*)d.bufs[i].buf->host + d.bufs[i].offset : nullptr;
         for (int k = 0; k < 3; ++k) { l.grid[k] = d.grid[k]; l.tg[k] = d.tg[k]; }
         l.tg_mem[0] = d.tg_mem;
+        // what counting mode classifies accesses by, and the record's label
+        l.label = d.stage;
+        l.buf_bytes[0] = d.args_bytes;
+        for (int i = 1; i < d.n_bufs; ++i) {
+            const metal::BufferBinding& b = d.bufs[i];
+            l.buf_bytes[i] = b.buf && b.buf->bytes > b.offset ? b.buf->bytes - b.offset : 0;
+        }
         try {
             emu::run(l, sched);
         } catch (const std::runtime_error& e) {
@@ -123,14 +130,19 @@ void metal_counters(Device& d, uint64_t out[7]) {
 }
 
 // Runs one kernel by name on raw host memory (the emulator's self-tests).
-void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
+void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs,
+                          const std::vector<uint64_t>& sizes, const void* args, uint32_t args_bytes,
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule) {
     emu::Launch l;
     l.fn = emu::find_kernel(name.c_str());
     l.name = name.c_str();
     if (!l.fn) throw Error("metal-emu: no kernel named " + name);
     l.buf[0] = (void*)args;
-    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) l.buf[i + 1] = bufs[i];
+    l.buf_bytes[0] = args_bytes;
+    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) {
+        l.buf[i + 1] = bufs[i];
+        l.buf_bytes[i + 1] = sizes[i];
+    }
     for (int k = 0; k < 3; ++k) { l.grid[k] = grid[k]; l.tg[k] = tg[k]; }
     l.tg_mem[0] = tg_mem;
     try {

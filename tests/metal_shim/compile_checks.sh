@@ -59,11 +59,11 @@ must_fail() {
   fi
   echo "compile check: $what is rejected: ok"
 }
-sed 's/threadgroup float\* sw = sh;/threadgroup float* sw = y;/' metal/matmul.metal > "$tmp/matmul_device.metal"
+sed 's/threadgroup float\* sx = sh + .*;/threadgroup float* sx = y;/' metal/matmul.metal > "$tmp/matmul_device.metal"
 must_fail "a device pointer where a threadgroup pointer goes" \
   "cannot initialize a variable of type 'threadgroup float *' with an lvalue of type 'device float *'" \
   "$tmp/matmul_device.metal"
-sed 's/threadgroup float\* sw = sh;/threadgroup float* sw = (threadgroup float*)y;/' metal/matmul.metal > "$tmp/matmul_cast.metal"
+sed 's/threadgroup float\* sx = sh + .*;/threadgroup float* sx = (threadgroup float*)y;/' metal/matmul.metal > "$tmp/matmul_cast.metal"
 must_fail "a cast from device to threadgroup" "a cast to 'threadgroup float *' from another address space" \
   "$tmp/matmul_cast.metal"
 sed 's/kernel_rmsnorm_f32/kernel_rmsnorm_f3/' "$tmp/metal_source.inc" > "$tmp/renamed.inc"
