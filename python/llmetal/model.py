@@ -514,7 +514,7 @@ class Model:
             plan = self._step_plan(T, R)
             self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
             out = self.full["logits"].rows(0, R).to_numpy()
-        out = np.array(out[R - len(want):])   # a copy: the next step reuses the buffer
+        out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
         if not np.isfinite(out).all():
             raise NonFiniteError("the logits of a step of several sequences are not finite "
                                  "(run the sequences alone, or step(eager=True), to name the stage)")
