@@ -346,21 +346,23 @@ struct CpuDevice final : Device {
         };
         pool.run(f);
     }
+    // the SIMD row kernel of the level (glu_kernel), else the scalar act per element
     template <class Act>
-    void glu(const kargs_glu& a, Binding g, Binding u, Binding out, Act act) {
+    void glu(const kargs_glu& a, Binding g, Binding u, Binding out, GluRow simd, Act act) {
         const float* pg = g.ptr<float>(); const float* pu = u.ptr<float>(); float* po = out.ptr<float>();
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split((int64_t)a.n_tokens * a.n_ff, ith, nth, &b, &e);
-            for (int64_t i = b; i < e; ++i) po[i] = act(pg[i]) * pu[i];
+            if (simd) simd(pg + b, pu + b, po + b, e - b);
+            else for (int64_t i = b; i < e; ++i) po[i] = act(pg[i]) * pu[i];
         };
         pool.run(f);
     }
     void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        glu(a, g, u, out, [](float v) { return v / (1.0f + std::exp(-v)); });
+        glu(a, g, u, out, glu_kernel(false), [](float v) { return v / (1.0f + std::exp(-v)); });
     }
     void geglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        glu(a, g, u, out, [](float v) {
+        glu(a, g, u, out, glu_kernel(true), [](float v) {
             const float c = 0.7978845608028654f;  // sqrt(2/pi)
             return 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
         });

@@ -100,6 +100,14 @@ AttnWeights attention_weights_kernel(const kargs_attention& a) {
     return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
 }
 
+GluRow glu_kernel(bool gelu) {
+    switch (active_simd()) {
+        case Simd::avx2: return glu_avx2(gelu);
+        case Simd::avx512: return glu_avx512(gelu);
+        default: return nullptr;   // scalar; NEON has no GLU kernel yet
+    }
+}
+
 RowDot matmul_kernel(int t, Simd level) {
     RowDot k = nullptr;
     switch (level) {

@@ -35,6 +35,9 @@ AttnGroup attention_kernel(const kargs_attention& a);
 // attention_kernel is: the attention_probs stage then uses attention_weights_row.
 AttnWeights attention_weights_kernel(const kargs_attention& a);
 
+// The SIMD GLU row kernel (gelu_tanh or silu, quants.h) of the active level, or null (scalar).
+GluRow glu_kernel(bool gelu);
+
 // Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
 // the weight type and the active SIMD level, and quantizes the activations into the
 // device's scratch) and run (each thread computes its share of the output rows).

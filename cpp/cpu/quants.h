@@ -105,6 +105,12 @@ using AttnWeights = int (*)(const kargs_attention& a, const float* q, int nq, co
 AttnWeights attn_weights_avx2();
 AttnWeights attn_weights_avx512();
 
+// out[i] = act(g[i]) * u[i] for i < n: act = gelu_tanh (gelu true) or silu. Null where a
+// level has none (the device then runs its scalar loop).
+using GluRow = void (*)(const float* g, const float* u, float* out, int64_t n);
+GluRow glu_avx2(bool gelu);     // AVX2 + FMA
+GluRow glu_avx512(bool gelu);   // the same code compiled for the AVX-512 level
+
 // ---- shared block helpers (plain C, usable from every level) -------------------------
 // Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:
 // bytes 0-3 low 6 bits = sc[0..3], bytes 4-7 low 6 bits = m[0..3], bytes 8-11 nibbles =

@@ -33,12 +33,14 @@ namespace avx512 {
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
 RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnGroup attn_group_avx512() { return avx512::attn_group; }
+GluRow glu_avx512(bool gelu) { return gelu ? avx512::glu_row<true> : avx512::glu_row<false>; }
 AttnWeights attn_weights_avx512() { return avx512::attn_weights; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
 RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnGroup attn_group_avx512() { return nullptr; }
+GluRow glu_avx512(bool) { return nullptr; }
 AttnWeights attn_weights_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 #endif

@@ -780,4 +780,40 @@ static TGT void attn_group(const kargs_attention& a, const float* q, float* out,
     }
 }
 
+
+// ---- GLU activations: out = act(gate) * up -----------------------------------------------
+// Both activations through one sigmoid, which exp_neg8 gives without overflow:
+//   silu(v) = v * sigmoid(v);  gelu_tanh(v) = 0.5 v (1 + tanh(z)) = v * sigmoid(2 z),
+//   z = sqrt(2/pi) (v + 0.044715 v^3);
+//   sigmoid(t) = 1 / (1 + e) for t >= 0 and e / (1 + e) for t < 0, e = exp(-|t|) <= 1.
+// (The sigmoid form also avoids 1 + tanh(z) cancelling for large negative v.) A NaN gate
+// gives NaN.
+static inline TGT __m256 sigmoid8(__m256 t) {
+    const __m256 e = exp_neg8(_mm256_or_ps(t, _mm256_set1_ps(-0.0f)));   // -|t|
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 num = _mm256_blendv_ps(e, one, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ));
+    return _mm256_div_ps(num, _mm256_add_ps(one, e));
+}
+
+template <bool Gelu>
+static TGT void glu_row(const float* g, const float* u, float* out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(g + i);
+        __m256 t = v;
+        if (Gelu) {   // 2 z = v * (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 v^2)
+            const __m256 c1 = _mm256_set1_ps(2 * 0.7978845608028654f);
+            const __m256 c3 = _mm256_set1_ps(2 * 0.7978845608028654f * 0.044715f);
+            t = _mm256_mul_ps(v, _mm256_fmadd_ps(c3, _mm256_mul_ps(v, v), c1));
+        }
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(v, sigmoid8(t)), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; ++i) {
+        const float v = g[i];
+        const float t = Gelu ? 2 * 0.7978845608028654f * (v + 0.044715f * v * v * v) : v;
+        const float e = std::exp(-std::fabs(t));
+        out[i] = v * ((t >= 0 ? 1.0f : e) / (1.0f + e)) * u[i];
+    }
+}
+
 #undef TGT
