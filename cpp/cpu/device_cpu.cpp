@@ -209,7 +209,7 @@ struct CpuDevice final : Device {
             counters[i].next.store(b, std::memory_order_relaxed);
         }
         auto f = [&](int ith, int nth) {
-            matmul_run(job, ith, nth, tmp(ith, (size_t)a.n_in + 64));
+            matmul_run(job, ith, nth, tmp(ith, (matmul_tmp_bytes(job) + 3) / 4));
         };
         pool.run(f);
     }

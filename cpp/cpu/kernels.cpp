@@ -128,6 +128,10 @@ RowDot16 matmul_kernel16(const kargs_matmul& a) {
     return rowdot16_q8_0_avx512();
 }
 
+const Rows16Level* rows16_level() {
+    return active_simd() == Simd::avx512 && features().avx512vnni ? rows16_avx512() : nullptr;
+}
+
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch, const uint8_t* Wr) {
     const int fmt = act_format(a.wtype);  // throws for unsupported types
@@ -143,12 +147,18 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
     if (fmt != 0) {
         // Quantize every activation row once; all output rows (all threads) share them.
         j.xq_stride = act_row_bytes(fmt, a.n_in);
+        int offset = 0;   // the activation blocks' -offset * sum(qs) go to xc
         if (Wr) {
             j.Wr = Wr;
             j.dot16 = matmul_kernel16(a);
             if (!j.dot16) throw Error("matmul: repacked weights given where no 16-row kernel applies");
-            j.xc_stride = (size_t)a.n_in / 32;
+            offset = 128;   // the repacked weights are q + 128
+        } else if ((j.r16 = rows16_level()) != nullptr && (j.rows16 = j.r16->for_type(a.wtype)) != nullptr) {
+            offset = j.r16->offset(a.wtype);
+        } else {
+            j.r16 = nullptr;
         }
+        j.xc_stride = offset ? (size_t)a.n_in / 32 : 0;
         const size_t xq_bytes = (j.xq_stride * a.n_tokens + 63) & ~size_t(63);
         size_t need = xq_bytes + j.xc_stride * a.n_tokens * sizeof(int32_t) + 64;
         if (scratch->size() < need) scratch->resize(need);
@@ -159,12 +169,12 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
                 const float* xr = x + (int64_t)t * a.n_in;
                 if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
                 else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
-                if (Wr) {   // the repacked weights are q + 128: the blocks' -128 * sum(qs)
+                if (offset) {
                     const BlockQ8* xb = (const BlockQ8*)(base + t * j.xq_stride);
                     for (size_t b = 0; b < j.xc_stride; ++b) {
                         int sum = 0;
                         for (int i = 0; i < 32; ++i) sum += xb[b].qs[i];
-                        xc[t * j.xc_stride + b] = -128 * sum;
+                        xc[t * j.xc_stride + b] = -offset * sum;
                     }
                 }
             }
@@ -179,7 +189,11 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
     return j;
 }
 
-void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
+size_t matmul_tmp_bytes(const MatmulJob& j) {
+    return std::max((size_t)j.a.n_in * sizeof(float) + 256, j.r16 ? j.r16->scratch_bytes(j.a.n_tokens) + 64 : 0);
+}
+
+void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
     const int M = j.a.n_tokens, K = j.a.n_in, N = j.a.n_out;
     // For each weight row, sweep the tokens 4 at a time: the row (a few KB) stays in L1
     // while every token reads it, and the kernel unpacks each weight block once per 4 tokens.
@@ -194,6 +208,12 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
                             std::min(4, M - t), j.y + (int64_t)t * N + n, N);
             }
             return;
+        }
+        if (j.rows16) {   // groups of 16 rows, every token
+            const int n_end = n0 + (n1 - n0) / 16 * 16;
+            const Rows16Args g{j.W, j.a.row_bytes, K, N, M, j.xq, j.xq_stride, j.xc, j.xc_stride, j.y};
+            if (n_end > n0) j.rows16(g, n0, n_end, (uint8_t*)tmp);
+            n = n_end;
         }
         if (j.dot2) {   // pairs of rows: each activation block loaded once for both
             for (; n + 2 <= n1; n += 2) {

@@ -62,7 +62,14 @@ struct MatmulJob {
     RowDot16 dot16 = nullptr;
     const int32_t* xc = nullptr;
     size_t xc_stride = 0;
+    // 16 rows per vector (quants.h, Rows16): when set, groups of 16 rows go through rows16
+    // (xc then holds -o * sum(qs) per activation block where the type has an offset o), the
+    // last n_out % 16 rows through dot2 / dot; each thread's tmp holds matmul_tmp_bytes.
+    Rows16 rows16 = nullptr;
+    const Rows16Level* r16 = nullptr;
 };
+// The 16-rows-per-vector kernels of the active SIMD level, or null (only AVX-512 VNNI has them).
+const Rows16Level* rows16_level();
 // The 16-row repacked kernel for a matmul, or null where it does not apply: Q8_0 weights,
 // n_out a multiple of 16, at the AVX-512 level on a CPU with AVX512_VNNI.
 RowDot16 matmul_kernel16(const kargs_matmul& a);
@@ -73,7 +80,9 @@ void matmul_share(int n_out, int ith, int nth, int* b, int* e);
 // Wr: the weights repacked for matmul_kernel16 (null: use W as it is).
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch, const uint8_t* Wr = nullptr);
+// tmp: per-thread scratch of matmul_tmp_bytes(job) bytes.
 void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);
+size_t matmul_tmp_bytes(const MatmulJob& job);
 // The row kernel matmul uses for a weight type at a SIMD level (throws if there is none).
 RowDot matmul_kernel(int ktype, Simd level);
 
