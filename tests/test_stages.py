@@ -616,3 +616,8 @@ def test_glu(device, simd, request, op, T, n_ff):
     getattr(encoder(device), op)(rig["g"], rig["u"], rig["out"])
     got = rig.out("out", seed, op)
     check(op, got, getattr(R, op)(g, u), seed, f"[{T},{n_ff}] simd={simd}")
+    # a token's bits do not depend on the batch it is in (Model.step): each row on its own
+    for t in range(T):
+        one = Rig(device, {"g": g[t:t + 1], "u": u[t:t + 1]}, {"out": (F32, (1, n_ff))})
+        getattr(encoder(device), op)(one["g"], one["u"], one["out"])
+        assert np.array_equal(one.out("out", seed, op), got[t:t + 1]), f"{op} row {t} alone differs {where(seed)}"

@@ -848,23 +848,28 @@ static inline TGT __m256 sigmoid8(__m256 t) {
 }
 
 template <bool Gelu>
+static inline TGT __m256 glu8(__m256 v, __m256 u) {
+    __m256 t = v;
+    if (Gelu) {   // 2 z = v * (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 v^2)
+        const __m256 c1 = _mm256_set1_ps(2 * 0.7978845608028654f);
+        const __m256 c3 = _mm256_set1_ps(2 * 0.7978845608028654f * 0.044715f);
+        t = _mm256_mul_ps(v, _mm256_fmadd_ps(c3, _mm256_mul_ps(v, v), c1));
+    }
+    return _mm256_mul_ps(_mm256_mul_ps(v, sigmoid8(t)), u);
+}
+
+// Every element through the same vector code (the last few padded), so a value's result
+// does not depend on where a thread's range starts (a token's bits are the same in any batch).
+template <bool Gelu>
 static TGT void glu_row(const float* g, const float* u, float* out, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 v = _mm256_loadu_ps(g + i);
-        __m256 t = v;
-        if (Gelu) {   // 2 z = v * (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 v^2)
-            const __m256 c1 = _mm256_set1_ps(2 * 0.7978845608028654f);
-            const __m256 c3 = _mm256_set1_ps(2 * 0.7978845608028654f * 0.044715f);
-            t = _mm256_mul_ps(v, _mm256_fmadd_ps(c3, _mm256_mul_ps(v, v), c1));
-        }
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(v, sigmoid8(t)), _mm256_loadu_ps(u + i)));
-    }
-    for (; i < n; ++i) {
-        const float v = g[i];
-        const float t = Gelu ? 2 * 0.7978845608028654f * (v + 0.044715f * v * v * v) : v;
-        const float e = std::exp(-std::fabs(t));
-        out[i] = v * ((t >= 0 ? 1.0f : e) / (1.0f + e)) * u[i];
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, glu8<Gelu>(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) {
+        alignas(32) float gt[8] = {0}, ut[8] = {0}, ot[8];
+        std::memcpy(gt, g + i, (n - i) * sizeof(float));
+        std::memcpy(ut, u + i, (n - i) * sizeof(float));
+        _mm256_store_ps(ot, glu8<Gelu>(_mm256_load_ps(gt), _mm256_load_ps(ut)));
+        std::memcpy(out + i, ot, (n - i) * sizeof(float));
     }
 }
 
