@@ -215,15 +215,62 @@ struct CpuDevice final : Device {
     }
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override { matmul(a, W, x, y); }
 
+    // ---- rope tables, kept per configuration -------------------------------------------
+    // The table of a position (rope_table: a pow, a cos and a sin per angle, in double) is the
+    // same for every layer and for Q and K: computed once per position and configuration and
+    // kept (n_rot floats a position, grown to the largest position seen, like the scratch).
+    // A position's table is always computed the same way, whatever batch it first came in.
+    // Positions from kRopeCacheMax on (far past today's contexts) are computed per token.
+    static constexpr int kRopeCacheMax = 1 << 20;
+    struct RopeCache {
+        float base, scale;
+        int n_rot;
+        const float* factors;
+        std::vector<float> tab;   // [positions, n_rot]
+    };
+    std::vector<RopeCache> rope_caches;
+
+    const float* rope_tables(const kargs_rope& a, const float* ff, int max_pos) {
+        RopeCache* c = nullptr;
+        for (auto& r : rope_caches)
+            if (r.base == a.freq_base && r.scale == a.freq_scale && r.n_rot == a.n_rot && r.factors == ff) c = &r;
+        if (!c) {
+            rope_caches.push_back(RopeCache{a.freq_base, a.freq_scale, a.n_rot, ff, {}});
+            c = &rope_caches.back();
+        }
+        const int have = (int)(c->tab.size() / a.n_rot);
+        if (max_pos >= have) {
+            const int want = std::max(max_pos + 1, 2 * have);
+            c->tab.resize((size_t)want * a.n_rot);
+            float* tab = c->tab.data();
+            auto f = [&](int ith, int nth) {
+                int64_t b, e;
+                split(want - have, ith, nth, &b, &e);
+                for (int64_t p = have + b; p < have + e; ++p) rope_table(a, (int)p, ff, tab + p * a.n_rot);
+            };
+            pool.run(f);
+        }
+        return c->tab.data();
+    }
+
     void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override {
         const kstep* s = step.ptr<kstep>();
         const float* ff = factors ? factors.ptr<float>() : nullptr;
+        int max_pos = 0;
+        for (int t = 0; t < a.n_tokens; ++t) {
+            const int p = KSTEP_POS(s, a.by_row, t);
+            if (p < 0) throw Error("rope: position " + std::to_string(p) + " < 0");
+            max_pos = std::max(max_pos, p);
+        }
+        const float* tab = max_pos < kRopeCacheMax ? rope_tables(a, ff, max_pos) : nullptr;
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split(a.n_tokens, ith, nth, &b, &e);
-            float* cs = tmp(ith, (size_t)a.n_rot + 16);
+            float* own = tab ? nullptr : tmp(ith, (size_t)a.n_rot + 16);
             for (int64_t t = b; t < e; ++t) {
-                rope_table(a, KSTEP_POS(s, a.by_row, (int)t), ff, cs);   // one table per token, shared by its heads
+                const int pos = KSTEP_POS(s, a.by_row, (int)t);
+                const float* cs = own ? own : tab + (int64_t)pos * a.n_rot;   // shared by the token's heads
+                if (own) rope_table(a, pos, ff, own);
                 for (int h = 0; h < a.n_heads; ++h)
                     rope_apply(x.ptr<float>() + (t * a.n_heads + h) * a.head_dim, a, cs);
             }

@@ -46,6 +46,9 @@ void rope_apply(float* x, const kargs_rope& a, const float* cs) {
 }
 
 void f32_to_f16_row(const float* x, uint16_t* y, int n) {
+    // F16C at the x86 levels (both imply it), else the portable conversion
+    static const F16Row simd = f16_row_f16c();
+    if (simd && (active_simd() == Simd::avx2 || active_simd() == Simd::avx512)) return simd(x, y, n);
     for (int i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 

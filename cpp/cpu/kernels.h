@@ -15,7 +15,8 @@ class ThreadPool;
 
 void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps);
 // RoPE in two steps: the cos / sin table of one position (n_rot floats: cos of the n_rot/2
-// angles, then their sin), computed once per token, then applied to each head's row.
+// angles, then their sin), then applied to each head's row. The CPU device keeps the tables
+// of the positions it has seen (one set per rope configuration), so all layers share them.
 void rope_table(const kargs_rope& a, int pos, const float* factors, float* cs);
 void rope_apply(float* x, const kargs_rope& a, const float* cs);
 void f32_to_f16_row(const float* x, uint16_t* y, int n);

@@ -133,6 +133,10 @@ using GluRow = void (*)(const float* g, const float* u, float* out, int64_t n);
 GluRow glu_avx2(bool gelu);     // AVX2 + FMA
 GluRow glu_avx512(bool gelu);   // the same code compiled for the AVX-512 level
 
+// y[i] = x[i] rounded to f16 (nearest even) for i < n, with F16C; null where not built.
+using F16Row = void (*)(const float* x, uint16_t* y, int n);
+F16Row f16_row_f16c();
+
 // ---- shared block helpers (plain C, usable from every level) -------------------------
 // Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:
 // bytes 0-3 low 6 bits = sc[0..3], bytes 4-7 low 6 bits = m[0..3], bytes 8-11 nibbles =

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../kargs.h"
+#include "f16.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>

@@ -873,4 +873,13 @@ static TGT void glu_row(const float* g, const float* u, float* out, int64_t n) {
     }
 }
 
+// ---- f32 -> f16 (the KV cache) ------------------------------------------------------------
+// vcvtps2ph rounding to nearest even, as f32_to_f16 (f16.h) does for the tail.
+static TGT void f16_row(const float* x, uint16_t* y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; ++i) y[i] = f32_to_f16(x[i]);
+}
+
 #undef TGT
