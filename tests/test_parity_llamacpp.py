@@ -12,9 +12,11 @@ here are set from llama.cpp's own noise, and stated:
 
   logits   every position stored in full (all of SmolLM2's, Gemma-3's last):
                             NMSE <= max(1e-3, 4 * the prompt's largest llama.cpp self-NMSE)
-                            (4: SmolLM2 prompt 2 position 7 is at 3.3x since the AVX-512
-                            matmul sums in another float order, while llmetal's largest NMSE
-                            against the float64 model on that prompt is 6.2e-3, llama.cpp's 9.4e-3);
+                            (4: SmolLM2 prompts 2 and 3 are at 3.5x since the AVX-512 matmul
+                            sums in another float order, while on each of the 4 prompts
+                            llmetal's largest NMSE against the float64 model is below
+                            llama.cpp's: 3.3e-2 / 2.1e-3 / 4.4e-3 / 7.2e-3 against 5.2e-2 /
+                            2.2e-3 / 9.4e-3 / 3.8e-2);
                             mean over them <= max(1e-3, 2 * llama.cpp's mean self-NMSE)
            every position:  same argmax unless llama.cpp's top-2 are within GAP_TIE
            last position:   top-5 the same set unless llama.cpp's 5th/6th are within GAP_TIE
@@ -44,15 +46,14 @@ GAP_TIE = 0.6   # llama.cpp flips its own greedy token (FA on vs off) at gaps up
 # 4 (gemma3) of the 12 prompts too (the noise fixtures' free_ids).
 # Re-derived whenever a CPU kernel changes its float rounding: the SIMD attention kernel, the
 # repacked Q8_0 kernel, and the AVX-512 matmul with 16 rows per vector (cpp/cpu/gemm_x86.h:
-# the same integer dots, each block's sum scaled once for 16 rows, so the float additions
-# come in another order). Each moves which near-tie a greedy run flips at. What did not get
-# worse with the last, measured on the 12 x 32 teacher-forced steps against the float64
-# model (llmetal.reference): mean logits NMSE smollm2 2.46e-3 -> 2.01e-3, gemma3 2.21e-3 ->
-# 2.03e-3; steps where the argmax differs from float64's: smollm2 6 -> 12 (llama.cpp: 9),
-# gemma3 17 -> 13, all at float64 gaps below 0.4.
+# the same integer dots, each block's sum scaled once, so the float additions come in
+# another order). Each moves which near-tie a greedy run flips at. What did not get worse
+# with the last, measured on the 12 x 32 teacher-forced steps against the float64 model
+# (llmetal.reference): mean logits NMSE smollm2 2.46e-3 -> 2.11e-3, gemma3 2.21e-3 -> 2.03e-3;
+# steps where the argmax differs from float64's: smollm2 6 -> 14 (llama.cpp: 9), gemma3
+# 17 -> 13, all at float64 gaps below 0.4.
 ACCEPTED_DIVERGENCES = {
-    ("smollm2", 1): 27, ("smollm2", 4): 7, ("smollm2", 6): 25, ("smollm2", 7): 1, ("smollm2", 8): 3,
-    ("smollm2", 10): 0,
+    ("smollm2", 1): 12, ("smollm2", 3): 6, ("smollm2", 6): 8, ("smollm2", 8): 10, ("smollm2", 10): 0,
     ("gemma3", 0): 9, ("gemma3", 3): 4, ("gemma3", 4): 9, ("gemma3", 5): 11,
     ("gemma3", 6): 5, ("gemma3", 7): 27, ("gemma3", 8): 1, ("gemma3", 10): 5,
 }

@@ -10,16 +10,17 @@
 // the batch, one vpdpbusd per 4 values multiplies the 16 rows by the token's 4 activation
 // bytes broadcast: no horizontal sums, and the float work (scales) once per block for 16
 // rows. The slab is unpacked once per call whatever the number of tokens, so prefill pays
-// for the unpacking once per 16 rows and decode about what the row-dot kernels pay.
+// for the unpacking once per 16 rows. For up to 3 tokens (decode) the integers come from the
+// row-dot kernels' code instead, 8 rows at a time (see "small batches").
 //
 // What each (row, token) gets is one fixed sequence of operations, the same for any batch
 // size and any split over threads (a row's result does not depend on which other rows or
 // tokens share the call: Model.step's batches of several sequences rely on that):
 //   32-value blocks (Q4_0, Q5_0: value d * (u - o), o = 8 / 16; Q4_1, Q5_1: d * u + m),
 //   activations in BlockQ8, for b = 0, 1, ...:
-//     dot = -o * sum(qs_b) + sum_i u_i qs_i     (exact integers; 0 instead of -o * sum for Q4_1/Q5_1)
-//     acc = fma(float(dot), d_b * da_b, acc)
-//     acc = fma(m_b, s_b, acc)                   (Q4_1 / Q5_1; s = da * sum(qs), BlockQ8's s)
+//     dot = -o * sum(qs_b) + sum_i u_i qs_i     (exact integers; sum(qs): BlockQ8's sum)
+//     acc = fma(float(dot), d_b * da_b, acc)                       (Q4_0, Q5_0)
+//     acc = acc + fma(m_b, s_b, float(dot) * (d_b * da_b))         (Q4_1, Q5_1; s = da * sum(qs))
 //   256-value super-blocks (K-quants, IQ4_XS), activations in BlockQ8K, per super-block:
 //     I = sum_s sc_s * dot_s(u, qs),  Mn = sum_g mn_g * bsum_g     (exact integers)
 //     acc = fma(float(I), d * da, acc); acc = fma(-float(Mn), dmin * da, acc)   (a min: Q4_K, Q5_K, Q2_K)
@@ -28,9 +29,10 @@
 //   values with integer mins mn_g (bsum_g: BlockQ8K's sums per 16); a format with a constant
 //   offset o instead of a min (Q6_K: o = 32, Q3_K: 4, IQ4_XS: u = value + 128, o = 128) has
 //   mn_g = o * sc_s and dmin = d.
-// The row-dot kernels compute the same integers but add them up in float in another order,
-// so the rows of a matrix go through this path for every batch size or for none: groups of
-// 16 rows always here, the last N % 16 rows always through the row-dot kernels.
+// Every step is written as an explicit vector operation (no a * b + c left for the compiler to
+// fuse or not). The row-dot kernels compute the same integers but add them up in float in
+// another order, so the rows of a matrix go through this path for every batch size or for
+// none: groups of 16 rows always here, the last N % 16 rows always through the row-dot kernels.
 
 #define TGT __attribute__((target(X86_TARGET)))
 
@@ -72,9 +74,9 @@ static inline TGT __m512i bcast4(const void* p) {   // 4 bytes to every lane
 // the scaling every path uses, so that each (row, token) gets the same float operations.
 template <bool Min>
 static inline TGT __m512 finish_q32(__m512 acc, __m512i dot, __m512 d, __m512 m, float da, float s) {
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, _mm512_set1_ps(da)), acc);
-    if (Min) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(s), acc);
-    return acc;
+    const __m512 c = _mm512_mul_ps(d, _mm512_set1_ps(da));
+    if (Min) return _mm512_add_ps(acc, _mm512_fmadd_ps(m, _mm512_set1_ps(s), _mm512_mul_ps(_mm512_cvtepi32_ps(dot), c)));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), c, acc);
 }
 template <bool Offset>
 static inline TGT __m512 finish_k(__m512 acc, __m512i isum, __m512i msum, __m512 d, __m512 dmin, float da_) {
@@ -91,20 +93,11 @@ static inline TGT __m256i sum8x8(const __m256i* p) {
     const __m256i b0 = _mm256_hadd_epi32(a0, a1), b1 = _mm256_hadd_epi32(a2, a3);   // lane halves: 4 rows each
     return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
 }
-static inline TGT __m512i sum16x8(const __m256i* p) {   // 16 vectors -> their 16 totals
-    return _mm512_inserti64x4(_mm512_castsi256_si512(sum8x8(p)), sum8x8(p + 8), 1);
-}
 
 // ---- 32-value blocks ---------------------------------------------------------------------
 // Slab per block: u [8][16][4] bytes, then d [16], m [16] floats.
 constexpr size_t kSlab32 = 8 * 64 + 2 * 64;
 constexpr int kChunk32 = 8;   // blocks per slab
-
-template <class B>
-struct X16 {
-    static constexpr bool Min = std::is_same<B, Q4_1>::value || std::is_same<B, Q5_1>::value;
-    static constexpr int Offset = std::is_same<B, Q4_0>::value ? 8 : std::is_same<B, Q5_0>::value ? 16 : 0;
-};
 
 // Blocks [b0, b0 + nb) of the 16 rows at w into slab; u: scratch of 16 x 32 bytes.
 template <class B>
@@ -115,17 +108,17 @@ static TGT void unpack16_q32(const uint8_t* w, size_t row_bytes, int b0, int nb,
             const uint8_t* blk = w + r * row_bytes + (size_t)(b0 + b) * B::Bytes;
             _mm256_storeu_si256((__m256i*)(u + 32 * r), B::q(blk));
             f[r] = B::d(blk);
-            f[16 + r] = X16<B>::Min ? B::off(blk) : 0.0f;
+            f[16 + r] = B::Min ? B::off(blk) : 0.0f;
         }
         transpose16x8(u, 32, slab);
     }
 }
 
-// NX tokens (activation rows x + j * xs; xc + j * xcs: -o * sum(qs) per block) against the
-// slab's nb blocks (activation blocks b0 ..); acc [NX][16] in and out.
-template <int NX, bool Min>
-static TGT void rows16_q32(const uint8_t* slab, int b0, int nb, const uint8_t* x, size_t xs, const int32_t* xc,
-                           size_t xcs, float* acc) {
+// NX tokens (activation rows x + j * xs) against the slab's nb blocks (activation blocks
+// b0 ..); acc [NX][16] in and out.
+template <int NX, class B>
+static TGT void rows16_q32(const uint8_t* slab, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+    constexpr bool Min = B::Min;
     __m512 a[NX];
     const BlockQ8* xb[NX];
     for (int j = 0; j < NX; ++j) {
@@ -134,7 +127,7 @@ static TGT void rows16_q32(const uint8_t* slab, int b0, int nb, const uint8_t* x
     }
     for (int b = 0; b < nb; ++b, slab += kSlab32) {
         __m512i dot[NX];
-        for (int j = 0; j < NX; ++j) dot[j] = Min ? _mm512_setzero_si512() : _mm512_set1_epi32(xc[j * xcs + b0 + b]);
+        for (int j = 0; j < NX; ++j) dot[j] = _mm512_set1_epi32(-B::Off * xb[j][b].sum);
         for (int c = 0; c < 8; ++c) {
             const __m512i wv = _mm512_loadu_si512(slab + 64 * c);
             for (int j = 0; j < NX; ++j) dot[j] = _mm512_dpbusd_epi32(dot[j], wv, bcast4(xb[j][b].qs + 4 * c));
@@ -277,8 +270,7 @@ static TGT void unpack16_k(const uint8_t* w, size_t row_bytes, int sb, int, uint
 // NX tokens (BlockQ8K rows x + j * xs) against the slab's super-block (activation block
 // sb); acc [NX][16] in and out.
 template <int NX, class F>
-static TGT void rows16_k(const uint8_t* slab, int sb, int, const uint8_t* x, size_t xs, const int32_t*, size_t,
-                         float* acc) {
+static TGT void rows16_k(const uint8_t* slab, int sb, int, const uint8_t* x, size_t xs, float* acc) {
     constexpr int SB = F::SB, NS = 256 / SB;
     const int32_t* sc = (const int32_t*)(slab + 4096);
     const int16_t* mn = (const int16_t*)(sc + 16 * NS);
@@ -314,55 +306,113 @@ static TGT void rows16_k(const uint8_t* slab, int sb, int, const uint8_t* x, siz
 // ---- small batches: the integers row by row ------------------------------------------------
 // For a token or a few, unpacking and transposing the weights costs more than it saves: each
 // row's integer sums are computed as the row-dot kernels compute them (8 int32 lanes of
-// partial sums, quants_x86.h), the lanes of 16 rows are added up into one vector (sum16x8),
-// and the float part is the same as above. NX <= 3 tokens; y[j * ldy + r].
-template <int NX, class B>
-static TGT void small16_q32(const Rows16Args& g, const uint8_t* w, int t0, float* y) {
-    const BlockQ8* xb[NX];
-    const int32_t* xc[NX];
-    __m512 acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8*)(g.xq + (t0 + j) * g.xq_stride);
-        xc[j] = g.xc + (t0 + j) * g.xc_stride;
-        acc[j] = _mm512_setzero_ps();
+// partial sums, quants_x86.h), R rows at a time, the lanes of the R rows added up into one
+// vector (vphaddd) and scaled with the same per-lane operations as above on R lanes (an FMA
+// rounds the same in a lane of any width). NX <= 3 tokens; y[j * 16 + r].
+// R rows side by side are R streams of weights: 8 where 8 rows are at most 12 KiB (and the
+// next 8 are prefetched into L1 meanwhile, in address order), else 4; with more streams the
+// hardware prefetchers fell behind and decode read the weights at half the speed.
+constexpr int kSmall = 3;
+
+static inline void prefetch_next(const uint8_t* next, size_t bytes, int i, int n) {   // share i of n
+    const size_t per = ((bytes + n - 1) / n + 63) & ~size_t(63), end = std::min(bytes, per * (i + 1));
+    for (size_t o = per * i; o < end; o += 64) {   // asm volatile: gcc drops a loop of _mm_prefetch
+        if (bytes <= 12288) __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)(next + o)));
+        else __asm__ volatile("prefetcht1 %0" : : "m"(*(const char*)(next + o)));
     }
-    constexpr bool Min = X16<B>::Min;
-    for (int b = 0; b < g.K / 32; ++b) {
-        __m256i a[NX], p[NX][16];
-        for (int j = 0; j < NX; ++j) a[j] = load32(xb[j][b].qs);
-        alignas(32) uint16_t dh[16], mh[16];
-        for (int r = 0; r < 16; ++r) {
-            const uint8_t* blk = w + r * g.row_bytes + (size_t)b * B::Bytes;
-            const __m256i u = B::q(blk);
-            std::memcpy(&dh[r], blk, 2);
-            if (Min) std::memcpy(&mh[r], blk + 2, 2);
-            for (int j = 0; j < NX; ++j) p[j][r] = dot_us(_mm256_setzero_si256(), u, a[j]);
-        }
-        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)dh));
-        const __m512 m = Min ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)mh)) : _mm512_setzero_ps();
-        for (int j = 0; j < NX; ++j) {
-            __m512i dot = sum16x8(p[j]);
-            if (!Min) dot = _mm512_add_epi32(dot, _mm512_set1_epi32(xc[j][b]));
-            acc[j] = finish_q32<Min>(acc[j], dot, d, m, xb[j][b].d, xb[j][b].s);
-        }
-    }
-    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + j * 16, acc[j]);
 }
 
-template <int NX, class F, class D>
-static TGT void small16_k(const Rows16Args& g, const uint8_t* w, int t0, float* y) {
-    const BlockQ8K* xb[NX];
-    __m512 acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8K*)(g.xq + (t0 + j) * g.xq_stride);
-        acc[j] = _mm512_setzero_ps();
+// R = 8 / 4 rows: int32 vectors, float vectors and the reduction of R row vectors of 8 lanes.
+template <int R> struct Lanes;
+template <> struct Lanes<8> {
+    using I = __m256i;
+    using F = __m256;
+    static TGT I sum(const __m256i* p) { return sum8x8(p); }
+    static TGT F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+    static TGT I add(I a, I b) { return _mm256_add_epi32(a, b); }
+    static TGT I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+    static TGT I set1i(int v) { return _mm256_set1_epi32(v); }
+    static TGT F set1(float v) { return _mm256_set1_ps(v); }
+    static TGT F zero() { return _mm256_setzero_ps(); }
+    static TGT F load(const float* p) { return _mm256_loadu_ps(p); }
+    static TGT void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+    static TGT F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+    static TGT F addf(F a, F b) { return _mm256_add_ps(a, b); }
+    static TGT F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+    static TGT F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+};
+template <> struct Lanes<4> {
+    using I = __m128i;
+    using F = __m128;
+    static TGT I sum(const __m256i* p) {
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     }
-    for (int b = 0; b < g.K / 256; ++b) {
+    static TGT F cvt(I v) { return _mm_cvtepi32_ps(v); }
+    static TGT I add(I a, I b) { return _mm_add_epi32(a, b); }
+    static TGT I sub(I a, I b) { return _mm_sub_epi32(a, b); }
+    static TGT I set1i(int v) { return _mm_set1_epi32(v); }
+    static TGT F set1(float v) { return _mm_set1_ps(v); }
+    static TGT F zero() { return _mm_setzero_ps(); }
+    static TGT F load(const float* p) { return _mm_loadu_ps(p); }
+    static TGT void store(float* p, F v) { _mm_storeu_ps(p, v); }
+    static TGT F mul(F a, F b) { return _mm_mul_ps(a, b); }
+    static TGT F addf(F a, F b) { return _mm_add_ps(a, b); }
+    static TGT F fmadd(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
+    static TGT F fnmadd(F a, F b, F c) { return _mm_fnmadd_ps(a, b, c); }
+};
+
+template <int R, int NX, class B>
+static TGT void small_q32(const Rows16Args& g, const uint8_t* w, float* y) {
+    using L = Lanes<R>;
+    const BlockQ8* xb[NX];
+    typename L::F acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8*)(g.xq + j * g.xq_stride);
+        acc[j] = L::zero();
+    }
+    const int nb = g.K / 32;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
+        const uint8_t* blk = w + (size_t)b * B::Bytes;
+        __m256i p[NX][R];
+        alignas(32) float d[R], m[R];
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* br = blk + r * g.row_bytes;
+            const __m256i u = B::q(br);
+            d[r] = B::d(br);
+            m[r] = B::Min ? B::off(br) : 0.0f;
+            for (int j = 0; j < NX; ++j) p[j][r] = dot_us(_mm256_setzero_si256(), u, load32(xb[j][b].qs));
+        }
+        const typename L::F dv = L::load(d), mv = L::load(m);
+        for (int j = 0; j < NX; ++j) {
+            typename L::I dot = L::sum(p[j]);
+            if (B::Off) dot = L::add(dot, L::set1i(-B::Off * xb[j][b].sum));
+            const typename L::F c = L::mul(dv, L::set1(xb[j][b].d));   // finish_q32 on R lanes
+            if (B::Min) acc[j] = L::addf(acc[j], L::fmadd(mv, L::set1(xb[j][b].s), L::mul(L::cvt(dot), c)));
+            else acc[j] = L::fmadd(L::cvt(dot), c, acc[j]);
+        }
+    }
+    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
+}
+
+template <int R, int NX, class F, class D>
+static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
+    using L = Lanes<R>;
+    const BlockQ8K* xb[NX];
+    typename L::F acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(g.xq + j * g.xq_stride);
+        acc[j] = L::zero();
+    }
+    const int nb = g.K / 256;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
         const BlockQ8K* xa[NX];
         for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
-        __m256i is[NX][16], ms[NX][16];
-        alignas(64) float d[16], dmin[16];
-        for (int r = 0; r < 16; ++r) {
+        __m256i is[NX][R], ms[NX][R];
+        alignas(32) float d[R], dmin[R];
+        for (int r = 0; r < R; ++r) {
             const uint8_t* blk = w + r * g.row_bytes + (size_t)b * F::Bytes;
             __m256i i1[NX], m1[NX];
             D::template ints<NX>(blk, xa, i1, m1);
@@ -370,12 +420,14 @@ static TGT void small16_k(const Rows16Args& g, const uint8_t* w, int t0, float* 
             d[r] = D::d(blk);
             dmin[r] = D::dmin(blk);
         }
-        const __m512 dv = _mm512_load_ps(d), dm = _mm512_load_ps(dmin);
-        for (int j = 0; j < NX; ++j)
-            acc[j] = finish_k<F::Offset>(acc[j], sum16x8(is[j]), F::Offset ? _mm512_setzero_si512() : sum16x8(ms[j]),
-                                         dv, dm, xa[j]->d);
+        const typename L::F dv = L::load(d), dm = L::load(dmin);
+        for (int j = 0; j < NX; ++j) {   // finish_k on R lanes (an offset is already in the row kernels' isum)
+            const typename L::F da = L::set1(xa[j]->d);
+            acc[j] = L::fmadd(L::cvt(L::sum(is[j])), L::mul(dv, da), acc[j]);
+            if (!F::Offset) acc[j] = L::fnmadd(L::cvt(L::sum(ms[j])), L::mul(dm, da), acc[j]);
+        }
     }
-    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + j * 16, acc[j]);
+    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
 }
 
 // ---- the driver's entry ---------------------------------------------------------------------
@@ -395,19 +447,17 @@ static TGT void rows16_drive(const Rows16Args& g, int n0, int n1, uint8_t* scrat
             unpack(w, g.row_bytes, b0, cb, u, slab);
             int t = 0;
             for (; t + 8 <= g.M; t += 8)
-                Kern<8>::run(slab, b0, cb, g.xq + t * g.xq_stride, g.xq_stride, g.xc + t * g.xc_stride, g.xc_stride,
-                             acc + 16 * t);
+                Kern<8>::run(slab, b0, cb, g.xq + t * g.xq_stride, g.xq_stride, acc + 16 * t);
             const uint8_t* xt = g.xq + t * g.xq_stride;
-            const int32_t* ct = g.xc + t * g.xc_stride;
             float* at = acc + 16 * t;
             switch (g.M - t) {
-                case 1: Kern<1>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 2: Kern<2>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 3: Kern<3>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 4: Kern<4>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 5: Kern<5>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 6: Kern<6>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
-                case 7: Kern<7>::run(slab, b0, cb, xt, g.xq_stride, ct, g.xc_stride, at); break;
+                case 1: Kern<1>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 2: Kern<2>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 3: Kern<3>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 4: Kern<4>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 5: Kern<5>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 6: Kern<6>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 7: Kern<7>::run(slab, b0, cb, xt, g.xq_stride, at); break;
                 default: break;
             }
         }
@@ -419,9 +469,8 @@ template <class B>
 struct Q32Kern {
     template <int NX>
     struct K {
-        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, const int32_t* xc,
-                            size_t xcs, float* acc) {
-            rows16_q32<NX, X16<B>::Min>(s, b0, nb, x, xs, xc, xcs, acc);
+        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+            rows16_q32<NX, B>(s, b0, nb, x, xs, acc);
         }
     };
 };
@@ -429,19 +478,25 @@ template <class F>
 struct KKern {
     template <int NX>
     struct K {
-        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, const int32_t* xc,
-                            size_t xcs, float* acc) {
-            rows16_k<NX, F>(s, b0, nb, x, xs, xc, xcs, acc);
+        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+            rows16_k<NX, F>(s, b0, nb, x, xs, acc);
         }
     };
 };
 
-// Up to kSmall tokens: the integers row by row; more: through slabs.
-constexpr int kSmall = 3;
-template <class Small>
-static TGT void small_drive(const Rows16Args& g, int n0, int n1, float* out, Small small) {
+// Up to kSmall tokens: the integers row by row, R rows at a time; more: through slabs.
+template <class Small8, class Small4>
+static TGT void small_drive(const Rows16Args& g, int n0, int n1, uint8_t* scratch, Small8 s8, Small4 s4) {
+    float* out = (float*)scratch;   // [M][16]
+    const bool eight = true;
     for (int n = n0; n + 16 <= n1; n += 16) {
-        small(g, g.W + (size_t)n * g.row_bytes, out);
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        if (eight) {
+            s8(g, w, out);
+            s8(g, w + 8 * g.row_bytes, out + 8);
+        } else {
+            for (int q = 0; q < 4; ++q) s4(g, w + 4 * q * g.row_bytes, out + 4 * q);
+        }
         for (int t = 0; t < g.M; ++t) std::memcpy(g.y + (size_t)t * g.N + n, out + 16 * t, 16 * sizeof(float));
     }
 }
@@ -449,10 +504,14 @@ static TGT void small_drive(const Rows16Args& g, int n0, int n1, float* out, Sma
 template <class B>
 static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
     if (g.M <= kSmall) {
-        small_drive(g, n0, n1, (float*)scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small16_q32<1, B>(g, w, 0, out);
-            else if (g.M == 2) small16_q32<2, B>(g, w, 0, out);
-            else small16_q32<3, B>(g, w, 0, out);
+        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_q32<8, 1, B>(g, w, out);
+            else if (g.M == 2) small_q32<8, 2, B>(g, w, out);
+            else small_q32<8, 3, B>(g, w, out);
+        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_q32<4, 1, B>(g, w, out);
+            else if (g.M == 2) small_q32<4, 2, B>(g, w, out);
+            else small_q32<4, 3, B>(g, w, out);
         });
         return;
     }
@@ -462,10 +521,14 @@ static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* s
 template <class F, class D>
 static TGT void rows16_k_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
     if (g.M <= kSmall) {
-        small_drive(g, n0, n1, (float*)scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small16_k<1, F, D>(g, w, 0, out);
-            else if (g.M == 2) small16_k<2, F, D>(g, w, 0, out);
-            else small16_k<3, F, D>(g, w, 0, out);
+        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_k<8, 1, F, D>(g, w, out);
+            else if (g.M == 2) small_k<8, 2, F, D>(g, w, out);
+            else small_k<8, 3, F, D>(g, w, out);
+        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_k<4, 1, F, D>(g, w, out);
+            else if (g.M == 2) small_k<4, 2, F, D>(g, w, out);
+            else small_k<4, 3, F, D>(g, w, out);
         });
         return;
     }
@@ -489,19 +552,10 @@ static Rows16 x86_rows16_table(int t) {
     return nullptr;
 }
 
-// The -o * sum(qs) that the 32-value kernels start each block's sum at (0: none needed).
-static int x86_rows16_offset(int t) {
-    switch (t) {
-        case KT_Q4_0: return 8;
-        case KT_Q5_0: return 16;
-        default: return 0;
-    }
-}
-
 static size_t x86_rows16_scratch(int M) {
     return std::max(kChunk32 * kSlab32 + 16 * 32, slab256<16>() + 16 * 256) + (size_t)16 * sizeof(float) * M;
 }
 
-static const Rows16Level x86_rows16_level = {x86_rows16_table, x86_rows16_offset, x86_rows16_scratch};
+static const Rows16Level x86_rows16_level = {x86_rows16_table, x86_rows16_scratch};
 
 #undef TGT

@@ -150,18 +150,15 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
     if (fmt != 0) {
         // Quantize every activation row once; all output rows (all threads) share them.
         j.xq_stride = act_row_bytes(fmt, a.n_in);
-        int offset = 0;   // the activation blocks' -offset * sum(qs) go to xc
         if (Wr) {
             j.Wr = Wr;
             j.dot16 = matmul_kernel16(a);
             if (!j.dot16) throw Error("matmul: repacked weights given where no 16-row kernel applies");
-            offset = 128;   // the repacked weights are q + 128
-        } else if ((j.r16 = rows16_level()) != nullptr && (j.rows16 = j.r16->for_type(a.wtype)) != nullptr) {
-            offset = j.r16->offset(a.wtype);
-        } else {
-            j.r16 = nullptr;
+            j.xc_stride = (size_t)a.n_in / 32;
+        } else if ((j.r16 = rows16_level()) != nullptr) {
+            j.rows16 = j.r16->for_type(a.wtype);   // null: the row kernels
+            if (!j.rows16) j.r16 = nullptr;
         }
-        j.xc_stride = offset ? (size_t)a.n_in / 32 : 0;
         const size_t xq_bytes = (j.xq_stride * a.n_tokens + 63) & ~size_t(63);
         size_t need = xq_bytes + j.xc_stride * a.n_tokens * sizeof(int32_t) + 64;
         if (scratch->size() < need) scratch->resize(need);
@@ -172,13 +169,9 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
                 const float* xr = x + (int64_t)t * a.n_in;
                 if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
                 else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
-                if (offset) {
+                if (Wr) {   // the repacked weights are q + 128: the blocks' -128 * sum(qs)
                     const BlockQ8* xb = (const BlockQ8*)(base + t * j.xq_stride);
-                    for (size_t b = 0; b < j.xc_stride; ++b) {
-                        int sum = 0;
-                        for (int i = 0; i < 32; ++i) sum += xb[b].qs[i];
-                        xc[t * j.xc_stride + b] = -offset * sum;
-                    }
+                    for (size_t b = 0; b < j.xc_stride; ++b) xc[t * j.xc_stride + b] = -128 * xb[b].sum;
                 }
             }
         };
@@ -214,7 +207,7 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
         }
         if (j.rows16) {   // groups of 16 rows, every token
             const int n_end = n0 + (n1 - n0) / 16 * 16;
-            const Rows16Args g{j.W, j.a.row_bytes, K, N, M, j.xq, j.xq_stride, j.xc, j.xc_stride, j.y};
+            const Rows16Args g{j.W, j.a.row_bytes, K, N, M, j.xq, j.xq_stride, j.y};
             if (n_end > n0) j.rows16(g, n0, n_end, (uint8_t*)tmp);
             n = n_end;
         }

@@ -63,13 +63,14 @@ struct MatmulJob {
     RowDot16 dot16 = nullptr;
     const int32_t* xc = nullptr;
     size_t xc_stride = 0;
-    // 16 rows per vector (quants.h, Rows16): when set, groups of 16 rows go through rows16
-    // (xc then holds -o * sum(qs) per activation block where the type has an offset o), the
-    // last n_out % 16 rows through dot2 / dot; each thread's tmp holds matmul_tmp_bytes.
+    // 16 rows per vector (quants.h, Rows16): when set, groups of 16 rows go
+    // through rows16, the last n_out % 16 rows through dot2 / dot; each thread's tmp holds
+    // matmul_tmp_bytes.
     Rows16 rows16 = nullptr;
     const Rows16Level* r16 = nullptr;
 };
-// The 16-rows-per-vector kernels of the active SIMD level, or null (only AVX-512 VNNI has them).
+// The kernels with 16 rows per vector of the active SIMD level, or null (only AVX-512
+// VNNI has them).
 const Rows16Level* rows16_level();
 // The 16-row repacked kernel for a matmul, or null where it does not apply: Q8_0 weights,
 // n_out a multiple of 16, at the AVX-512 level on a CPU with AVX512_VNNI.

@@ -27,10 +27,12 @@ namespace llmetal::cpu {
 void dequant_row(int ktype, const void* src, float* dst, int64_t n);
 
 // ---- activation formats -------------------------------------------------------------
-// 32 activations: x[i] ~= d * qs[i]; s = d * sum(qs) (for the weight's min / offset term).
+// 32 activations: x[i] ~= d * qs[i]; s = d * sum(qs) (for the weight's min / offset term),
+// sum = sum(qs) (the AVX-512 VNNI kernels apply an offset o as the exact integer -o * sum).
 struct BlockQ8 {
     float d;
     float s;
+    int32_t sum;
     int8_t qs[32];
 };
 // 256 activations: x[i] ~= d * qs[i]; bsums[j] = sum of qs[16j .. 16j+15].
@@ -90,7 +92,7 @@ using RowDot16 = void (*)(int K, const uint8_t* wg, const uint8_t* x, size_t x_s
                           size_t xc_stride, int nx, float* y, size_t y_stride);
 RowDot16 rowdot16_q8_0_avx512();   // null where not built (the caller checks AVX512_VNNI)
 
-// ---- 16 weight rows per vector, unpacked on the fly (AVX-512 VNNI; gemm_x86.h) -----------
+// ---- the matmul with 16 weight rows per vector (AVX-512 VNNI; gemm_x86.h) -----------------
 // Every batch size, decode included, for the types it has; one fixed sequence of operations
 // per (row, token), whatever the batch (gemm_x86.h says which).
 struct Rows16Args {
@@ -99,15 +101,12 @@ struct Rows16Args {
     int K, N, M;            // inputs, outputs (weight rows), tokens
     const uint8_t* xq;      // the prepared activation rows (BlockQ8 / BlockQ8K), xq_stride apart
     size_t xq_stride;
-    const int32_t* xc;      // 32-value formats with an offset o: -o * sum(qs) per activation block
-    size_t xc_stride;       // ints per token
     float* y;               // [M, N]
 };
 // Rows [n0, n1) of y (multiples of 16) for every token; scratch holds scratch_bytes(M) bytes.
 using Rows16 = void (*)(const Rows16Args& g, int n0, int n1, uint8_t* scratch);
 struct Rows16Level {
     Rows16 (*for_type)(int wtype);      // null where the type has none
-    int (*offset)(int wtype);           // the o of xc (0: the kernel reads no xc)
     size_t (*scratch_bytes)(int M);
 };
 const Rows16Level* rows16_avx512();   // null where not built

@@ -130,6 +130,8 @@ struct DotFloat {
 // coefficient of the activation block sum s (dot = d * da * dot(q, a) + off * s).
 
 struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
+    static constexpr int Off = 8;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 18;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -138,6 +140,8 @@ struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
     static TGT float off(const uint8_t* b) { return -8.0f * h2f(b); }
 };
 struct Q4_1 {  // {f16 d; f16 m; u8 qs[16]}: value q * d + m
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = true;      // value d * q + m (a float min)
     static constexpr int Bytes = 20;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -153,6 +157,8 @@ static inline TGT __m256i q5_values(const uint8_t* qh_p, const uint8_t* qs) {
     return _mm256_or_si256(nibbles_32(qs), hi);
 }
 struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
+    static constexpr int Off = 16;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 22;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -161,6 +167,8 @@ struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
     static TGT float off(const uint8_t* b) { return -16.0f * h2f(b); }
 };
 struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = true;      // value d * q + m (a float min)
     static constexpr int Bytes = 24;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -169,6 +177,8 @@ struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
     static TGT float off(const uint8_t* b) { return h2f(b + 2); }
 };
 struct Q8_0 {  // {f16 d; i8 qs[32]}: value q * d, q signed
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 34;
     static constexpr bool Signed = true;
     static constexpr bool HasOff = false;
