@@ -71,8 +71,9 @@ def nmse(a, b):
 
 
 def shapes_for(t):
-    """(M, K, N): M = 1 (decode), 3 (a partial 4-token tile), 17 (4 tiles + 1); K with odd
-    block counts; N odd."""
+    """(M, K, N): M = 1 (decode), 3 (a partial 4-token tile), 17 (4 tiles + 1, or on x86 the
+    unpacked-tile kernels: one token tile and a part, or two and a part), 40; K with odd
+    block counts; N odd (rows left over after the groups of 4 or 8)."""
     block = E.type_block(int(t))[0]
     if block == 1:
         ks = [64, 100, 515]          # 515: not a multiple of the vector width
@@ -80,7 +81,7 @@ def shapes_for(t):
         ks = [32, 96, 480, 512]      # 1, 3, 15 (8 + 7), 16 blocks (groups of 8 in wide kernels)
     else:
         ks = [256, 768]              # 1, 3 super-blocks
-    return [(m, k, 35) for m in (1, 3, 17) for k in ks]
+    return [(m, k, 35) for m in (1, 3, 17, 40) for k in ks]
 
 
 @pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)
@@ -104,11 +105,14 @@ def test_matmul(dev, simd, wtype):
         assert err <= TOL[wtype], f"{wtype.name} {simd} M={M} K={K} N={N}: NMSE {err:.2e} > {TOL[wtype]:.0e}"
 
 
-def test_levels_differ_only_by_rounding(dev):
+@pytest.mark.parametrize("M", [5, 21])
+def test_levels_differ_only_by_rounding(dev, M):
     """Each SIMD level computes the same integer dots as the scalar kernels: on the same
-    quantized activations they agree to float rounding (much tighter than vs numpy)."""
+    quantized activations they agree to float rounding (much tighter than vs numpy).
+    M = 5: the row-dot kernels; M = 21: batches on unpacked tiles (x86), 16 + 5 or 8 + 8 + 5
+    tokens, 16 of the 19 rows in groups and 3 left to the row-dot kernels."""
     rng = np.random.default_rng(7)
-    M, N = 5, 19
+    N = 19
     for wtype in ALL_TYPES:
         K = 512 if wtype in K_TYPES else 160
         wq = make_weights(rng, wtype, N, K)
@@ -130,6 +134,35 @@ def test_levels_differ_only_by_rounding(dev):
         for level, y in outs.items():
             err = nmse(y, outs["scalar"].astype(np.float64))
             assert err <= 1e-10, f"{wtype.name}: {level} vs scalar NMSE {err:.2e}"
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)
+def test_batch_invariance(dev, simd, wtype):
+    """A token's outputs are the same bits whatever batch it is in (Model.step's batches of
+    several sequences rely on it): 21 tokens at once, one at a time, three at a time. On
+    AVX-512 VNNI the groups of 16 rows take a different route for a few tokens than for many
+    (cpp/cpu/gemm_x86.h); N = 37 leaves 5 rows to the row kernels."""
+    rng = np.random.default_rng(55 + int(wtype))
+    M, N = 21, 37
+    K = 512 if wtype in K_TYPES else 224
+    wq = make_weights(rng, wtype, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+
+    def run(xs):
+        pool = E.BufferPool(dev)
+        pool.declare("W", int(wtype), [N, K]); pool.declare("x", 0, list(xs.shape))
+        pool.declare("y", 0, [xs.shape[0], N])
+        pool.reserve()
+        pool.get("W").upload(wq); pool.get("x").upload(xs)
+        pool.get("y").upload(np.full((xs.shape[0], N), np.nan, np.float32))
+        E.Encoder(dev, eager=True).matmul(pool.get("W"), pool.get("x"), pool.get("y"))
+        return pool.get("y").to_numpy()
+
+    whole = run(x)
+    assert np.isfinite(whole).all()
+    for step in (1, 3):
+        parts = np.vstack([run(x[i:i + step]) for i in range(0, M, step)])
+        assert np.array_equal(parts, whole), f"{wtype.name} {simd}: batches of {step} differ from the batch of {M}"
 
 
 @pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)

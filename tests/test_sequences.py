@@ -96,9 +96,11 @@ def test_step_refuses_bad_rows(smollm2_path):
 
 
 def test_mixed_batch_metal_emu(smollm2_path):
-    """metal-emu is slow: two sequences, three tokens."""
+    """metal-emu is slow: two sequences, three tokens. The reference is metal-emu's own single
+    runs: another device may round differently, and prompt 0's first token is a three-way
+    near-tie (float64 top-3 within 0.3)."""
     prompts = PROMPTS[:2]
-    one = llmetal.load(smollm2_path, device="cpu", n_ctx=16)
+    one = llmetal.load(smollm2_path, device="metal-emu", n_ctx=16)
     ref = [single_greedy(one, p, 3) for p in prompts]
     emu = llmetal.load(smollm2_path, device="metal-emu", n_ctx=16, n_seq=2)
     assert batched_greedy(emu, prompts, [1, 0], 3) == ref

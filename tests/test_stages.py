@@ -308,6 +308,9 @@ ROPE_CASES = [
     (5, 80, 40, R.ROPE_NEOX, 10000.0, 0.25, False, 6, 777),      # partial + linear scaling
     (8, 128, 128, R.ROPE_NORM, 500000.0, 1.0, True, 9, 300),     # llama-3 freq factors
     (2, 64, 48, R.ROPE_NORM, 10000.0, 0.5, True, 2, 64),         # factors + scaling + partial
+    # long runs: each thread's tables after the first are its previous ones rotated by a step
+    (1, 256, 256, R.ROPE_NEOX, 1000000.0, 1.0, False, 300, 3700),
+    (2, 128, 128, R.ROPE_NORM, 500000.0, 1.0, True, 257, 0),
 ]
 
 
@@ -373,7 +376,7 @@ def _wide_range_f32(rng, shape):
 
 @pytest.mark.parametrize("n_ctx,kv_dim,T,pos0", [(8, 64, 1, 0), (40, 192, 7, 11),
                                                  (1100, 256, 3, 1000), (64, 80, 64, 0)])
-def test_kv_store(device, request, n_ctx, kv_dim, T, pos0):
+def test_kv_store(device, simd, request, n_ctx, kv_dim, T, pos0):
     rng, seed = rng_for(request)
     src = _wide_range_f32(rng, (T, kv_dim))
     cache0 = np.full((n_ctx, kv_dim), np.nan, np.float16)   # rows not written stay NaN
@@ -381,7 +384,7 @@ def test_kv_store(device, request, n_ctx, kv_dim, T, pos0):
     encoder(device, pos0, T).kv_store(rig["src"], rig["cache"])
     got = rig["cache"].to_numpy()
     ref = R.kv_store(cache0, src, pos0)
-    what = f"n_ctx={n_ctx} kv_dim={kv_dim} T={T} pos0={pos0}"
+    what = f"n_ctx={n_ctx} kv_dim={kv_dim} T={T} pos0={pos0} simd={simd}"
     outside = np.ones(n_ctx, bool)
     outside[pos0:pos0 + T] = False
     assert np.all(np.isnan(got[outside])), f"kv_store wrote outside rows {pos0}..{pos0 + T}: {what} {where(seed)}"
@@ -640,12 +643,19 @@ def test_add(device, request, rows, cols, broadcast):
 
 @pytest.mark.parametrize("op", ["swiglu", "geglu"])
 @pytest.mark.parametrize("T,n_ff", [(1, 64), (5, 1536), (13, 99)])
-def test_glu(device, request, op, T, n_ff):
+def test_glu(device, simd, request, op, T, n_ff):
     rng, seed = rng_for(request)
     g = (rng.standard_normal((T, n_ff)) * 3).astype(np.float32)
-    g.reshape(-1)[:4] = [-40.0, 40.0, -90.0, 0.0]   # saturated ends of the activations
+    # saturated ends of the activations, and both sides of the sigmoid's switch at 0 (the
+    # first 8 values are one vector of the x86 kernels)
+    g.reshape(-1)[:min(8, g.size)] = [-40.0, 40.0, -90.0, 0.0, -1e-3, 1e-3, -7.5, 200.0][:min(8, g.size)]
     u = rng.standard_normal((T, n_ff)).astype(np.float32)
     rig = Rig(device, {"g": g, "u": u}, {"out": (F32, (T, n_ff))})
     getattr(encoder(device), op)(rig["g"], rig["u"], rig["out"])
     got = rig.out("out", seed, op)
-    check(op, got, getattr(R, op)(g, u), seed, f"[{T},{n_ff}]")
+    check(op, got, getattr(R, op)(g, u), seed, f"[{T},{n_ff}] simd={simd}")
+    # a token's bits do not depend on the batch it is in (Model.step): each row on its own
+    for t in range(T):
+        one = Rig(device, {"g": g[t:t + 1], "u": u[t:t + 1]}, {"out": (F32, (1, n_ff))})
+        getattr(encoder(device), op)(one["g"], one["u"], one["out"])
+        assert np.array_equal(one.out("out", seed, op), got[t:t + 1]), f"{op} row {t} alone differs {where(seed)}"

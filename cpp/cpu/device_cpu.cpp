@@ -209,21 +209,68 @@ struct CpuDevice final : Device {
             counters[i].next.store(b, std::memory_order_relaxed);
         }
         auto f = [&](int ith, int nth) {
-            matmul_run(job, ith, nth, tmp(ith, (size_t)a.n_in + 64));
+            matmul_run(job, ith, nth, tmp(ith, (matmul_tmp_bytes(job) + 3) / 4));
         };
         pool.run(f);
     }
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override { matmul(a, W, x, y); }
 
+    // ---- rope tables, kept per configuration -------------------------------------------
+    // The table of a position (rope_table: a pow, a cos and a sin per angle, in double) is the
+    // same for every layer and for Q and K: computed once per position and configuration and
+    // kept (n_rot floats a position, grown to the largest position seen, like the scratch).
+    // A position's table is always computed the same way, whatever batch it first came in.
+    // Positions from kRopeCacheMax on (far past today's contexts) are computed per token.
+    static constexpr int kRopeCacheMax = 1 << 20;
+    struct RopeCache {
+        float base, scale;
+        int n_rot;
+        const float* factors;
+        std::vector<float> tab;   // [positions, n_rot]
+    };
+    std::vector<RopeCache> rope_caches;
+
+    const float* rope_tables(const kargs_rope& a, const float* ff, int max_pos) {
+        RopeCache* c = nullptr;
+        for (auto& r : rope_caches)
+            if (r.base == a.freq_base && r.scale == a.freq_scale && r.n_rot == a.n_rot && r.factors == ff) c = &r;
+        if (!c) {
+            rope_caches.push_back(RopeCache{a.freq_base, a.freq_scale, a.n_rot, ff, {}});
+            c = &rope_caches.back();
+        }
+        const int have = (int)(c->tab.size() / a.n_rot);
+        if (max_pos >= have) {
+            const int want = std::max(max_pos + 1, 2 * have);
+            c->tab.resize((size_t)want * a.n_rot);
+            float* tab = c->tab.data();
+            auto f = [&](int ith, int nth) {
+                int64_t b, e;
+                split(want - have, ith, nth, &b, &e);
+                for (int64_t p = have + b; p < have + e; ++p) rope_table(a, (int)p, ff, tab + p * a.n_rot);
+            };
+            pool.run(f);
+        }
+        return c->tab.data();
+    }
+
     void rope(const kargs_rope& a, Binding x, Binding factors, Binding step) override {
         const kstep* s = step.ptr<kstep>();
         const float* ff = factors ? factors.ptr<float>() : nullptr;
+        int max_pos = 0;
+        for (int t = 0; t < a.n_tokens; ++t) {
+            const int p = KSTEP_POS(s, a.by_row, t);
+            if (p < 0) throw Error("rope: position " + std::to_string(p) + " < 0");
+            max_pos = std::max(max_pos, p);
+        }
+        const float* tab = max_pos < kRopeCacheMax ? rope_tables(a, ff, max_pos) : nullptr;
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split(a.n_tokens, ith, nth, &b, &e);
-            float* cs = tmp(ith, (size_t)a.n_rot + 16);
+            float* own = tab ? nullptr : tmp(ith, (size_t)a.n_rot + 16);
             for (int64_t t = b; t < e; ++t) {
-                rope_table(a, KSTEP_POS(s, a.by_row, (int)t), ff, cs);   // one table per token, shared by its heads
+                const int pos = KSTEP_POS(s, a.by_row, (int)t);
+                const float* cs = own ? own : tab + (int64_t)pos * a.n_rot;   // shared by the token's heads
+                if (own) rope_table(a, pos, ff, own);
                 for (int h = 0; h < a.n_heads; ++h)
                     rope_apply(x.ptr<float>() + (t * a.n_heads + h) * a.head_dim, a, cs);
             }
@@ -346,21 +393,23 @@ struct CpuDevice final : Device {
         };
         pool.run(f);
     }
+    // the SIMD row kernel of the level (glu_kernel), else the scalar act per element
     template <class Act>
-    void glu(const kargs_glu& a, Binding g, Binding u, Binding out, Act act) {
+    void glu(const kargs_glu& a, Binding g, Binding u, Binding out, GluRow simd, Act act) {
         const float* pg = g.ptr<float>(); const float* pu = u.ptr<float>(); float* po = out.ptr<float>();
         auto f = [&](int ith, int nth) {
             int64_t b, e;
             split((int64_t)a.n_tokens * a.n_ff, ith, nth, &b, &e);
-            for (int64_t i = b; i < e; ++i) po[i] = act(pg[i]) * pu[i];
+            if (simd) simd(pg + b, pu + b, po + b, e - b);
+            else for (int64_t i = b; i < e; ++i) po[i] = act(pg[i]) * pu[i];
         };
         pool.run(f);
     }
     void swiglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        glu(a, g, u, out, [](float v) { return v / (1.0f + std::exp(-v)); });
+        glu(a, g, u, out, glu_kernel(false), [](float v) { return v / (1.0f + std::exp(-v)); });
     }
     void geglu(const kargs_glu& a, Binding g, Binding u, Binding out) override {
-        glu(a, g, u, out, [](float v) {
+        glu(a, g, u, out, glu_kernel(true), [](float v) {
             const float c = 0.7978845608028654f;  // sqrt(2/pi)
             return 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
         });

@@ -46,6 +46,9 @@ void rope_apply(float* x, const kargs_rope& a, const float* cs) {
 }
 
 void f32_to_f16_row(const float* x, uint16_t* y, int n) {
+    // F16C at the x86 levels (both imply it), else the portable conversion
+    static const F16Row simd = f16_row_f16c();
+    if (simd && (active_simd() == Simd::avx2 || active_simd() == Simd::avx512)) return simd(x, y, n);
     for (int i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
@@ -100,6 +103,14 @@ AttnWeights attention_weights_kernel(const kargs_attention& a) {
     return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
 }
 
+GluRow glu_kernel(bool gelu) {
+    switch (active_simd()) {
+        case Simd::avx2: return glu_avx2(gelu);
+        case Simd::avx512: return glu_avx512(gelu);
+        default: return nullptr;   // scalar; NEON has no GLU kernel yet
+    }
+}
+
 RowDot matmul_kernel(int t, Simd level) {
     RowDot k = nullptr;
     switch (level) {
@@ -118,6 +129,10 @@ RowDot16 matmul_kernel16(const kargs_matmul& a) {
     if (a.wtype != KT_Q8_0 || a.n_out % kQ8x16Rows != 0) return nullptr;
     if (active_simd() != Simd::avx512 || !features().avx512vnni) return nullptr;
     return rowdot16_q8_0_avx512();
+}
+
+const Rows16Level* rows16_level() {
+    return active_simd() == Simd::avx512 && features().avx512vnni ? rows16_avx512() : nullptr;
 }
 
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
@@ -140,6 +155,9 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
             j.dot16 = matmul_kernel16(a);
             if (!j.dot16) throw Error("matmul: repacked weights given where no 16-row kernel applies");
             j.xc_stride = (size_t)a.n_in / 32;
+        } else if ((j.r16 = rows16_level()) != nullptr) {
+            j.rows16 = j.r16->for_type(a.wtype);   // null: the row kernels
+            if (!j.rows16) j.r16 = nullptr;
         }
         const size_t xq_bytes = (j.xq_stride * a.n_tokens + 63) & ~size_t(63);
         size_t need = xq_bytes + j.xc_stride * a.n_tokens * sizeof(int32_t) + 64;
@@ -153,11 +171,7 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
                 else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
                 if (Wr) {   // the repacked weights are q + 128: the blocks' -128 * sum(qs)
                     const BlockQ8* xb = (const BlockQ8*)(base + t * j.xq_stride);
-                    for (size_t b = 0; b < j.xc_stride; ++b) {
-                        int sum = 0;
-                        for (int i = 0; i < 32; ++i) sum += xb[b].qs[i];
-                        xc[t * j.xc_stride + b] = -128 * sum;
-                    }
+                    for (size_t b = 0; b < j.xc_stride; ++b) xc[t * j.xc_stride + b] = -128 * xb[b].sum;
                 }
             }
         };
@@ -171,7 +185,11 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
     return j;
 }
 
-void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
+size_t matmul_tmp_bytes(const MatmulJob& j) {
+    return std::max((size_t)j.a.n_in * sizeof(float) + 256, j.r16 ? j.r16->scratch_bytes(j.a.n_tokens) + 64 : 0);
+}
+
+void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
     const int M = j.a.n_tokens, K = j.a.n_in, N = j.a.n_out;
     // For each weight row, sweep the tokens 4 at a time: the row (a few KB) stays in L1
     // while every token reads it, and the kernel unpacks each weight block once per 4 tokens.
@@ -186,6 +204,12 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float*) {
                             std::min(4, M - t), j.y + (int64_t)t * N + n, N);
             }
             return;
+        }
+        if (j.rows16) {   // groups of 16 rows, every token
+            const int n_end = n0 + (n1 - n0) / 16 * 16;
+            const Rows16Args g{j.W, j.a.row_bytes, K, N, M, j.xq, j.xq_stride, j.y};
+            if (n_end > n0) j.rows16(g, n0, n_end, (uint8_t*)tmp);
+            n = n_end;
         }
         if (j.dot2) {   // pairs of rows: each activation block loaded once for both
             for (; n + 2 <= n1; n += 2) {

@@ -15,7 +15,8 @@ class ThreadPool;
 
 void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps);
 // RoPE in two steps: the cos / sin table of one position (n_rot floats: cos of the n_rot/2
-// angles, then their sin), computed once per token, then applied to each head's row.
+// angles, then their sin), then applied to each head's row. The CPU device keeps the tables
+// of the positions it has seen (one set per rope configuration), so all layers share them.
 void rope_table(const kargs_rope& a, int pos, const float* factors, float* cs);
 void rope_apply(float* x, const kargs_rope& a, const float* cs);
 void f32_to_f16_row(const float* x, uint16_t* y, int n);
@@ -34,6 +35,9 @@ AttnGroup attention_kernel(const kargs_attention& a);
 // The first half of that kernel (the softmax weights, quants.h), or null exactly where
 // attention_kernel is: the attention_probs stage then uses attention_weights_row.
 AttnWeights attention_weights_kernel(const kargs_attention& a);
+
+// The SIMD GLU row kernel (gelu_tanh or silu, quants.h) of the active level, or null (scalar).
+GluRow glu_kernel(bool gelu);
 
 // Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
 // the weight type and the active SIMD level, and quantizes the activations into the
@@ -59,7 +63,15 @@ struct MatmulJob {
     RowDot16 dot16 = nullptr;
     const int32_t* xc = nullptr;
     size_t xc_stride = 0;
+    // 16 rows per vector (quants.h, Rows16): when set, groups of 16 rows go
+    // through rows16, the last n_out % 16 rows through dot2 / dot; each thread's tmp holds
+    // matmul_tmp_bytes.
+    Rows16 rows16 = nullptr;
+    const Rows16Level* r16 = nullptr;
 };
+// The kernels with 16 rows per vector of the active SIMD level, or null (only AVX-512
+// VNNI has them).
+const Rows16Level* rows16_level();
 // The 16-row repacked kernel for a matmul, or null where it does not apply: Q8_0 weights,
 // n_out a multiple of 16, at the AVX-512 level on a CPU with AVX512_VNNI.
 RowDot16 matmul_kernel16(const kargs_matmul& a);
@@ -70,7 +82,9 @@ void matmul_share(int n_out, int ith, int nth, int* b, int* e);
 // Wr: the weights repacked for matmul_kernel16 (null: use W as it is).
 MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x, float* y,
                          ThreadPool* pool, std::vector<uint8_t>* scratch, const uint8_t* Wr = nullptr);
+// tmp: per-thread scratch of matmul_tmp_bytes(job) bytes.
 void matmul_run(const MatmulJob& job, int ith, int nth, float* tmp);
+size_t matmul_tmp_bytes(const MatmulJob& job);
 // The row kernel matmul uses for a weight type at a SIMD level (throws if there is none).
 RowDot matmul_kernel(int ktype, Simd level);
 

@@ -243,6 +243,7 @@ void quantize_row_q8(const float* x, BlockQ8* y, int K) {
         }
         y->d = d;
         y->s = d * (float)sum;
+        y->sum = sum;
     }
 }
 

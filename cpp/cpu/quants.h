@@ -27,10 +27,12 @@ namespace llmetal::cpu {
 void dequant_row(int ktype, const void* src, float* dst, int64_t n);
 
 // ---- activation formats -------------------------------------------------------------
-// 32 activations: x[i] ~= d * qs[i]; s = d * sum(qs) (for the weight's min / offset term).
+// 32 activations: x[i] ~= d * qs[i]; s = d * sum(qs) (for the weight's min / offset term),
+// sum = sum(qs) (the AVX-512 VNNI kernels apply an offset o as the exact integer -o * sum).
 struct BlockQ8 {
     float d;
     float s;
+    int32_t sum;
     int8_t qs[32];
 };
 // 256 activations: x[i] ~= d * qs[i]; bsums[j] = sum of qs[16j .. 16j+15].
@@ -90,6 +92,25 @@ using RowDot16 = void (*)(int K, const uint8_t* wg, const uint8_t* x, size_t x_s
                           size_t xc_stride, int nx, float* y, size_t y_stride);
 RowDot16 rowdot16_q8_0_avx512();   // null where not built (the caller checks AVX512_VNNI)
 
+// ---- the matmul with 16 weight rows per vector (AVX-512 VNNI; gemm_x86.h) -----------------
+// Every batch size, decode included, for the types it has; one fixed sequence of operations
+// per (row, token), whatever the batch (gemm_x86.h says which).
+struct Rows16Args {
+    const uint8_t* W;       // weight rows, GGUF blocks, row_bytes apart
+    size_t row_bytes;
+    int K, N, M;            // inputs, outputs (weight rows), tokens
+    const uint8_t* xq;      // the prepared activation rows (BlockQ8 / BlockQ8K), xq_stride apart
+    size_t xq_stride;
+    float* y;               // [M, N]
+};
+// Rows [n0, n1) of y (multiples of 16) for every token; scratch holds scratch_bytes(M) bytes.
+using Rows16 = void (*)(const Rows16Args& g, int n0, int n1, uint8_t* scratch);
+struct Rows16Level {
+    Rows16 (*for_type)(int wtype);      // null where the type has none
+    size_t (*scratch_bytes)(int M);
+};
+const Rows16Level* rows16_avx512();   // null where not built
+
 // Attention of the nq query rows of one token that share KV head g (heads g*nq .. g*nq+nq-1,
 // rows of head_dim floats at q and out), at position pos; `sc` is scratch of at least
 // nq * (pos + 8) floats. Null where a level has none (the scalar path loops attention_row).
@@ -104,6 +125,16 @@ using AttnWeights = int (*)(const kargs_attention& a, const float* q, int nq, co
                             float* sc, float* inv);
 AttnWeights attn_weights_avx2();
 AttnWeights attn_weights_avx512();
+
+// out[i] = act(g[i]) * u[i] for i < n: act = gelu_tanh (gelu true) or silu. Null where a
+// level has none (the device then runs its scalar loop).
+using GluRow = void (*)(const float* g, const float* u, float* out, int64_t n);
+GluRow glu_avx2(bool gelu);     // AVX2 + FMA
+GluRow glu_avx512(bool gelu);   // the same code compiled for the AVX-512 level
+
+// y[i] = x[i] rounded to f16 (nearest even) for i < n, with F16C; null where not built.
+using F16Row = void (*)(const float* x, uint16_t* y, int n);
+F16Row f16_row_f16c();
 
 // ---- shared block helpers (plain C, usable from every level) -------------------------
 // Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale and a 6-bit min, packed in 12 bytes:

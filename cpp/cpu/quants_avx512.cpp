@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "../kargs.h"
+#include "f16.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -25,6 +27,7 @@ namespace avx512 {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "quants_x86.h"
+#include "gemm_x86.h"
 #pragma GCC diagnostic pop
 #undef X86_TARGET
 #undef X86_VNNI
@@ -33,12 +36,16 @@ namespace avx512 {
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
 RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnGroup attn_group_avx512() { return avx512::attn_group; }
+const Rows16Level* rows16_avx512() { return &avx512::x86_rows16_level; }
+GluRow glu_avx512(bool gelu) { return gelu ? avx512::glu_row<true> : avx512::glu_row<false>; }
 AttnWeights attn_weights_avx512() { return avx512::attn_weights; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
 RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnGroup attn_group_avx512() { return nullptr; }
+const Rows16Level* rows16_avx512() { return nullptr; }
+GluRow glu_avx512(bool) { return nullptr; }
 AttnWeights attn_weights_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 #endif

@@ -130,6 +130,8 @@ struct DotFloat {
 // coefficient of the activation block sum s (dot = d * da * dot(q, a) + off * s).
 
 struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
+    static constexpr int Off = 8;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 18;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -138,6 +140,8 @@ struct Q4_0 {  // {f16 d; u8 qs[16]}: value (q - 8) * d
     static TGT float off(const uint8_t* b) { return -8.0f * h2f(b); }
 };
 struct Q4_1 {  // {f16 d; f16 m; u8 qs[16]}: value q * d + m
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = true;      // value d * q + m (a float min)
     static constexpr int Bytes = 20;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -153,6 +157,8 @@ static inline TGT __m256i q5_values(const uint8_t* qh_p, const uint8_t* qs) {
     return _mm256_or_si256(nibbles_32(qs), hi);
 }
 struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
+    static constexpr int Off = 16;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 22;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -161,6 +167,8 @@ struct Q5_0 {  // {f16 d; u32 qh; u8 qs[16]}: value (q - 16) * d
     static TGT float off(const uint8_t* b) { return -16.0f * h2f(b); }
 };
 struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = true;      // value d * q + m (a float min)
     static constexpr int Bytes = 24;
     static constexpr bool Signed = false;
     static constexpr bool HasOff = true;   // the block has an offset / min term
@@ -169,6 +177,8 @@ struct Q5_1 {  // {f16 d; f16 m; u32 qh; u8 qs[16]}: value q * d + m
     static TGT float off(const uint8_t* b) { return h2f(b + 2); }
 };
 struct Q8_0 {  // {f16 d; i8 qs[32]}: value q * d, q signed
+    static constexpr int Off = 0;         // value d * (q - Off) (as an exact integer term)
+    static constexpr bool Min = false;      // value d * q + m (a float min)
     static constexpr int Bytes = 34;
     static constexpr bool Signed = true;
     static constexpr bool HasOff = false;
@@ -370,6 +380,11 @@ struct DotQ32x2 {
 };
 
 // ---- K-quants (activations in BlockQ8K) -------------------------------------------------
+// Each format's ints<NX>(w, xa, isum, msum) gives the exact integer sums of one super-block
+// against the activation super-blocks xa[j], as 8 int32 lanes whose total is the sum:
+// isum = sum_s sc_s * dot_s (a constant offset folded in), msum = sum_s m_s * bsum_s (the
+// formats with a min; zero for the others). run() scales them in float per super-block;
+// gemm_x86.h adds up the lanes of 16 rows and scales them its own way.
 
 // Q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} and Q5_K {..., u8 qh[32]; u8 qs[128]}:
 // 8 sub-blocks of 32, value d*sc[s]*q - dmin*m[s]. The 32-byte chunk c of qs holds
@@ -377,6 +392,39 @@ struct DotQ32x2 {
 // 2c+1 of qh[l] are the fifth bits of value l of those sub-blocks.
 template <bool Q5>
 struct DotQ45K {
+    static constexpr int Bytes = Q5 ? 176 : 144;
+    static constexpr bool Min = true;
+    static TGT float d(const uint8_t* w) { return h2f(w); }
+    static TGT float dmin(const uint8_t* w) { return h2f(w + 2); }
+    template <int NX>
+    static TGT void ints(const uint8_t* w, const BlockQ8K* const* xa, __m256i* isum, __m256i* msum) {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        uint8_t sc[8], m[8];
+        unpack_scales_k4(w + 4, sc, m);
+        const uint8_t* qs = w + (Q5 ? 48 : 16);
+        __m256i qh = Q5 ? load32(w + 16) : _mm256_setzero_si256();
+        for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; ++c) {
+            __m256i raw = load32(qs + 32 * c);
+            __m256i q0 = _mm256_and_si256(raw, m4);
+            __m256i q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (Q5) {  // qh is shifted right by 2 per chunk, so its bits 0 and 1 are ours
+                q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+                qh = _mm256_srli_epi16(qh, 2);
+            }
+            const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+            for (int j = 0; j < NX; ++j) {
+                const int8_t* a = xa[j]->qs + 64 * c;
+                isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q0, load32(a)), s0);
+                isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q1, load32(a + 32)), s1);
+            }
+        }
+        // mins: sum_s m[s] * (sum of the activations of sub-block s), from the sums per 16
+        __m128i m8 = _mm_loadl_epi64((const __m128i*)m);
+        const __m256i mdup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ...
+        for (int j = 0; j < NX; ++j) msum[j] = _mm256_madd_epi16(mdup, load32(xa[j]->bsums));
+    }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
         const BlockQ8K* xb[NX];
@@ -385,39 +433,15 @@ struct DotQ45K {
             xb[j] = (const BlockQ8K*)(x + j * xs);
             acc[j] = _mm256_setzero_ps();
         }
-        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-        for (int b = 0; b < K / 256; ++b, w += (Q5 ? 176 : 144)) {
-            const float d = h2f(w), dmin = h2f(w + 2);
-            uint8_t sc[8], m[8];
-            unpack_scales_k4(w + 4, sc, m);
-            const uint8_t* qs = w + (Q5 ? 48 : 16);
-            __m256i qh = Q5 ? load32(w + 16) : _mm256_setzero_si256();
-            __m256i isum[NX];
-            for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
-            for (int c = 0; c < 4; ++c) {
-                __m256i raw = load32(qs + 32 * c);
-                __m256i q0 = _mm256_and_si256(raw, m4);
-                __m256i q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                if (Q5) {  // qh is shifted right by 2 per chunk, so its bits 0 and 1 are ours
-                    q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-                    q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
-                    qh = _mm256_srli_epi16(qh, 2);
-                }
-                const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
-                for (int j = 0; j < NX; ++j) {
-                    const int8_t* a = xb[j][b].qs + 64 * c;
-                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q0, load32(a)), s0);
-                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q1, load32(a + 32)), s1);
-                }
-            }
-            // mins: sum_s m[s] * (sum of the activations of sub-block s), from the sums per 16
-            __m128i m8 = _mm_loadl_epi64((const __m128i*)m);
-            const __m256i mdup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ...
+        for (int b = 0; b < K / 256; ++b, w += Bytes) {
+            const BlockQ8K* xa[NX];
+            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+            __m256i isum[NX], msum[NX];
+            ints<NX>(w, xa, isum, msum);
+            const float dw = d(w), dm = dmin(w);
             for (int j = 0; j < NX; ++j) {
-                const BlockQ8K& a = xb[j][b];
-                __m256i msum = _mm256_madd_epi16(mdup, load32(a.bsums));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * a.d), acc[j]);
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * a.d), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[j]), _mm256_set1_ps(-dm * xa[j]->d), acc[j]);
             }
         }
         for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
@@ -429,6 +453,43 @@ struct DotQ45K {
 // its low 4 bits from ql[l] (k=0), ql[l+32] (1), ql[l]>>4 (2), ql[l+32]>>4 (3) and its top
 // 2 bits from bits 2k, 2k+1 of qh[l].
 struct DotQ6K {
+    static constexpr int Bytes = 210;
+    static constexpr bool Min = false;
+    static TGT float d(const uint8_t* w) { return h2f(w + 208); }
+    static TGT float dmin(const uint8_t*) { return 0.0f; }
+    template <int NX>
+    static TGT void ints(const uint8_t* w, const BlockQ8K* const* xa, __m256i* isum, __m256i* msum) {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+        const int8_t* sc = (const int8_t*)(w + 192);
+        // the -32 offset: -32 * sum_s sc[s] * (sum of the activations of sub-block s)
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)sc));
+        for (int j = 0; j < NX; ++j) {
+            isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xa[j]->bsums)), 5));
+            msum[j] = _mm256_setzero_si256();
+        }
+        for (int h = 0; h < 2; ++h) {
+            const __m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
+            const __m256i qh = load32(w + 128 + 32 * h);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; ++k) {
+                // 32 values = 2 sub-blocks: int16 lanes 0-7 take sc[2k'], lanes 8-15 sc[2k'+1]
+                const int s = 8 * h + 2 * k;
+                const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+                for (int j = 0; j < NX; ++j) {
+                    const int8_t* a = xa[j]->qs + 128 * h + 32 * k;
+                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q[k], load32(a)), s16);
+                }
+            }
+        }
+    }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
         const BlockQ8K* xb[NX];
@@ -437,39 +498,14 @@ struct DotQ6K {
             xb[j] = (const BlockQ8K*)(x + j * xs);
             acc[j] = _mm256_setzero_ps();
         }
-        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
-        for (int b = 0; b < K / 256; ++b, w += 210) {
-            const int8_t* sc = (const int8_t*)(w + 192);
-            const float d = h2f(w + 208);
-            __m256i isum[NX];
-            // the -32 offset: -32 * sum_s sc[s] * (sum of the activations of sub-block s)
-            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)sc));
+        for (int b = 0; b < K / 256; ++b, w += Bytes) {
+            const BlockQ8K* xa[NX];
+            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+            __m256i isum[NX], msum[NX];
+            ints<NX>(w, xa, isum, msum);
+            const float dw = d(w);
             for (int j = 0; j < NX; ++j)
-                isum[j] = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xb[j][b].bsums)), 5);
-            for (int j = 0; j < NX; ++j) isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(), isum[j]);
-            for (int h = 0; h < 2; ++h) {
-                const __m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32);
-                const __m256i qh = load32(w + 128 + 32 * h);
-                __m256i q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-                for (int k = 0; k < 4; ++k) {
-                    // 32 values = 2 sub-blocks: int16 lanes 0-7 take sc[2k'], lanes 8-15 sc[2k'+1]
-                    const int s = 8 * h + 2 * k;
-                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-                    for (int j = 0; j < NX; ++j) {
-                        const int8_t* a = xb[j][b].qs + 128 * h + 32 * k;
-                        isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q[k], load32(a)), s16);
-                    }
-                }
-            }
-            for (int j = 0; j < NX; ++j)
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * xb[j][b].d), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
         }
         for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
     }
@@ -483,6 +519,55 @@ struct DotQ6K {
 // Q2_K: value d * (sc & 15) * q - dmin * (sc >> 4); Q3_K: d * sc6 * (q - 4), sc6 signed.
 template <bool Q3>
 struct DotQ23K {
+    static constexpr int Bytes = Q3 ? 110 : 84;
+    static constexpr bool Min = !Q3;
+    static TGT float d(const uint8_t* w) { return h2f(w + (Q3 ? 108 : 80)); }
+    static TGT float dmin(const uint8_t* w) { return Q3 ? 0.0f : h2f(w + 82); }
+    template <int NX>
+    static TGT void ints(const uint8_t* w, const BlockQ8K* const* xa, __m256i* isum, __m256i* msum) {
+        const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+        int16_t sc[16];   // the scale of each sub-block
+        if (Q3) {
+            int8_t s8[16];
+            unpack_scales_q3k(w + 96, s8);
+            for (int s = 0; s < 16; ++s) sc[s] = s8[s];
+            // the -4 offset: -4 * sum_s sc[s] * (sum of the activations of sub-block s)
+            const __m256i sc16 = _mm256_loadu_si256((const __m256i*)sc);
+            for (int j = 0; j < NX; ++j) {
+                isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                           _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xa[j]->bsums)), 2));
+                msum[j] = _mm256_setzero_si256();
+            }
+        } else {
+            for (int s = 0; s < 16; ++s) sc[s] = w[s] & 0xF;
+            // mins: sum_s (sc[s] >> 4) * (sum of the activations of sub-block s)
+            const __m256i mins = _mm256_cvtepu8_epi16(_mm_srli_epi16(_mm_andnot_si128(_mm_set1_epi8(0x0F),
+                                                                                   _mm_loadu_si128((const __m128i*)w)), 4));
+            for (int j = 0; j < NX; ++j) {
+                isum[j] = _mm256_setzero_si256();
+                msum[j] = _mm256_madd_epi16(mins, load32(xa[j]->bsums));
+            }
+        }
+        __m256i hm = Q3 ? load32(w) : _mm256_setzero_si256();
+        const uint8_t* qs = w + (Q3 ? 32 : 16);
+        for (int h = 0; h < 2; ++h) {
+            __m256i raw = load32(qs + 32 * h);
+            for (int c = 0; c < 4; ++c) {
+                __m256i q = _mm256_and_si256(raw, m2);
+                raw = _mm256_srli_epi16(raw, 2);
+                if (Q3) {  // hm is shifted right by 1 per chunk, so its bit 0 is ours
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                    hm = _mm256_srli_epi16(hm, 1);
+                }
+                const int s = 8 * h + 2 * c;
+                const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+                for (int j = 0; j < NX; ++j) {
+                    const int8_t* a = xa[j]->qs + 128 * h + 32 * c;
+                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q, load32(a)), s16);
+                }
+            }
+        }
+    }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
         const BlockQ8K* xb[NX];
@@ -491,52 +576,16 @@ struct DotQ23K {
             xb[j] = (const BlockQ8K*)(x + j * xs);
             acc[j] = _mm256_setzero_ps();
         }
-        const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-        for (int b = 0; b < K / 256; ++b, w += (Q3 ? 110 : 84)) {
-            int16_t sc[16];   // the scale of each sub-block
-            __m256i isum[NX], mins = _mm256_setzero_si256();
-            if (Q3) {
-                int8_t s8[16];
-                unpack_scales_q3k(w + 96, s8);
-                for (int s = 0; s < 16; ++s) sc[s] = s8[s];
-                // the -4 offset: -4 * sum_s sc[s] * (sum of the activations of sub-block s)
-                const __m256i sc16 = _mm256_loadu_si256((const __m256i*)sc);
-                for (int j = 0; j < NX; ++j)
-                    isum[j] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                               _mm256_slli_epi32(_mm256_madd_epi16(sc16, load32(xb[j][b].bsums)), 2));
-            } else {
-                for (int s = 0; s < 16; ++s) sc[s] = w[s] & 0xF;
-                mins = _mm256_cvtepu8_epi16(_mm_srli_epi16(_mm_andnot_si128(_mm_set1_epi8(0x0F),
-                                                                             _mm_loadu_si128((const __m128i*)w)), 4));
-                for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
-            }
-            __m256i hm = Q3 ? load32(w) : _mm256_setzero_si256();
-            const uint8_t* qs = w + (Q3 ? 32 : 16);
-            for (int h = 0; h < 2; ++h) {
-                __m256i raw = load32(qs + 32 * h);
-                for (int c = 0; c < 4; ++c) {
-                    __m256i q = _mm256_and_si256(raw, m2);
-                    raw = _mm256_srli_epi16(raw, 2);
-                    if (Q3) {  // hm is shifted right by 1 per chunk, so its bit 0 is ours
-                        q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
-                        hm = _mm256_srli_epi16(hm, 1);
-                    }
-                    const int s = 8 * h + 2 * c;
-                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-                    for (int j = 0; j < NX; ++j) {
-                        const int8_t* a = xb[j][b].qs + 128 * h + 32 * c;
-                        isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(q, load32(a)), s16);
-                    }
-                }
-            }
-            const float d = h2f(w + (Q3 ? 108 : 80));
+        for (int b = 0; b < K / 256; ++b, w += Bytes) {
+            const BlockQ8K* xa[NX];
+            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+            __m256i isum[NX], msum[NX];
+            ints<NX>(w, xa, isum, msum);
+            const float dw = d(w);
             for (int j = 0; j < NX; ++j) {
-                const BlockQ8K& a = xb[j][b];
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * a.d), acc[j]);
-                if (!Q3) {  // mins: sum_s (sc[s] >> 4) * (sum of the activations of sub-block s)
-                    const __m256i msum = _mm256_madd_epi16(mins, load32(a.bsums));
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-h2f(w + 82) * a.d), acc[j]);
-                }
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
+                if (!Q3)
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[j]), _mm256_set1_ps(-dmin(w) * xa[j]->d), acc[j]);
             }
         }
         for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
@@ -547,6 +596,25 @@ struct DotQ23K {
 // d * ls * kvalues_iq4nl[q]. The nibbles index the table by vpshufb; the table values are
 // signed, so the dot uses Q8_0's sign trick: dot(v, a) = dot(|v|, a negated where v < 0).
 struct DotIQ4XS {
+    static constexpr int Bytes = 136;
+    static constexpr bool Min = false;
+    static TGT float d(const uint8_t* w) { return h2f(w); }
+    static TGT float dmin(const uint8_t*) { return 0.0f; }
+    template <int NX>
+    static TGT void ints(const uint8_t* w, const BlockQ8K* const* xa, __m256i* isum, __m256i* msum) {
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kvalues_iq4nl));
+        int8_t ls[8];
+        unpack_scales_iq4xs(w, ls);
+        for (int j = 0; j < NX; ++j) isum[j] = msum[j] = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ++ib) {
+            const __m256i v = _mm256_shuffle_epi8(table, nibbles_32(w + 8 + 16 * ib));
+            const __m256i uv = _mm256_abs_epi8(v), s16 = _mm256_set1_epi16(ls[ib]);
+            for (int j = 0; j < NX; ++j) {
+                const __m256i a = _mm256_sign_epi8(load32(xa[j]->qs + 32 * ib), v);
+                isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(uv, a), s16);
+            }
+        }
+    }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
         const BlockQ8K* xb[NX];
@@ -555,23 +623,14 @@ struct DotIQ4XS {
             xb[j] = (const BlockQ8K*)(x + j * xs);
             acc[j] = _mm256_setzero_ps();
         }
-        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kvalues_iq4nl));
-        for (int b = 0; b < K / 256; ++b, w += 136) {
-            int8_t ls[8];
-            unpack_scales_iq4xs(w, ls);
-            __m256i isum[NX];
-            for (int j = 0; j < NX; ++j) isum[j] = _mm256_setzero_si256();
-            for (int ib = 0; ib < 8; ++ib) {
-                const __m256i v = _mm256_shuffle_epi8(table, nibbles_32(w + 8 + 16 * ib));
-                const __m256i uv = _mm256_abs_epi8(v), s16 = _mm256_set1_epi16(ls[ib]);
-                for (int j = 0; j < NX; ++j) {
-                    const __m256i a = _mm256_sign_epi8(load32(xb[j][b].qs + 32 * ib), v);
-                    isum[j] = madd_acc(isum[j], _mm256_maddubs_epi16(uv, a), s16);
-                }
-            }
-            const float d = h2f(w);
+        for (int b = 0; b < K / 256; ++b, w += Bytes) {
+            const BlockQ8K* xa[NX];
+            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+            __m256i isum[NX], msum[NX];
+            ints<NX>(w, xa, isum, msum);
+            const float dw = d(w);
             for (int j = 0; j < NX; ++j)
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(d * xb[j][b].d), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
         }
         for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
     }
@@ -600,14 +659,17 @@ TGT void rowdot2(int K, const uint8_t* w, size_t ws, const uint8_t* x, size_t xs
     }
 }
 
-// Two-row tiles exist for the 32-value block formats.
+// Two-row tiles exist for the 32-value block formats; each (row, token) gets the operations
+// the row kernel gives it, so a batch's results equal its tokens' one by one.
 static RowDot2 x86_table2(int t) {
     switch (t) {
         case KT_Q4_0: return rowdot2<DotQ32x2<Q4_0>>;
         case KT_Q4_1: return rowdot2<DotQ32x2<Q4_1>>;
         case KT_Q5_0: return rowdot2<DotQ32x2<Q5_0>>;
         case KT_Q5_1: return rowdot2<DotQ32x2<Q5_1>>;
+#if !X86_VNNI   // the AVX-512 level's Q8_0 row kernel (DotQ8_0_512) sums in another order: no tile
         case KT_Q8_0: return rowdot2<DotQ32x2<Q8_0>>;
+#endif
     }
     return nullptr;
 }
@@ -778,6 +840,56 @@ static TGT void attn_group(const kargs_attention& a, const float* q, float* out,
         for (int d = 0; d < hd; d += 8)
             _mm256_storeu_ps(out + i * hd + d, _mm256_mul_ps(_mm256_loadu_ps(out + i * hd + d), f));
     }
+}
+
+
+// ---- GLU activations: out = act(gate) * up -----------------------------------------------
+// Both activations through one sigmoid, which exp_neg8 gives without overflow:
+//   silu(v) = v * sigmoid(v);  gelu_tanh(v) = 0.5 v (1 + tanh(z)) = v * sigmoid(2 z),
+//   z = sqrt(2/pi) (v + 0.044715 v^3);
+//   sigmoid(t) = 1 / (1 + e) for t >= 0 and e / (1 + e) for t < 0, e = exp(-|t|) <= 1.
+// (The sigmoid form also avoids 1 + tanh(z) cancelling for large negative v.) A NaN gate
+// gives NaN.
+static inline TGT __m256 sigmoid8(__m256 t) {
+    const __m256 e = exp_neg8(_mm256_or_ps(t, _mm256_set1_ps(-0.0f)));   // -|t|
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 num = _mm256_blendv_ps(e, one, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ));
+    return _mm256_div_ps(num, _mm256_add_ps(one, e));
+}
+
+template <bool Gelu>
+static inline TGT __m256 glu8(__m256 v, __m256 u) {
+    __m256 t = v;
+    if (Gelu) {   // 2 z = v * (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 v^2)
+        const __m256 c1 = _mm256_set1_ps(2 * 0.7978845608028654f);
+        const __m256 c3 = _mm256_set1_ps(2 * 0.7978845608028654f * 0.044715f);
+        t = _mm256_mul_ps(v, _mm256_fmadd_ps(c3, _mm256_mul_ps(v, v), c1));
+    }
+    return _mm256_mul_ps(_mm256_mul_ps(v, sigmoid8(t)), u);
+}
+
+// Every element through the same vector code (the last few padded), so a value's result
+// does not depend on where a thread's range starts (a token's bits are the same in any batch).
+template <bool Gelu>
+static TGT void glu_row(const float* g, const float* u, float* out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, glu8<Gelu>(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) {
+        alignas(32) float gt[8] = {0}, ut[8] = {0}, ot[8];
+        std::memcpy(gt, g + i, (n - i) * sizeof(float));
+        std::memcpy(ut, u + i, (n - i) * sizeof(float));
+        _mm256_store_ps(ot, glu8<Gelu>(_mm256_load_ps(gt), _mm256_load_ps(ut)));
+        std::memcpy(out + i, ot, (n - i) * sizeof(float));
+    }
+}
+
+// ---- f32 -> f16 (the KV cache) ------------------------------------------------------------
+// vcvtps2ph rounding to nearest even, as f32_to_f16 (f16.h) does for the tail.
+static TGT void f16_row(const float* x, uint16_t* y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
 #undef TGT

@@ -11,7 +11,10 @@
 //      activations, for 1..4 activation rows per call (NMSE <= 1e-10: the same integer
 //      dot products, only the float summation order differs);
 //   3. the matmul driver (matmul_prepare + matmul_run split over 3 "threads") at each
-//      level vs the scalar kernels, with the output poisoned first.
+//      level vs the scalar kernels, with the output poisoned first;
+//   4. at each level, the driver on the same tokens in batches of 1, 2 and 3 (over 2
+//      threads) gives exactly the bits of the batch of all of them (on AVX-512 VNNI small and
+//      large batches take different routes through gemm_x86.h).
 // Prints one line per (type, level) and exits non-zero on any failure.
 #include <cmath>
 #include <cstdio>
@@ -123,7 +126,9 @@ std::vector<Simd> levels_here() {
 
 void test_type(const TypeDesc& t) {
     const int K = t.block == 1 ? 515 : t.block == 32 ? 224 : 768;  // 7 blocks / 3 super-blocks
-    const int N = 13, M = 7;
+    // N = 37: two groups of 16 rows (gemm_x86.h on AVX-512 VNNI) and 5 left to the row-dot
+    // kernels; M = 21: 8 + 8 + 5 tokens through the slabs there
+    const int N = 37, M = 21;
     const uint64_t rb = (uint64_t)K / t.block * t.bytes;
     std::vector<uint8_t> W;
     for (int n = 0; n < N; ++n) { auto r = random_row(t, K); W.insert(W.end(), r.begin(), r.end()); }
@@ -185,10 +190,27 @@ void test_type(const TypeDesc& t) {
         std::vector<uint8_t> scratch;
         kargs_matmul a{M, K, N, t.id, rb};
         MatmulJob job = matmul_prepare(a, W.data(), x.data(), y.data(), nullptr, &scratch);
-        for (int ith = 0; ith < 3; ++ith) matmul_run(job, ith, 3, nullptr);
+        std::vector<float> tmp(matmul_tmp_bytes(job) / 4 + 1);
+        for (int ith = 0; ith < 3; ++ith) matmul_run(job, ith, 3, tmp.data());
         force_simd(best_simd());
         double ed = nmse(y.data(), ysd.data(), M * N);
         check(ed <= 1e-10, std::string(t.name) + " " + simd_name(lv) + " driver vs scalar NMSE " + std::to_string(ed));
+        // 4. batch invariance: the same tokens in batches of 1, 2 and 3 give the same bits
+        force_simd(lv);
+        int differ = 0;
+        for (int mb : {1, 2, 3}) {
+            for (int m0 = 0; m0 + mb <= M; m0 += mb) {
+                std::vector<float> yb((size_t)mb * N, NAN);
+                kargs_matmul ab{mb, K, N, t.id, rb};
+                MatmulJob jb = matmul_prepare(ab, W.data(), &x[(size_t)m0 * K], yb.data(), nullptr, &scratch);
+                std::vector<float> tb(matmul_tmp_bytes(jb) / 4 + 1);
+                for (int ith = 0; ith < 2; ++ith) matmul_run(jb, ith, 2, tb.data());
+                differ += std::memcmp(yb.data(), &y[(size_t)m0 * N], yb.size() * sizeof(float)) != 0;
+            }
+        }
+        force_simd(best_simd());
+        check(differ == 0, std::string(t.name) + " " + simd_name(lv) + ": " + std::to_string(differ) +
+                               " batches of 1-3 tokens differ from the same tokens in the batch of " + std::to_string(M));
         std::printf("%-6s %-7s vs scalar: kernel NMSE %.1e, driver NMSE %.1e\n", t.name, simd_name(lv), worst, ed);
     }
 }

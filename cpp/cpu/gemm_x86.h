@@ -1,0 +1,561 @@
+// gemm_x86.h -- the matmul with 16 weight rows per vector (AVX-512 VNNI), for every batch
+// size: compiled by quants_avx512.cpp inside its namespace, after quants_x86.h (whose block
+// decoders and helpers it uses).
+//
+// Lane r of every vector is weight row r of a group of 16. Per group, the weights are
+// unpacked a few blocks at a time into a "slab" in the thread's scratch (L1-sized): each
+// value as an unsigned byte, laid out so that one 64-byte load is "4 values of 16 rows"
+// (for k = 0..7, bytes 4k..4k+3 of the 16 rows' 32-value block: the Q8_0 repacked layout of
+// quants.h), plus the block / sub-block scales as 16-lane vectors. Then, for every token of
+// the batch, one vpdpbusd per 4 values multiplies the 16 rows by the token's 4 activation
+// bytes broadcast: no horizontal sums, and the float work (scales) once per block for 16
+// rows. The slab is unpacked once per call whatever the number of tokens, so prefill pays
+// for the unpacking once per 16 rows. For up to 3 tokens (decode) the integers come from the
+// row-dot kernels' code instead, 8 rows at a time (see "small batches").
+//
+// What each (row, token) gets is one fixed sequence of operations, the same for any batch
+// size and any split over threads (a row's result does not depend on which other rows or
+// tokens share the call: Model.step's batches of several sequences rely on that):
+//   32-value blocks (Q4_0, Q5_0: value d * (u - o), o = 8 / 16; Q4_1, Q5_1: d * u + m),
+//   activations in BlockQ8, for b = 0, 1, ...:
+//     dot = -o * sum(qs_b) + sum_i u_i qs_i     (exact integers; sum(qs): BlockQ8's sum)
+//     acc = fma(float(dot), d_b * da_b, acc)                       (Q4_0, Q5_0)
+//     acc = acc + fma(m_b, s_b, float(dot) * (d_b * da_b))         (Q4_1, Q5_1; s = da * sum(qs))
+//   256-value super-blocks (K-quants, IQ4_XS), activations in BlockQ8K, per super-block:
+//     I = sum_s sc_s * dot_s(u, qs),  Mn = sum_g mn_g * bsum_g     (exact integers)
+//     acc = fma(float(I), d * da, acc); acc = fma(-float(Mn), dmin * da, acc)   (a min: Q4_K, Q5_K, Q2_K)
+//     acc = fma(float(I - Mn), d * da, acc)                                     (an offset o)
+//   over sub-blocks s of SB = 16 or 32 values with integer scales sc_s, and groups g of 16
+//   values with integer mins mn_g (bsum_g: BlockQ8K's sums per 16); a format with a constant
+//   offset o instead of a min (Q6_K: o = 32, Q3_K: 4, IQ4_XS: u = value + 128, o = 128) has
+//   mn_g = o * sc_s and dmin = d.
+// Every step is written as an explicit vector operation (no a * b + c left for the compiler to
+// fuse or not). The row-dot kernels compute the same integers but add them up in float in
+// another order, so the rows of a matrix go through this path for every batch size or for
+// none: groups of 16 rows always here, the last N % 16 rows always through the row-dot kernels.
+
+#define TGT __attribute__((target(X86_TARGET)))
+
+// ---- 16 x 8 transposition of 32-bit words ---------------------------------------------
+// Rows r = 0..15 of 8 words at u + r * stride into out: word k of row r at out + 64 k + 4 r.
+// Rows r and r + 8 share a vector (one per 256-bit half), then an 8 x 8 transposition per
+// half by unpacks, then the quarters put in row order.
+static inline TGT void transpose16x8(const uint8_t* u, size_t stride, uint8_t* out) {
+    __m512i p[8], t[8], q[8];
+    for (int i = 0; i < 8; ++i)
+        p[i] = _mm512_inserti64x4(_mm512_castsi256_si512(load32(u + i * stride)), load32(u + (i + 8) * stride), 1);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(p[i], p[i + 1]);       // per 128-bit lane: a0 b0 a1 b1
+        t[i + 1] = _mm512_unpackhi_epi32(p[i], p[i + 1]);   // a2 b2 a3 b3
+    }
+    for (int h = 0; h < 2; ++h) {   // rows 0-3 (h = 0) and 4-7 (h = 1) of each half
+        const __m512i* s = t + 4 * h;
+        q[4 * h + 0] = _mm512_unpacklo_epi64(s[0], s[2]);   // word 0 of each lane, 4 rows
+        q[4 * h + 1] = _mm512_unpackhi_epi64(s[0], s[2]);   // word 1
+        q[4 * h + 2] = _mm512_unpacklo_epi64(s[1], s[3]);   // word 2
+        q[4 * h + 3] = _mm512_unpackhi_epi64(s[1], s[3]);   // word 3
+    }
+    // lane l of q[m] / q[4 + m]: rows 0-3 / 4-7 (+ 8 for l >= 2), word 4 (l % 2) + m
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    for (int m = 0; m < 4; ++m) {
+        _mm512_storeu_si512(out + 64 * m, _mm512_permutex2var_epi64(q[m], lo, q[4 + m]));
+        _mm512_storeu_si512(out + 64 * (4 + m), _mm512_permutex2var_epi64(q[m], hi, q[4 + m]));
+    }
+}
+
+static inline TGT __m512i bcast4(const void* p) {   // 4 bytes to every lane
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+// ---- the float part, shared by the two ways of getting the integers ---------------------
+// 16 rows' exact integer sums of one block (dot) or super-block (isum, msum) for one token:
+// the scaling every path uses, so that each (row, token) gets the same float operations.
+template <bool Min>
+static inline TGT __m512 finish_q32(__m512 acc, __m512i dot, __m512 d, __m512 m, float da, float s) {
+    const __m512 c = _mm512_mul_ps(d, _mm512_set1_ps(da));
+    if (Min) return _mm512_add_ps(acc, _mm512_fmadd_ps(m, _mm512_set1_ps(s), _mm512_mul_ps(_mm512_cvtepi32_ps(dot), c)));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), c, acc);
+}
+template <bool Offset>
+static inline TGT __m512 finish_k(__m512 acc, __m512i isum, __m512i msum, __m512 d, __m512 dmin, float da_) {
+    const __m512 da = _mm512_set1_ps(da_);
+    if (Offset) return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum, msum)), _mm512_mul_ps(d, da), acc);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), acc);
+}
+
+// 8 vectors of 8 int32 lanes -> one vector of their 8 totals (exact).
+static inline TGT __m256i sum8x8(const __m256i* p) {
+    const __m256i a0 = _mm256_hadd_epi32(p[0], p[1]), a1 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i a2 = _mm256_hadd_epi32(p[4], p[5]), a3 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i b0 = _mm256_hadd_epi32(a0, a1), b1 = _mm256_hadd_epi32(a2, a3);   // lane halves: 4 rows each
+    return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+
+// ---- 32-value blocks ---------------------------------------------------------------------
+// Slab per block: u [8][16][4] bytes, then d [16], m [16] floats.
+constexpr size_t kSlab32 = 8 * 64 + 2 * 64;
+constexpr int kChunk32 = 8;   // blocks per slab
+
+// Blocks [b0, b0 + nb) of the 16 rows at w into slab; u: scratch of 16 x 32 bytes.
+template <class B>
+static TGT void unpack16_q32(const uint8_t* w, size_t row_bytes, int b0, int nb, uint8_t* u, uint8_t* slab) {
+    for (int b = 0; b < nb; ++b, slab += kSlab32) {
+        float* f = (float*)(slab + 512);
+        for (int r = 0; r < 16; ++r) {
+            const uint8_t* blk = w + r * row_bytes + (size_t)(b0 + b) * B::Bytes;
+            _mm256_storeu_si256((__m256i*)(u + 32 * r), B::q(blk));
+            f[r] = B::d(blk);
+            f[16 + r] = B::Min ? B::off(blk) : 0.0f;
+        }
+        transpose16x8(u, 32, slab);
+    }
+}
+
+// NX tokens (activation rows x + j * xs) against the slab's nb blocks (activation blocks
+// b0 ..); acc [NX][16] in and out.
+template <int NX, class B>
+static TGT void rows16_q32(const uint8_t* slab, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+    constexpr bool Min = B::Min;
+    __m512 a[NX];
+    const BlockQ8* xb[NX];
+    for (int j = 0; j < NX; ++j) {
+        a[j] = _mm512_loadu_ps(acc + 16 * j);
+        xb[j] = (const BlockQ8*)(x + j * xs) + b0;
+    }
+    for (int b = 0; b < nb; ++b, slab += kSlab32) {
+        __m512i dot[NX];
+        for (int j = 0; j < NX; ++j) dot[j] = _mm512_set1_epi32(-B::Off * xb[j][b].sum);
+        for (int c = 0; c < 8; ++c) {
+            const __m512i wv = _mm512_loadu_si512(slab + 64 * c);
+            for (int j = 0; j < NX; ++j) dot[j] = _mm512_dpbusd_epi32(dot[j], wv, bcast4(xb[j][b].qs + 4 * c));
+        }
+        const __m512 d = _mm512_loadu_ps((const float*)(slab + 512));
+        const __m512 m = Min ? _mm512_loadu_ps((const float*)(slab + 576)) : _mm512_setzero_ps();
+        for (int j = 0; j < NX; ++j) a[j] = finish_q32<Min>(a[j], dot[j], d, m, xb[j][b].d, xb[j][b].s);
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(acc + 16 * j, a[j]);
+}
+
+// ---- 256-value super-blocks -----------------------------------------------------------
+// Slab per super-block: u [64][16][4] bytes, sc [256 / SB][16] int32, mn [8][16][2] int16
+// (groups 2p and 2p + 1 of each row side by side, for vpdpwssd), then d [16], dmin [16].
+template <int SB>
+constexpr size_t slab256() { return 64 * 64 + (256 / SB) * 64 + 8 * 64 + 2 * 64; }
+
+// Per format: unpack(w, u, sc, mn, d, dmin) for one super-block of one row: u [256] bytes,
+// sc[s * 16] for each sub-block s, mn[g] for each group of 16 (at mn + (g / 2) * 32 + g % 2).
+struct Q4K {
+    static constexpr int SB = 32, Bytes = 144;
+    static constexpr bool Offset = false;
+    static TGT void unpack(const uint8_t* w, uint8_t* u, int32_t* sc, int16_t* mn, float* d, float* dmin) {
+        uint8_t s8[8], m8[8];
+        unpack_scales_k4(w + 4, s8, m8);
+        for (int s = 0; s < 8; ++s) { sc[16 * s] = s8[s]; mn[32 * s] = mn[32 * s + 1] = m8[s]; }
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        for (int c = 0; c < 4; ++c) {
+            const __m256i raw = load32(w + 16 + 32 * c);
+            _mm256_storeu_si256((__m256i*)(u + 64 * c), _mm256_and_si256(raw, m4));
+            _mm256_storeu_si256((__m256i*)(u + 64 * c + 32), _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+        }
+        *d = h2f(w);
+        *dmin = h2f(w + 2);
+    }
+};
+struct Q5K {
+    static constexpr int SB = 32, Bytes = 176;
+    static constexpr bool Offset = false;
+    static TGT void unpack(const uint8_t* w, uint8_t* u, int32_t* sc, int16_t* mn, float* d, float* dmin) {
+        uint8_t s8[8], m8[8];
+        unpack_scales_k4(w + 4, s8, m8);
+        for (int s = 0; s < 8; ++s) { sc[16 * s] = s8[s]; mn[32 * s] = mn[32 * s + 1] = m8[s]; }
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        __m256i qh = load32(w + 16);   // shifted right by 2 per chunk: bits 0 and 1 are ours
+        for (int c = 0; c < 4; ++c) {
+            const __m256i raw = load32(w + 48 + 32 * c);
+            __m256i q0 = _mm256_and_si256(raw, m4), q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+            q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4));
+            qh = _mm256_srli_epi16(qh, 2);
+            _mm256_storeu_si256((__m256i*)(u + 64 * c), q0);
+            _mm256_storeu_si256((__m256i*)(u + 64 * c + 32), q1);
+        }
+        *d = h2f(w);
+        *dmin = h2f(w + 2);
+    }
+};
+struct Q6K {   // value d * sc * (u - 32)
+    static constexpr int SB = 16, Bytes = 210;
+    static constexpr bool Offset = true;
+    static TGT void unpack(const uint8_t* w, uint8_t* u, int32_t* sc, int16_t* mn, float* d, float* dmin) {
+        const int8_t* s8 = (const int8_t*)(w + 192);
+        for (int s = 0; s < 16; ++s) { sc[16 * s] = s8[s]; mn[32 * (s / 2) + s % 2] = (int16_t)(32 * s8[s]); }
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i l0 = load32(w + 64 * h), l1 = load32(w + 64 * h + 32), qh = load32(w + 128 + 32 * h);
+            uint8_t* o = u + 128 * h;
+            _mm256_storeu_si256((__m256i*)o, _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                                             _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)));
+            _mm256_storeu_si256((__m256i*)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)));
+            _mm256_storeu_si256((__m256i*)(o + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)));
+            _mm256_storeu_si256((__m256i*)(o + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)));
+        }
+        *d = *dmin = h2f(w + 208);
+    }
+};
+template <bool Q3>
+struct Q23K {   // Q2_K: d * (sc & 15) * u - dmin * (sc >> 4); Q3_K: d * sc6 * (u - 4)
+    static constexpr int SB = 16, Bytes = Q3 ? 110 : 84;
+    static constexpr bool Offset = Q3;
+    static TGT void unpack(const uint8_t* w, uint8_t* u, int32_t* sc, int16_t* mn, float* d, float* dmin) {
+        if (Q3) {
+            int8_t s8[16];
+            unpack_scales_q3k(w + 96, s8);
+            for (int s = 0; s < 16; ++s) { sc[16 * s] = s8[s]; mn[32 * (s / 2) + s % 2] = (int16_t)(4 * s8[s]); }
+            *d = *dmin = h2f(w + 108);
+        } else {
+            for (int s = 0; s < 16; ++s) { sc[16 * s] = w[s] & 0xF; mn[32 * (s / 2) + s % 2] = w[s] >> 4; }
+            *d = h2f(w + 80);
+            *dmin = h2f(w + 82);
+        }
+        const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+        __m256i hm = Q3 ? load32(w) : _mm256_setzero_si256();
+        const uint8_t* qs = w + (Q3 ? 32 : 16);
+        for (int h = 0; h < 2; ++h) {
+            __m256i raw = load32(qs + 32 * h);
+            for (int c = 0; c < 4; ++c) {
+                __m256i q = _mm256_and_si256(raw, m2);
+                raw = _mm256_srli_epi16(raw, 2);
+                if (Q3) {   // hm is shifted right by 1 per chunk, so its bit 0 is ours
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                    hm = _mm256_srli_epi16(hm, 1);
+                }
+                _mm256_storeu_si256((__m256i*)(u + 128 * h + 32 * c), q);
+            }
+        }
+    }
+};
+struct IQ4XS {   // value d * ls * kvalues[q] = d * ls * (u - 128), u = kvalues[q] + 128
+    static constexpr int SB = 32, Bytes = 136;
+    static constexpr bool Offset = true;
+    static TGT void unpack(const uint8_t* w, uint8_t* u, int32_t* sc, int16_t* mn, float* d, float* dmin) {
+        int8_t ls[8];
+        unpack_scales_iq4xs(w, ls);
+        for (int s = 0; s < 8; ++s) { sc[16 * s] = ls[s]; mn[32 * s] = mn[32 * s + 1] = (int16_t)(128 * ls[s]); }
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kvalues_iq4nl));
+        for (int s = 0; s < 8; ++s)
+            _mm256_storeu_si256((__m256i*)(u + 32 * s), _mm256_xor_si256(_mm256_shuffle_epi8(table, nibbles_32(w + 8 + 16 * s)),
+                                                                         _mm256_set1_epi8((char)0x80)));
+        *d = *dmin = h2f(w);
+    }
+};
+
+// Super-block sb of the 16 rows at w into slab; u: scratch of 16 x 256 bytes.
+template <class F>
+static TGT void unpack16_k(const uint8_t* w, size_t row_bytes, int sb, int, uint8_t* u, uint8_t* slab) {
+    constexpr int NS = 256 / F::SB;
+    int32_t* sc = (int32_t*)(slab + 4096);
+    int16_t* mn = (int16_t*)(sc + 16 * NS);
+    float* f = (float*)(mn + 16 * 16);
+    for (int r = 0; r < 16; ++r)
+        F::unpack(w + r * row_bytes + (size_t)sb * F::Bytes, u + 256 * r, sc + r, mn + 2 * r, f + r, f + 16 + r);
+    for (int g = 0; g < 8; ++g) transpose16x8(u + 32 * g, 256, slab + 512 * g);
+}
+
+// NX tokens (BlockQ8K rows x + j * xs) against the slab's super-block (activation block
+// sb); acc [NX][16] in and out.
+template <int NX, class F>
+static TGT void rows16_k(const uint8_t* slab, int sb, int, const uint8_t* x, size_t xs, float* acc) {
+    constexpr int SB = F::SB, NS = 256 / SB;
+    const int32_t* sc = (const int32_t*)(slab + 4096);
+    const int16_t* mn = (const int16_t*)(sc + 16 * NS);
+    const float* f = (const float*)(mn + 16 * 16);
+    const BlockQ8K* xb[NX];
+    __m512i isum[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(x + j * xs) + sb;
+        isum[j] = _mm512_setzero_si512();
+    }
+    for (int s = 0; s < NS; ++s) {
+        __m512i dot[NX];
+        for (int j = 0; j < NX; ++j) dot[j] = _mm512_setzero_si512();
+        for (int c = SB / 4 * s; c < SB / 4 * (s + 1); ++c) {
+            const __m512i wv = _mm512_loadu_si512(slab + 64 * c);
+            for (int j = 0; j < NX; ++j) dot[j] = _mm512_dpbusd_epi32(dot[j], wv, bcast4(xb[j]->qs + 4 * c));
+        }
+        const __m512i scv = _mm512_loadu_si512(sc + 16 * s);
+        for (int j = 0; j < NX; ++j) isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(dot[j], scv));
+    }
+    __m512i msum[NX];
+    for (int j = 0; j < NX; ++j) msum[j] = _mm512_setzero_si512();
+    for (int p = 0; p < 8; ++p) {
+        const __m512i mv = _mm512_loadu_si512(mn + 32 * p);
+        for (int j = 0; j < NX; ++j) msum[j] = _mm512_dpwssd_epi32(msum[j], mv, bcast4(xb[j]->bsums + 2 * p));
+    }
+    const __m512 d = _mm512_loadu_ps(f), dmin = _mm512_loadu_ps(f + 16);
+    for (int j = 0; j < NX; ++j)
+        _mm512_storeu_ps(acc + 16 * j,
+                         finish_k<F::Offset>(_mm512_loadu_ps(acc + 16 * j), isum[j], msum[j], d, dmin, xb[j]->d));
+}
+
+// ---- small batches: the integers row by row ------------------------------------------------
+// For a token or a few, unpacking and transposing the weights costs more than it saves: each
+// row's integer sums are computed as the row-dot kernels compute them (8 int32 lanes of
+// partial sums, quants_x86.h), R rows at a time, the lanes of the R rows added up into one
+// vector (vphaddd) and scaled with the same per-lane operations as above on R lanes (an FMA
+// rounds the same in a lane of any width). NX <= 3 tokens; y[j * 16 + r].
+// R rows side by side are R streams of weights: 8 where 8 rows are at most 12 KiB (and the
+// next 8 are prefetched into L1 meanwhile, in address order), else 4; with more streams the
+// hardware prefetchers fell behind and decode read the weights at half the speed.
+constexpr int kSmall = 3;
+
+static inline void prefetch_next(const uint8_t* next, size_t bytes, int i, int n) {   // share i of n
+    const size_t per = ((bytes + n - 1) / n + 63) & ~size_t(63), end = std::min(bytes, per * (i + 1));
+    for (size_t o = per * i; o < end; o += 64) {   // asm volatile: gcc drops a loop of _mm_prefetch
+        if (bytes <= 12288) __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)(next + o)));
+        else __asm__ volatile("prefetcht1 %0" : : "m"(*(const char*)(next + o)));
+    }
+}
+
+// R = 8 / 4 rows: int32 vectors, float vectors and the reduction of R row vectors of 8 lanes.
+template <int R> struct Lanes;
+template <> struct Lanes<8> {
+    using I = __m256i;
+    using F = __m256;
+    static TGT I sum(const __m256i* p) { return sum8x8(p); }
+    static TGT F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+    static TGT I add(I a, I b) { return _mm256_add_epi32(a, b); }
+    static TGT I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+    static TGT I set1i(int v) { return _mm256_set1_epi32(v); }
+    static TGT F set1(float v) { return _mm256_set1_ps(v); }
+    static TGT F zero() { return _mm256_setzero_ps(); }
+    static TGT F load(const float* p) { return _mm256_loadu_ps(p); }
+    static TGT void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+    static TGT F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+    static TGT F addf(F a, F b) { return _mm256_add_ps(a, b); }
+    static TGT F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+    static TGT F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+};
+template <> struct Lanes<4> {
+    using I = __m128i;
+    using F = __m128;
+    static TGT I sum(const __m256i* p) {
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    }
+    static TGT F cvt(I v) { return _mm_cvtepi32_ps(v); }
+    static TGT I add(I a, I b) { return _mm_add_epi32(a, b); }
+    static TGT I sub(I a, I b) { return _mm_sub_epi32(a, b); }
+    static TGT I set1i(int v) { return _mm_set1_epi32(v); }
+    static TGT F set1(float v) { return _mm_set1_ps(v); }
+    static TGT F zero() { return _mm_setzero_ps(); }
+    static TGT F load(const float* p) { return _mm_loadu_ps(p); }
+    static TGT void store(float* p, F v) { _mm_storeu_ps(p, v); }
+    static TGT F mul(F a, F b) { return _mm_mul_ps(a, b); }
+    static TGT F addf(F a, F b) { return _mm_add_ps(a, b); }
+    static TGT F fmadd(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
+    static TGT F fnmadd(F a, F b, F c) { return _mm_fnmadd_ps(a, b, c); }
+};
+
+template <int R, int NX, class B>
+static TGT void small_q32(const Rows16Args& g, const uint8_t* w, float* y) {
+    using L = Lanes<R>;
+    const BlockQ8* xb[NX];
+    typename L::F acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8*)(g.xq + j * g.xq_stride);
+        acc[j] = L::zero();
+    }
+    const int nb = g.K / 32;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
+        const uint8_t* blk = w + (size_t)b * B::Bytes;
+        __m256i p[NX][R];
+        alignas(32) float d[R], m[R];
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* br = blk + r * g.row_bytes;
+            const __m256i u = B::q(br);
+            d[r] = B::d(br);
+            m[r] = B::Min ? B::off(br) : 0.0f;
+            for (int j = 0; j < NX; ++j) p[j][r] = dot_us(_mm256_setzero_si256(), u, load32(xb[j][b].qs));
+        }
+        const typename L::F dv = L::load(d), mv = L::load(m);
+        for (int j = 0; j < NX; ++j) {
+            typename L::I dot = L::sum(p[j]);
+            if (B::Off) dot = L::add(dot, L::set1i(-B::Off * xb[j][b].sum));
+            const typename L::F c = L::mul(dv, L::set1(xb[j][b].d));   // finish_q32 on R lanes
+            if (B::Min) acc[j] = L::addf(acc[j], L::fmadd(mv, L::set1(xb[j][b].s), L::mul(L::cvt(dot), c)));
+            else acc[j] = L::fmadd(L::cvt(dot), c, acc[j]);
+        }
+    }
+    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
+}
+
+template <int R, int NX, class F, class D>
+static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
+    using L = Lanes<R>;
+    const BlockQ8K* xb[NX];
+    typename L::F acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(g.xq + j * g.xq_stride);
+        acc[j] = L::zero();
+    }
+    const int nb = g.K / 256;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
+        const BlockQ8K* xa[NX];
+        for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+        __m256i is[NX][R], ms[NX][R];
+        alignas(32) float d[R], dmin[R];
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* blk = w + r * g.row_bytes + (size_t)b * F::Bytes;
+            __m256i i1[NX], m1[NX];
+            D::template ints<NX>(blk, xa, i1, m1);
+            for (int j = 0; j < NX; ++j) { is[j][r] = i1[j]; ms[j][r] = m1[j]; }
+            d[r] = D::d(blk);
+            dmin[r] = D::dmin(blk);
+        }
+        const typename L::F dv = L::load(d), dm = L::load(dmin);
+        for (int j = 0; j < NX; ++j) {   // finish_k on R lanes (an offset is already in the row kernels' isum)
+            const typename L::F da = L::set1(xa[j]->d);
+            acc[j] = L::fmadd(L::cvt(L::sum(is[j])), L::mul(dv, da), acc[j]);
+            if (!F::Offset) acc[j] = L::fnmadd(L::cvt(L::sum(ms[j])), L::mul(dm, da), acc[j]);
+        }
+    }
+    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
+}
+
+// ---- the driver's entry ---------------------------------------------------------------------
+// Rows [n0, n1) (multiples of 16) of y for every token: per group of 16 rows, a slab of
+// `chunk` blocks at a time, then every token, 8 at a time, against it.
+template <int Block, int Chunk, size_t SlabBytes, class Unpack, template <int> class Kern>
+static TGT void rows16_drive(const Rows16Args& g, int n0, int n1, uint8_t* scratch, Unpack unpack) {
+    const int nb = g.K / Block;
+    uint8_t* slab = scratch;                              // Chunk slabs
+    uint8_t* u = slab + Chunk * SlabBytes;                // 16 rows of one block, unpacked
+    float* acc = (float*)(u + 16 * Block);                // [M][16]
+    for (int n = n0; n + 16 <= n1; n += 16) {
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        std::memset(acc, 0, sizeof(float) * 16 * g.M);
+        for (int b0 = 0; b0 < nb; b0 += Chunk) {
+            const int cb = std::min(Chunk, nb - b0);
+            unpack(w, g.row_bytes, b0, cb, u, slab);
+            int t = 0;
+            for (; t + 8 <= g.M; t += 8)
+                Kern<8>::run(slab, b0, cb, g.xq + t * g.xq_stride, g.xq_stride, acc + 16 * t);
+            const uint8_t* xt = g.xq + t * g.xq_stride;
+            float* at = acc + 16 * t;
+            switch (g.M - t) {
+                case 1: Kern<1>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 2: Kern<2>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 3: Kern<3>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 4: Kern<4>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 5: Kern<5>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 6: Kern<6>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                case 7: Kern<7>::run(slab, b0, cb, xt, g.xq_stride, at); break;
+                default: break;
+            }
+        }
+        for (int t = 0; t < g.M; ++t) std::memcpy(g.y + (size_t)t * g.N + n, acc + 16 * t, 16 * sizeof(float));
+    }
+}
+
+template <class B>
+struct Q32Kern {
+    template <int NX>
+    struct K {
+        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+            rows16_q32<NX, B>(s, b0, nb, x, xs, acc);
+        }
+    };
+};
+template <class F>
+struct KKern {
+    template <int NX>
+    struct K {
+        static TGT void run(const uint8_t* s, int b0, int nb, const uint8_t* x, size_t xs, float* acc) {
+            rows16_k<NX, F>(s, b0, nb, x, xs, acc);
+        }
+    };
+};
+
+// Up to kSmall tokens: the integers row by row, R rows at a time; more: through slabs.
+template <class Small8, class Small4>
+static TGT void small_drive(const Rows16Args& g, int n0, int n1, uint8_t* scratch, Small8 s8, Small4 s4) {
+    float* out = (float*)scratch;   // [M][16]
+    const bool eight = true;
+    for (int n = n0; n + 16 <= n1; n += 16) {
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        if (eight) {
+            s8(g, w, out);
+            s8(g, w + 8 * g.row_bytes, out + 8);
+        } else {
+            for (int q = 0; q < 4; ++q) s4(g, w + 4 * q * g.row_bytes, out + 4 * q);
+        }
+        for (int t = 0; t < g.M; ++t) std::memcpy(g.y + (size_t)t * g.N + n, out + 16 * t, 16 * sizeof(float));
+    }
+}
+
+template <class B>
+static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
+    if (g.M <= kSmall) {
+        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_q32<8, 1, B>(g, w, out);
+            else if (g.M == 2) small_q32<8, 2, B>(g, w, out);
+            else small_q32<8, 3, B>(g, w, out);
+        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_q32<4, 1, B>(g, w, out);
+            else if (g.M == 2) small_q32<4, 2, B>(g, w, out);
+            else small_q32<4, 3, B>(g, w, out);
+        });
+        return;
+    }
+    rows16_drive<32, kChunk32, kSlab32, decltype(&unpack16_q32<B>), Q32Kern<B>::template K>(g, n0, n1, scratch,
+                                                                                         unpack16_q32<B>);
+}
+template <class F, class D>
+static TGT void rows16_k_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
+    if (g.M <= kSmall) {
+        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_k<8, 1, F, D>(g, w, out);
+            else if (g.M == 2) small_k<8, 2, F, D>(g, w, out);
+            else small_k<8, 3, F, D>(g, w, out);
+        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
+            if (g.M == 1) small_k<4, 1, F, D>(g, w, out);
+            else if (g.M == 2) small_k<4, 2, F, D>(g, w, out);
+            else small_k<4, 3, F, D>(g, w, out);
+        });
+        return;
+    }
+    rows16_drive<256, 1, slab256<F::SB>(), decltype(&unpack16_k<F>), KKern<F>::template K>(g, n0, n1, scratch,
+                                                                                        unpack16_k<F>);
+}
+
+static Rows16 x86_rows16_table(int t) {
+    switch (t) {
+        case KT_Q4_0: return rows16_q32_entry<Q4_0>;
+        case KT_Q4_1: return rows16_q32_entry<Q4_1>;
+        case KT_Q5_0: return rows16_q32_entry<Q5_0>;
+        case KT_Q5_1: return rows16_q32_entry<Q5_1>;
+        case KT_Q4_K: return rows16_k_entry<Q4K, DotQ45K<false>>;
+        case KT_Q5_K: return rows16_k_entry<Q5K, DotQ45K<true>>;
+        case KT_Q6_K: return rows16_k_entry<Q6K, DotQ6K>;
+        case KT_Q2_K: return rows16_k_entry<Q23K<false>, DotQ23K<false>>;
+        case KT_Q3_K: return rows16_k_entry<Q23K<true>, DotQ23K<true>>;
+        case KT_IQ4_XS: return rows16_k_entry<IQ4XS, DotIQ4XS>;
+    }
+    return nullptr;
+}
+
+static size_t x86_rows16_scratch(int M) {
+    return std::max(kChunk32 * kSlab32 + 16 * 32, slab256<16>() + 16 * 256) + (size_t)16 * sizeof(float) * M;
+}
+
+static const Rows16Level x86_rows16_level = {x86_rows16_table, x86_rows16_scratch};
+
+#undef TGT
