@@ -7,14 +7,16 @@ concurrent clients, optionally next to llama.cpp's `llama-server` under the same
 
 Loopback only and bounded: every server is started by the script on a free 127.0.0.1 port with
 -np = the largest client count and the same -c (the total context, split over the -np slots by
-both servers, so each slot holds -c / -np positions), and stopped at the end of its round. Each
+both servers, so each slot holds -c / -np positions), and stopped at the end. Each
 client sends --requests streaming chat requests one after another ("Tell me a story about the
 number i.", greedy, ignore_eos, --max-tokens tokens); one warm-up request of 4 tokens precedes
 the measured loads. The tokens counted are the usage's completion_tokens of each request.
 
-With --llama-server the two servers take turns (llmetal, llama-server, llmetal, ... --rounds
-times each), so that a shared, noisy machine weighs on both alike; the table gives, per server
-and client count, the best and the median aggregate t/s over the rounds and the median TTFT.
+With --llama-server both servers are started (one idles while the other is measured) and take
+turns at each client count, --rounds times (llmetal at 1 client, llama-server at 1 client,
+llmetal at 2, ...), so that a shared, noisy machine weighs on both alike; the table gives, per
+server and client count, the best and the median aggregate t/s over the rounds and the median
+TTFT.
 llama-server runs with `--no-cache-prompt --cache-ram 0` (it would otherwise reuse the chat
 template's prefix from a slot's previous request, which llmetal recomputes: the same work for
 both) and `--no-kv-unified` (one KV cache per slot, as llmetal's); add others with
@@ -36,6 +38,7 @@ import time
 import httpx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADS: list[float] = []     # the 1-minute load average after each measurement
 
 
 def free_port() -> int:
@@ -110,20 +113,16 @@ def llama_server_argv(a, n_slots, path):
     return argv + shlex.split(a.llama_args)
 
 
-def measure(server, clients, n_requests, max_tokens):
-    """Warm up, then each client count in turn: {clients: (tokens, seconds, [ttft], prompt tokens)}."""
-    server.wait_healthy()
-    one(server.base, 0, 4)      # warm-up: llmetal records its plans, llama-server its graphs
-    out = {}
-    for c in clients:
-        n_req = c * n_requests
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(c) as ex:
-            res = list(ex.map(lambda i: one(server.base, i, max_tokens), range(n_req)))
-        dt = time.perf_counter() - t0
-        out[c] = (sum(r[0] for r in res), dt, [r[2] for r in res], statistics.median(r[1] for r in res))
-        print(f"   {server.name}: {c} clients, {out[c][0]} tokens in {dt:.2f} s = {out[c][0] / dt:.1f} t/s",
-              file=sys.stderr, flush=True)
+def measure(server, c, n_requests, max_tokens):
+    """c clients, n_requests each one after another: (tokens, seconds, [ttft], median prompt tokens)."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(c) as ex:
+        res = list(ex.map(lambda i: one(server.base, i, max_tokens), range(c * n_requests)))
+    dt = time.perf_counter() - t0
+    out = (sum(r[0] for r in res), dt, [r[2] for r in res], statistics.median(r[1] for r in res))
+    LOADS.append(os.getloadavg()[0])
+    print(f"   {server.name}: {c} clients, {out[0]} tokens in {dt:.2f} s = {out[0] / dt:.1f} t/s "
+          f"(load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     return out
 
 
@@ -149,33 +148,40 @@ def main():
     if a.llama_server:
         lib = os.path.dirname(os.path.abspath(a.llama_server))   # its shared libraries lie beside it
         llama_env = dict(os.environ, LD_LIBRARY_PATH=lib + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
-    runs = {"llmetal": [], "llama-server": []}
-    for rnd in range(a.rounds):
-        todo = [("llmetal", llmetal_argv(a, n_slots), env)]
-        if a.llama_server:
-            todo.append(("llama-server", llama_server_argv(a, n_slots, a.llama_server), llama_env))
+    todo = [("llmetal", llmetal_argv(a, n_slots), env)]
+    if a.llama_server:
+        todo.append(("llama-server", llama_server_argv(a, n_slots, a.llama_server), llama_env))
+    servers = []
+    runs = {name: {c: [] for c in clients} for name, _, _ in todo}   # name -> clients -> rounds
+    try:
         for name, argv, e in todo:
-            print(f"round {rnd + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
-            s = Server(name, argv, e)
-            try:
-                runs[name].append(measure(s, clients, a.requests, a.max_tokens))
-            finally:
-                s.stop()
+            servers.append(Server(name, argv, e))
+        for s in servers:
+            s.wait_healthy()
+            one(s.base, 0, 4)       # warm-up: llmetal records its plans, llama-server its graphs
+        for rnd in range(a.rounds):
+            print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr, flush=True)
+            for c in clients:
+                for s in servers:
+                    runs[s.name][c].append(measure(s, c, a.requests, a.max_tokens))
+    finally:
+        for s in servers:
+            s.stop()
 
     print(f"\n{a.model}, {a.threads or 'default'} threads, -np {n_slots} -c {a.ctx_size}, {a.requests} request(s) "
-          f"per client of {a.max_tokens} tokens, {a.rounds} round(s)\n")
+          f"per client of {a.max_tokens} tokens, {a.rounds} round(s), load average {min(LOADS):.2f}-"
+          f"{max(LOADS):.2f}\n")
     print("| server | clients | tokens / round | prompt tokens | aggregate t/s best | median | vs 1 client "
           "(best) | TTFT median ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rs in runs.items():
-        if not rs:
-            continue
+    for name, by_c in runs.items():
         base = None
         for c in clients:
-            tps = [r[c][0] / r[c][1] for r in rs]
-            ttft = statistics.median(t for r in rs for t in r[c][2])
+            rs = by_c[c]
+            tps = [r[0] / r[1] for r in rs]
+            ttft = statistics.median(t for r in rs for t in r[2])
             base = base or max(tps)
-            print(f"| {name} | {c} | {rs[0][c][0]} | {rs[0][c][3]:.0f} | {max(tps):.1f} | "
+            print(f"| {name} | {c} | {rs[0][0]} | {rs[0][3]:.0f} | {max(tps):.1f} | "
                   f"{statistics.median(tps):.1f} | {max(tps) / base:.2f}x | {1000 * ttft:.0f} |")
 
 
