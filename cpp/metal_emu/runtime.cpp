@@ -232,10 +232,10 @@ std::vector<TrafficRecord> g_records;     // under count_mu
 // The runner running a counted dispatch on this OS thread, or null: the counted build's code
 // run at any other time (its static initialisers) counts nothing. The scheduler's resolve
 // functions run while it is set, but touch only the fibers' slots, which lie in no counted
-// range. Initial-exec TLS: one register-relative load, no call.
-#if defined(__ELF__)
-__attribute__((tls_model("initial-exec")))
-#endif
+// range. The default (dynamic) TLS model: an initial-exec variable marks the whole module
+// STATIC_TLS, and then the TLS of everything linked into it (the CUDA runtime's: 8 KB aligned
+// to 4 KB) must fit glibc's small static surplus when Python dlopens the module -- it does not
+// ("cannot allocate memory in static TLS block").
 thread_local Runner* tl_counter = nullptr;
 
 inline void hook(const void* p, uint64_t n, bool write) {
