@@ -4,6 +4,7 @@
 #include <cstring>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
@@ -15,14 +16,24 @@
 #ifdef LLMETAL_WITH_METAL_EMU   // cpp/metal_emu/device_emu.cpp
 namespace llmetal {
 void metal_counters(Device& d, uint64_t out[7]);
-void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
+void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs,
+                          const std::vector<uint64_t>& sizes, const void* args, uint32_t args_bytes,
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule);
+}
+#include "metal_emu/runtime.h"   // counting mode
+#endif
+#if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)   // cpp/metal/dispatch.cpp
+namespace llmetal::metal {
+void plan_counters(Device& d, uint64_t out[3]);
+int kernel_count();
+const char* kernel_name(int id);
 }
 #endif
 #ifdef LLMETAL_WITH_METAL_SHIM   // tests/metal_shim/shim.mm (test builds only)
 namespace llmetal {
 std::vector<std::pair<std::string, int64_t>> metal_shim_stats();
 void metal_shim_fail_command_buffer(int64_t k);
+std::vector<std::tuple<std::string, int64_t, std::string>> metal_shim_events();
 }
 #endif
 
@@ -75,7 +86,7 @@ static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
         nb::dict d;
         d["kernel"] = descs[i].kernel; d["first"] = x.first; d["count"] = x.count; d["fusion"] = descs[i].fusion;
         d["grid"] = nb::make_tuple(x.grid[0], x.grid[1], x.grid[2]); d["block"] = x.block; d["smem"] = x.smem;
-        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd;
+        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd; d["nks"] = x.nks;
         launches.append(d);
     }
     nb::dict out;
@@ -101,6 +112,7 @@ static nb::dict build_info() {
 #endif
 #ifdef LLMETAL_WITH_METAL_EMU
     devices.append("metal-emu");
+    d["metal_emu_counting"] = emu::counting_built();   // the kernels' counted build exists
 #endif
     d["devices"] = devices;
 #if defined(__clang__)
@@ -295,16 +307,67 @@ NB_MODULE(_engine, m) {
                                      std::vector<uint32_t> grid, std::vector<uint32_t> tg, uint32_t tg_mem,
                                      const std::string& schedule) {
         std::vector<void*> bufs;
+        std::vector<uint64_t> sizes;
         for (nb::handle a : arrays) {
             nb::object iface = a.attr("__array_interface__");
             bufs.push_back((void*)nb::cast<uintptr_t>(nb::cast<nb::tuple>(iface["data"])[0]));
+            sizes.push_back(nb::cast<uint64_t>(a.attr("nbytes")));
         }
         if (grid.size() != 3 || tg.size() != 3) throw Error("metal_emu_run_kernel: grid and tg take 3 values");
         std::string a(args.c_str(), args.size());
         a.resize(64);
-        metal_emu_run_kernel(name, bufs, a.data(), grid.data(), tg.data(), tg_mem, schedule);
+        metal_emu_run_kernel(name, bufs, sizes, a.data(), (uint32_t)args.size(), grid.data(), tg.data(), tg_mem,
+                             schedule);
     }, nb::arg("name"), nb::arg("arrays"), nb::arg("args"), nb::arg("grid"), nb::arg("tg"),
        nb::arg("tg_mem") = 0, nb::arg("schedule") = "forward");
+    // Counting mode (cpp/metal_emu/runtime.h, "memory traffic"): per dispatch, the bytes the
+    // kernel's loads and stores move in device, constant and threadgroup memory.
+    m.def("metal_emu_counting", [](nb::object on) {
+        bool was = emu::counting();
+        if (!on.is_none()) {
+            try {
+                emu::set_counting(nb::cast<bool>(on));
+            } catch (const std::runtime_error& e) {
+                throw Error(e.what());
+            }
+        }
+        return was;
+    }, nb::arg("on") = nb::none(),
+       "Turn the emulator's counting mode on or off (None: leave it); returns whether it was on. "
+       "Raises where the kernels' counted build could not be made.");
+    m.def("metal_emu_traffic", []() {
+        nb::list out;
+        for (const emu::TrafficRecord& r : emu::take_traffic()) {
+            nb::dict d;
+            d["kernel"] = r.kernel;
+            d["stage"] = r.label;
+            d["grid"] = nb::make_tuple(r.grid[0], r.grid[1], r.grid[2]);
+            d["tg"] = nb::make_tuple(r.tg[0], r.tg[1], r.tg[2]);
+            d["device_read"] = r.t.device_read;
+            d["device_written"] = r.t.device_written;
+            d["threadgroup_read"] = r.t.threadgroup_read;
+            d["threadgroup_written"] = r.t.threadgroup_written;
+            d["constant_read"] = r.t.constant_read;
+            out.append(d);
+        }
+        return out;
+    }, "The counting mode's records since the last call, one dict per dispatch in order: kernel, stage, grid, "
+       "tg, and bytes device_read, device_written, threadgroup_read, threadgroup_written, constant_read.");
+#endif
+#if defined(LLMETAL_WITH_METAL_EMU) || defined(LLMETAL_WITH_METAL)
+    m.def("metal_plan_counters", [](Device& d) {
+        uint64_t v[3];
+        metal::plan_counters(d, v);
+        nb::dict r;
+        r["replans"] = v[0]; r["ahead_used"] = v[1]; r["ahead_dropped"] = v[2];
+        return r;
+    }, "A Metal device's recorded plans planned again (for other attention splits), and its command "
+       "buffers encoded ahead that were committed or dropped unused.");
+    m.def("metal_kernel_names", []() {
+        std::vector<std::string> v;
+        for (int k = 0; k < metal::kernel_count(); ++k) v.push_back(metal::kernel_name(k));
+        return v;
+    }, "Every kernel the Metal planner can name: the pipelines a Metal device makes when created.");
 #endif
 #ifdef LLMETAL_WITH_METAL_SHIM
     m.def("metal_shim_stats", []() {
@@ -314,6 +377,9 @@ NB_MODULE(_engine, m) {
     }, "The Linux Metal shim's bookkeeping: live objects per class, retains, open pools, ...");
     m.def("metal_shim_fail_command_buffer", &metal_shim_fail_command_buffer, nb::arg("k"),
           "Make the k-th command buffer committed from now on end with an error (tests).");
+    m.def("metal_shim_events", &metal_shim_events,
+          "The shim's host-side events since the last call, oldest first: (kind, command buffer, kernel), "
+          "kind 'pipeline' (kernel: its name), 'encode', 'commit', 'complete' or 'drop'.");
 #endif
 
     nb::class_<Tensor>(m, "Tensor")

@@ -211,12 +211,42 @@ def test_fusion_off_and_prompt_lists(cpu):
     assert names(p, fuse=False) == ["kernel_add", "kernel_rmsnorm", "kernel_quantize_q8", "kernel_mmvq<Q4_0>"]
     assert E.cuda_plan(p)["pdl"] and not E.cuda_plan(p, {"pdl": False})["pdl"]
     assert not E.cuda_plan(p, {"cc_major": 8})["pdl"]
-    # a prompt of 32 tokens: the GEMM on the tensor cores, and no PDL
-    P = Lists(cpu, T=32)
+    # a prompt of 96 tokens: the GEMM on the tensor cores, and no PDL
+    P = Lists(cpu, T=96)
     p = P.record(lambda e, t: e.matmul(W, t["xn"], t["y1"]))
     r = E.cuda_plan(p)
     assert [l["kernel"] for l in r["launches"]] == ["kernel_f32_to_f16", "kernel_dequant_f16<Q4_0>", "kernel_gemm_f16"]
     assert not r["pdl"] and r["hscratch_bytes"] > 0
+
+
+@pytest.mark.parametrize("T,K,N", [(9, 256, 256), (16, 4096, 4096), (33, 4096, 1024), (64, 14336, 4096),
+                                   (64, 4096, 14336)])
+def test_few_token_gemm_on_quantized_rows(cpu, T, K, N):
+    """9 to 64 tokens (several sequences decoding, a short prompt chunk): kernel_gemm_q streams
+    the quantized rows, 128 rows a block (32 a warp), K split over blocks while the row tiles
+    give fewer than three blocks an SM, then the splits summed in order; one split writes y
+    itself. 65 tokens take the prompt path."""
+    L = Lists(cpu, d=K, T=T)
+    P = E.BufferPool(cpu)
+    P.declare("y", F32, [T, N])
+    P.reserve()
+    W = L.weight(Q4_0, N, K)
+    r = E.cuda_plan(L.record(lambda e, t: e.matmul(W, t["xn"], P.get("y"))))
+    ks = [l["kernel"] for l in r["launches"]]
+    g = r["launches"][1]
+    tiles, nw = -(-N // 128), K // 256                    # row tiles, 256-value windows of a row
+    assert g["kernel"] == "kernel_gemm_q<Q4_0>" and g["grid"][0] == tiles and g["block"] == 128
+    S, nwp = g["grid"][1], g["nks"]
+    assert S == g["S"] and S * nwp >= nw > (S - 1) * nwp                # every window, no empty split
+    assert S == 1 or tiles * (S - 1) < 3 * 132                            # no more splits than needed
+    assert ks == ["kernel_f32_to_f16", "kernel_gemm_q<Q4_0>"] + (["kernel_splitk_sum"] if S > 1 else [])
+    assert r["hscratch_bytes"] >= T * K * 2 + (S * T * N * 4 if S > 1 else 0)
+    L65 = Lists(cpu, d=K, T=65)
+    P65 = E.BufferPool(cpu)
+    P65.declare("y", F32, [65, N])
+    P65.reserve()
+    r = E.cuda_plan(L65.record(lambda e, t: e.matmul(W, t["xn"], P65.get("y"))))
+    assert [l["kernel"] for l in r["launches"]][1] == "kernel_dequant_f16<Q4_0>"
 
 
 def _decode_step(model):

@@ -70,11 +70,12 @@ def test_twelve_chunks(run_cli, name):
     from llmetal.models import resolve
     running, ppl, err = llmetal_running(run_cli, resolve(name), 12)
     if name == "qwen2.5-coder-0.5b":
-        # Open: on Qwen2.5 llmetal's running estimate sits 0.4-0.7% below llama.cpp's FA-off run
-        # on every chunk (5.9959 vs 6.0319 after 12; chunk 1 4.8109 vs 4.8398, which the float64
-        # model reproduces exactly), while each stage's error is at the usual level
-        # (docs/benchmarks.md). The final figure is held to the 0.5% of llama-perplexity's
-        # default run (6.0221).
+        # On Qwen2.5 one chunk's figure moves by ~0.5% (sd) with the draw of the 8-bit activation
+        # rounding, in llmetal and llama.cpp alike, so a per-chunk bound of 0.5% against one
+        # llama.cpp run tests chance. Over 5 equivalent copies of the file llmetal's 12-chunk mean
+        # is the float64 model's (6.0045 vs 6.0047), llama.cpp FA-off's 6.0203
+        # (docs/log/qwen-perplexity.md). The final figure is held to the 0.5% of
+        # llama-perplexity's default run (6.0221).
         default = fixture(name)["runs"]["default"]["ppl"]
         assert abs(ppl - default) / default < TOLERANCE, (ppl, default)
         return

@@ -190,6 +190,26 @@ def test_negative_temperature_is_greedy_as_in_llama_cpp():
     assert s.params.greedy and s.sample(f32([0.0, 0.2, 0.1]), [])[0] == 1
 
 
+def test_token_is_the_token_sample_picks():
+    # token() skips the greedy log-probability; it must pick what sample() picks, penalties,
+    # ties and seeded draws included, and refuse what sample() refuses
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal(300).astype(np.float32) * 2
+    logits[[7, 9]] = logits.max() + 1                          # a tie: the lower id
+    history = [7, 9] + list(rng.integers(0, 300, 40))          # the penalty moves the choice
+    for params in (SamplerParams(temp=0), SamplerParams(temp=0, repeat_penalty=1.3, repeat_last_n=16),
+                   SamplerParams(temp=0.9, seed=3), SamplerParams(temp=0.9, repeat_penalty=1.1, seed=3)):
+        a, b = Sampler(params, 300), Sampler(params, 300)
+        for i in range(20):
+            assert a.token(logits, history[:i]) == b.sample(logits, history[:i])[0]
+    g = Sampler(SamplerParams(temp=0), 4)
+    for bad in (f32([0, np.nan, 1, 2]), f32([0, 1, np.inf, 2]), f32([np.nan] * 4)):
+        with pytest.raises(ValueError, match="finite"):
+            g.token(bad, [])
+    with pytest.raises(ValueError, match="shape"):
+        g.token(f32([0, 1, 2]), [])
+
+
 # --------------------------------------------------------------------------- the chain
 
 def test_logprob_is_that_of_the_final_distribution():

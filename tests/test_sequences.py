@@ -78,6 +78,18 @@ def test_step_plan_has_the_forward_names(smollm2_path):
     assert m.n_recorded == 2
 
 
+def test_cpu_buckets_past_16_rows_are_multiples_of_16(smollm2_path):
+    # powers of two up to 16, then multiples of 16 (a prompt of 41 rows runs as 48, not 64);
+    # the padding rows change nothing: the 41-row prompt gives the single-sequence logits
+    m = llmetal.load(smollm2_path, device="cpu", n_ctx=64, n_seq=2)
+    assert [m.step_plan(n).plan.n_tokens for n in (3, 12, 16, 17, 41, 48)] == [4, 16, 16, 32, 48, 48]
+    prompt = [1] + [(97 * i) % 4000 + 30 for i in range(40)]
+    ref = llmetal.load(smollm2_path, device="cpu", n_ctx=64).prefill(prompt, 0).copy()
+    got = m.step([(1, t, i) for i, t in enumerate(prompt)], [40])[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
 def test_step_eager_equals_plan(smollm2_path):
     m = llmetal.load(smollm2_path, device="cpu", n_ctx=32, n_seq=3)
     rows = [(0, 1, 0), (2, 7, 0), (2, 8, 1), (1, 9, 0)]

@@ -446,6 +446,41 @@ def test_attention(device, simd, request, H, KV, hd, T, pos0, window, softcap):
           TOL["attention_tc"] if tc else None)
 
 
+@pytest.mark.parametrize("T", [1, 24])
+def test_attention_large_biased_keys(device, simd, request, T):
+    """Keys shaped like Qwen2.5's (its first layer): a K bias of 60-150 in the slowest-turning
+    rotary pairs, which rope barely turns, so every key shares it; a few units elsewhere; a
+    variation of 0.5 between tokens. Queries share the bias's sign there, so the scores sit at
+    50-160 with a spread of ~10 in each row: exp(score) overflows float32 unless the row's max
+    is subtracted first, and scores accumulated in f16 (step 0.125 at 128) are off by whole
+    percent of a probability. The reference reads the same f16 cache, so what is measured is
+    the stage's arithmetic (the cache's rounding of these keys is ~4e-5 by itself)."""
+    rng, seed = rng_for(request)
+    H, KV, hd, pos0 = 4, 2, 64, 40
+    n_ctx = pos0 + T
+    slow = np.r_[hd // 2 - 4:hd // 2, hd - 4:hd]        # neox pairs (i, i + hd/2), i = 28..31
+    sign = rng.choice([-1.0, 1.0], (KV, hd))
+    kb = rng.standard_normal((KV, hd)) * 3.0
+    kb[:, slow] = sign[:, slow] * rng.uniform(60, 150, (KV, slow.size))
+    k = (kb + 0.5 * rng.standard_normal((n_ctx, KV, hd))).reshape(n_ctx, KV * hd)
+    qb = rng.standard_normal((H, hd)) * 2.0
+    qb[:, slow] = sign[np.arange(H) // (H // KV)][:, slow] * rng.uniform(0.5, 1.5, (H, slow.size))
+    q = (qb + 0.5 * rng.standard_normal((T, H, hd))).reshape(T, H * hd)
+    K = R.rope(k, KV, hd, R.ROPE_NEOX, 1e6, 1.0, 0).astype(np.float16)
+    q = R.rope(q, H, hd, R.ROPE_NEOX, 1e6, 1.0, pos0).astype(np.float32)
+    V = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)
+    scale = 1.0 / np.sqrt(hd)
+    Kg = K.astype(np.float64).reshape(n_ctx, KV, hd)[:, np.arange(H) // (H // KV)]   # each query head's keys
+    s = np.einsum("thd,jhd->thj", q.reshape(T, H, hd), Kg) * scale
+    assert s.max() > 89, "the inputs must make exp(score) overflow float32"
+    rig = Rig(device, {"q": q, "K": K, "V": V}, {"out": (F32, (T, H * hd))})
+    encoder(device, pos0, T).attention(rig["q"], rig["K"], rig["V"], rig["out"], H, KV, scale, 0, 0.0)
+    got = rig.out("out", seed, "attention")
+    ref = R.attention(q, K, V, H, KV, pos0, scale)
+    tc = device.name == "cuda" and T >= 16
+    check("attention", got, ref, seed, f"Qwen-like keys T={T} simd={simd}", TOL["attention_tc"] if tc else None)
+
+
 def test_attention_reference_properties(request):
     """The reference by hand-checkable cases: a zero query averages the visible V rows
     uniformly (so causality and the window are visible in the result); GQA picks KV head

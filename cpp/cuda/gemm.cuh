@@ -1,6 +1,7 @@
-// gemm.cuh -- the CUDA device's prefill matmuls (more than 8 tokens): the weights (a chunk of
-// rows at a time) and the activations to fp16 in scratch memory, then a tensor-core GEMM
-// (mma.sync m16n8k16, float accumulators, a 4-stage cp.async pipeline, 128 x 128 tiles).
+// gemm.cuh -- the CUDA device's matmuls of more than 8 tokens on the tensor cores (mma.sync
+// m16n8k16, float accumulators, a 4-stage pipeline, 128-row tiles): prompts (more than
+// GQ_MAX_TOKENS) dequantize the weights to fp16 in scratch memory, a chunk of rows at a time;
+// a few tokens (9 to GQ_MAX_TOKENS) dequantize each tile into shared memory (kernel_gemm_q).
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -158,6 +159,127 @@ kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K,
             }
         }
     }
+}
+
+// ---- a few tokens: the GEMM reading quantized weights --------------------------------------
+// A step of 9 to GQ_MAX_TOKENS rows (several sequences decoding together, a short prompt
+// chunk) has too few tokens to pay for an fp16 copy of each weight (2 B a weight written and
+// read again, against the 0.5-1 B of the quantized rows), so kernel_gemm_q streams the
+// quantized rows as the mat-vecs do and dequantizes them into registers for the tensor cores.
+//
+// A block is GQ_WARPS warps of 32 weight rows each (GQ_ROWS = 128 rows); the block's warps walk
+// the same windows of gq_window(T) values (whole blocks / super-blocks), so the activations a
+// window needs are fetched into the L1 once for all four. Each warp copies its 32 rows' raw
+// bytes of a window to its two-slot ring by cp.async (window i + 1 in flight while window i
+// is computed); each 32-value chunk of a window is then two mma.m16n8k16 k steps per 16 rows
+// and 8 tokens, the weights as the A operand (rows = m), the fp16 activations as B (tokens =
+// n). The k order inside a chunk is permuted so that lane t's operands are 8 consecutive
+// values: its A registers are dq8 (the CPU's dequantization, rounded to nearest fp16) of
+// group t of the chunk for rows g and g + 8, its B registers one 16-byte load of activations
+// [8t, 8t + 8) of token g; the same permutation on both sides leaves the dot product as it is.
+// Few row tiles (4096 rows: 32 for 132 SMs) split K over grid.y: split s writes its slice of
+// `part` ([S][M][N]) and kernel_splitk_sum adds the slices in split order (no atomics: the
+// same bits every run); with one split the warps write Y.
+// NT8: token tiles of 8 (M <= 8 NT8). nwp: windows a split. vw: copy width (planner.cpp).
+template <int T, int NT8>
+__global__ void __launch_bounds__(GQ_WARPS * 32)
+kernel_gemm_q(const __half* X, const uint8_t* W, uint64_t row_bytes, float* Y, float* part, int M, int N, int K,
+              int nwp, int vw) {
+    constexpr int WV = gq_window(T), WB = WV / QT<T>::QK * QT<T>::BB;   // a row's window: values, bytes
+    constexpr int RW = GQ_ROWS / GQ_WARPS;                                // rows a warp (32)
+    extern __shared__ __align__(16) uint8_t gsm[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * GQ_ROWS + warp * RW;   // this warp's rows
+    const int w0 = blockIdx.y * nwp, nmine = n0 < N ? min(K / WV - w0, nwp) : 0;   // a warp past N: none
+    uint8_t* ring = gsm + warp * GQ_SLOTS * RW * WB;
+
+    auto issue = [&](int i) {   // window w0 + i of the 32 rows into its slot (rows past N: row N - 1)
+        if (i < nmine) {
+            uint8_t* dst = ring + (i % GQ_SLOTS) * RW * WB;
+            const uint8_t* src = W + (uint64_t)(w0 + i) * WB;
+            if (vw >= 4) {
+                for (int b = lane * vw; b < RW * WB; b += 32 * vw)
+                    cp_async(dst + b, src + (uint64_t)min(n0 + b / WB, N - 1) * row_bytes + b % WB, vw);
+            } else {
+                for (int b = lane * 2; b < RW * WB; b += 64)
+                    *(uint16_t*)(dst + b) = *(const uint16_t*)(src + (uint64_t)min(n0 + b / WB, N - 1) * row_bytes + b % WB);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < GQ_SLOTS - 1; ++i) issue(i);   // the weights are never written: fetched
+    pdl_wait();                                        // before waiting for the previous kernel
+    pdl_release();
+
+    float acc[2][NT8][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    for (int i = 0; i < nmine; ++i) {
+        issue(i + GQ_SLOTS - 1);
+        cp_async_wait<GQ_SLOTS - 1>();   // window i has landed (this lane's copies) ...
+        __syncwarp();                    // ... and every lane's
+        const uint8_t* sm = ring + (i % GQ_SLOTS) * RW * WB;
+        const int64_t kw = (int64_t)(w0 + i) * WV;
+#pragma unroll 2
+        for (int c = 0; c < WV / 32; ++c) {
+            uint32_t a[2][2][4];   // [rows 16 m..][k step][register]
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                float lo[8], hi[8];
+                dq8<T>(sm + (16 * m + g) * WB, 4 * c + t, lo);
+                dq8<T>(sm + (16 * m + g + 8) * WB, 4 * c + t, hi);
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    __half2 r0 = __floats2half2_rn(lo[4 * s], lo[4 * s + 1]), r1 = __floats2half2_rn(hi[4 * s], hi[4 * s + 1]);
+                    __half2 r2 = __floats2half2_rn(lo[4 * s + 2], lo[4 * s + 3]), r3 = __floats2half2_rn(hi[4 * s + 2], hi[4 * s + 3]);
+                    a[m][s][0] = *(uint32_t*)&r0;
+                    a[m][s][1] = *(uint32_t*)&r1;
+                    a[m][s][2] = *(uint32_t*)&r2;
+                    a[m][s][3] = *(uint32_t*)&r3;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NT8; ++j) {
+                const int tok = min(8 * j + g, M - 1);   // tokens past M: computed, never written
+                const uint4 x = __ldg((const uint4*)(X + (int64_t)tok * K + kw + 32 * c + 8 * t));
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    mma_16816(acc[m][j], a[m][0], x.x, x.y);
+                    mma_16816(acc[m][j], a[m][1], x.z, x.w);
+                }
+            }
+        }
+        __syncwarp();   // the slot is refilled by the next issue
+    }
+    cp_async_wait<0>();
+
+    // acc[m][j]: rows 16 m + g (e 0, 1) and + 8 (e 2, 3), tokens 8 j + 2 t + (e & 1)
+    float* out = gridDim.y == 1 ? Y : part + (int64_t)blockIdx.y * M * N;
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int j = 0; j < NT8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = n0 + 16 * m + g + 8 * (e >> 1), tok = 8 * j + 2 * t + (e & 1);
+                if (r < N && tok < M) out[(int64_t)tok * N + r] = acc[m][j][e];
+            }
+}
+
+// Y[i] = sum over s of part[s][i], s in order (i < n = M N).
+__global__ void __launch_bounds__(256) kernel_splitk_sum(const float* part, float* Y, int64_t n, int S) {
+    pdl_enter();
+    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    if (i >= n) return;
+    float v = part[i];
+    for (int s = 1; s < S; ++s) v += part[(int64_t)s * n + i];
+    Y[i] = v;
 }
 
 }  // namespace llmetal_cuda

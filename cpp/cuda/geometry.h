@@ -51,6 +51,15 @@ constexpr int RMS_V = 4;   // float4s a thread of kernel_add_rmsnorm_q for rows 
 
 // ---- prefill GEMM (gemm.cuh) --------------------------------------------------------------
 constexpr int GM_BN = 128, GM_BK = 32, GM_STAGES = 4;
+// kernel_gemm_q (quantized rows streamed, dequantized into registers) up to this many tokens;
+// above, the prompt path (weights dequantized to fp16 scratch, kernel_gemm_f16)
+constexpr int GQ_MAX_TOKENS = 64;
+constexpr int GQ_WARPS = 4, GQ_ROWS = 128;   // warps a block (32 rows each), weight rows a block
+constexpr int GQ_SLOTS = 2;                   // windows in a warp's ring (one in flight)
+// Values in a warp's window of one row: whole blocks, 256 (a super-block), or 512 for the
+// formats whose 256 values take a byte count that is not a multiple of 4 (Q6_K 210, Q3_K 110),
+// so that windows start 4-byte aligned and the cp.async copies need no 2-byte fallback.
+LLMETAL_HD constexpr int gq_window(int t) { return t == KT_Q6_K || t == KT_Q3_K ? 512 : 256; }
 LLMETAL_HD constexpr int gm_tile(int bm) { return GM_BK * 2 * (bm + GM_BN); }   // bytes of one stage (A then B)
 LLMETAL_HD constexpr int gm_smem(int bm) { return GM_STAGES * gm_tile(bm); }    // 64 / 48 KB, dynamic
 

@@ -130,6 +130,21 @@ struct Exec {
                 if (l.variant == 128) return go(l, kernel_gemm_f16<128>, xh, wp, y, a.n_tokens, l.rows, a.n_in, a.n_out);
                 return go(l, kernel_gemm_f16<64>, xh, wp, y, a.n_tokens, l.rows, a.n_in, a.n_out);
             }
+            case Kernel::gemm_q:   // activations fp16 at the start of hscratch, then the partial sums
+                return with_qtype(l.wtype, [&](auto T) {
+                    constexpr int Q = decltype(T)::value;
+                    const kargs_matmul& a = c.a.matmul;
+                    const __half* xh = (const __half*)d.hscratch;
+                    float* part = (float*)((char*)d.hscratch + cuda::gemm_x_bytes(a));
+                    auto k = l.variant == 2 ? kernel_gemm_q<Q, 2> : l.variant == 4 ? kernel_gemm_q<Q, 4> : kernel_gemm_q<Q, 8>;
+                    go(l, k, xh, b[0].ptr<uint8_t>(), a.row_bytes, b[2].ptr<float>(), part, a.n_tokens, a.n_out, a.n_in,
+                       l.nks, l.vw);
+                });
+            case Kernel::splitk_sum: {
+                const kargs_matmul& a = c.a.matmul;
+                return go(l, kernel_splitk_sum, (const float*)((char*)d.hscratch + cuda::gemm_x_bytes(a)), b[2].ptr<float>(),
+                          (int64_t)a.n_tokens * a.n_out, l.S);
+            }
             case Kernel::rope:
                 return go(l, kernel_rope, c.a.rope, b[0].ptr<float>(), b[1] ? b[1].ptr<float>() : nullptr, step);
             case Kernel::kv_store:
@@ -253,6 +268,7 @@ struct Exec {
     }
 };
 
+// Per weight type: the mat-vecs' resident blocks, kernel_gemm_q's shared memory limit.
 template <int T> void occupancy(cuda::CudaCaps& caps) {
     ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&caps.mv_resident[T][0], kernel_mmvq<T, 1, 1>, MV_ROWS * 32, 0), "occupancy");
     ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&caps.mv_resident[T][1], kernel_mmvq<T, 8, 1>, MV_ROWS * 32, 0), "occupancy");
@@ -260,6 +276,11 @@ template <int T> void occupancy(cuda::CudaCaps& caps) {
        "occupancy");
     ck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&caps.mvg_resident[T][1], kernel_mmvq_group<T, 8, true>, MV_ROWS * 32, 0),
        "occupancy");
+    // kernel_gemm_q's rings (planner.cpp gemm_q_smem): above the default 48 KB for 8-bit rows
+    constexpr int smem = GQ_SLOTS * GQ_ROWS * (gq_window(T) / QT<T>::QK * QT<T>::BB);
+    ck(cudaFuncSetAttribute(kernel_gemm_q<T, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "gemm_q smem");
+    ck(cudaFuncSetAttribute(kernel_gemm_q<T, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "gemm_q smem");
+    ck(cudaFuncSetAttribute(kernel_gemm_q<T, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "gemm_q smem");
 }
 
 }  // namespace

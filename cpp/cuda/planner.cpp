@@ -58,7 +58,7 @@ const char* kernel_base_name(Kernel k) {
     static const char* names[] = {
         "kernel_embed", "kernel_rmsnorm", "kernel_add_rmsnorm_q", "kernel_quantize_q8", "kernel_mmvq",
         "kernel_mmvq_group", "kernel_mv_f16", "kernel_matmul", "kernel_f32_to_f16", "kernel_dequant_f16",
-        "kernel_gemm_f16", "kernel_rope", "kernel_kv_store", "kernel_rope_kv_store", "kernel_attention_prefill",
+        "kernel_gemm_f16", "kernel_gemm_q", "kernel_splitk_sum", "kernel_rope", "kernel_kv_store", "kernel_rope_kv_store", "kernel_attention_prefill",
         "kernel_attention_decode", "kernel_attention", "kernel_attention_combine", "kernel_add",
         "kernel_swiglu", "kernel_swiglu_q", "kernel_geglu", "kernel_attention_probs",
     };
@@ -117,6 +117,27 @@ uint64_t gemm_x_bytes(const kargs_matmul& a) { return ((uint64_t)a.n_tokens * a.
 static uint64_t gemm_w_bytes(const kargs_matmul& a) {
     return a.wtype == KT_F16 ? 0 : (uint64_t)gemm_chunk_rows(a) * a.n_in * 2;   // F16 rows are read in place
 }
+// A few tokens of a quantized weight (K in whole windows): kernel_gemm_q.
+static bool gemm_q_shape(const kargs_matmul& a) {
+    return gemm_shape(a) && a.n_tokens <= GQ_MAX_TOKENS && mmvq_type(a.wtype) && a.n_in % gq_window(a.wtype) == 0;
+}
+// Bytes of one row's window of kernel_gemm_q.
+static int gq_window_bytes(int t) { return gq_window(t) / type_info(t).block * type_info(t).block_bytes; }
+// kernel_gemm_q's split of K over grid.y (S): more splits while the row tiles alone give
+// fewer than three blocks an SM, at least one window a split. Returns the windows a split
+// (nwp) and S.
+static int gemm_q_split(const kargs_matmul& a, int n_sm, int* S) {
+    const int tiles = (a.n_out + GQ_ROWS - 1) / GQ_ROWS, nw = a.n_in / gq_window(a.wtype);
+    const int want = std::max(1, std::min((3 * n_sm + tiles - 1) / tiles, nw));
+    const int nwp = (nw + want - 1) / want;
+    *S = (nw + nwp - 1) / nwp;
+    return nwp;
+}
+static uint64_t gemm_q_part_bytes(const kargs_matmul& a, int S) {
+    return S > 1 ? (uint64_t)S * a.n_tokens * a.n_out * sizeof(float) : 0;
+}
+// Shared memory of kernel_gemm_q: each warp's ring of GQ_SLOTS windows of its 32 rows.
+static uint32_t gemm_q_smem(int t) { return (uint32_t)(GQ_SLOTS * GQ_ROWS * gq_window_bytes(t)); }
 
 // Blocks of a format per mat-vec window (MVQ<T>::NB) and elements per block.
 static int mvq_nb(int t) {
@@ -246,7 +267,11 @@ struct Planner {
                                                                               (a.head_dim + 2) * sizeof(float));
             }
             if (decode_qb(c)) L.qscratch_bytes = std::max(L.qscratch_bytes, q8_bytes(c.a.matmul));
-            if (is_matmul(c) && gemm_shape(c.a.matmul))
+            if (is_matmul(c) && gemm_q_shape(c.a.matmul)) {
+                int S;
+                gemm_q_split(c.a.matmul, caps.n_sm, &S);
+                L.hscratch_bytes = std::max(L.hscratch_bytes, gemm_x_bytes(c.a.matmul) + gemm_q_part_bytes(c.a.matmul, S));
+            } else if (is_matmul(c) && gemm_shape(c.a.matmul))
                 L.hscratch_bytes = std::max(L.hscratch_bytes, gemm_x_bytes(c.a.matmul) + gemm_w_bytes(c.a.matmul));
         }
         for (size_t i = 0; i < cmds.size();) {
@@ -573,6 +598,28 @@ struct Planner {
         const int T = a.wtype;
         const int ii = (int)i;
         const bool x16 = a16(c.b[1]);
+        if (gemm_q_shape(a) && x16) {
+            // a few tokens: activations to fp16, the GEMM streaming the quantized rows, its K
+            // splits summed
+            const int M = a.n_tokens, nt8 = M <= 16 ? 2 : M <= 32 ? 4 : 8;
+            emit(Kernel::f32_to_f16, ii, 1, blocks((int64_t)M * a.n_in / 4, 256), 256);
+            int S;
+            const int nwp = gemm_q_split(a, caps.n_sm, &S);
+            Launch& g = emit(Kernel::gemm_q, ii, 1, blocks(a.n_out, GQ_ROWS), GQ_WARPS * 32);
+            g.grid[1] = S;
+            g.smem = gemm_q_smem(T);
+            g.variant = nt8;
+            g.wtype = T;
+            g.S = S;
+            g.nks = nwp;
+            g.vw = load_width(a, c.b[0]);
+            while (gq_window_bytes(T) % g.vw) g.vw >>= 1;
+            if (S > 1) {
+                Launch& r = emit(Kernel::splitk_sum, ii, 1, blocks((int64_t)M * a.n_out, 256), 256);
+                r.S = S;
+            }
+            return;
+        }
         if (T != KT_F32 && T != KT_BF16 && gemm_shape(a) && x16 &&
             (T != KT_F16 || (a16(c.b[0]) && a.row_bytes == 2ull * a.n_in))) {
             // prefill: activations and weights (chunk by chunk) to fp16, then the tensor-core GEMM

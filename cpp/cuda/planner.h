@@ -36,7 +36,7 @@ struct CudaCaps {
 // run outside command lists).
 enum class Kernel : uint8_t {
     embed, rmsnorm, add_rmsnorm_q, quantize_q8, mmvq, mmvq_group, mv_f16, matmul,
-    f32_to_f16, dequant_f16, gemm_f16, rope, kv_store, rope_kv_store, attention_prefill,
+    f32_to_f16, dequant_f16, gemm_f16, gemm_q, splitk_sum, rope, kv_store, rope_kv_store, attention_prefill,
     attention_decode, attention, attention_combine, add, swiglu, swiglu_q, geglu, attention_probs,
 };
 const char* kernel_base_name(Kernel k);
@@ -74,6 +74,7 @@ struct Launch {
     int vw = 0;                // load width in bytes (mat-vecs)
     int nwarps = 0;            // warps of a persistent mat-vec
     int r0 = 0, rows = 0;      // weight rows of one GEMM chunk
+    int nks = 0;               // kernel_gemm_q: K windows a warp (S: the K splits over blocks)
     // kernel_mmvq_group: the weights' commands largest S first, their S, load width, warps
     int g_n = 0;
     int g_cmd[llmetal_cuda::MVG_MAX] = {}, g_S[llmetal_cuda::MVG_MAX] = {};
@@ -87,6 +88,7 @@ struct LaunchList {
     uint64_t scratch_bytes = 0;    // attention partials
     uint64_t qscratch_bytes = 0;   // 8-bit activations of the decode matmuls
     uint64_t hscratch_bytes = 0;   // fp16 activations + a weight chunk of the prefill GEMMs
+                                   // (kernel_gemm_q: + its split-K partial sums)
 };
 
 LaunchList plan(const std::vector<Command>& cmds, const CudaCaps& caps);

@@ -14,19 +14,25 @@
 //              (A14 / M1) or newer required: the kernels assume 32-lane SIMD groups, simd_sum and
 //              simdgroup_float8x8 (threadExecutionWidth == 32 is checked per pipeline)
 //   kernels    MSL source embedded at build time (scripts/metal_embed.py -> metal_source.inc),
-//              compiled once when the device is made; pipelines made on first use and cached
-//              by kernel name (the names are static strings: the pointer is the key)
+//              compiled once when the device is made, and a pipeline made then for every kernel
+//              of the planner's table (dispatch.h), indexed as the descriptions name them: a
+//              failure is an error of the device's creation, and nothing is compiled while a
+//              command buffer is encoded
 //   memory     shared storage (Apple silicon: one memory, host pointer == GPU memory);
 //              weights wrapped zero-copy from the page-aligned mmap of the GGUF with
 //              newBufferWithBytesNoCopy, in overlapping pieces below maxBufferLength
 //   execution  one command buffer and one concurrent compute encoder per submit (per token
 //              when a plan replays); memoryBarrier where the planner found a hazard; a debug
 //              group per dispatch named after its stage, so a GPU capture reads like the trace.
-//              Everything that can fail (pipelines, sizes) is checked before the encoder opens,
-//              and the encoder is ended on every path: Metal aborts the process when an encoder
-//              is released without endEncoding. No exception leaves an @autoreleasepool block
-//              (that would leak the pool). wait() checks every command buffer since the last
-//              wait, so a failure in an early one of an eager run is reported.
+//              Decoding encodes ahead: once a token's command buffer is committed, the next
+//              position's is encoded (encode_ahead) while the GPU runs it, and committed by the
+//              next replay_token after the token id and position are written (dispatch.h).
+//              Everything that can fail (threads and threadgroup memory of each dispatch) is
+//              checked before the encoder opens, and the encoder is ended on every path: Metal
+//              aborts the process when an encoder is released without endEncoding. No exception
+//              leaves an @autoreleasepool block (that would leak the pool). wait() checks every
+//              command buffer since the last wait, so a failure in an early one of an eager run
+//              is reported.
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 
@@ -40,7 +46,6 @@
 #include <cstring>
 #include <exception>
 #include <string>
-#include <map>
 #include <mutex>
 #include <vector>
 
@@ -87,8 +92,9 @@ struct MetalDevice final : metal::PlannedDevice {
         }
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
+        encodes_ahead = true;
     }
-    // Makes the device, queue and library; "" or why not.
+    // Makes the device, queue, library and every pipeline; "" or why not.
     std::string open() {
         dev = pick_device();
         if (!dev)
@@ -117,10 +123,34 @@ struct MetalDevice final : metal::PlannedDevice {
         NSError* err = nil;
         lib = [dev newLibraryWithSource:[NSString stringWithUTF8String:kMetalSource] options:opt error:&err];
         if (!lib) return "metal: compiling the kernels failed: " + error_text(err);
+        pipelines.assign(metal::kernel_count(), nil);
+        for (int k = 0; k < metal::kernel_count(); ++k) {
+            std::string failure = make_pipeline(k);
+            if (!failure.empty()) return failure;
+        }
+        return "";
+    }
+    // The pipeline of kernel k, checked: 32-lane SIMD groups. "" or why not. (Inside open()'s
+    // autorelease pool.)
+    std::string make_pipeline(int k) {
+        const char* kernel = metal::kernel_name(k);
+        id<MTLFunction> fn = [[lib newFunctionWithName:[NSString stringWithUTF8String:kernel]] autorelease];
+        if (!fn) return std::string("metal: no kernel named ") + kernel + " in the library";
+        NSError* err = nil;
+        id<MTLComputePipelineState> ps = [dev newComputePipelineStateWithFunction:fn error:&err];
+        if (!ps) return std::string("metal: pipeline for ") + kernel + ": " + error_text(err);
+        if (ps.threadExecutionWidth != 32) {
+            std::string why = std::string("metal: ") + kernel + " runs in SIMD groups of " +
+                              std::to_string(ps.threadExecutionWidth) + " threads on " + dev.name.UTF8String +
+                              "; llmetal's kernels need 32";
+            [ps release];
+            return why;
+        }
+        pipelines[k] = ps;
         return "";
     }
     void release_all() {
-        for (auto& kv : pipelines) [kv.second release];
+        for (auto& ps : pipelines) [ps release];
         pipelines.clear();
         [lib release];
         [queue release];
@@ -215,39 +245,12 @@ struct MetalDevice final : metal::PlannedDevice {
         *off = b.offset - mb->pieces[k].base;
     }
 
-    // The pipeline of a kernel (made on first use, cached), checked: 32-lane SIMD groups.
-    id<MTLComputePipelineState> pipeline(const char* kernel) {
-        auto it = pipelines.find(kernel);
-        if (it != pipelines.end()) return it->second;
-        std::string failure;
-        id<MTLComputePipelineState> ps = nil;
-        @autoreleasepool {   // no exception may leave the pool: failures are thrown after it
-            id<MTLFunction> fn = [[lib newFunctionWithName:[NSString stringWithUTF8String:kernel]] autorelease];
-            NSError* err = nil;
-            if (!fn) {
-                failure = std::string("metal: no kernel named ") + kernel + " in the library";
-            } else if (!(ps = [dev newComputePipelineStateWithFunction:fn error:&err])) {
-                failure = std::string("metal: pipeline for ") + kernel + ": " + error_text(err);
-            } else if (ps.threadExecutionWidth != 32) {
-                failure = std::string("metal: ") + kernel + " runs in SIMD groups of " +
-                          std::to_string(ps.threadExecutionWidth) + " threads on " + dev.name.UTF8String +
-                          "; llmetal's kernels need 32";
-                [ps release];
-                ps = nil;
-            }
-        }
-        if (!ps) throw Error(failure);
-        pipelines[kernel] = ps;
-        return ps;
-    }
-
-    // ---- execution: one command buffer, descriptions in order ----------------------------------
-    void execute(const metal::DispatchDesc* d, size_t n) override {
-        // Everything that can fail is checked before the encoder opens.
-        if (ps_of.size() < n) ps_of.resize(n);   // keeps its capacity: no allocation per token
+    // ---- execution ------------------------------------------------------------------------------
+    // What Metal would refuse of descriptions [0, n), checked before any encoder opens.
+    void validate(const metal::DispatchDesc* d, size_t n) {
         for (size_t i = 0; i < n; ++i) {
             const metal::DispatchDesc& x = d[i];
-            id<MTLComputePipelineState> ps = pipeline(x.kernel);
+            id<MTLComputePipelineState> ps = pipelines[x.kernel_id];
             if ((uint64_t)x.tg[0] * x.tg[1] * x.tg[2] > ps.maxTotalThreadsPerThreadgroup)
                 throw Error(std::string("metal: ") + x.kernel + " allows " +
                             std::to_string(ps.maxTotalThreadsPerThreadgroup) + " threads per threadgroup, not " +
@@ -256,18 +259,23 @@ struct MetalDevice final : metal::PlannedDevice {
                 throw Error(std::string("metal: ") + x.kernel + " needs " + std::to_string(x.tg_mem) +
                             " bytes of threadgroup memory; the device has " +
                             std::to_string(dev.maxThreadgroupMemoryLength));
-            ps_of[i] = ps;
         }
+    }
+
+    // One command buffer of descriptions [0, n) (validated), its encoder ended, not committed;
+    // returned retained.
+    id<MTLCommandBuffer> encode(const metal::DispatchDesc* d, size_t n) {
         std::exception_ptr failure;
+        id<MTLCommandBuffer> cb = nil;
         @autoreleasepool {   // no exception may leave the pool: it is rethrown after it
-            id<MTLCommandBuffer> cb = [queue commandBuffer];
+            cb = [[queue commandBuffer] retain];
             id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoderWithDispatchType:MTLDispatchTypeConcurrent];
             try {
                 for (size_t i = 0; i < n; ++i) {
                     const metal::DispatchDesc& x = d[i];
                     if (x.barrier) [enc memoryBarrierWithScope:MTLBarrierScopeBuffers];
                     [enc pushDebugGroup:[NSString stringWithUTF8String:x.stage]];
-                    [enc setComputePipelineState:ps_of[i]];
+                    [enc setComputePipelineState:pipelines[x.kernel_id]];
                     [enc setBytes:x.args length:x.args_bytes atIndex:0];
                     for (int k = 1; k < x.n_bufs; ++k) {
                         if (!x.bufs[k].buf) continue;
@@ -284,13 +292,45 @@ struct MetalDevice final : metal::PlannedDevice {
                 failure = std::current_exception();
             }
             [enc endEncoding];   // on every path: Metal aborts on an encoder released without it
-            if (!failure) {
-                [cb commit];
-                retire_completed();
-                inflight.push_back([cb retain]);
-            }
         }
-        if (failure) std::rethrow_exception(failure);
+        if (failure) {
+            [cb release];   // never committed: dropped
+            std::rethrow_exception(failure);
+        }
+        return cb;
+    }
+
+    // Commits an encoded command buffer (taking the caller's reference into `inflight`).
+    void commit(id<MTLCommandBuffer> cb) {
+        @autoreleasepool {
+            [cb commit];
+            retire_completed();
+        }
+        inflight.push_back(cb);
+    }
+
+    void execute(const metal::DispatchDesc* d, size_t n) override {
+        validate(d, n);
+        commit(encode(d, n));
+    }
+
+    // A plan's command buffer: the one encoded ahead for these descriptions, else encoded now.
+    void execute_plan(metal::PlanExec& pe) override {
+        if (!pe.ahead) return execute(pe.d.data(), pe.d.size());
+        id<MTLCommandBuffer> cb = (id<MTLCommandBuffer>)pe.ahead;   // its reference moves to inflight
+        pe.ahead = nullptr;
+        commit(cb);
+    }
+
+    void encode_ahead(metal::PlanExec& pe) override {
+        validate(pe.d.data(), pe.d.size());
+        id<MTLCommandBuffer> cb = encode(pe.d.data(), pe.d.size());
+        pe.ahead = (void*)cb;
+        pe.release_ahead = [](void* p) {   // never committed: released unused
+            @autoreleasepool {
+                [(id<MTLCommandBuffer>)p release];
+            }
+        };
     }
 
     // Drops command buffers at the front that completed without error (a queue completes in
@@ -326,8 +366,7 @@ struct MetalDevice final : metal::PlannedDevice {
     id<MTLCommandQueue> queue = nil;
     id<MTLLibrary> lib = nil;
     std::vector<id<MTLCommandBuffer>> inflight;          // committed, not yet waited for
-    std::vector<id<MTLComputePipelineState>> ps_of;      // execute(): the pipeline per dispatch
-    std::map<const char*, id<MTLComputePipelineState>> pipelines;
+    std::vector<id<MTLComputePipelineState>> pipelines;  // by kernel index (metal::kernel_name)
 };
 
 }  // namespace

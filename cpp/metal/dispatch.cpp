@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 
 namespace llmetal::metal {
 
@@ -56,6 +58,45 @@ const char* mm_kernel(int t) { TYPE_TABLE("kernel_matmul_mm_") }
 
 const char* type_suffix(int t) { return matvec_kernel(t) + std::strlen("kernel_matmul_"); }
 
+// ---- the kernel table ------------------------------------------------------------------------
+namespace {
+struct KernelTable {
+    std::vector<const char*> names;
+    std::unordered_map<std::string_view, int> index;
+    KernelTable() {
+        for (const char* n : {"kernel_rmsnorm_f32", "kernel_rope_f32", "kernel_kv_store_f16", "kernel_attention_f16",
+                              "kernel_attention_combine_f32", "kernel_attention_probs_f16", "kernel_add_f32",
+                              "kernel_swiglu_f32", "kernel_geglu_f32"})
+            add(n);
+        for (int t : {KT_F32, KT_F16, KT_BF16, KT_Q4_0, KT_Q4_1, KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q4_K, KT_Q5_K,
+                      KT_Q6_K, KT_Q2_K, KT_Q3_K, KT_IQ4_XS}) {   // embed, mat-vec and tiled matmul of each
+            add(embed_kernel(t));
+            add(matvec_kernel(t));
+            add(mm_kernel(t));
+        }
+    }
+    void add(const char* n) {
+        if (index.emplace(n, (int)names.size()).second) names.push_back(n);
+    }
+};
+const KernelTable& kernels() {
+    static const KernelTable t;
+    return t;
+}
+}  // namespace
+
+int kernel_count() { return (int)kernels().names.size(); }
+const char* kernel_name(int id) {
+    if (id < 0 || id >= kernel_count()) throw Error("metal: no kernel with index " + std::to_string(id));
+    return kernels().names[id];
+}
+int kernel_index(const char* name) {
+    auto it = kernels().index.find(name);
+    if (it == kernels().index.end())
+        throw Error(std::string("metal: the planner names ") + name + ", which is not in the kernel table (dispatch.cpp)");
+    return it->second;
+}
+
 // ---- hazards ---------------------------------------------------------------------------------
 void Planner::begin() {
     n_written = n_read = 0;
@@ -82,6 +123,7 @@ void Planner::finish(DispatchDesc& d) {
         need = hit(written, n_written, acc_w[i]) || hit(read, n_read, acc_w[i]);                   // WAW, WAR
     if (need) begin();
     d.barrier = need;
+    d.kernel_id = kernel_index(d.kernel);
     for (int i = 0; i < n_acc_r; ++i) {
         if (n_read == MAX_RANGES) overflow = true;
         else read[n_read++] = acc_r[i];
@@ -94,27 +136,41 @@ void Planner::finish(DispatchDesc& d) {
 }
 
 // ---- planning --------------------------------------------------------------------------------
-void Planner::attention_split(const kargs_attention& a, int* S, int* chunk) {
-    // Decode splits the whole context in chunks of ATT_CHUNK keys (splits past the current
-    // position find no key, so the grid is the same for every token and a recorded command
-    // list replays unchanged); a batch of queries uses at most 4 splits.
-    int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
-    int s = (span + ATT_CHUNK - 1) / ATT_CHUNK;
-    if (a.n_tokens > 1) s = std::min(s, 4);
-    s = std::max(s, 1);
+int Planner::key_chunks(const kargs_attention& a, const kstep* s) {
+    // A query at position p reads keys (p - window, p] (all of 0..p without a window): p + 1
+    // of them, at most the window. The longest query of the step decides.
+    const int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
+    int keys = span;
+    if (s) {
+        int last = s->pos0 + a.n_tokens - 1;
+        if (a.by_row) {
+            last = 0;
+            for (int t = 0; t < std::min(a.n_tokens, s->n_rows); ++t) last = std::max(last, s->rows[t].pos);
+        }
+        keys = std::min(std::max(last + 1, 1), span);
+    }
+    return (keys + ATT_CHUNK - 1) / ATT_CHUNK;
+}
+
+void Planner::attention_split(const kargs_attention& a, int key_chunks, int* S, int* chunk) {
+    // Decode: one split per chunk of ATT_CHUNK keys the query reads. A batch of queries: at
+    // most 4 splits of whole chunks (its threadgroups are many already: heads x tokens).
+    // Splits past a query's last key find none (a batch's earlier rows read fewer keys).
+    const int kc = std::max(key_chunks, 1);
+    const int s = a.n_tokens > 1 ? std::min(kc, 4) : kc;
     *S = s;
-    *chunk = (span + s - 1) / s;
+    *chunk = (kc + s - 1) / s * ATT_CHUNK;
 }
 
 uint64_t Planner::scratch_bytes(const Command& c) {
     if (c.stage != Stage::attention) return 0;
     const kargs_attention& a = c.a.attention;
     int S, chunk;
-    attention_split(a, &S, &chunk);
+    attention_split(a, key_chunks(a, nullptr), &S, &chunk);   // the most splits it can have
     return S > 1 ? (uint64_t)a.n_tokens * a.n_heads * S * (a.head_dim + 2) * sizeof(float) : 0;
 }
 
-void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>& out) {
+void Planner::plan(const Command& c, Buffer* scratch, const kstep* step, std::vector<DispatchDesc>& out) {
     const Binding* b = c.b;
     out.emplace_back();
     DispatchDesc& d = out.back();
@@ -156,10 +212,10 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
                 d.kernel = mm_kernel(a.wtype);
                 d.grid[0] = groups(a.n_out, MM_TN); d.grid[1] = groups(a.n_tokens, MM_TM);
                 d.tg[0] = MM_THREADS;
-                d.tg_mem = (MM_TK * MM_TN + MM_TM * MM_TK) * sizeof(float);
-            } else {                                             // decode: one SIMD group per row
+                d.tg_mem = MM_TG_BYTES;
+            } else {                                             // decode: MV_ROWS rows a threadgroup
                 d.kernel = matvec_kernel(a.wtype);
-                d.grid[0] = groups(a.n_out, MV_SG); d.grid[1] = groups(a.n_tokens, MV_MT);
+                d.grid[0] = groups(a.n_out, MV_ROWS); d.grid[1] = groups(a.n_tokens, MV_MT);
                 d.tg[0] = MV_SG * 32;
             }
             break;
@@ -195,7 +251,7 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
             if (a.head_dim > ATT_MAXD * 32)
                 throw Error("attention: head_dim above " + std::to_string(ATT_MAXD * 32) + " is not supported on metal");
             kargs_attention_split p{a, 0, 0, 0, 0};
-            attention_split(a, &p.n_splits, &p.chunk);
+            attention_split(a, key_chunks(a, step), &p.n_splits, &p.chunk);
             d.kernel = "kernel_attention_f16";
             set_args(d, p);
             Binding part = p.n_splits > 1 ? Binding{scratch, 0} : b[3];   // unused with one split
@@ -203,7 +259,7 @@ void Planner::plan(const Command& c, Buffer* scratch, std::vector<DispatchDesc>&
             bind(d, 6, c.step);
             const uint64_t qb = (uint64_t)a.n_tokens * a.n_heads * a.head_dim * 4;
             const uint64_t cb = (uint64_t)a.n_ctx * a.n_kv_heads * a.head_dim * 2;
-            const uint64_t pb = scratch_bytes(c);
+            const uint64_t pb = (uint64_t)a.n_tokens * a.n_heads * p.n_splits * (a.head_dim + 2) * sizeof(float);
             reads(b[0], qb); reads(b[1], cb); reads(b[2], cb);
             if (p.n_splits > 1) writes(part, pb);
             else writes(b[3], qb);
@@ -304,36 +360,82 @@ void PlannedDevice::submit(const std::vector<Command>& cmds) {
     check(cmds, true);
     descs.clear();
     planner.begin();
-    for (const Command& c : cmds) planner.plan(c, scratch.get(), descs);
+    for (const Command& c : cmds) planner.plan(c, scratch.get(), &hstep, descs);
     ++n_command_buffers;
     n_dispatches += descs.size();
     for (auto& d : descs) n_barriers += d.barrier;
     execute(descs.data(), descs.size());
 }
 
-// A recorded plan: its descriptions are built on the first replay and kept in plan.exec;
-// every later replay only checks positions/ids and executes them (one command buffer).
-struct PlanDescs { std::vector<DispatchDesc> d; Buffer* scratch; };
+// A recorded plan: planned on its first replay and kept in plan.exec; planned again only when
+// a step needs other attention splits than the ones it holds, or the scratch moved. Nothing
+// is allocated then (the vectors keep their size and capacity).
+PlanExec& PlannedDevice::plan_for(Plan& p, const kstep& s) {
+    auto* pe = static_cast<PlanExec*>(p.exec.get());
+    if (!pe) {
+        auto n = std::make_shared<PlanExec>();
+        for (const Command& c : p.cmds)
+            if (c.stage == Stage::attention) n->key_chunks.push_back(-1);
+        p.exec = n;
+        pe = n.get();
+    }
+    bool same = pe->scratch == scratch.get() && !pe->d.empty();
+    size_t k = 0;
+    for (const Command& c : p.cmds) {
+        if (c.stage != Stage::attention) continue;
+        const int kc = Planner::key_chunks(c.a.attention, &s);
+        same = same && pe->key_chunks[k] == kc;
+        pe->key_chunks[k++] = kc;
+    }
+    if (same) return *pe;
+    if (pe->ahead) ++n_ahead_dropped;
+    pe->drop_ahead();   // encoded from the descriptions replaced here
+    pe->d.clear();
+    Planner pl;
+    pl.begin();
+    try {
+        for (const Command& c : p.cmds) pl.plan(c, scratch.get(), &s, pe->d);
+    } catch (...) {
+        pe->d.clear();   // never a partial plan: the next call plans again
+        throw;
+    }
+    pe->scratch = scratch.get();
+    pe->n_barriers = 0;
+    for (auto& d : pe->d) pe->n_barriers += d.barrier;
+    ++n_replans;
+    return *pe;
+}
 
 void PlannedDevice::submit_plan(Plan& p) {
     check(p.cmds, true);
-    auto* pd = static_cast<PlanDescs*>(p.exec.get());
-    if (!pd || pd->scratch != scratch.get()) {
-        auto n = std::make_shared<PlanDescs>();
-        Planner pl;
-        pl.begin();
-        for (const Command& c : p.cmds) pl.plan(c, scratch.get(), n->d);
-        n->scratch = scratch.get();
-        p.exec = n;
-        pd = n.get();
-    }
+    PlanExec& pe = plan_for(p, hstep);
     ++n_command_buffers;
-    n_dispatches += pd->d.size();
-    for (auto& d : pd->d) n_barriers += d.barrier;
-    execute(pd->d.data(), pd->d.size());
+    n_dispatches += pe.d.size();
+    n_barriers += pe.n_barriers;
+    n_ahead_used += pe.ahead != nullptr;
+    execute_plan(pe);
 }
 
-// The dispatches a submit of `cmds` encodes (a split attention is two kernels of one command).
+void PlannedDevice::replay_token(Plan& p, const Binding& ids, int32_t token, int32_t pos) {
+    // The id into the plan's ids buffer and the position into the step buffer (both shared
+    // memory, written once the previous command buffer is done), then the plan: its command
+    // buffer encoded ahead by the previous call, when this step needs the same splits.
+    Device::replay_token(p, ids, token, pos);
+    if (!encodes_ahead) return;
+    // The next token's command buffer, encoded while this one runs. Speculative: it is for
+    // position pos + 1, and a failure here only means the next call encodes it itself (and
+    // reports the failure then, if it recurs).
+    PlanExec& pe = plan_for(p, kstep{pos + 1, 1, 0, 0});
+    if (pe.ahead) return;
+    try {
+        encode_ahead(pe);
+    } catch (const Error&) {
+        pe.drop_ahead();
+    }
+}
+
+// The dispatches a submit of `cmds` encodes at the end of the context (a split attention is
+// two kernels of one command).
 std::vector<KernelDesc> PlannedDevice::describe(const std::vector<Command>& cmds) {
     std::vector<KernelDesc> out;
     std::vector<DispatchDesc> d;
@@ -341,7 +443,7 @@ std::vector<KernelDesc> PlannedDevice::describe(const std::vector<Command>& cmds
     pl.begin();
     for (size_t i = 0; i < cmds.size(); ++i) {
         d.clear();
-        pl.plan(cmds[i], scratch.get(), d);
+        pl.plan(cmds[i], scratch.get(), nullptr, d);
         for (auto& x : d) out.push_back({x.kernel, (int)i, 1, ""});
     }
     return out;
@@ -392,6 +494,14 @@ void PlannedDevice::swiglu(const kargs_glu& a, Binding g, Binding u, Binding out
 }
 void PlannedDevice::geglu(const kargs_glu& a, Binding g, Binding u, Binding out) {
     KArgs k; k.glu = a; one(Stage::geglu, k, {g, u, out}, {});
+}
+
+void plan_counters(Device& d, uint64_t out[3]) {
+    auto* p = dynamic_cast<PlannedDevice*>(&d);
+    if (!p) throw Error(std::string("not a metal device: ") + d.name());
+    out[0] = p->n_replans;
+    out[1] = p->n_ahead_used;
+    out[2] = p->n_ahead_dropped;
 }
 
 }  // namespace llmetal::metal

@@ -5,16 +5,23 @@
 #define LLMETAL_KARGS_METAL_H
 #include "../kargs.h"
 
-// mat-vec (kernel_matmul_<t>): one SIMD group per output row, MV_SG rows a threadgroup,
-// MV_MT tokens per grid row (grid.y walks token chunks)
+// mat-vec (kernel_matmul_<t>): MV_SG SIMD groups a threadgroup, MV_R output rows each
+// (MV_ROWS rows a threadgroup: grid.x), MV_MT tokens per grid row (grid.y walks token chunks);
+// the tokens' activations are staged MV_XS floats (16 KiB) at a time in threadgroup memory
 #define MV_SG 4
+#define MV_R 8
+#define MV_ROWS (MV_SG * MV_R)
 #define MV_MT 8
+#define MV_XS 4096
 // tiled matmul (kernel_matmul_mm_<t>): a threadgroup computes MM_TN output rows x MM_TM tokens
-// with 4 SIMD groups (each a 16x16 block of 8x8 matrices), MM_TK elements of K per step
-#define MM_TN 32
+// with 4 SIMD groups (each 32 rows x 16 tokens as 4 x 2 8x8 matrices), MM_TK elements of K per
+// step; MM_TG_BYTES of threadgroup memory: the weight tile (float at most) and the activation
+// tile, or the float output tile at the end
+#define MM_TN 64
 #define MM_TM 32
 #define MM_TK 32
 #define MM_THREADS 128
+#define MM_TG_BYTES ((MM_TK * MM_TN + MM_TM * MM_TK) * 4)
 // elementwise kernels: threads per threadgroup
 #define EW_THREADS 256
 // rmsnorm: one threadgroup of NORM_THREADS per row

@@ -2,6 +2,8 @@
 // executed by the CPU emulator of Metal (runtime.cpp) running the kernels compiled from the
 // unmodified metal/*.metal sources. Memory is host memory, as Metal's shared storage on Apple
 // silicon is: weights stay in the mmapped file (device.mm wraps the same pages zero-copy).
+// Every kernel of the planner's table is looked up when the device is made (as device.mm makes
+// every pipeline then). A submitted command buffer runs to completion before submit returns.
 //
 // Schedules: "forward" runs threads, threadgroups and dispatches in order; "reverse" runs the
 // threads and threadgroups of every dispatch backwards, and also the dispatches between two
@@ -25,6 +27,14 @@ namespace {
 
 struct EmuDevice final : metal::PlannedDevice {
     explicit EmuDevice(emu::Schedule s) : sched(s) {
+        // Every kernel the planner can name, found now (the emulator's pipelines): a missing
+        // one is an error here, not in the middle of a command list.
+        for (int k = 0; k < metal::kernel_count(); ++k) {
+            const char* name = metal::kernel_name(k);
+            fns.push_back(emu::find_kernel(name));
+            if (!fns.back())
+                throw Error(std::string("metal-emu: no kernel named ") + name + " (have: " + emu::kernel_names() + ")");
+        }
         step_buf = alloc(sizeof(kstep), "step");
         std::memset(step_buf->host, 0, sizeof(kstep));
     }
@@ -74,14 +84,20 @@ struct EmuDevice final : metal::PlannedDevice {
 
     void launch(const metal::DispatchDesc& d) {
         emu::Launch l;
-        l.fn = emu::find_kernel(d.kernel);
+        l.fn = fns[d.kernel_id];
         l.name = d.kernel;
-        if (!l.fn) throw Error(std::string("metal-emu: no kernel named ") + d.kernel + " (have: " + emu::kernel_names() + ")");
         l.buf[0] = (void*)d.args;
         for (int i = 1; i < d.n_bufs; ++i)
             l.buf[i] = d.bufs[i].buf ? (char*)d.bufs[i].buf->host + d.bufs[i].offset : nullptr;
         for (int k = 0; k < 3; ++k) { l.grid[k] = d.grid[k]; l.tg[k] = d.tg[k]; }
         l.tg_mem[0] = d.tg_mem;
+        // what counting mode classifies accesses by, and the record's label
+        l.label = d.stage;
+        l.buf_bytes[0] = d.args_bytes;
+        for (int i = 1; i < d.n_bufs; ++i) {
+            const metal::BufferBinding& b = d.bufs[i];
+            l.buf_bytes[i] = b.buf && b.buf->bytes > b.offset ? b.buf->bytes - b.offset : 0;
+        }
         try {
             emu::run(l, sched);
         } catch (const std::runtime_error& e) {
@@ -90,6 +106,7 @@ struct EmuDevice final : metal::PlannedDevice {
     }
 
     emu::Schedule sched;
+    std::vector<emu::KernelFn> fns;   // by kernel index (metal::kernel_name)
 };
 
 }  // namespace
@@ -113,14 +130,19 @@ void metal_counters(Device& d, uint64_t out[7]) {
 }
 
 // Runs one kernel by name on raw host memory (the emulator's self-tests).
-void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs, const void* args,
+void metal_emu_run_kernel(const std::string& name, const std::vector<void*>& bufs,
+                          const std::vector<uint64_t>& sizes, const void* args, uint32_t args_bytes,
                           const uint32_t grid[3], const uint32_t tg[3], uint32_t tg_mem, const std::string& schedule) {
     emu::Launch l;
     l.fn = emu::find_kernel(name.c_str());
     l.name = name.c_str();
     if (!l.fn) throw Error("metal-emu: no kernel named " + name);
     l.buf[0] = (void*)args;
-    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) l.buf[i + 1] = bufs[i];
+    l.buf_bytes[0] = args_bytes;
+    for (size_t i = 0; i < bufs.size() && i + 1 < 31; ++i) {
+        l.buf[i + 1] = bufs[i];
+        l.buf_bytes[i + 1] = sizes[i];
+    }
     for (int k = 0; k < 3; ++k) { l.grid[k] = grid[k]; l.tg[k] = tg[k]; }
     l.tg_mem[0] = tg_mem;
     try {

@@ -21,6 +21,26 @@
 
 #include "runtime.h"
 
+// ---- the two builds ---------------------------------------------------------------------------------
+// Each translated .metal file is compiled as is (the plain build) and, where the compiler has
+// access hooks, again with LLMETAL_EMU_COUNTED_BUILD and -fsanitize=thread (the counted build:
+// see "memory traffic" in runtime.h). Everything the two builds define -- this header's inline
+// functions and the kernels themselves, which prepass.py puts between EMU_KERNELS_BEGIN and
+// EMU_KERNELS_END -- lives in a namespace named for the build, so the linker never merges an
+// instrumented function with its plain twin.
+#if defined(LLMETAL_EMU_COUNTED_BUILD)
+#define EMU_VARIANT counted
+#define EMU_COUNTED_BUILD true
+// the matrix loads and stores count their bytes themselves, once per SIMD group
+#define EMU_NO_HOOKS __attribute__((no_sanitize("thread")))
+#else
+#define EMU_VARIANT plain
+#define EMU_COUNTED_BUILD false
+#define EMU_NO_HOOKS
+#endif
+#define EMU_KERNELS_BEGIN namespace emu_kernels { inline namespace EMU_VARIANT {
+#define EMU_KERNELS_END } }
+
 // ---- address spaces and function qualifiers ------------------------------------------------
 #define device
 #define thread
@@ -50,6 +70,7 @@ typedef unsigned long ulong;
 
 // ---- vector types ---------------------------------------------------------------------------------
 namespace emu {
+inline namespace EMU_VARIANT {
 template <class T, int N> struct vec;
 template <class T> struct vec<T, 2> {
     T x, y;
@@ -109,6 +130,7 @@ template <class T> struct PosCast<vec<T, 3>> {
 };
 template <class P> P pos(const Pos3& p) { return PosCast<P>::get(p); }
 template <class P> P pos(uint32_t v) { return (P)v; }
+}  // namespace EMU_VARIANT
 }  // namespace emu
 
 #define EMU_VEC_TYPES(T, name) \
@@ -126,6 +148,7 @@ EMU_VEC_TYPES(ulong, ulong)
 
 // ---- math (float functions; half goes through float) ------------------------------------------------
 namespace metal {
+inline namespace EMU_VARIANT {
 #define EMU_F1(name, builtin)                                             \
     inline float name(float x) { return builtin(x); }                     \
     inline half name(half x) { return (half)builtin((float)x); }
@@ -178,6 +201,7 @@ namespace fast {
 using metal::cos; using metal::exp; using metal::exp2; using metal::log; using metal::pow;
 using metal::rsqrt; using metal::sin; using metal::sqrt; using metal::tanh;
 }  // namespace fast
+}  // namespace EMU_VARIANT
 }  // namespace metal
 using namespace metal;
 
@@ -186,6 +210,7 @@ enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_te
 inline mem_flags operator|(mem_flags a, mem_flags b) { return (mem_flags)((int)a | (int)b); }
 
 namespace emu {
+inline namespace EMU_VARIANT {
 inline void barrier_(const char* f, int l) { sync(Scope::group, "threadgroup_barrier", f, l, nullptr, 0); }
 inline void simd_barrier_(const char* f, int l) { sync(Scope::simd, "simdgroup_barrier", f, l, nullptr, 0); }
 
@@ -261,6 +286,7 @@ template <int OP, class T> T collective(const char* op, T v, uint32_t arg, const
     __builtin_memcpy(&r, my_slot().out, sizeof r);
     return r;
 }
+}  // namespace EMU_VARIANT
 }  // namespace emu
 
 #define simd_sum(v) ::emu::collective<::emu::SUM>("simd_sum", (v), 0u, __FILE__, __LINE__)
@@ -282,6 +308,7 @@ template <int OP, class T> T collective(const char* op, T v, uint32_t arg, const
 // operation is a SIMD-group rendezvous (all lanes must reach it, with the same address and
 // stride), after which every lane computes the whole result itself.
 namespace metal {
+inline namespace EMU_VARIANT {
 template <class T, int R, int C> struct simdgroup_matrix { T e[R * C]; };
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
@@ -290,9 +317,11 @@ template <class T, int R, int C> simdgroup_matrix<T, R, C> make_filled_simdgroup
     for (int i = 0; i < R * C; ++i) m.e[i] = v;
     return m;
 }
+}  // namespace EMU_VARIANT
 }  // namespace metal
 
 namespace emu {
+inline namespace EMU_VARIANT {
 struct MatArgs { const void* p; uint64_t epr, ox, oy; uint32_t transpose; uint32_t pad; };
 inline void mat_sync(const char* op, const void* p, uint64_t epr, ulong2 origin, bool tr, const char* f, int l) {
     MatArgs a{p, epr, origin.x, origin.y, tr ? 1u : 0u, 0u};
@@ -300,20 +329,31 @@ inline void mat_sync(const char* op, const void* p, uint64_t epr, ulong2 origin,
     __builtin_memcpy(s.in, &a, sizeof a);
     sync(Scope::simd, op, f, l, nullptr, (int)sizeof a);
 }
+// Counted build: the bytes an 8x8 load or store moves, counted by lane 0 of the SIMD group
+// (every lane here reads the whole matrix; on the GPU each lane moves its share once). Row i
+// of the stored matrix is contiguous in memory, or column i when transposed.
+template <int R, int C, class U>
+inline void sg_count(const U* p, ulong epr, ulong2 origin, bool tr, bool write) {
+    if (!EMU_COUNTED_BUILD || lane_in_simdgroup() != 0) return;
+    const int runs = tr ? C : R, len = tr ? R : C;
+    for (int i = 0; i < runs; ++i) count_access(p + (origin.y + i) * epr + origin.x, (uint64_t)len * sizeof(U), write);
+}
 // element (r, c) of the matrix sits at src[(oy + r) * epr + ox + c], or at (oy + c, ox + r)
 // when transposed
 template <class T, int R, int C, class U>
-void sg_load(const char* f, int l, metal::simdgroup_matrix<T, R, C>& d, const U* src, ulong epr = C,
-             ulong2 origin = ulong2(0), bool tr = false) {
+EMU_NO_HOOKS void sg_load(const char* f, int l, metal::simdgroup_matrix<T, R, C>& d, const U* src, ulong epr = C,
+                          ulong2 origin = ulong2(0), bool tr = false) {
     mat_sync("simdgroup_load", src, epr, origin, tr, f, l);
+    sg_count<R, C>(src, epr, origin, tr, false);
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c)
             d.e[r * C + c] = (T)(tr ? src[(origin.y + c) * epr + origin.x + r] : src[(origin.y + r) * epr + origin.x + c]);
 }
 template <class T, int R, int C, class U>
-void sg_store(const char* f, int l, const metal::simdgroup_matrix<T, R, C>& m, U* dst, ulong epr = C,
-              ulong2 origin = ulong2(0), bool tr = false) {
+EMU_NO_HOOKS void sg_store(const char* f, int l, const metal::simdgroup_matrix<T, R, C>& m, U* dst, ulong epr = C,
+                           ulong2 origin = ulong2(0), bool tr = false) {
     mat_sync("simdgroup_store", dst, epr, origin, tr, f, l);
+    sg_count<R, C>((const U*)dst, epr, origin, tr, true);
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             U v = (U)m.e[r * C + c];
@@ -339,6 +379,7 @@ void sg_mul(const char* f, int l, metal::simdgroup_matrix<T, R, C>& d, const met
             const metal::simdgroup_matrix<TB, K, C>& b) {
     sg_mma(f, l, d, a, b, metal::make_filled_simdgroup_matrix<T, R, C>((T)0));
 }
+}  // namespace EMU_VARIANT
 }  // namespace emu
 
 #define simdgroup_load(...) ::emu::sg_load(__FILE__, __LINE__, __VA_ARGS__)

@@ -39,18 +39,26 @@ namespace emu {
 
 // ---- kernel registry -------------------------------------------------------------------------
 // std::less<>: lookups by const char* construct no string (no allocation per dispatch)
-static std::map<std::string, KernelFn, std::less<>>& registry() {
-    static std::map<std::string, KernelFn, std::less<>> r;
+struct Builds { KernelFn plain = nullptr, counted = nullptr; };
+static std::map<std::string, Builds, std::less<>>& registry() {
+    static std::map<std::string, Builds, std::less<>> r;
     return r;
 }
-Register::Register(const char* name, KernelFn fn, const char*) { registry()[name] = fn; }
+Register::Register(const char* name, KernelFn fn, const char*, bool counted) {
+    (counted ? registry()[name].counted : registry()[name].plain) = fn;
+}
 KernelFn find_kernel(const char* name) {
     auto it = registry().find(name);
-    return it == registry().end() ? nullptr : it->second;
+    return it == registry().end() ? nullptr : it->second.plain;
+}
+static KernelFn find_counted(const char* name) {
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : it->second.counted;
 }
 std::string kernel_names() {
     std::string s;
-    for (auto& kv : registry()) s += (s.empty() ? "" : ", ") + kv.first;
+    for (auto& kv : registry())
+        if (kv.second.plain) s += (s.empty() ? "" : ", ") + kv.first;
     return s;
 }
 
@@ -129,6 +137,7 @@ struct Runner {
     Fiber* cur = nullptr;
     std::string error;
     Stats st;                            // this OS thread's counts, not yet added to the totals
+    Traffic tr;                          // counting mode: this OS thread's bytes of the dispatch
 #if defined(__x86_64__)
     void* main_sp = nullptr;
 #else
@@ -203,6 +212,60 @@ void resume(Runner& r, Fiber& f) {
     swapcontext(&r.main_uc, &f.uc);
 #endif
     r.cur = nullptr;
+}
+
+// ---- counting mode: the address ranges of the running dispatch and the access hooks ---------
+// Set by run() for a counted dispatch (one at a time: count_mu), read by the hooks.
+struct CountRanges {
+    int n = 0;
+    uintptr_t lo[32];
+    uint64_t len[32];
+    bool constant[32];
+};
+CountRanges g_ranges;
+std::mutex count_mu;                      // one counted dispatch at a time
+std::atomic<bool> g_counting{false};
+Traffic g_traffic;                        // the running dispatch's totals (under g_traffic_mu)
+std::mutex g_traffic_mu;
+std::vector<TrafficRecord> g_records;     // under count_mu
+
+// The runner running a counted dispatch on this OS thread, or null: the counted build's code
+// run at any other time (its static initialisers) counts nothing. The scheduler's resolve
+// functions run while it is set, but touch only the fibers' slots, which lie in no counted
+// range. Initial-exec TLS: one register-relative load, no call.
+#if defined(__ELF__)
+__attribute__((tls_model("initial-exec")))
+#endif
+thread_local Runner* tl_counter = nullptr;
+
+inline void hook(const void* p, uint64_t n, bool write) {
+    Runner* r = tl_counter;
+    if (!r) return;
+    const uintptr_t a = (uintptr_t)p;
+    if (a - (uintptr_t)r->arena.data() < TG_MEM_MAX) {
+        (write ? r->tr.threadgroup_written : r->tr.threadgroup_read) += n;
+        return;
+    }
+    const CountRanges& g = g_ranges;
+    for (int i = 0; i < g.n; ++i)
+        if (a - g.lo[i] < g.len[i]) {
+            if (g.constant[i]) r->tr.constant_read += n;
+            else (write ? r->tr.device_written : r->tr.device_read) += n;
+            return;
+        }
+}
+
+void flush_traffic(Runner& r) {
+    if (!r.tr.device_read && !r.tr.device_written && !r.tr.threadgroup_read && !r.tr.threadgroup_written &&
+        !r.tr.constant_read)
+        return;
+    std::lock_guard<std::mutex> g(g_traffic_mu);
+    g_traffic.device_read += r.tr.device_read;
+    g_traffic.device_written += r.tr.device_written;
+    g_traffic.threadgroup_read += r.tr.threadgroup_read;
+    g_traffic.threadgroup_written += r.tr.threadgroup_written;
+    g_traffic.constant_read += r.tr.constant_read;
+    r.tr = Traffic{};
 }
 
 // The same source position: string literals of one file are usually one object, so the
@@ -400,9 +463,10 @@ struct Pool {
     }
     int size() const { return (int)workers.size() + 1; }
 
-    void run(const Launch& l, Schedule s, uint64_t total) {
+    void run(const Launch& l, Schedule s, uint64_t total, bool count) {
         std::lock_guard<std::mutex> one_at_a_time(run_mu);   // devices used from several threads
         launch = &l;
+        counted = count;
         sched = s;
         n_groups = total;
         chunk = std::max<uint64_t>(1, total / ((uint64_t)size() * 8));
@@ -445,6 +509,7 @@ struct Pool {
         Runner& r = runner();
         const Launch& l = *launch;
         r.launch = &l;
+        if (counted) tl_counter = &r;
         for (;;) {
             uint64_t k0 = next.fetch_add(chunk);
             if (k0 >= n_groups || err_seen.load(std::memory_order_relaxed) <= k0) break;
@@ -464,7 +529,9 @@ struct Pool {
             }
         }
         r.launch = nullptr;
+        tl_counter = nullptr;
         flush_stats(r);
+        flush_traffic(r);
     }
 
     std::vector<std::thread> workers;
@@ -475,6 +542,7 @@ struct Pool {
     bool quit = false;
     // the dispatch being run
     const Launch* launch = nullptr;
+    bool counted = false;
     Schedule sched = Schedule::forward;
     uint64_t n_groups = 0, chunk = 1;
     std::atomic<uint64_t> next{0};
@@ -512,7 +580,8 @@ Stats stats() {
 
 int pool_threads() { return pool().size(); }
 
-void run(const Launch& l, Schedule sched) {
+namespace {
+void run_launch(const Launch& l, Schedule sched, bool count) {
     uint64_t n = (uint64_t)l.tg[0] * l.tg[1] * l.tg[2];
     if (!l.fn) throw std::runtime_error(std::string("metal-emu: no kernel for ") + l.name);
     if (n == 0 || n > MAX_THREADS)
@@ -532,14 +601,15 @@ void run(const Launch& l, Schedule sched) {
     const uint64_t total = (uint64_t)l.grid[0] * l.grid[1] * l.grid[2];
     Pool& p = pool();
     if (p.size() > 1 && total >= POOL_MIN_GROUPS) {
-        p.run(l, sched, total);
+        p.run(l, sched, total, count);
         return;
     }
     Runner& r = runner();
     r.launch = &l;
+    if (count) tl_counter = &r;
     struct Done {   // the counts and the launch pointer, also when a group throws
         Runner& r;
-        ~Done() { r.launch = nullptr; flush_stats(r); }
+        ~Done() { r.launch = nullptr; tl_counter = nullptr; flush_stats(r); flush_traffic(r); }
     } done{r};
     for (uint64_t k = 0; k < total; ++k) {
         uint32_t g[3];
@@ -547,6 +617,71 @@ void run(const Launch& l, Schedule sched) {
         run_group(r, l, sched, g[0], g[1], g[2]);
     }
 }
+}  // namespace
+
+void run(const Launch& l, Schedule sched) {
+    if (!g_counting.load(std::memory_order_relaxed)) {
+        run_launch(l, sched, false);
+        return;
+    }
+    std::lock_guard<std::mutex> one(count_mu);
+    Launch c = l;
+    c.fn = find_counted(l.name);
+    if (!c.fn) throw std::runtime_error(std::string("metal-emu: counting: no counted build of ") + l.name);
+    CountRanges& g = g_ranges;
+    g.n = 0;
+    for (int i = 0; i < 31; ++i) {
+        if (!l.buf[i]) continue;
+        if (!l.buf_bytes[i])
+            throw std::runtime_error(std::string("metal-emu: counting: ") + l.name + ": buffer " + std::to_string(i) +
+                                     " is bound without its size");
+        g.lo[g.n] = (uintptr_t)l.buf[i];
+        g.len[g.n] = l.buf_bytes[i];
+        g.constant[g.n] = i == 0;   // [[buffer(0)]]: the kargs struct, constant address space
+        ++g.n;
+    }
+    g_traffic = Traffic{};
+    struct Clear {   // no stale ranges for a later dispatch, also when this one throws
+        ~Clear() { g_ranges.n = 0; }
+    } clear;
+    run_launch(c, sched, true);
+    TrafficRecord rec;
+    rec.kernel = l.name;
+    rec.label = l.label ? l.label : "";
+    for (int k = 0; k < 3; ++k) { rec.grid[k] = l.grid[k]; rec.tg[k] = l.tg[k]; }
+    rec.t = g_traffic;
+    g_records.push_back(std::move(rec));
+}
+
+// ---- counting mode ---------------------------------------------------------------------------
+bool counting_built() {
+#if defined(LLMETAL_EMU_COUNTING)
+    return true;
+#else
+    return false;
+#endif
+}
+
+void set_counting(bool on) {
+    if (on && !counting_built())
+        throw std::runtime_error("metal-emu: counting mode needs the kernels' counted build, which this compiler "
+                                 "could not make (no -fsanitize=thread instrumentation)");
+    std::lock_guard<std::mutex> one(count_mu);
+    g_counting = on;
+}
+
+bool counting() { return g_counting.load(); }
+
+std::vector<TrafficRecord> take_traffic() {
+    std::lock_guard<std::mutex> one(count_mu);
+    std::vector<TrafficRecord> r;
+    r.swap(g_records);
+    return r;
+}
+
+void count_access(const void* p, uint64_t bytes, bool write) { hook(p, bytes, write); }
+
+uint32_t lane_in_simdgroup() { return fiber_self().ctx.tiisg; }
 
 // ---- called from inside fibers ---------------------------------------------------------------
 void sync(Scope scope, const char* op, const char* file, int line, ResolveFn resolve, int uniform_bytes) {
@@ -590,3 +725,49 @@ void fail(const std::string& msg) {
 }
 
 }  // namespace emu
+
+// ---- the access hooks of the counted build ------------------------------------------------------
+// -fsanitize=thread makes the compiler call these before every load and store of the counted
+// kernels (and, with GCC, __tsan_read_range/__tsan_write_range for block copies). Only the
+// address and size matter here; there is no race detection. Defined only where the counted
+// build exists, so a library built under the real ThreadSanitizer keeps TSan's own.
+#if defined(LLMETAL_EMU_COUNTING)
+#define EMU_HOOK(n)                                                                                     \
+    void __tsan_read##n(void* p) { emu::hook(p, n, false); }                                        \
+    void __tsan_write##n(void* p) { emu::hook(p, n, true); }                                        \
+    void __tsan_unaligned_read##n(void* p) { emu::hook(p, n, false); }                              \
+    void __tsan_unaligned_write##n(void* p) { emu::hook(p, n, true); }                              \
+    void __tsan_volatile_read##n(void* p) { emu::hook(p, n, false); }                               \
+    void __tsan_volatile_write##n(void* p) { emu::hook(p, n, true); }                               \
+    void __tsan_unaligned_volatile_read##n(void* p) { emu::hook(p, n, false); }                     \
+    void __tsan_unaligned_volatile_write##n(void* p) { emu::hook(p, n, true); }
+extern "C" {
+EMU_HOOK(1)
+EMU_HOOK(2)
+EMU_HOOK(4)
+EMU_HOOK(8)
+EMU_HOOK(16)
+void __tsan_read_range(void* p, unsigned long n) { emu::hook(p, n, false); }
+void __tsan_write_range(void* p, unsigned long n) { emu::hook(p, n, true); }
+void* __tsan_memcpy(void* d, const void* s, unsigned long n) {
+    emu::hook(s, n, false);
+    emu::hook(d, n, true);
+    return std::memcpy(d, s, n);
+}
+void* __tsan_memmove(void* d, const void* s, unsigned long n) {
+    emu::hook(s, n, false);
+    emu::hook(d, n, true);
+    return std::memmove(d, s, n);
+}
+void* __tsan_memset(void* d, int c, unsigned long n) {
+    emu::hook(d, n, true);
+    return std::memset(d, c, n);
+}
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_read(void**) {}
+void __tsan_vptr_update(void**, void*) {}
+}
+#undef EMU_HOOK
+#endif

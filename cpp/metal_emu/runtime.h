@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace emu {
 
@@ -44,11 +45,13 @@ struct ThreadCtx {
 
 using KernelFn = void (*)(const ThreadCtx&);
 
-// Kernels register themselves by name (static objects in the generated sources).
+// Kernels register themselves by name (static objects in the generated sources). Every
+// .metal file is compiled twice where the compiler can hook memory accesses: the plain build
+// and a counted build (`counted`: see "memory traffic" below), registered under the same name.
 struct Register {
-    Register(const char* name, KernelFn fn, const char* file);
+    Register(const char* name, KernelFn fn, const char* file, bool counted = false);
 };
-KernelFn find_kernel(const char* name);   // nullptr when unknown
+KernelFn find_kernel(const char* name);   // the plain build; nullptr when unknown
 std::string kernel_names();                      // comma-separated, for error messages
 
 enum class Schedule { forward, reverse };
@@ -61,6 +64,10 @@ struct Launch {
     uint32_t grid[3] = {1, 1, 1};      // threadgroups per grid
     uint32_t tg[3] = {1, 1, 1};        // threads per threadgroup
     uint32_t tg_mem[8] = {};           // bytes of [[threadgroup(i)]] memory
+    // Bytes from buf[i] that the kernel may touch (counting mode classifies accesses by them;
+    // a bound buffer without a size cannot be counted), and a label for the traffic record.
+    uint64_t buf_bytes[31] = {};
+    const char* label = "";
 };
 
 // Runs the launch to completion; throws std::runtime_error with file:line on a detected
@@ -76,6 +83,38 @@ constexpr int MAX_THREADS = 1024;
 struct Stats { uint64_t threads = 0, switches = 0, rendezvous = 0, threadgroups = 0; };
 Stats stats();
 int pool_threads();   // OS threads a large dispatch is spread over (LLMETAL_EMU_THREADS)
+
+// ---- memory traffic (counting mode, for speed work without a GPU) ---------------------------
+// The counted build of the kernels is compiled with the compiler's memory-access
+// instrumentation (-fsanitize=thread's hooks: a call before every load and store, with its
+// address and size; the hooks are defined in runtime.cpp, TSan's own runtime is not used). While
+// counting is on, run() executes the counted build and adds up, per dispatch, the bytes every
+// load and store of the kernel moves, by where the address lies:
+//   device      a bound buffer [[buffer(1..)]] (buf[i] .. buf[i] + buf_bytes[i])
+//   constant    [[buffer(0)]], the kargs struct (read from the constant cache on a GPU)
+//   threadgroup the threadgroup's memory (declared arrays and [[threadgroup(i)]] buffers)
+// Every access counts, with no cache model: an activation read by 32 SIMD groups counts 32
+// times. Thread-private memory (registers, stack) and the shim's own bookkeeping count nothing.
+// A simdgroup_load/store counts its 8x8 elements once per SIMD group, as the GPU moves them.
+// The bytes are those of the C++ the emulator compiles, which loads what the kernel source loads
+// (loads the compiler removes or merges are not counted, as on a GPU compiler).
+struct Traffic {
+    uint64_t device_read = 0, device_written = 0;
+    uint64_t threadgroup_read = 0, threadgroup_written = 0;
+    uint64_t constant_read = 0;
+};
+struct TrafficRecord {
+    std::string kernel, label;
+    uint32_t grid[3], tg[3];
+    Traffic t;
+};
+bool counting_built();                       // false: the compiler offered no access hooks
+void set_counting(bool on);                  // throws std::runtime_error when not built
+bool counting();
+std::vector<TrafficRecord> take_traffic();   // the records since the last call, in dispatch order
+// The counted build's matrix operations count here, once per SIMD group (its lane 0).
+void count_access(const void* p, uint64_t bytes, bool write);
+uint32_t lane_in_simdgroup();                // the calling fiber's thread_index_in_simdgroup
 
 // ---- the interface the shim (metal_shim.h) calls from inside a fiber ---------------------
 // A collective: every participating lane parks with its value and op; `resolve` then

@@ -350,15 +350,22 @@ class Sampler:
         stages.append(f"dist(seed {self.seed})")
         return " -> ".join(stages)
 
-    def _check_logits(self, logits: np.ndarray) -> np.ndarray:
+    def _check_shape(self, logits: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits)
         if logits.shape != (self.vocab_size,):
             raise ValueError(f"logits must have shape ({self.vocab_size},), got {logits.shape}")
         if not np.issubdtype(logits.dtype, np.floating):
             raise ValueError(f"logits must be floating point, got {logits.dtype}")
-        top = logits.max()
-        if not np.isfinite(top):  # NaN anywhere propagates into max; so does +inf
+        return logits
+
+    @staticmethod
+    def _check_top(top) -> None:
+        if not np.isfinite(top):
             raise ValueError(f"logits must be finite with a finite maximum, got max {top}")
+
+    def _check_logits(self, logits: np.ndarray) -> np.ndarray:
+        logits = self._check_shape(logits)
+        self._check_top(logits.max())   # NaN anywhere propagates into max; so does +inf
         return logits
 
     def distribution(self, logits: np.ndarray, history: Sequence[int] = ()
@@ -380,6 +387,19 @@ class Sampler:
         ids, vals = top_p(ids, vals, p.top_p)
         ids, vals = min_p(ids, vals, p.min_p)
         return ids, log_softmax(vals / np.float32(p.temp))
+
+    def token(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """The token `sample` picks, without its log-probability where that is extra work: for
+        greedy, one argmax over the penalised logits instead of also a softmax over the whole
+        vocabulary (a server samples every row of every step and returns no log-probabilities).
+        The same checks, the same token, the same random draws as `sample`."""
+        p = self.params
+        if not p.greedy:
+            return self.sample(logits, history)[0]
+        logits = apply_repeat_penalty(self._check_shape(logits), history, p.repeat_last_n, p.repeat_penalty)
+        best = int(np.argmax(logits))   # first maximum (ties: the lowest id); a NaN wins argmax
+        self._check_top(logits[best])   # a NaN or +inf anywhere is at `best`: as sample's check
+        return best
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[int, float]:
         """Pick the next token: (token id, its log-probability).  Does not modify `logits`."""

@@ -48,14 +48,15 @@ class APIError(Exception):
 
 @dataclass
 class Request:
-    """One completion being served: its prompt, sampler and state, and the queue its events go
-    to (("delta", text), ("done", finish_reason), ("error", message))."""
+    """One completion being served: its prompt, sampler and state, and where its events go
+    (("delta", text), ("done", finish_reason), ("error", message)): emit(event), called on the
+    scheduler thread, or on the thread that the scheduler's `post` hands them to."""
     id: str
     prompt: list[int]
     max_tokens: int
     sampler: Sampler
     stop: list[str]
-    emit: object                       # callable(event): thread-safe put into the client's queue
+    emit: object                       # callable(event): into the client's queue
     seq: int = -1                      # the model sequence (slot) while active
     fed: int = 0                       # prompt tokens in the KV cache
     tokens: list[int] = field(default_factory=list)
@@ -70,10 +71,15 @@ class Request:
 
 
 class Scheduler:
-    """Owns the model: admits requests into free slots and steps all active ones together."""
+    """Owns the model: admits requests into free slots and steps all active ones together.
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tok = model, tokenizer
+    post: None (each event goes to its request's emit at once, on this thread), or
+    callable([(emit, event), ...]) that gets the events of one step together: the server hands
+    them to its event loop in one wake-up a step rather than one per token."""
+
+    def __init__(self, model, tokenizer, post=None):
+        self.model, self.tok, self.post = model, tokenizer, post
+        self._outbox: list = []          # (emit, event) of this step, for post
         self.n_slots = model.n_seq
         self.eog = set(tokenizer.eog_ids)
         self.queue: deque[Request] = deque()
@@ -124,6 +130,18 @@ class Scheduler:
                         log.exception("step failed")
                         for r in list(self.active.values()):
                             self._finish(r, None, error=f"the engine failed: {type(e).__name__}: {e}")
+                    self._flush()
+
+    def _emit(self, r: Request, ev):
+        if self.post is None:
+            r.emit(ev)
+        else:
+            self._outbox.append((r.emit, ev))
+
+    def _flush(self):
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self.post(batch)
 
     def _admit(self):
         for r in [r for r in self.active.values() if r.cancelled]:
@@ -164,7 +182,7 @@ class Scheduler:
                 self._next_token(r, lg)
 
     def _next_token(self, r: Request, logits: np.ndarray):
-        tok, _ = r.sampler.sample(logits, r.prompt + r.tokens)
+        tok = r.sampler.token(logits, r.prompt + r.tokens)
         if r.t_first is None:
             r.t_first = time.perf_counter()
         r.tokens.append(tok)
@@ -185,19 +203,19 @@ class Scheduler:
         hold = max((len(s) - 1 for s in r.stop), default=0)
         safe = len(r.text) - hold
         if safe > r.sent:
-            r.emit(("delta", r.text[r.sent:safe]))
+            self._emit(r, ("delta", r.text[r.sent:safe]))
             r.sent = safe
 
     def _finish(self, r: Request, reason: str | None, error: str | None = None):
         self.active.pop(r.seq, None)
         if error:
-            r.emit(("error", error))
+            self._emit(r, ("error", error))
             return
         if len(r.text) > r.sent:
-            r.emit(("delta", r.text[r.sent:]))
+            self._emit(r, ("delta", r.text[r.sent:]))
             r.sent = len(r.text)
         r.finish_reason = reason
-        r.emit(("done", reason))
+        self._emit(r, ("done", reason))
 
 
 # ---- the HTTP side ----------------------------------------------------------------------------
@@ -213,6 +231,11 @@ def _num(body, key, kind, lo=None, hi=None, default=None):
     return kind(v)
 
 
+def _deliver(batch):
+    for emit, ev in batch:
+        emit(ev)
+
+
 class App:
     """The Starlette application around one Scheduler."""
 
@@ -221,7 +244,8 @@ class App:
         from starlette.routing import Route
         self.model, self.tok, self.model_id = model, tokenizer, model_id
         self.max_tokens_limit = max_tokens_limit
-        self.sched = Scheduler(model, tokenizer)
+        self.sched = Scheduler(model, tokenizer, post=self._post)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.ids = itertools.count(1)
         self.created = int(time.time())
         self.app = Starlette(routes=[
@@ -231,8 +255,13 @@ class App:
             Route("/v1/completions", self.completions, methods=["POST"]),
         ], lifespan=self._lifespan)
 
+    def _post(self, batch):
+        """A step's events, from the scheduler thread to the event loop in one wake-up."""
+        self.loop.call_soon_threadsafe(_deliver, batch)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
+        self.loop = asyncio.get_running_loop()
         self.sched.start()
         try:
             yield
@@ -370,11 +399,10 @@ class App:
         stream = bool(body.get("stream", False))
         so = body.get("stream_options") or {}
         include_usage = bool(isinstance(so, dict) and so.get("include_usage"))
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(self.ids)}"
         req = Request(rid, prompt, max_tokens, Sampler(params, self.model.cfg.n_vocab), stop,
-                      emit=lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+                      emit=q.put_nowait)      # on the event loop, through _post
         req.queue = q
         req.ignore_eos = bool(body.get("ignore_eos", False))
         return req, stream, include_usage

@@ -13,7 +13,7 @@
 #
 # Results:
 #   $ORACLE_DIR/bin/{llama-tokenize,llama-perplexity,llama-quantize,llama-bench,llama-eval-callback,
-#                    llama-completion}
+#                    llama-completion,llama-server}
 #   $ORACLE_DIR/bin/lib{llama,ggml,ggml-base,ggml-cpu}.so   (shared libraries, BUILD_SHARED_LIBS=ON)
 #   $ORACLE_ROOT/TOKENIZE_READY   path of llama-tokenize, written as soon as it is linked
 #   $ORACLE_ROOT/BENCH_READY      path of llama-bench
@@ -22,6 +22,10 @@
 # CPU features: GGML_NATIVE is OFF so that the instruction sets are chosen explicitly from the flags
 # /proc/cpuinfo lists. AMX is always OFF: some virtual machines list amx_* yet fault on the
 # instructions.
+#
+# llama-server: built without its web UI (LLAMA_BUILD_UI=OFF, LLAMA_USE_PREBUILT_UI=OFF: the UI is
+# an npm build or a download, and this machine builds offline; the server then embeds an empty asset
+# table and still serves the HTTP API) and without OpenSSL (loopback HTTP only).
 set -euo pipefail
 
 ORACLE_ROOT=${ORACLE_ROOT:-/work/oracle}
@@ -70,9 +74,15 @@ if [ ! -f "$ORACLE_DIR/CMakeCache.txt" ]; then
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON \
     "${ISA_ARGS[@]}" \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_COMMON=ON \
     -DLLAMA_OPENSSL=OFF
+elif ! grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$ORACLE_DIR/CMakeCache.txt"; then
+  # A build directory configured before llama-server was added: switch the server on in place (the
+  # other options, and so the binaries already built, stay as they are).
+  cmake -S "$LLAMA_SRC" -B "$ORACLE_DIR" \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 fi
 echo "== ISA flags used:"; printf '   %s\n' "${ISA_ARGS[@]}"
 
@@ -89,6 +99,10 @@ echo "$ORACLE_DIR/bin/llama-bench" > "$ORACLE_ROOT/BENCH_READY"
 echo "== llama-bench ready: $ORACLE_DIR/bin/llama-bench"
 
 cmake --build "$ORACLE_DIR" --target llama-eval-callback llama-completion -j "$JOBS"
+
+# The HTTP server that bench/serve_bench.py --llama-server runs next to `llmetal serve`.
+cmake --build "$ORACLE_DIR" --target llama-server -j "$JOBS"
+echo "== llama-server ready: $ORACLE_DIR/bin/llama-server"
 
 # A file to source: python bindings find libllama.so through LLAMA_CPP_LIB_PATH.
 cat > "$ORACLE_ROOT/ENV" <<EOF

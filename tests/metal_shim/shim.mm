@@ -19,11 +19,18 @@
 //   bookkeeping: every object counts its retains; live objects per class, autoreleases with no
 //     pool in place and open pools are reported by llmetal_metal_shim_stats() (the tests check
 //     that a dropped model leaves the live objects as they were after the device was made).
-// Execution: commit runs the command buffer's dispatches on the emulator, synchronously. A
+// Execution: as on a GPU, a committed command buffer is not done when commit returns: the queue
+// keeps the committed ones, and runs them in commit order on the emulator when one of them is
+// waited for (waitUntilCompleted runs every earlier one, then it); until then its status is
+// Committed, so a host that reads results without waiting reads stale memory, as on a Mac. A
 // concurrent encoder's dispatches between two barriers run in reverse order (any order is
 // legal), and each dispatch under the emulator's reverse schedule, unless
 // LLMETAL_METAL_SHIM_SCHEDULE=forward. An emulator error (divergent barrier, ...) makes the
 // command buffer end with MTLCommandBufferStatusError, as a GPU fault does.
+//
+// The host side's order, for the tests (llmetal_metal_shim_events()): every pipeline made, and
+// per command buffer (numbered from 1 as the queue makes them) its encoder opened, its commit,
+// its completion, or its release without a commit.
 //
 // Knobs for the tests (read when the device is made):
 //   LLMETAL_METAL_SHIM_DEVICES      default | list-only (MTLCreateSystemDefaultDevice() returns
@@ -53,6 +60,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -119,11 +127,22 @@ static uint64_t env_u64(const char* name, uint64_t dflt) {
 
 // ---- bookkeeping ------------------------------------------------------------------------------
 namespace {
+// One event of the host side's order: kind 'p' a pipeline made (name), 'e' an encoder opened
+// on command buffer cb, 'c' its commit, 'd' its completion (or failure), 'x' its release
+// without a commit.
+struct Event { char kind; int64_t cb; const char* name; };
 struct Stats {
     std::map<std::string, int64_t, std::less<>> live;   // per class
     int64_t retains = 0, releases = 0, objects = 0;
     int64_t autoreleased_without_pool = 0, command_buffers = 0, dispatches = 0;
     int64_t fail_in = 0;   // > 0: the fail_in-th command buffer committed from now fails
+    int64_t made = 0;      // command buffers made by the queue (their numbers)
+    Arr<Event> events;     // since the tests last read them (at most MAX_EVENTS: then restarted)
+    static constexpr size_t MAX_EVENTS = 1 << 20;
+    void event(char kind, int64_t cb, const char* name) {
+        if (events.n == MAX_EVENTS) events.clear();
+        events.push(Event{kind, cb, name});
+    }
 };
 Stats& stats() {
     static Stats* s = new Stats;
@@ -358,15 +377,29 @@ struct ShimRecording { Arr<ShimDispatch> d; Arr<unsigned char> bytes; ShimRecord
 static ShimRecording* g_free_recordings = nullptr;
 
 @class ShimEncoder;
+@class ShimQueue;
 @interface ShimCommandBuffer : NSObject <MTLCommandBuffer> {
   @public
     ShimRecording* rec_;
+    ShimQueue* queue_;         // the queue that made it (not retained: queues outlive them here)
     ShimEncoder* open_;        // the encoder being encoded (not retained), or nil
     MTLDispatchType type_;
     MTLCommandBufferStatus status_;
     NSError* error_;
+    int64_t serial_;           // 1, 2, ... in the order the queue made them
+    bool encoded_;             // an encoder was opened on it
+    bool fail_;                // an injected fault: it ends with an error instead of running
 }
 - (void)run;
+@end
+
+// The queue: committed command buffers (retained) not yet run, in commit order.
+@interface ShimQueue : NSObject <MTLCommandQueue> {
+  @public
+    Arr<ShimCommandBuffer*> pending_;
+}
+- (void)enqueue:(ShimCommandBuffer*)cb;
+- (void)runUpTo:(ShimCommandBuffer*)cb;
 @end
 
 @interface ShimEncoder : NSObject <MTLComputeCommandEncoder> {
@@ -478,6 +511,8 @@ static ShimRecording* g_free_recordings = nullptr;
     for (int i = 0; i < 31; ++i) { e->buf_[i] = nullptr; e->bytes_at_[i] = -1; }
     open_ = e;
     type_ = type;
+    encoded_ = true;
+    stats().event('e', serial_, nullptr);
     return [e autorelease];
 }
 - (void)commit {
@@ -486,15 +521,18 @@ static ShimRecording* g_free_recordings = nullptr;
     status_ = MTLCommandBufferStatusCommitted;
     ++stats().command_buffers;
     Stats& s = stats();
-    if (s.fail_in > 0 && --s.fail_in == 0) {   // a fault injected by a test
+    s.event('c', serial_, nullptr);
+    if (s.fail_in > 0 && --s.fail_in == 0) fail_ = true;   // a fault injected by a test
+    [queue_ enqueue:self];
+}
+// Runs the recorded dispatches on the emulator (the queue calls it, in commit order).
+- (void)run {
+    stats().event('d', serial_, nullptr);
+    if (fail_) {
         status_ = MTLCommandBufferStatusError;
         error_ = [make_error("injected GPU fault (llmetal_metal_shim_fail_command_buffer)") retain];
         return;
     }
-    [self run];
-}
-// Runs the recorded dispatches on the emulator.
-- (void)run {
     ShimRecording* r = rec_;
     auto launch = [&](const ShimDispatch& d) {
         emu::Launch l;
@@ -524,11 +562,13 @@ static ShimRecording* g_free_recordings = nullptr;
 }
 - (void)waitUntilCompleted {
     if (status_ == MTLCommandBufferStatusNotEnqueued) fatal("waitUntilCompleted on a command buffer never committed");
+    if (status_ == MTLCommandBufferStatusCommitted) [queue_ runUpTo:self];
 }
 - (MTLCommandBufferStatus)status { return status_; }
 - (NSError*)error { return error_; }
 - (void)dealloc {
     if (open_) fatal("Command buffer released while its encoder is still encoding");
+    if (status_ == MTLCommandBufferStatusNotEnqueued && encoded_) stats().event('x', serial_, nullptr);
     [error_ release];
     rec_->d.clear();
     rec_->bytes.clear();
@@ -538,11 +578,31 @@ static ShimRecording* g_free_recordings = nullptr;
 }
 @end
 
-@interface ShimQueue : NSObject <MTLCommandQueue>
-@end
 @implementation ShimQueue
+- (void)enqueue:(ShimCommandBuffer*)cb {
+    pending_.push([cb retain]);
+}
+// Runs the committed command buffers in order, up to and including cb.
+- (void)runUpTo:(ShimCommandBuffer*)cb {
+    size_t k = 0;
+    while (k < pending_.n && pending_.p[k] != cb) ++k;
+    if (k == pending_.n) fatal("waitUntilCompleted on a command buffer its queue does not hold");
+    for (size_t i = 0; i <= k; ++i) {
+        [pending_.p[i] run];
+        [pending_.p[i] release];
+    }
+    std::memmove(pending_.p, pending_.p + k + 1, (pending_.n - k - 1) * sizeof(ShimCommandBuffer*));
+    pending_.n -= k + 1;
+}
+- (void)dealloc {
+    for (size_t i = 0; i < pending_.n; ++i) [pending_.p[i] release];
+    std::free(pending_.p);
+    [super dealloc];
+}
 - (id<MTLCommandBuffer>)commandBuffer {
     ShimCommandBuffer* cb = [ShimCommandBuffer alloc];
+    cb->queue_ = self;
+    cb->serial_ = ++stats().made;
     if (!g_free_recordings) {
         auto* r = (ShimRecording*)sys_malloc(sizeof(ShimRecording));
         new (r) ShimRecording();
@@ -617,6 +677,7 @@ static ShimRecording* g_free_recordings = nullptr;
     ShimPipeline* p = [ShimPipeline alloc];
     p->fn_ = ((ShimFunction*)fn)->fn_;
     p->name_ = ((ShimFunction*)fn)->name_;
+    stats().event('p', 0, p->name_);
     return p;
 }
 @end
@@ -664,4 +725,18 @@ std::vector<std::pair<std::string, int64_t>> metal_shim_stats() {
 }
 // The k-th command buffer committed from now on ends with an error instead of running.
 void metal_shim_fail_command_buffer(int64_t k) { stats().fail_in = k; }
+// The host side's events since the last call, oldest first: (kind, command buffer, kernel)
+// with kind "pipeline" (kernel: its name), "encode", "commit", "complete" or "drop".
+std::vector<std::tuple<std::string, int64_t, std::string>> metal_shim_events() {
+    Arr<Event>& ev = stats().events;
+    std::vector<std::tuple<std::string, int64_t, std::string>> v;
+    for (size_t i = 0; i < ev.n; ++i) {
+        const Event& e = ev.p[i];
+        const char* kind = e.kind == 'p' ? "pipeline" : e.kind == 'e' ? "encode" : e.kind == 'c' ? "commit"
+                         : e.kind == 'd' ? "complete" : "drop";
+        v.emplace_back(kind, e.cb, e.name ? e.name : "");
+    }
+    ev.clear();
+    return v;
+}
 }  // namespace llmetal
