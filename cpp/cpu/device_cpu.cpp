@@ -218,15 +218,19 @@ struct CpuDevice final : Device {
     // ---- rope tables, kept per configuration -------------------------------------------
     // The table of a position (rope_table: a pow, a cos and a sin per angle, in double) is the
     // same for every layer and for Q and K: computed once per position and configuration and
-    // kept (n_rot floats a position, grown to the largest position seen, like the scratch).
+    // kept (n_rot floats a position).
     // A position's table is always computed the same way, whatever batch it first came in.
-    // Positions from kRopeCacheMax on (far past today's contexts) are computed per token.
+    // The first allocation holds kRopeCacheFirst positions (1-4 MiB), then it doubles when a
+    // larger position comes: a decode step allocates nothing until then (tests/test_generate.py
+    // counts). Positions from kRopeCacheMax on (far past today's contexts) are computed per token.
+    static constexpr int kRopeCacheFirst = 4096;
     static constexpr int kRopeCacheMax = 1 << 20;
     struct RopeCache {
         float base, scale;
         int n_rot;
         const float* factors;
-        std::vector<float> tab;   // [positions, n_rot]
+        std::vector<float> tab;   // [capacity, n_rot]
+        int filled;               // positions [0, filled) computed
     };
     std::vector<RopeCache> rope_caches;
 
@@ -235,20 +239,21 @@ struct CpuDevice final : Device {
         for (auto& r : rope_caches)
             if (r.base == a.freq_base && r.scale == a.freq_scale && r.n_rot == a.n_rot && r.factors == ff) c = &r;
         if (!c) {
-            rope_caches.push_back(RopeCache{a.freq_base, a.freq_scale, a.n_rot, ff, {}});
+            rope_caches.push_back(RopeCache{a.freq_base, a.freq_scale, a.n_rot, ff, {}, 0});
             c = &rope_caches.back();
         }
-        const int have = (int)(c->tab.size() / a.n_rot);
+        const int cap = (int)(c->tab.size() / a.n_rot), have = c->filled;
+        if (max_pos >= cap) c->tab.resize((size_t)std::max({max_pos + 1, 2 * cap, kRopeCacheFirst}) * a.n_rot);
         if (max_pos >= have) {
-            const int want = std::max(max_pos + 1, 2 * have);
-            c->tab.resize((size_t)want * a.n_rot);
             float* tab = c->tab.data();
             auto f = [&](int ith, int nth) {
                 int64_t b, e;
-                split(want - have, ith, nth, &b, &e);
+                split(max_pos + 1 - have, ith, nth, &b, &e);
                 for (int64_t p = have + b; p < have + e; ++p) rope_table(a, (int)p, ff, tab + p * a.n_rot);
             };
-            pool.run(f);
+            if (max_pos + 1 - have >= 16) pool.run(f);
+            else f(0, 1);
+            c->filled = max_pos + 1;
         }
         return c->tab.data();
     }
