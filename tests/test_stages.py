@@ -509,6 +509,90 @@ def test_attention_reference_properties(request):
     assert not np.allclose(o2[0], V[0, :hd]), where(seed)
 
 
+# ---- attention in chunks of keys ----------------------------------------------------------
+# The CPU device cuts a query's visible keys into chunks of 256 counted from its first visible
+# key and merges the chunks' partials (cpp/cpu/device_cpu.cpp); up to 8 tokens go out as one
+# item per (token, chunk), more as one item per (token, KV head) doing its chunks in order.
+CHUNK_CASES = [
+    # n_heads, n_kv_heads, head_dim, T, pos0, window, softcap
+    (9, 3, 64, 1, 1500, 0, 0.0),       # SmolLM2 decode, 6 chunks (the last one short)
+    (14, 2, 64, 1, 1279, 0, 0.0),      # Qwen2.5 (GQA 7), 5 full chunks
+    (4, 4, 64, 3, 1023, 0, 0.0),       # GQA 1, chunks 4 and 5 split a batch
+    (4, 1, 256, 2, 1500, 512, 0.0),    # Gemma-3 local layer: window 512 from lo = pos - 511
+    (4, 1, 256, 1, 1500, 300, 0.0),    # window not a multiple of the chunk
+    (8, 4, 64, 2, 900, 0, 30.0),       # softcap over 4 chunks
+    (12, 4, 64, 12, 700, 0, 0.0),      # 12 tokens: (token, KV head) items
+    (6, 2, 80, 3, 600, 0, 0.0),        # head dim 80: the scalar chunk kernel at every level
+]
+
+
+@pytest.mark.parametrize("H,KV,hd,T,pos0,window,softcap", CHUNK_CASES)
+def test_attention_chunks(device, simd, request, H, KV, hd, T, pos0, window, softcap):
+    """Positions whose keys span several chunks against the float64 reference; rows no query
+    may read are NaN."""
+    test_attention(device, simd, request, H, KV, hd, T, pos0, window, softcap)
+
+
+def _attention_outputs(dev, q, K, V, H, KV, steps, window=0, softcap=0.0):
+    """Run attention on dev for each (rows, first) in steps: rows an int32 [n, 2] of
+    (position, first cache row) for a by-row step, or (pos0, n) for a plain one; the output of
+    q[first:first+n]. Returns the outputs stacked in order."""
+    hd = q.shape[1] // H
+    outs = []
+    for rows, first in steps:
+        n = len(rows) if isinstance(rows, np.ndarray) else rows[1]
+        rig = Rig(dev, {"q": q[first:first + n], "K": K, "V": V}, {"out": (F32, (n, H * hd))})
+        if isinstance(rows, np.ndarray):
+            dev.set_step_rows(rows)
+        else:
+            dev.set_step(*rows)
+        E.Encoder(dev, eager=True).attention(rig["q"], rig["K"], rig["V"], rig["out"], H, KV, 1 / np.sqrt(hd),
+                                             window, softcap, isinstance(rows, np.ndarray))
+        outs.append(rig.out("out", 0, "attention"))
+    return np.vstack(outs)
+
+
+_THREADED = {}
+
+
+def _cpu(n):
+    if n not in _THREADED:
+        _THREADED[n] = E.cpu_device(n)
+    return _THREADED[n]
+
+
+@pytest.mark.parametrize("H,KV,hd,window", [(9, 3, 64, 0), (14, 2, 64, 0), (4, 1, 256, 512), (6, 2, 80, 0)])
+def test_attention_batch_invariance(simd, request, H, KV, hd, window):
+    """A token's attention output has the same bits whatever batch it is in and however many
+    threads run (Model.step relies on it): 20 tokens at positions 1290..1309 (6 chunks each)
+    as one prompt batch, one decode step at a time, in batches of 3, on 1, 2, 3 and 5 threads,
+    and as by-row steps of two sequences sharing the cache."""
+    rng, seed = rng_for(request)
+    T, pos0 = 20, 1290
+    n_ctx = pos0 + T
+    q = (rng.standard_normal((T, H * hd)) * 2.0).astype(np.float32)
+    K = rng.standard_normal((2 * n_ctx, KV * hd)).astype(np.float16)
+    V = rng.standard_normal((2 * n_ctx, KV * hd)).astype(np.float16)
+    K[n_ctx:], V[n_ctx:] = K[:n_ctx], V[:n_ctx]   # a second sequence with the same keys, from row n_ctx
+    what = f"H={H} KV={KV} hd={hd} window={window} simd={simd} {where(seed)}"
+    whole = _attention_outputs(_cpu(3), q, K, V, H, KV, [((pos0, T), 0)], window)
+    ref = R.attention(q, K[:n_ctx], V[:n_ctx], H, KV, pos0, 1 / np.sqrt(hd), window)
+    check("attention", whole, ref, seed, what)
+    for threads in (1, 2, 3, 5):
+        ones = _attention_outputs(_cpu(threads), q, K, V, H, KV, [((pos0 + t, 1), t) for t in range(T)], window)
+        assert np.array_equal(ones, whole), f"one token at a time on {threads} threads differs from the batch: {what}"
+    threes = _attention_outputs(_cpu(2), q, K, V, H, KV, [((pos0 + t, min(3, T - t)), t) for t in range(0, T, 3)],
+                                window)
+    assert np.array_equal(threes, whole), f"batches of 3 differ from the batch of {T}: {what}"
+    # by rows: token t of sequence A (cache row 0) next to token T-1-t of sequence B (row n_ctx)
+    steps = [(np.array([[pos0 + t, 0], [pos0 + T - 1 - t, n_ctx]], np.int32), t) for t in range(T)]
+    qq = np.vstack([np.vstack([q[t], q[T - 1 - t]]) for t in range(T)])
+    steps = [(rows, 2 * t) for t, (rows, _) in enumerate(steps)]
+    pairs = _attention_outputs(_cpu(2), qq, K, V, H, KV, steps, window)
+    assert np.array_equal(pairs[0::2], whole), f"by-row steps (sequence A) differ from the batch: {what}"
+    assert np.array_equal(pairs[1::2], whole[::-1]), f"by-row steps (sequence B) differ from the batch: {what}"
+
+
 # ---- attention probabilities ----------------------------------------------------------------
 PROBS_CASES = [
     # n_heads, n_kv_heads, head_dim, T, pos0, window, softcap
@@ -522,7 +606,9 @@ PROBS_CASES = [
     (2, 2, 64, 6, 10, 1, 0.0),         # window 1: each query sees only its own row
     (8, 4, 64, 4, 200, 0, 30.0),       # logit softcap
     (3, 3, 80, 2, 513, 512, 50.0),     # window + softcap
-    (66, 1, 16, 3, 5, 0, 0.0),         # 66 query heads a KV head: the CPU's scalar path
+    (66, 1, 16, 3, 5, 0, 0.0),         # 66 query heads a KV head, head dim 16
+    (9, 3, 64, 2, 700, 0, 0.0),        # 3 chunks of keys on the CPU (the chunks' merge weights)
+    (4, 1, 256, 2, 900, 300, 30.0),    # window + softcap over 2 chunks
 ]
 
 
@@ -570,11 +656,13 @@ def test_attention_probs(device, simd, request, H, KV, hd, T, pos0, window, soft
         f"attention_probs {what}: rows sum to {sums.min()}..{sums.max()} {where(seed)}"
 
 
-def test_attention_probs_weight_v_as_attention_does(device, request):
+@pytest.mark.parametrize("pos0,window", [(37, 20), (700, 0), (700, 300)])
+def test_attention_probs_weight_v_as_attention_does(device, request, pos0, window):
     """The probabilities are the ones the attention stage uses: probs @ V equals attention's
-    output on the same q, K, V (up to the float32 order of the sums)."""
+    output on the same q, K, V (up to the float32 order of the sums); also where the keys
+    span several chunks (700: 3 on the CPU)."""
     rng, seed = rng_for(request)
-    H, KV, hd, T, pos0, window = 8, 2, 64, 5, 37, 20
+    H, KV, hd, T = 8, 2, 64, 5
     n_ctx = pos0 + T + 3
     q = (rng.standard_normal((T, H * hd)) * 2.0).astype(np.float32)
     K = rng.standard_normal((n_ctx, KV * hd)).astype(np.float16)

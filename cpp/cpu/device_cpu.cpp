@@ -302,84 +302,159 @@ struct CpuDevice final : Device {
         pool.run(f);
     }
 
+    // ---- attention in chunks of keys ---------------------------------------------------
+    // A query row's visible keys lo..pos are cut into chunks of kAttnChunk counted from lo;
+    // each chunk gives the row a partial (max, sum, unnormalized output: the AttnChunk of
+    // quants.h) and attention_merge combines the row's partials in chunk order. The query
+    // heads that share a KV head run together, so each K / V row is read once per group.
+    // A token's chunks and their merge are the same whatever batch it is in, however many
+    // threads run, and whichever thread runs which chunk, so its output has the same bits in
+    // every case (Model.step relies on it); only the work items differ:
+    //  - up to kAttnSplitTokens tokens (decode steps): an item is one chunk of one token, all
+    //    its KV heads, so a long context spreads over every thread and each thread reads
+    //    whole cache rows in order (a sweep per KV head over rows of all heads reads memory
+    //    about half as fast: SmolLM2's K row is 3 heads of 128 bytes). The partials go to
+    //    attn_parts; the thread that finishes a token's last chunk (a countdown per token)
+    //    merges them.
+    //  - more tokens (prompts): an item is a (token, KV head) pair, all its chunks in order
+    //    with the partials in the thread's scratch; items are taken from a shared counter,
+    //    longest first (the last token sees the most keys). The keys are shared by the
+    //    batch's tokens and stay in the caches.
+    // Scratch is sized from n_ctx at first use, so a decode step allocates nothing.
+    static constexpr int kAttnSplitTokens = 8;
+    std::vector<float> attn_parts;                         // [token][chunk][head] partials
+    std::atomic<int> attn_pending[kAttnSplitTokens];       // chunks of a token not yet done
+    int64_t attn_first[kAttnSplitTokens + 1];              // a token's first item
+
     void attention(const kargs_attention& a, Binding q, Binding kc, Binding vc, Binding out,
                    Binding step) override {
         const kstep* s = step.ptr<kstep>();
-        int span = s->pos0 + a.n_tokens;   // keys a query sees at most
         if (a.by_row) {
             check_rows("attention", a.n_tokens, a.n_ctx, *s);
-            span = 0;
-            for (int t = 0; t < a.n_tokens; ++t) span = std::max(span, s->rows[t].pos + 1);
         } else if (s->pos0 < 0 || s->pos0 + a.n_tokens > a.n_ctx) {
             throw Error("attention: positions exceed the context");
         }
-        // Work items are (token, KV head): the query heads that share a KV head run together,
-        // so each K / V row is read once per group. Items are taken from a shared counter,
-        // longest first (the last token sees the most rows), so threads finish together even
-        // when the work per item grows with the position or a core is busy elsewhere.
-        const int grp = a.n_heads / a.n_kv_heads, hd = a.head_dim;
-        const int64_t n_items = (int64_t)a.n_tokens * a.n_kv_heads;
-        const AttnGroup simd = attention_kernel(a);
+        const int grp = a.n_heads / a.n_kv_heads, hd = a.head_dim, nkv = a.n_kv_heads;
+        const size_t ps = attn_part_stride(hd);
+        const int max_chunks = (a.n_ctx + kAttnChunk - 1) / kAttnChunk;
+        const AttnChunk chunk = attention_chunk_kernel(a);
+        // token t's visible keys [lo, pos] and their chunks
+        auto keys = [&](int t, int* lo, int* pos) {
+            *pos = KSTEP_POS(s, a.by_row, t);
+            *lo = a.window > 0 ? std::max(0, *pos - a.window + 1) : 0;
+            return (*pos - *lo + kAttnChunk) / kAttnChunk;
+        };
+        // the cache rows of token t's sequence
+        auto cache = [&](int t, const uint16_t** kr, const uint16_t** vr) {
+            const int64_t c0 = (int64_t)KSTEP_CACHE0(s, a.by_row, t) * nkv * hd;
+            *kr = kc.ptr<uint16_t>() + c0;
+            *vr = vc.ptr<uint16_t>() + c0;
+        };
+        if (a.n_tokens > kAttnSplitTokens) {
+            const int64_t n_pairs = (int64_t)a.n_tokens * nkv;
+            std::atomic<int64_t> next{0};
+            auto f = [&](int ith, int) {
+                float* sc = tmp(ith, (size_t)grp * kAttnChunk + (size_t)max_chunks * (grp * ps + 1));
+                float* part = sc + (size_t)grp * kAttnChunk;   // [chunk][row of the group]
+                float* w = part + (size_t)max_chunks * grp * ps;
+                for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_pairs;) {
+                    const int t = a.n_tokens - 1 - (int)(it / nkv), g = (int)(it % nkv);
+                    const int64_t r0 = (int64_t)t * a.n_heads + (int64_t)g * grp;   // first query row
+                    const uint16_t *kr, *vr;
+                    cache(t, &kr, &vr);
+                    int lo, pos;
+                    const int nc = keys(t, &lo, &pos);
+                    for (int c = 0; c < nc; ++c) {
+                        const int j0 = lo + c * kAttnChunk;
+                        chunk(a, q.ptr<float>() + r0 * hd, grp, g, 1, kr, vr, j0, std::min(kAttnChunk, pos + 1 - j0),
+                              sc, part + (size_t)c * grp * ps);
+                    }
+                    for (int i = 0; i < grp; ++i)
+                        attention_merge(part + i * ps, nc, grp * ps, hd, w, out.ptr<float>() + (r0 + i) * hd);
+                }
+            };
+            pool.run(f);
+            return;
+        }
+        // items (token, chunk), a token's chunks adjacent; partials [token][chunk][head]
+        const size_t need = (size_t)kAttnSplitTokens * max_chunks * a.n_heads * ps;
+        if (attn_parts.size() < need) attn_parts.resize(need);
+        attn_first[0] = 0;
+        for (int t = 0; t < a.n_tokens; ++t) {
+            int lo, pos;
+            const int nc = keys(t, &lo, &pos);
+            attn_pending[t].store(nc, std::memory_order_relaxed);
+            attn_first[t + 1] = attn_first[t] + nc;
+        }
+        const int64_t n_items = attn_first[a.n_tokens];
         std::atomic<int64_t> next{0};
         auto f = [&](int ith, int) {
-            float* sc = tmp(ith, (size_t)grp * (span + 8) + 2 * hd + 64);
+            float* sc = tmp(ith, (size_t)a.n_heads * kAttnChunk + max_chunks);
+            float* w = sc + (size_t)a.n_heads * kAttnChunk;
             for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
-                const int t = a.n_tokens - 1 - (int)(it / a.n_kv_heads), g = (int)(it % a.n_kv_heads);
-                const int64_t r0 = (int64_t)t * a.n_heads + (int64_t)g * grp;   // first query row
-                const float* qr = q.ptr<float>() + r0 * hd;
-                float* o = out.ptr<float>() + r0 * hd;
-                // the row's own sequence: its cache rows start at cache0
-                const int64_t c0 = (int64_t)KSTEP_CACHE0(s, a.by_row, t) * a.n_kv_heads * hd;
-                const uint16_t *kr = kc.ptr<uint16_t>() + c0, *vr = vc.ptr<uint16_t>() + c0;
-                const int pos = KSTEP_POS(s, a.by_row, t);
-                if (simd) {
-                    simd(a, qr, o, grp, kr, vr, g, pos, sc);
-                } else {
-                    for (int i = 0; i < grp; ++i)
-                        attention_row(a, qr + i * hd, kr, vr, o + i * hd, g * grp + i, pos, sc);
-                }
+                int t = 0;
+                while (attn_first[t + 1] <= it) ++t;
+                const int c = (int)(it - attn_first[t]);
+                const uint16_t *kr, *vr;
+                cache(t, &kr, &vr);
+                int lo, pos;
+                const int nc = keys(t, &lo, &pos);
+                const int j0 = lo + c * kAttnChunk;
+                float* part = attn_parts.data() + (size_t)t * max_chunks * a.n_heads * ps;
+                chunk(a, q.ptr<float>() + (int64_t)t * a.n_heads * hd, grp, 0, nkv, kr, vr, j0,
+                      std::min(kAttnChunk, pos + 1 - j0), sc, part + (size_t)c * a.n_heads * ps);
+                // the token's last chunk done: every other chunk's partial is written (the
+                // countdown's release / acquire orders those writes before this merge)
+                if (attn_pending[t].fetch_sub(1, std::memory_order_acq_rel) == 1)
+                    for (int h = 0; h < a.n_heads; ++h)
+                        attention_merge(part + h * ps, nc, a.n_heads * ps, hd, w,
+                                        out.ptr<float>() + ((int64_t)t * a.n_heads + h) * hd);
             }
         };
         pool.run(f);
     }
 
-    // The attention's probabilities, by the attention's own first half (attention_weights_kernel
-    // or attention_weights_row: the same scores and softmax), each row times its 1/sum; keys
-    // the query does not read are 0. Work items as in attention: (token, KV head).
+    // The attention's probabilities, by the attention's own chunks (the chunk kernel without
+    // V: the same scores and exp(x - m)) and its merge's weights: key j of chunk c gets
+    // e_j * (w_c / L), the weight attention's output gives V_j; keys the query does not read
+    // are 0. Work items: (token, KV head), all chunks in order.
     void attention_probs(const kargs_attention_probs& p, Binding q, Binding kc, Binding out,
                          Binding step) override {
         const kstep* s = step.ptr<kstep>();
-        Command c{Stage::attention_probs, {}, {}, {}};
-        c.a.attention_probs = p;
-        check_positions(c, *s);
+        Command cmd{Stage::attention_probs, {}, {}, {}};
+        cmd.a.attention_probs = p;
+        check_positions(cmd, *s);
         const kargs_attention& a = p.a;
         const int grp = a.n_heads / a.n_kv_heads, hd = a.head_dim, nk = p.n_keys;
+        const size_t ps = attn_part_stride(hd);
+        const int max_chunks = (s->pos0 + a.n_tokens + kAttnChunk - 1) / kAttnChunk;
         const int64_t n_items = (int64_t)a.n_tokens * a.n_kv_heads;
-        const AttnWeights simd = attention_weights_kernel(a);
+        const AttnChunk chunk = attention_chunk_kernel(a);
         std::atomic<int64_t> next{0};
         auto f = [&](int ith, int) {
-            const size_t per = (size_t)grp * (s->pos0 + a.n_tokens + 8);
-            float* sc = tmp(ith, per + grp + 64);
-            float* inv = sc + per;   // 1/sum of each query head of the group
+            float* sc = tmp(ith, (size_t)grp * kAttnChunk + (size_t)max_chunks * (grp * ps + 1));
+            float* part = sc + (size_t)grp * kAttnChunk;
+            float* w = part + (size_t)max_chunks * grp * ps;
             for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
                 const int t = (int)(it / a.n_kv_heads), g = (int)(it % a.n_kv_heads), pos = s->pos0 + t;
+                const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
+                const int nc = (pos - lo + kAttnChunk) / kAttnChunk;
                 const float* qr = q.ptr<float>() + ((int64_t)t * a.n_heads + (int64_t)g * grp) * hd;
-                int lo = 0, ns = 0;
-                if (simd) {
-                    lo = simd(a, qr, grp, kc.ptr<uint16_t>(), g, pos, sc, inv);
-                    ns = (pos - lo + 1 + 7) & ~7;
-                } else {
-                    ns = pos + 1;
-                    for (int i = 0; i < grp; ++i)
-                        lo = attention_weights_row(a, qr + i * hd, kc.ptr<uint16_t>(), g * grp + i, pos, sc + i * ns,
-                                                   inv + i);
+                auto row = [&](int i) { return out.ptr<float>() + ((int64_t)(g * grp + i) * a.n_tokens + t) * nk; };
+                for (int c = 0; c < nc; ++c) {   // e_j into the rows, m and l into part
+                    const int j0 = lo + c * kAttnChunk, n = std::min(kAttnChunk, pos + 1 - j0);
+                    chunk(a, qr, grp, g, 1, kc.ptr<uint16_t>(), nullptr, j0, n, sc, part + (size_t)c * grp * ps);
+                    for (int i = 0; i < grp; ++i) std::memcpy(row(i) + j0, sc + (size_t)i * kAttnChunk, n * sizeof(float));
                 }
                 for (int i = 0; i < grp; ++i) {
-                    const int h = g * grp + i;
-                    float* o = out.ptr<float>() + ((int64_t)h * a.n_tokens + t) * nk;
-                    const float* w = sc + (int64_t)i * ns;
+                    float* o = row(i);
+                    const float inv = attention_merge(part + i * ps, nc, grp * ps, hd, w, nullptr);
                     for (int j = 0; j < lo; ++j) o[j] = 0.0f;
-                    for (int j = lo; j <= pos; ++j) o[j] = w[j - lo] * inv[i];
+                    for (int c = 0; c < nc; ++c) {
+                        const int j0 = lo + c * kAttnChunk, j1 = std::min(j0 + kAttnChunk, pos + 1);
+                        const float f = w[c] * inv;
+                        for (int j = j0; j < j1; ++j) o[j] *= f;
+                    }
                     for (int j = pos + 1; j < nk; ++j) o[j] = 0.0f;
                 }
             }

@@ -52,55 +52,66 @@ void f32_to_f16_row(const float* x, uint16_t* y, int n) {
     for (int i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
-int attention_weights_row(const kargs_attention& a, const float* q, const uint16_t* kc, int h, int pos,
-                          float* sc, float* inv) {
+void attention_chunk_scalar(const kargs_attention& a, const float* q, int nq, int g0, int ng,
+                            const uint16_t* kc, const uint16_t* vc, int j0, int n, float* sc, float* part) {
     const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
-    const int g = h / (a.n_heads / a.n_kv_heads);   // the KV head this query head reads
-    const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
+    const size_t ps = attn_part_stride(hd);
+    for (int r = 0; r < nq * ng; ++r) {
+        const int g = g0 + r / nq;
+        const float* qr = q + (int64_t)r * hd;
+        float* s = sc + (int64_t)r * kAttnChunk;
+        float* o = part + r * ps;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; ++j) {
+            const uint16_t* k = kc + (int64_t)(j0 + j) * kv_dim + g * hd;
+            float x = 0;
+            for (int d = 0; d < hd; ++d) x += qr[d] * f16_to_f32(k[d]);
+            x *= a.scale;
+            if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
+            s[j] = x;
+            mx = std::max(mx, x);
+        }
+        float sum = 0;
+        for (int j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+        o[hd] = mx;
+        o[hd + 1] = sum;
+        if (!vc) continue;
+        for (int d = 0; d < hd; ++d) o[d] = 0;
+        for (int j = 0; j < n; ++j) {
+            const uint16_t* v = vc + (int64_t)(j0 + j) * kv_dim + g * hd;
+            const float p = s[j];
+            for (int d = 0; d < hd; ++d) o[d] += p * f16_to_f32(v[d]);
+        }
+    }
+}
+
+float attention_merge(const float* part, int n_chunks, size_t stride, int hd, float* w, float* out) {
     float mx = -INFINITY;
-    for (int j = lo; j <= pos; ++j) {
-        const uint16_t* k = kc + (int64_t)j * kv_dim + g * hd;
-        float s = 0;
-        for (int d = 0; d < hd; ++d) s += q[d] * f16_to_f32(k[d]);
-        s *= a.scale;
-        if (a.softcap > 0) s = a.softcap * std::tanh(s / a.softcap);
-        sc[j - lo] = s;
-        mx = std::max(mx, s);
+    for (int c = 0; c < n_chunks; ++c) mx = std::max(mx, part[c * stride + hd]);
+    float l = 0;
+    for (int c = 0; c < n_chunks; ++c) {
+        w[c] = std::exp(part[c * stride + hd] - mx);
+        l += w[c] * part[c * stride + hd + 1];
     }
-    float sum = 0;
-    for (int j = lo; j <= pos; ++j) sum += (sc[j - lo] = std::exp(sc[j - lo] - mx));
-    *inv = 1.0f / sum;
-    return lo;
+    const float inv = 1.0f / l;
+    if (!out) return inv;
+    for (int d = 0; d < hd; ++d) out[d] = 0;
+    for (int c = 0; c < n_chunks; ++c)
+        for (int d = 0; d < hd; ++d) out[d] += w[c] * part[c * stride + d];
+    for (int d = 0; d < hd; ++d) out[d] *= inv;
+    return inv;
 }
 
-void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
-                   float* out, int h, int pos, float* sc) {
-    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
-    const int g = h / (a.n_heads / a.n_kv_heads);
-    float inv;
-    const int lo = attention_weights_row(a, q, kc, h, pos, sc, &inv);
-    float* acc = sc + (pos - lo + 1);
-    for (int d = 0; d < hd; ++d) acc[d] = 0;
-    for (int j = lo; j <= pos; ++j) {
-        const uint16_t* v = vc + (int64_t)j * kv_dim + g * hd;
-        float p = sc[j - lo];
-        for (int d = 0; d < hd; ++d) acc[d] += p * f16_to_f32(v[d]);
+AttnChunk attention_chunk_kernel(const kargs_attention& a) {
+    AttnChunk simd = nullptr;
+    if (a.head_dim % 16 == 0) {
+        switch (active_simd()) {
+            case Simd::avx2: simd = attn_chunk_avx2(); break;
+            case Simd::avx512: simd = attn_chunk_avx512(); break;
+            default: break;   // scalar; NEON has no attention kernel yet
+        }
     }
-    for (int d = 0; d < hd; ++d) out[d] = acc[d] * inv;
-}
-
-AttnGroup attention_kernel(const kargs_attention& a) {
-    if (a.head_dim % 16 != 0 || a.n_heads / a.n_kv_heads > 64) return nullptr;
-    switch (active_simd()) {
-        case Simd::avx2: return attn_group_avx2();
-        case Simd::avx512: return attn_group_avx512();
-        default: return nullptr;   // scalar; NEON has no attention kernel yet
-    }
-}
-
-AttnWeights attention_weights_kernel(const kargs_attention& a) {
-    if (!attention_kernel(a)) return nullptr;   // where attention runs attention_row
-    return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
+    return simd ? simd : attention_chunk_scalar;
 }
 
 GluRow glu_kernel(bool gelu) {

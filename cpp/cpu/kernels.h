@@ -20,21 +20,19 @@ void rmsnorm_row(const float* x, const float* w, float* out, int n, float eps);
 void rope_table(const kargs_rope& a, int pos, const float* factors, float* cs);
 void rope_apply(float* x, const kargs_rope& a, const float* cs);
 void f32_to_f16_row(const float* x, uint16_t* y, int n);
-// One query row of head h at position pos against cache rows [lo, pos]; `sc` is scratch
-// of at least pos + 1 floats.
-void attention_row(const kargs_attention& a, const float* q, const uint16_t* kc, const uint16_t* vc,
-                   float* out, int h, int pos, float* sc);
-// attention_row's first half: the softmax weights of the query row over its keys lo..pos,
-// unnormalized in sc[0 .. pos - lo], 1/sum in *inv; returns lo.
-int attention_weights_row(const kargs_attention& a, const float* q, const uint16_t* kc, int h, int pos,
-                          float* sc, float* inv);
-
-// The SIMD attention kernel for the active level, or null for the scalar path (attention_row
-// per head): null also where the shape does not suit it (head_dim % 16 != 0, groups > 64).
-AttnGroup attention_kernel(const kargs_attention& a);
-// The first half of that kernel (the softmax weights, quants.h), or null exactly where
-// attention_kernel is: the attention_probs stage then uses attention_weights_row.
-AttnWeights attention_weights_kernel(const kargs_attention& a);
+// The chunk kernel (quants.h, AttnChunk) for the active SIMD level and the shape: the AVX2 /
+// AVX-512 kernel where head_dim % 16 == 0, else attention_chunk_scalar (the scalar and NEON
+// levels too).
+AttnChunk attention_chunk_kernel(const kargs_attention& a);
+// AttnChunk in portable scalar code, one query row at a time.
+void attention_chunk_scalar(const kargs_attention& a, const float* q, int nq, int g0, int ng,
+                            const uint16_t* kc, const uint16_t* vc, int j0, int n, float* sc, float* part);
+// The merge of one query row's chunk partials (quants.h; chunk c at part + c * stride), in
+// chunk order:
+//   M = max_c m_c,  w_c = exp(m_c - M),  L = sum_c w_c l_c,  out = (sum_c w_c o_c) * (1 / L).
+// w receives the n_chunks weights w_c; returns 1 / L. With out null, only w and 1 / L.
+// With one chunk, w_0 = 1 and out = o_0 * (1 / l_0) exactly.
+float attention_merge(const float* part, int n_chunks, size_t stride, int head_dim, float* w, float* out);
 
 // The SIMD GLU row kernel (gelu_tanh or silu, quants.h) of the active level, or null (scalar).
 GluRow glu_kernel(bool gelu);

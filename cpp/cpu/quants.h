@@ -111,20 +111,24 @@ struct Rows16Level {
 };
 const Rows16Level* rows16_avx512();   // null where not built
 
-// Attention of the nq query rows of one token that share KV head g (heads g*nq .. g*nq+nq-1,
-// rows of head_dim floats at q and out), at position pos; `sc` is scratch of at least
-// nq * (pos + 8) floats. Null where a level has none (the scalar path loops attention_row).
-using AttnGroup = void (*)(const kargs_attention& a, const float* q, float* out, int nq,
-                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc);
-AttnGroup attn_group_avx2();       // AVX2 + FMA + F16C
-AttnGroup attn_group_avx512();     // the same code compiled for AVX-512 F/BW/VL (32 vector registers)
-// The first half of an AttnGroup: the softmax weights of its nq query rows over the visible
-// keys lo..pos, unnormalized (row i at sc + i * ns, ns = (pos - lo + 1) rounded up to 8), and
-// 1/sum in inv[i] (nq <= 64). Returns lo. The attention_probs stage shows exactly these.
-using AttnWeights = int (*)(const kargs_attention& a, const float* q, int nq, const uint16_t* kc, int g, int pos,
-                            float* sc, float* inv);
-AttnWeights attn_weights_avx2();
-AttnWeights attn_weights_avx512();
+// Attention in chunks of keys. A query row's visible keys lo..pos are cut into chunks of
+// kAttnChunk counted from lo (the last one shorter); a chunk of n keys j0 .. j0 + n - 1 gives
+// each query row a partial, at part + r * attn_part_stride(head_dim) for its row r:
+//   x_j = scale * q . K_j (softcap * tanh(x_j / softcap) when softcap > 0),
+//   m = max_j x_j,  e_j = exp(x_j - m),  l = sum_j e_j,  o = sum_j e_j V_j,
+// stored as o[0 .. head_dim), then m, then l. attention_merge (kernels.h) combines a row's
+// chunks. One call covers the KV heads g0 .. g0 + ng - 1 of one token and, for each, the nq
+// query heads that share it (the token's heads g0*nq .. (g0+ng)*nq - 1, rows of head_dim
+// floats at q, row r of the call at q + r * head_dim). kc / vc point at the cache row of the
+// sequence's position 0. `sc` is scratch of nq * ng * kAttnChunk floats; on return, row r
+// has its e_j at sc + r * kAttnChunk. With vc null only the weights are computed (sc, m and
+// l; o is not written): the attention_probs stage shows those.
+constexpr int kAttnChunk = 256;
+inline size_t attn_part_stride(int head_dim) { return (size_t)head_dim + 8; }
+using AttnChunk = void (*)(const kargs_attention& a, const float* q, int nq, int g0, int ng, const uint16_t* kc,
+                           const uint16_t* vc, int j0, int n, float* sc, float* part);
+AttnChunk attn_chunk_avx2();       // AVX2 + FMA + F16C
+AttnChunk attn_chunk_avx512();     // the same code compiled for AVX-512 F/BW/VL (32 vector registers)
 
 // out[i] = act(g[i]) * u[i] for i < n: act = gelu_tanh (gelu true) or silu. Null where a
 // level has none (the device then runs its scalar loop).

@@ -18,24 +18,24 @@ namespace llmetal::cpu {
 namespace avx2 {
 #define X86_TARGET "avx2,fma,f16c"
 #define X86_VNNI 0
+#define X86_VREGS 16
 #include "quants_x86.h"
 #undef X86_TARGET
 #undef X86_VNNI
+#undef X86_VREGS
 }  // namespace avx2
 
 RowDot rowdot_avx2(int t) { return avx2::x86_table(t); }
 RowDot2 rowdot2_avx2(int t) { return avx2::x86_table2(t); }
-AttnGroup attn_group_avx2() { return avx2::attn_group; }
+AttnChunk attn_chunk_avx2() { return avx2::attn_chunk; }
 F16Row f16_row_f16c() { return avx2::f16_row; }
 GluRow glu_avx2(bool gelu) { return gelu ? avx2::glu_row<true> : avx2::glu_row<false>; }
-AttnWeights attn_weights_avx2() { return avx2::attn_weights; }
 #else
 RowDot rowdot_avx2(int) { return nullptr; }
 RowDot2 rowdot2_avx2(int) { return nullptr; }
-AttnGroup attn_group_avx2() { return nullptr; }
+AttnChunk attn_chunk_avx2() { return nullptr; }
 F16Row f16_row_f16c() { return nullptr; }
 GluRow glu_avx2(bool) { return nullptr; }
-AttnWeights attn_weights_avx2() { return nullptr; }
 #endif
 
 }  // namespace llmetal::cpu

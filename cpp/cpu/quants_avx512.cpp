@@ -21,6 +21,7 @@ namespace llmetal::cpu {
 namespace avx512 {
 #define X86_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
 #define X86_VNNI 1
+#define X86_VREGS 32
 // gcc 12's AVX-512 headers use _mm512_undefined_*() as pass-through operands and then
 // warn that they are uninitialized once inlined (a header false positive): silenced here.
 #pragma GCC diagnostic push
@@ -31,22 +32,21 @@ namespace avx512 {
 #pragma GCC diagnostic pop
 #undef X86_TARGET
 #undef X86_VNNI
+#undef X86_VREGS
 }  // namespace avx512
 
 RowDot rowdot_avx512(int t) { return avx512::x86_table(t); }
 RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
-AttnGroup attn_group_avx512() { return avx512::attn_group; }
+AttnChunk attn_chunk_avx512() { return avx512::attn_chunk; }
 const Rows16Level* rows16_avx512() { return &avx512::x86_rows16_level; }
 GluRow glu_avx512(bool gelu) { return gelu ? avx512::glu_row<true> : avx512::glu_row<false>; }
-AttnWeights attn_weights_avx512() { return avx512::attn_weights; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
 RowDot2 rowdot2_avx512(int) { return nullptr; }
-AttnGroup attn_group_avx512() { return nullptr; }
+AttnChunk attn_chunk_avx512() { return nullptr; }
 const Rows16Level* rows16_avx512() { return nullptr; }
 GluRow glu_avx512(bool) { return nullptr; }
-AttnWeights attn_weights_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 #endif
 

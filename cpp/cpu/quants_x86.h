@@ -1,9 +1,10 @@
 // quants_x86.h -- the x86 row-dot kernels, written once and compiled twice:
-//   quants_avx2.cpp   X86_TARGET "avx2,fma,f16c"                       X86_VNNI 0
-//   quants_avx512.cpp X86_TARGET "...,avx512f,avx512bw,avx512vl,avx512vnni" X86_VNNI 1
+//   quants_avx2.cpp   X86_TARGET "avx2,fma,f16c"                       X86_VNNI 0  X86_VREGS 16
+//   quants_avx512.cpp X86_TARGET "...,avx512f,avx512bw,avx512vl,avx512vnni" X86_VNNI 1  X86_VREGS 32
 // Each includes this file inside its own namespace after defining X86_TARGET (the
-// function target attribute), X86_VNNI and X86_ENTRY (the name of the kernel table
-// function). Every function here carries the target attribute, so the files are compiled
+// function target attribute), X86_VNNI and X86_VREGS (the vector registers the target
+// has: AVX-512 adds ymm16-31, which the attention kernel's register blocking uses). Every
+// function here carries the target attribute, so the files are compiled
 // without -march and the kernels run only where matmul_kernel chose them.
 //
 // The integer work is on 256-bit vectors in both builds; the AVX-512 build differs in its
@@ -698,11 +699,28 @@ static RowDot x86_table(int t) {
     return nullptr;
 }
 
-// ---- attention: the query heads of one token that share a KV head --------------------
-// Same math as attention_row (kernels.cpp), for nq query rows at once so each f16 K / V row
-// is loaded and converted once per group instead of once per head: scores q.k in f32 (K
-// converted by F16C), a vectorized softmax, then out = sum_j p_j V_j with the output held
-// in registers over the whole sweep of j. Needs head_dim % 16 == 0 (the caller checks).
+// ---- attention: one chunk of keys of one token -------------------------------------------
+// AttnChunk entry (quants.h): the math of attention_chunk_scalar (kernels.cpp), with the nq
+// query heads that share a KV head computed together, so each f16 K / V row is loaded and
+// converted (F16C) once per group:
+//   1. scores q . K_j in f32, 8 keys at a time (attn_score8);
+//   2. per row: x = scale * s (softcap * tanh(x / softcap) when softcap > 0), m = max x,
+//      e_j = exp(x_j - m), l = sum e_j, all on vectors (attn_softmax);
+//   3. o = sum_j e_j V_j, 16 (AVX-512 level: 32) output columns held in registers over a
+//      block of keys (attn_values).
+// Memory: a cache row holds the K (or V) of every KV head, and a call covers ng adjacent KV
+// heads, usually all of them (decode). Steps 1 and 3 walk the keys in order, every head of a
+// block of keys before the next block, so the rows are read from memory whole and in order,
+// once: a stream the hardware prefetchers follow. Each block's rows are prefetched whole
+// before its first head runs, so all their lines are requested at once. (Measured on Zen 4,
+// one thread, SmolLM2's cache (30 layers, 4096 keys, rows of 3 heads x 128 bytes): a plain
+// read loop took 10-11 ms sweeping one head's 128 bytes of every row at a time, 4 ms reading
+// the rows whole and in order; in this kernel, prefetching 8 to 32 rows ahead was slower than
+// prefetching the block being computed.) Needs head_dim % 16 == 0 (the caller checks).
+
+// Keys of a values block (step 3). 16 measured faster than 32 on Qwen2.5's shape (2 KV heads
+// of 64, 4096 keys; equal on SmolLM2's and Gemma-3's).
+constexpr int kAttnValueBlock = 16;
 
 // exp(x) for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2/2, exp(r) by its
 // Taylor series to r^7 (truncation below 1e-8 relative), times 2^n built in the exponent
@@ -726,122 +744,188 @@ static inline TGT __m256 exp_neg8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+// tanh(y) = sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1 (nothing overflows); for |y| < 1/8,
+// where 1 - e would cancel, its series to y^9 (truncation below 1e-11 relative). A few ulps
+// either way; a NaN passes through.
+static inline TGT __m256 tanh8(__m256 y) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 ay = _mm256_andnot_ps(sign, y);
+    const __m256 e = exp_neg8(_mm256_mul_ps(ay, _mm256_set1_ps(-2.0f)));
+    const __m256 big = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    const __m256 y2 = _mm256_mul_ps(ay, ay);
+    __m256 p = _mm256_set1_ps(62.0f / 2835);
+    p = _mm256_fmadd_ps(p, y2, _mm256_set1_ps(-17.0f / 315));
+    p = _mm256_fmadd_ps(p, y2, _mm256_set1_ps(2.0f / 15));
+    p = _mm256_fmadd_ps(p, y2, _mm256_set1_ps(-1.0f / 3));
+    const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, y2), ay, ay);
+    const __m256 t = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ay, _mm256_set1_ps(0.125f), _CMP_LT_OQ));
+    return _mm256_or_ps(t, _mm256_and_ps(y, sign));
+}
+
 static inline TGT __m256 f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 
-// Scores of NQ query rows (q, stride hd) against n K rows; row i of scores at sc + i * ns.
+// Every 64-byte line of the `bytes` bytes at p into the caches.
+static inline TGT void prefetch_bytes(const void* p, int bytes) {
+    const uintptr_t b = (uintptr_t)p & ~(uintptr_t)63, e = (uintptr_t)p + bytes;
+    for (uintptr_t a = b; a < e; a += 64) _mm_prefetch((const char*)a, _MM_HINT_T0);
+}
+
+// NQ query rows (q, hd apart) dotted with K rows a and b, then folded pairwise:
+// h[i] = hadd(acc_a, acc_b), lanes (a01 a23 b01 b23 | a45 a67 b45 b67), aXY = lanes X + Y of
+// row i's accumulator for a.
 template <int NQ>
-static TGT void attn_scores(const float* q, int hd, const uint16_t* k, int kv_dim, int n, float* sc, int ns) {
-    for (int j = 0; j < n; ++j, k += kv_dim) {
-        __m256 s[NQ];
-        for (int i = 0; i < NQ; ++i) s[i] = _mm256_setzero_ps();
-        for (int d = 0; d < hd; d += 8) {
-            const __m256 kf = f16x8(k + d);
-            for (int i = 0; i < NQ; ++i) s[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * hd + d), kf, s[i]);
+static inline TGT void attn_dot2(const float* q, int hd, const uint16_t* ka, const uint16_t* kb, __m256* h) {
+    __m256 sa[NQ], sb[NQ];
+    for (int i = 0; i < NQ; ++i) sa[i] = sb[i] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d += 8) {
+        const __m256 a = f16x8(ka + d), b = f16x8(kb + d);
+        for (int i = 0; i < NQ; ++i) {
+            const __m256 qv = _mm256_loadu_ps(q + i * hd + d);
+            sa[i] = _mm256_fmadd_ps(qv, a, sa[i]);
+            sb[i] = _mm256_fmadd_ps(qv, b, sb[i]);
         }
-        for (int i = 0; i < NQ; ++i) sc[i * ns + j] = hsum(s[i]);
+    }
+    for (int i = 0; i < NQ; ++i) h[i] = _mm256_hadd_ps(sa[i], sb[i]);
+}
+
+// Scores of NQ query rows against the 8 K rows kr[0..8): row i's 8 at s + i * kAttnChunk.
+// The 8 keys' accumulators fold into one vector by horizontal adds, so each key's 8 lanes
+// are summed in one order, (x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), whichever place
+// it has in the block.
+template <int NQ>
+static inline TGT void attn_score8(const float* q, int hd, const uint16_t* const* kr, float* s) {
+    __m256 h0[NQ], h1[NQ], g0[NQ];
+    attn_dot2<NQ>(q, hd, kr[0], kr[1], h0);
+    attn_dot2<NQ>(q, hd, kr[2], kr[3], h1);
+    for (int i = 0; i < NQ; ++i) g0[i] = _mm256_hadd_ps(h0[i], h1[i]);   // keys 0-3, both halves
+    attn_dot2<NQ>(q, hd, kr[4], kr[5], h0);
+    attn_dot2<NQ>(q, hd, kr[6], kr[7], h1);
+    for (int i = 0; i < NQ; ++i) {
+        const __m256 g1 = _mm256_hadd_ps(h0[i], h1[i]);                  // keys 4-7
+        _mm256_storeu_ps(s + i * kAttnChunk, _mm256_add_ps(_mm256_permute2f128_ps(g0[i], g1, 0x20),
+                                                           _mm256_permute2f128_ps(g0[i], g1, 0x31)));
     }
 }
 
-// out rows (stride hd) = sum_j p[i][j] V_j for NQ rows; 16 output columns at a time stay in
-// registers for the whole sweep over the n V rows.
-template <int NQ>
-static TGT void attn_values(const float* p, int ns, int hd, const uint16_t* v, int kv_dim, int n, float* out) {
-    for (int d = 0; d < hd; d += 16) {
-        __m256 a0[NQ], a1[NQ];
-        for (int i = 0; i < NQ; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+// One row's n scores at s, in place: x = scale * s (softcap * tanh(x / softcap) when
+// softcap > 0), m = max x, e = exp(x - m), l = sum e (8 partial sums, then hsum). Entries
+// n .. n rounded up to 8 are set to 0.
+static TGT void attn_softmax(const kargs_attention& a, float* s, int n, float* m, float* l) {
+    const int ns = (n + 7) & ~7;
+    const __m256 scale = _mm256_set1_ps(a.scale), cap = _mm256_set1_ps(a.softcap);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 mx = ninf;
+    for (int j = 0; j < ns; j += 8) {
+        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + j), scale);
+        if (a.softcap > 0) x = _mm256_mul_ps(cap, tanh8(_mm256_div_ps(x, cap)));
+        if (j + 8 > n)   // the padding lanes: -inf, never the max
+            x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane)));
+        _mm256_storeu_ps(s + j, x);
+        mx = _mm256_max_ps(mx, x);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float mf = _mm_cvtss_f32(m4);
+    const __m256 vmax = _mm256_set1_ps(mf);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < ns; j += 8) {
+        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
+        if (j + 8 > n)   // zero the padding lanes
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane)));
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    *m = mf;
+    *l = hsum(sum);
+}
+
+// out rows (out_stride apart) += sum_j p[i][j] V_j over the n V rows at v (kv_dim apart), for
+// NQ rows (row i of p at p + i * kAttnChunk); out starts from 0 when `first`. 8 * W output
+// columns at a time stay in registers for the whole sweep. Each output element adds its
+// terms in key order, so the result does not depend on how the keys are cut into blocks.
+template <int NQ, int W>
+static TGT void attn_values(const float* p, int hd, const uint16_t* v, int kv_dim, int n, float* out,
+                            int out_stride, bool first) {
+    for (int d = 0; d < hd; d += 8 * W) {
+        __m256 acc[NQ][W];
+        for (int i = 0; i < NQ; ++i)
+            for (int w = 0; w < W; ++w)
+                acc[i][w] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(out + i * out_stride + d + 8 * w);
         const uint16_t* vj = v + d;
         for (int j = 0; j < n; ++j, vj += kv_dim) {
-            const __m256 v0 = f16x8(vj), v1 = f16x8(vj + 8);
+            __m256 vv[W];
+            for (int w = 0; w < W; ++w) vv[w] = f16x8(vj + 8 * w);
             for (int i = 0; i < NQ; ++i) {
-                const __m256 pj = _mm256_broadcast_ss(p + i * ns + j);
-                a0[i] = _mm256_fmadd_ps(pj, v0, a0[i]);
-                a1[i] = _mm256_fmadd_ps(pj, v1, a1[i]);
+                const __m256 pj = _mm256_broadcast_ss(p + i * kAttnChunk + j);
+                for (int w = 0; w < W; ++w) acc[i][w] = _mm256_fmadd_ps(pj, vv[w], acc[i][w]);
             }
         }
-        for (int i = 0; i < NQ; ++i) {
-            _mm256_storeu_ps(out + i * hd + d, a0[i]);
-            _mm256_storeu_ps(out + i * hd + d + 8, a1[i]);
-        }
+        for (int i = 0; i < NQ; ++i)
+            for (int w = 0; w < W; ++w) _mm256_storeu_ps(out + i * out_stride + d + 8 * w, acc[i][w]);
     }
 }
 
-// AttnWeights entry (quants.h): the softmax weights of query rows q[0..nq) of one token at
-// position pos, all reading KV head g, over its visible keys lo..pos (n of them): row i at
-// sc + i * ns (ns = n rounded up to 8; the padding holds 0), exp(s_j - max) left unnormalized,
-// and 1/sum in inv[i]. attn_group (below) and the attention_probs stage both use it, so the
-// probabilities shown are the ones the attention multiplies V by. Returns lo.
-static TGT int attn_weights(const kargs_attention& a, const float* q, int nq, const uint16_t* kc, int g, int pos,
-                            float* sc, float* inv) {
-    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
-    const int lo = a.window > 0 ? std::max(0, pos - a.window + 1) : 0;
-    const int n = pos - lo + 1, ns = (n + 7) & ~7;
-    const uint16_t* k = kc + (int64_t)lo * kv_dim + g * hd;
-    // scores, 4 query rows at a time (4 accumulators + the K vector fit the 16 registers)
-    for (int i = 0; i < nq; i += 4) {
-        const float* qi = q + i * hd;
-        float* si = sc + i * ns;
-        switch (std::min(4, nq - i)) {
-            case 1: attn_scores<1>(qi, hd, k, kv_dim, n, si, ns); break;
-            case 2: attn_scores<2>(qi, hd, k, kv_dim, n, si, ns); break;
-            case 3: attn_scores<3>(qi, hd, k, kv_dim, n, si, ns); break;
-            default: attn_scores<4>(qi, hd, k, kv_dim, n, si, ns); break;
-        }
-    }
-    // softmax of each row, left unnormalized; 1/sum goes to inv
-    for (int i = 0; i < nq; ++i) {
-        float* s = sc + i * ns;
-        for (int j = 0; j < n; ++j) {
-            float x = s[j] * a.scale;
-            if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
-            s[j] = x;
-        }
-        for (int j = n; j < ns; ++j) s[j] = -INFINITY;   // padding: exp gives ~0, never summed
-        __m256 mx = _mm256_set1_ps(-INFINITY);
-        for (int j = 0; j < ns; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const __m256 vmax = _mm256_set1_ps(_mm_cvtss_f32(m4));
-        __m256 sum = _mm256_setzero_ps();
-        for (int j = 0; j < ns; j += 8) {
-            __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
-            if (j + 8 > n)   // zero the padding lanes
-                e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                        _mm256_set1_epi32(n - j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
-            _mm256_storeu_ps(s + j, e);
-            sum = _mm256_add_ps(sum, e);
-        }
-        inv[i] = 1.0f / hsum(sum);
-    }
-    return lo;
-}
+// Query rows scored together: the accumulators of 4 rows (and the folded sums) need 19
+// vector registers, of 3 rows 15.
+constexpr int kAttnScoreRows = X86_VREGS >= 32 ? 4 : 3;
+// Output columns a values sweep holds: 4 rows x 32 columns need 16 accumulators + 5.
+constexpr int kAttnValueVecs = X86_VREGS >= 32 ? 4 : 2;
 
-// AttnGroup entry (quants.h): query rows q[0..nq) of one token at position pos, all reading
-// KV head g; `sc` holds nq * (n rounded up to 8) floats.
-static TGT void attn_group(const kargs_attention& a, const float* q, float* out, int nq,
-                           const uint16_t* kc, const uint16_t* vc, int g, int pos, float* sc) {
-    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd;
-    float inv[64];   // nq <= 64 (checked by the caller)
-    const int lo = attn_weights(a, q, nq, kc, g, pos, sc, inv);
-    const int n = pos - lo + 1, ns = (n + 7) & ~7;
-    const uint16_t* v = vc + (int64_t)lo * kv_dim + g * hd;
-    for (int i = 0; i < nq; i += 4) {
-        const float* pi = sc + i * ns;
-        float* oi = out + i * hd;
-        switch (std::min(4, nq - i)) {
-            case 1: attn_values<1>(pi, ns, hd, v, kv_dim, n, oi); break;
-            case 2: attn_values<2>(pi, ns, hd, v, kv_dim, n, oi); break;
-            case 3: attn_values<3>(pi, ns, hd, v, kv_dim, n, oi); break;
-            default: attn_values<4>(pi, ns, hd, v, kv_dim, n, oi); break;
+// AttnChunk entry (quants.h).
+static TGT void attn_chunk(const kargs_attention& a, const float* q, int nq, int g0, int ng, const uint16_t* kc,
+                           const uint16_t* vc, int j0, int n, float* sc, float* part) {
+    const int hd = a.head_dim, kv_dim = a.n_kv_heads * hd, rows = nq * ng;
+    const int ps = (int)attn_part_stride(hd), row_bytes = 2 * hd * ng;   // the bytes of a cache row read
+    const uint16_t* k = kc + (int64_t)j0 * kv_dim + g0 * hd;
+    const uint16_t* v = vc ? vc + (int64_t)j0 * kv_dim + g0 * hd : nullptr;
+    // 1. scores, key block by key block, every head of a block before the next block
+    for (int j = 0; j < n; j += 8) {
+        for (int u = j; u < std::min(n, j + 8); ++u) prefetch_bytes(k + (int64_t)u * kv_dim, row_bytes);
+        for (int gi = 0; gi < ng; ++gi) {
+            const uint16_t* kr[8];
+            for (int u = 0; u < 8; ++u) kr[u] = k + (int64_t)std::min(j + u, n - 1) * kv_dim + gi * hd;   // past n: key n - 1 again
+            for (int i = 0; i < nq; i += kAttnScoreRows) {
+                const float* qi = q + (int64_t)(gi * nq + i) * hd;
+                float* si = sc + (int64_t)(gi * nq + i) * kAttnChunk + j;
+                switch (std::min(kAttnScoreRows, nq - i)) {
+                    case 1: attn_score8<1>(qi, hd, kr, si); break;
+                    case 2: attn_score8<2>(qi, hd, kr, si); break;
+                    case 3: attn_score8<3>(qi, hd, kr, si); break;
+                    default: attn_score8<kAttnScoreRows>(qi, hd, kr, si); break;
+                }
+            }
         }
     }
-    for (int i = 0; i < nq; ++i) {
-        const __m256 f = _mm256_set1_ps(inv[i]);
-        for (int d = 0; d < hd; d += 8)
-            _mm256_storeu_ps(out + i * hd + d, _mm256_mul_ps(_mm256_loadu_ps(out + i * hd + d), f));
+    // 2. softmax of each row
+    for (int r = 0; r < rows; ++r) attn_softmax(a, sc + (int64_t)r * kAttnChunk, n, part + r * ps + hd, part + r * ps + hd + 1);
+    if (!v) return;
+    // 3. values, in blocks of keys, every head of a block before the next block
+    const bool wide = hd % (8 * kAttnValueVecs) == 0;
+    const int vb = kAttnValueBlock;
+    for (int j = 0; j < n; j += vb) {
+        const int nb = std::min(vb, n - j);
+        for (int u = j; u < j + nb; ++u) prefetch_bytes(v + (int64_t)u * kv_dim, row_bytes);
+        for (int gi = 0; gi < ng; ++gi) {
+            const uint16_t* vg = v + (int64_t)j * kv_dim + gi * hd;
+            for (int i = 0; i < nq; i += 4) {
+                const int r = gi * nq + i;
+                const float* pr = sc + (int64_t)r * kAttnChunk + j;
+                float* o = part + r * ps;
+#define ATTN_VALUES(NQ) wide ? attn_values<NQ, kAttnValueVecs>(pr, hd, vg, kv_dim, nb, o, ps, j == 0) \
+                             : attn_values<NQ, 2>(pr, hd, vg, kv_dim, nb, o, ps, j == 0)
+                switch (std::min(4, nq - i)) {
+                    case 1: ATTN_VALUES(1); break;
+                    case 2: ATTN_VALUES(2); break;
+                    case 3: ATTN_VALUES(3); break;
+                    default: ATTN_VALUES(4); break;
+                }
+#undef ATTN_VALUES
+            }
+        }
     }
 }
-
 
 // ---- GLU activations: out = act(gate) * up -----------------------------------------------
 // Both activations through one sigmoid, which exp_neg8 gives without overflow:
