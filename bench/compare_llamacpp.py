@@ -3,10 +3,12 @@
     python bench/compare_llamacpp.py                       # SmolLM2 Q4_1 + synthetic llama3-1b Q8_0
     python bench/compare_llamacpp.py --rounds 7 --models smollm2,gemma3,qwen2.5
     python bench/compare_llamacpp.py --json results.json   # also keep every sample
+    python bench/compare_llamacpp.py -d 4096 -p 0 -n 64 --models smollm2,gemma3,qwen2.5   # decode, 4096 tokens cached
+    python bench/compare_llamacpp.py --models llama3-1b,qwen3-0.6b --rounds 3      # the synthetic shapes
 
 Both programs run on the same GGUF files with the same thread count (-t, default 2), the same
-tests (pp512 = one 512-token prompt, tg128 = 128 generated tokens) and one repetition per
-process. The two are interleaved round by round (llama.cpp, llmetal, llama.cpp, ...), so a
+tests (pp512 = one 512-token prompt, tg128 = 128 generated tokens; with -d N, both after N
+tokens already in the KV cache, llama-bench's depth) and one repetition per process. The two are interleaved round by round (llama.cpp, llmetal, llama.cpp, ...), so a
 burst of load from the other tenants of a shared machine hits both alike; the load average
 (1 min) is recorded before every run. Each process runs under /usr/bin/time -v, which gives
 its peak resident memory.
@@ -17,8 +19,9 @@ of what the code can do; the median says what a user would typically see.
 
 llama-bench is looked up in $LLAMA_BENCH, then /work/oracle/llama.cpp-build/bin; when absent it
 is built with scripts/oracle/build_llamacpp.sh (tools only, about 10 minutes on 2 cores).
-The synthetic Llama-3-1B-shaped Q8_0 model is written once with synth_gguf.py (random weights,
-SmolLM2's tokenizer) into /tmp.
+The synthetic models are written once into /tmp with random weights: Llama-3-1B-shaped Q8_0
+(/work/shared/tools/synth_gguf.py, SmolLM2's tokenizer) and Qwen3-0.6B-shaped Q8_0
+(scripts/synth_gguf.py --arch qwen3, the Qwen2.5 GGUF's tokenizer).
 """
 from __future__ import annotations
 
@@ -70,8 +73,15 @@ def model_paths(names: list[str]) -> dict[str, str]:
                 subprocess.run([sys.executable, tool, "--tok", smol, "--shape", "llama3-1b",
                                 "--qtype", "Q8_0", "-o", str(p)], check=True)
             out["llama3-1B-shape Q8_0 (synthetic)"] = str(p)
+        elif n == "qwen3-0.6b":
+            p = Path("/tmp/llmetal-synth-qwen3-0.6b-q8_0.gguf")
+            if not p.exists():
+                subprocess.run([sys.executable, str(ROOT / "scripts/synth_gguf.py"), "--arch", "qwen3",
+                                "--shape", "qwen3-0.6b", "--qtype", "Q8_0", "--ctx", "40960",
+                                "--tok", str(resolve("qwen2.5-coder-0.5b")), "-o", str(p)], check=True)
+            out["qwen3-0.6B-shape Q8_0 (synthetic)"] = str(p)
         else:
-            sys.exit(f"error: unknown model '{n}' (smollm2, gemma3, qwen2.5, llama3-1b)")
+            sys.exit(f"error: unknown model '{n}' (smollm2, gemma3, qwen2.5, llama3-1b, qwen3-0.6b)")
     return out
 
 
@@ -88,33 +98,37 @@ def timed(cmd: list[str], env=None) -> tuple[str, int]:
     return r.stdout, int(m.group(1)) * 1024 if m else 0
 
 
-def run_llamacpp(bench: str, model: str, p: int, n: int, t: int) -> tuple[dict, int]:
-    out, rss = timed([bench, "-m", model, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t), "-o", "json"])
+def run_llamacpp(bench: str, model: str, p: int, n: int, t: int, d: int = 0) -> tuple[dict, int]:
+    out, rss = timed([bench, "-m", model, "-p", str(p), "-n", str(n), "-d", str(d), "-r", "1", "-t", str(t),
+                      "-o", "json"])
     res = json.loads(out)
-    return {("pp" if r["n_prompt"] else "tg") + str(r["n_prompt"] or r["n_gen"]): r["avg_ts"] for r in res}, rss
+    at = f" @ d{d}" if d else ""   # llmetal's names for the tests: "tg64 @ d4096"
+    return {("pp" if r["n_prompt"] else "tg") + str(r["n_prompt"] or r["n_gen"]) + at: r["avg_ts"] for r in res}, rss
 
 
-def run_llmetal(model: str, p: int, n: int, t: int) -> tuple[dict, int]:
+def run_llmetal(model: str, p: int, n: int, t: int, d: int = 0) -> tuple[dict, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     out, rss = timed([sys.executable, "-m", "llmetal", "bench", "-m", model, "-p", str(p), "-n", str(n),
-                      "-r", "1", "-t", str(t), "-o", "json"], env=env)
+                      "-d", str(d), "-r", "1", "-t", str(t), "-o", "json"], env=env)
     return {r["test"]: r["avg_ts"] for r in json.loads(out)}, rss
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="smollm2,llama3-1b", help="comma list: smollm2, gemma3, qwen2.5, llama3-1b")
+    ap.add_argument("--models", default="smollm2,llama3-1b",
+                    help="comma list: smollm2, gemma3, qwen2.5, llama3-1b, qwen3-0.6b")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one repetition each)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-d", "--depth", type=int, default=0, help="tokens in the KV cache before each test")
     ap.add_argument("--json", help="write every sample to this file")
     args = ap.parse_args()
 
     bench = find_llama_bench()
     models = model_paths([m.strip() for m in args.models.split(",") if m.strip()])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"# {cpu}, {os.cpu_count()} CPUs, threads={args.threads}, rounds={args.rounds}")
+    print(f"# {cpu}, {os.cpu_count()} CPUs, threads={args.threads}, rounds={args.rounds}, depth={args.depth}")
     print(f"# llama-bench: {bench}")
 
     record = {}
@@ -126,9 +140,9 @@ def main() -> int:
             for prog in ("llama.cpp", "llmetal"):
                 loads.append(load_avg())
                 if prog == "llama.cpp":
-                    ts, peak = run_llamacpp(bench, path, args.n_prompt, args.n_gen, args.threads)
+                    ts, peak = run_llamacpp(bench, path, args.n_prompt, args.n_gen, args.threads, args.depth)
                 else:
-                    ts, peak = run_llmetal(path, args.n_prompt, args.n_gen, args.threads)
+                    ts, peak = run_llmetal(path, args.n_prompt, args.n_gen, args.threads, args.depth)
                 rss[prog] = max(rss[prog], peak)
                 for test, v in ts.items():
                     samples[prog].setdefault(test, []).append(v)
