@@ -313,8 +313,9 @@ struct CpuDevice final : Device {
     //  - up to kAttnSplitTokens tokens (decode steps): an item is one chunk of one token, all
     //    its KV heads, so a long context spreads over every thread and each thread reads
     //    whole cache rows in order (a sweep per KV head over rows of all heads reads memory
-    //    about half as fast: SmolLM2's K row is 3 heads of 128 bytes). The partials go to
-    //    attn_parts; the thread that finishes a token's last chunk (a countdown per token)
+    //    about half as fast: SmolLM2's K row is 3 heads of 128 bytes); where that gives fewer
+    //    than 2 items a thread (short contexts), one KV head of one chunk. The partials go to
+    //    attn_parts; the thread that finishes a token's last item (a countdown per token)
     //    merges them.
     //  - more tokens (prompts): an item is a (token, KV head) pair, all its chunks in order
     //    with the partials in the thread's scratch; items are taken from a shared counter,
@@ -376,15 +377,23 @@ struct CpuDevice final : Device {
             pool.run(f);
             return;
         }
-        // items (token, chunk), a token's chunks adjacent; partials [token][chunk][head]
+        // items (token, chunk, KV heads), a token's items adjacent; partials [token][chunk][head]
         const size_t need = (size_t)kAttnSplitTokens * max_chunks * a.n_heads * ps;
         if (attn_parts.size() < need) attn_parts.resize(need);
+        int64_t n_chunks = 0;
+        for (int t = 0; t < a.n_tokens; ++t) {
+            int lo, pos;
+            n_chunks += keys(t, &lo, &pos);
+        }
+        // all KV heads an item, unless that leaves fewer than 2 items a thread (short
+        // contexts): then one KV head an item
+        const int ng = n_chunks >= 2 * pool.size() ? nkv : 1, per_chunk = nkv / ng;
         attn_first[0] = 0;
         for (int t = 0; t < a.n_tokens; ++t) {
             int lo, pos;
-            const int nc = keys(t, &lo, &pos);
-            attn_pending[t].store(nc, std::memory_order_relaxed);
-            attn_first[t + 1] = attn_first[t] + nc;
+            const int n = keys(t, &lo, &pos) * per_chunk;
+            attn_pending[t].store(n, std::memory_order_relaxed);
+            attn_first[t + 1] = attn_first[t] + n;
         }
         const int64_t n_items = attn_first[a.n_tokens];
         std::atomic<int64_t> next{0};
@@ -394,16 +403,17 @@ struct CpuDevice final : Device {
             for (int64_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
                 int t = 0;
                 while (attn_first[t + 1] <= it) ++t;
-                const int c = (int)(it - attn_first[t]);
+                const int c = (int)((it - attn_first[t]) / per_chunk), g0 = (int)((it - attn_first[t]) % per_chunk) * ng;
                 const uint16_t *kr, *vr;
                 cache(t, &kr, &vr);
                 int lo, pos;
                 const int nc = keys(t, &lo, &pos);
                 const int j0 = lo + c * kAttnChunk;
                 float* part = attn_parts.data() + (size_t)t * max_chunks * a.n_heads * ps;
-                chunk(a, q.ptr<float>() + (int64_t)t * a.n_heads * hd, grp, 0, nkv, kr, vr, j0,
-                      std::min(kAttnChunk, pos + 1 - j0), sc, part + (size_t)c * a.n_heads * ps);
-                // the token's last chunk done: every other chunk's partial is written (the
+                const int64_t r0 = (int64_t)g0 * grp;   // the item's first query head
+                chunk(a, q.ptr<float>() + ((int64_t)t * a.n_heads + r0) * hd, grp, g0, ng, kr, vr, j0,
+                      std::min(kAttnChunk, pos + 1 - j0), sc, part + ((size_t)c * a.n_heads + r0) * ps);
+                // the token's last item done: every other item's partials are written (the
                 // countdown's release / acquire orders those writes before this merge)
                 if (attn_pending[t].fetch_sub(1, std::memory_order_acq_rel) == 1)
                     for (int h = 0; h < a.n_heads; ++h)
