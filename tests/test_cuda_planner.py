@@ -138,6 +138,39 @@ def test_mmvq_group(cpu):
     assert names(p) == ["kernel_quantize_q8", "kernel_mmvq<Q4_1>", "kernel_quantize_q8", "kernel_mmvq<Q4_1>"]
 
 
+def test_mmvq_group_with_bias_adds(cpu):
+    """qwen2's Q/K/V: each matmul followed by its bias add, in place. One kernel_mmvq_group
+    covers the six commands (the adds as its epilogue); an add that is not a bias row of the
+    matmul's own output (another destination, a full-size operand) ends the group."""
+    L = Lists(cpu)
+    W = [L.weight(Q4_1, L.d, L.d) for _ in range(3)]
+    B = E.Tensor(cpu.alloc(L.d * 4, "bias"), 0, F32, [L.d])
+
+    def qkv_bias(e, t):
+        for w, y in zip(W, ("y1", "y2", "y3")):
+            e.matmul(w, t["xn"], t[y])
+            e.add(t[y], B, t[y])
+    p = L.record(qkv_bias)
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq_group<Q4_1>", 0, 6, "mmvq_group")]
+    # the first add writes elsewhere: not the matmul's epilogue (and, a stage between, the next
+    # matmul quantizes its input again)
+    p = L.record(lambda e, t: [e.matmul(W[0], t["xn"], t["y1"]), e.add(t["y1"], B, t["o"]),
+                               e.matmul(W[1], t["xn"], t["y2"]), e.add(t["y2"], B, t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""), ("kernel_add", 1, 1, ""),
+                          ("kernel_quantize_q8", 2, 1, ""), ("kernel_mmvq<Q4_1>", 2, 1, ""), ("kernel_add", 3, 1, "")]
+    # a bias only on the last matmul is still covered; an add of a whole tensor is not a bias
+    p = L.record(lambda e, t: [e.matmul(W[0], t["xn"], t["y1"]), e.matmul(W[1], t["xn"], t["y2"]),
+                               e.add(t["y2"], B, t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq_group<Q4_1>", 0, 3, "mmvq_group")]
+    L2 = Lists(cpu, T=2)
+    W2 = [L2.weight(Q4_1, L2.d, L2.d) for _ in range(2)]
+    Bf = E.Tensor(cpu.alloc(2 * L2.d * 4, "b"), 0, F32, [2, L2.d])
+    p = L2.record(lambda e, t: [e.matmul(W2[0], t["xn"], t["y1"]), e.add(t["y1"], Bf, t["y1"]),
+                                e.matmul(W2[1], t["xn"], t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""), ("kernel_add", 1, 1, ""),
+                          ("kernel_quantize_q8", 2, 1, ""), ("kernel_mmvq<Q4_1>", 2, 1, "")]
+
+
 def _rope_kv(L, t, e, v="v"):
     e.rope(t["q"], L.hq, L.hd, E.ROPE_NORM, 10000.0)
     e.rope(t["k"], L.hkv, L.hd, E.ROPE_NORM, 10000.0)
