@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "../engine.h"
@@ -101,6 +102,28 @@ AttnGroup attention_kernel(const kargs_attention& a) {
 AttnWeights attention_weights_kernel(const kargs_attention& a) {
     if (!attention_kernel(a)) return nullptr;   // where attention runs attention_row
     return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
+}
+
+ArgmaxPart argmax_part(const float* x, int64_t n) {
+    ArgmaxPart r{x[0], 0, false};
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t u;
+        std::memcpy(&u, x + i, 4);
+        r.bad |= (u & 0x7f800000u) == 0x7f800000u;   // NaN or infinity
+        if (x[i] > r.max) {   // strictly greater: the first maximum stays
+            r.max = x[i];
+            r.index = i;
+        }
+    }
+    return r;
+}
+
+ArgmaxRow argmax_kernel() {
+    switch (active_simd()) {
+        case Simd::avx2: return argmax_avx2();
+        case Simd::avx512: return argmax_avx512();
+        default: return argmax_part;   // scalar; NEON has no argmax kernel yet
+    }
 }
 
 GluRow glu_kernel(bool gelu) {
