@@ -309,6 +309,31 @@ def test_few_token_gemm_on_quantized_rows(cpu, T, K, N):
     assert [l["kernel"] for l in r["launches"]][1] == "kernel_dequant_f16<Q4_0>"
 
 
+def test_few_token_gemms_share_the_fp16_input(cpu):
+    """Q, K, V of 16 tokens read one input: its fp16 copy is made once, before Q's GEMM. A
+    matmul whose output overwrites its input ends the sharing, and so does any other stage."""
+    L = Lists(cpu, d=4096, T=16)
+    Wq, Wk, Wv = L.weight(Q4_0, 4096, 4096), L.weight(Q4_0, 1024, 4096), L.weight(Q4_0, 1024, 4096)
+    P = E.BufferPool(cpu)
+    for n, w in (("q", 4096), ("k", 1024), ("v", 1024)):
+        P.declare(n, F32, [16, w])
+    P.reserve()
+    y = P.get
+    ks = names(L.record(lambda e, t: [e.matmul(w, t["xn"], y(o)) for w, o in ((Wq, "q"), (Wk, "k"), (Wv, "v"))]))
+    assert ks.count("kernel_f32_to_f16") == 1 and ks[0] == "kernel_f32_to_f16" and ks.count("kernel_gemm_q<Q4_0>") == 3
+    # an add between the matmuls: K converts again
+    ks = names(L.record(lambda e, t: [e.matmul(Wq, t["xn"], y("q")), e.add(y("q"), y("q"), y("q")),
+                                      e.matmul(Wk, t["xn"], y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
+    # Q's output is its input (xn overwritten): K converts again
+    Ws = L.weight(Q4_0, 4096, 4096)
+    ks = names(L.record(lambda e, t: [e.matmul(Ws, t["xn"], t["xn"]), e.matmul(Wk, t["xn"], y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
+    # another input: converted
+    ks = names(L.record(lambda e, t: [e.matmul(Wq, t["xn"], y("q")), e.matmul(Wk, y("q"), y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
+
+
 def _decode_step(model):
     model.enc.begin_record(1)
     model.forward([0], 0, "last")

@@ -226,6 +226,10 @@ struct Planner {
     LaunchList L;
     // What qscratch holds now: the 8-bit copy of n floats at (buf, offset) in blocks of qb.
     struct QCache { const Buffer* buf = nullptr; uint64_t offset = 0; int64_t n = 0; int qb = 0; } qc;
+    // The activations whose fp16 copy is at the start of hscratch, written by the kernel_gemm_q
+    // matmul before: the next one reading them (K and V after Q, up after gate) converts nothing.
+    // Only back-to-back few-token matmuls keep it (any other launch may write hscratch or x).
+    struct HCache { const Buffer* buf = nullptr; uint64_t offset = 0; int64_t n = 0; } hc;
 
     Launch& emit(Kernel k, int first, int count, uint32_t gx, uint32_t block, int8_t fusion = F_NONE) {
         L.launches.emplace_back();
@@ -277,6 +281,7 @@ struct Planner {
                 L.hscratch_bytes = std::max(L.hscratch_bytes, gemm_x_bytes(c.a.matmul) + gemm_w_bytes(c.a.matmul));
         }
         for (size_t i = 0; i < cmds.size();) {
+            if (!is_matmul(cmds[i]) || !gemm_q_shape(cmds[i].a.matmul)) hc = {};
             const size_t n = caps.fuse ? fused(i) : 0;
             if (n) { i += n; continue; }
             const Command& c = cmds[i];
@@ -627,7 +632,11 @@ struct Planner {
             // a few tokens: activations to fp16, the GEMM streaming the quantized rows, its K
             // splits summed
             const int M = a.n_tokens, nt8 = M <= 16 ? 2 : M <= 32 ? 4 : 8;
-            emit(Kernel::f32_to_f16, ii, 1, blocks((int64_t)M * a.n_in / 4, 256), 256);
+            const int64_t nx = (int64_t)M * a.n_in;
+            if (!(hc.buf == c.b[1].buf && hc.offset == c.b[1].offset && hc.n == nx))
+                emit(Kernel::f32_to_f16, ii, 1, blocks(nx / 4, 256), 256);
+            hc = overlaps(c.b[2], (uint64_t)M * a.n_out * 4, c.b[1], (uint64_t)nx * 4) ? HCache{}
+                                                                                       : HCache{c.b[1].buf, c.b[1].offset, nx};
             int S;
             const int nwp = gemm_q_split(a, caps.n_sm, &S);
             Launch& g = emit(Kernel::gemm_q, ii, 1, blocks(a.n_out, GQ_ROWS), GQ_WARPS * 32);
@@ -645,6 +654,7 @@ struct Planner {
             }
             return;
         }
+        hc = {};
         if (T != KT_F32 && T != KT_BF16 && gemm_shape(a) && x16 &&
             (T != KT_F16 || (a16(c.b[0]) && a.row_bytes == 2ull * a.n_in))) {
             // prefill: activations and weights (chunk by chunk) to fp16, then the tensor-core GEMM
