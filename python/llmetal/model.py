@@ -282,12 +282,12 @@ class Model:
         # the same plan ending with the argmax of the logits (decode_step(ids=True))
         self._plan: DecodePlan | None = None
         self._plan_ids: DecodePlan | None = None
+        self._argmax1, self._id1 = self.full["argmax"].rows(0, 1), np.empty(1, np.int32)
         self._plan_steps: list[PlanStep] | None = None   # filled while a plan is recorded
         self.n_recorded = 0
         self._step_plans: dict[tuple[int, int, bool], DecodePlan] = {}   # (rows, logit rows, ids) -> plan
         self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
         self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
-        self._argmax1, self._id1 = self.full["argmax"].rows(0, 1), np.empty(1, np.int32)
 
     # ---- helpers ------------------------------------------------------------------------
     def acts(self, T: int, n_rows_out: int) -> Activations:
@@ -492,14 +492,16 @@ class Model:
         must be in the cache or earlier in this batch). Each row attends only to its own
         sequence's positions <= pos. want: the indices of the rows whose logits to return
         (default: all rows; at most n_out; [] for none). Returns a new array [len(want), vocab].
+
+        Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
+        with rows that write only a scratch cache row); eager=True runs the same forward pass
+        stage by stage (for checking).
+
         ids=True: greedy sampling on the device instead: the plan ends with the argmax of each
         wanted row's logits, and the step returns those ids, int32 [len(want)] (R int32s
         downloaded, not R rows of logits); a row whose logits hold a NaN or an infinity raises
         NonFiniteError, as the logits check does.
-
-        Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
-        with rows that write only a scratch cache row); eager=True runs the same forward pass
-        stage by stage (for checking)."""
+        """
         n = len(rows)
         if not 0 < n <= self.step_rows_max():
             raise ValueError(f"a step takes 1..{self.step_rows_max()} rows, got {n}")
@@ -536,30 +538,41 @@ class Model:
             seq, tok, pos = rows[i]
             tokens[pad + k] = tok
             rr[pad + k] = (pos, seq * self.n_ctx)
+        if ids:   # greedy on the device: the wanted rows' ids, not their logits
+            return self._step_ids(tokens, rr, T, R, len(want), eager)
         if eager:
             self.hook = lambda *a: None
             try:
-                out = self.forward(tokens.tolist(), 0, R, rows=rr, ids=ids).to_numpy()
+                out = self.forward(tokens.tolist(), 0, R, rows=rr).to_numpy()
             finally:
                 self.hook = None
         else:
-            plan = self._step_plan(T, R, ids)
+            plan = self._step_plan(T, R)
             self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
-            if ids:
-                out = self.full["argmax"].rows(R - len(want), R).to_numpy()   # the wanted rows' ids
-            else:
-                out = self.full["logits"].rows(0, R).to_numpy()
-        if ids:
-            out = out[len(out) - len(want):]
-            if (out < 0).any():
-                raise NonFiniteError(f"the logits of a step of several sequences are not finite (the argmax "
-                                     f"found a NaN or an infinity in {int((out < 0).sum())} of {len(out)} rows; run "
-                                     "the sequences alone, or step(eager=True), to name the stage)")
-            return out
+            out = self.full["logits"].rows(0, R).to_numpy()
         out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
         if not np.isfinite(out).all():
             raise NonFiniteError("the logits of a step of several sequences are not finite "
                                  "(run the sequences alone, or step(eager=True), to name the stage)")
+        return out
+
+    def _step_ids(self, tokens, rr, T: int, R: int, n_want: int, eager: bool) -> np.ndarray:
+        """step(ids=True) once its batch is laid out (tokens [T], rows rr [T, 2], the wanted rows
+        last): the forward pass ending with the argmax stage, planned or eager; returns the ids
+        of the last n_want rows, int32 [n_want] (a new array)."""
+        if eager:
+            self.hook = lambda *a: None
+            try:
+                out = self.forward(tokens.tolist(), 0, R, rows=rr, ids=True).to_numpy()[R - n_want:]
+            finally:
+                self.hook = None
+        else:
+            self.enc.replay_rows(self._step_plan(T, R, True).plan, self.full["ids"].rows(0, T), tokens, rr)
+            out = self.full["argmax"].rows(R - n_want, R).to_numpy()
+        if (out < 0).any():   # the argmax met a NaN or an infinity in those rows' logits
+            raise NonFiniteError(f"the logits of a step of several sequences are not finite ({int((out < 0).sum())} "
+                                 f"of {n_want} rows hold a NaN or an infinity; run the sequences alone, or "
+                                 "step(eager=True), to name the stage)")
         return out
 
     def step_plan(self, n_rows: int, n_logits: int = 1, ids: bool = False) -> DecodePlan:
