@@ -40,6 +40,7 @@ RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnChunk attn_chunk_avx512() { return avx512::attn_chunk; }
 const Rows16Level* rows16_avx512() { return &avx512::x86_rows16_level; }
 GluRow glu_avx512(bool gelu) { return gelu ? avx512::glu_row<true> : avx512::glu_row<false>; }
+ArgmaxRow argmax_avx512() { return avx512::argmax_row; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 #else
 RowDot rowdot_avx512(int) { return nullptr; }
@@ -47,6 +48,7 @@ RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnChunk attn_chunk_avx512() { return nullptr; }
 const Rows16Level* rows16_avx512() { return nullptr; }
 GluRow glu_avx512(bool) { return nullptr; }
+ArgmaxRow argmax_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 #endif
 

@@ -185,6 +185,9 @@ struct Exec {
             case Kernel::attention_probs:
                 return go(l, kernel_attention_probs, c.a.attention_probs, b[0].ptr<float>(), b[1].ptr<__half>(),
                           b[2].ptr<float>(), step);
+            case Kernel::argmax:
+                if (l.variant == 4) return go(l, kernel_argmax<4>, c.a.argmax, b[0].ptr<float>(), b[1].ptr<int32_t>());
+                return go(l, kernel_argmax<1>, c.a.argmax, b[0].ptr<float>(), b[1].ptr<int32_t>());
         }
     }
 
@@ -229,6 +232,7 @@ struct Exec {
             const Command& m = cmds[l.g_cmd[i]];
             g.W[i] = m.b[0].ptr<uint8_t>();
             g.y[i] = m.b[2].ptr<float>();
+            g.bias[i] = l.g_bias[i] >= 0 ? cmds[l.g_bias[i]].b[1].ptr<float>() : nullptr;
             g.row_bytes[i] = m.a.matmul.row_bytes;
             g.n_out[i] = m.a.matmul.n_out;
             g.vw[i] = l.g_vw[i];
