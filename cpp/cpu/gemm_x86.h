@@ -10,8 +10,10 @@
 // the batch, one vpdpbusd per 4 values multiplies the 16 rows by the token's 4 activation
 // bytes broadcast: no horizontal sums, and the float work (scales) once per block for 16
 // rows. The slab is unpacked once per call whatever the number of tokens, so prefill pays
-// for the unpacking once per 16 rows. For up to 3 tokens (decode) the integers come from the
-// row-dot kernels' code instead, 8 rows at a time (see "small batches").
+// for the unpacking once per 16 rows. Decode batches take other routes to the same integers:
+// on 32-value blocks, up to 32 tokens, each block of the 16 rows is transposed in registers
+// instead of unpacked to memory ("a few tokens on 32-value blocks"); on super-blocks, up to 8
+// tokens, the row-dot kernels' code runs 8 rows at a time ("small batches").
 //
 // What each (row, token) gets is one fixed sequence of operations, the same for any batch
 // size and any split over threads (a row's result does not depend on which other rows or
@@ -362,40 +364,6 @@ template <> struct Lanes<4> {
     static TGT F fnmadd(F a, F b, F c) { return _mm_fnmadd_ps(a, b, c); }
 };
 
-template <int R, int NX, class B>
-static TGT void small_q32(const Rows16Args& g, const uint8_t* w, float* y) {
-    using L = Lanes<R>;
-    const BlockQ8* xb[NX];
-    typename L::F acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8*)(g.xq + j * g.xq_stride);
-        acc[j] = L::zero();
-    }
-    const int nb = g.K / 32;
-    for (int b = 0; b < nb; ++b) {
-        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
-        const uint8_t* blk = w + (size_t)b * B::Bytes;
-        __m256i p[NX][R];
-        alignas(32) float d[R], m[R];
-        for (int r = 0; r < R; ++r) {
-            const uint8_t* br = blk + r * g.row_bytes;
-            const __m256i u = B::q(br);
-            d[r] = B::d(br);
-            m[r] = B::Min ? B::off(br) : 0.0f;
-            for (int j = 0; j < NX; ++j) p[j][r] = dot_us(_mm256_setzero_si256(), u, load32(xb[j][b].qs));
-        }
-        const typename L::F dv = L::load(d), mv = L::load(m);
-        for (int j = 0; j < NX; ++j) {
-            typename L::I dot = L::sum(p[j]);
-            if (B::Off) dot = L::add(dot, L::set1i(-B::Off * xb[j][b].sum));
-            const typename L::F c = L::mul(dv, L::set1(xb[j][b].d));   // finish_q32 on R lanes
-            if (B::Min) acc[j] = L::addf(acc[j], L::fmadd(mv, L::set1(xb[j][b].s), L::mul(L::cvt(dot), c)));
-            else acc[j] = L::fmadd(L::cvt(dot), c, acc[j]);
-        }
-    }
-    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
-}
-
 template <int R, int NX, class F, class D>
 static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
     using L = Lanes<R>;
@@ -428,6 +396,109 @@ static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
         }
     }
     for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
+}
+
+// ---- a few tokens on 32-value blocks: 16 rows transposed in registers --------------------
+// Up to 8 tokens, per group of 16 rows and block: the 16 bytes of packed nibbles of each row
+// are loaded side by side and transposed as 32-bit words (a 4 x 4 transposition in each
+// 128-bit lane), so that word i of the 16 rows is one vector, lane r = row r: its low
+// nibbles are values 4i..4i+3, its high nibbles values 16 + 4i.., the 4-value groups i and
+// i + 4 of the slab layout, one or two instructions away. The scales (and Q5's fifth bits)
+// come by one gather each; bits 4k..4k+3 of a lane's qh go to bit 4 of its 4 bytes by one
+// vpermd from a 16-entry table. Then per token 8 vpdpbusd against its activation bytes
+// broadcast and finish_q32: the integers rows16_q32 computes from the slab, scaled the same
+// way, so the same bits. Unlike the slab, nothing goes through memory, and unlike the
+// row-by-row integers no lanes are added up across a vector.
+template <class B> struct Layout32;   // byte offsets in a block: the nibbles, qh (-1: none)
+template <> struct Layout32<Q4_0> { static constexpr int Qs = 2, Qh = -1; };
+template <> struct Layout32<Q4_1> { static constexpr int Qs = 4, Qh = -1; };
+template <> struct Layout32<Q5_0> { static constexpr int Qs = 6, Qh = 2; };
+template <> struct Layout32<Q5_1> { static constexpr int Qs = 8, Qh = 4; };
+
+// One block (at w in row 0, rows rb apart; vidx: lane r = r * rb) of 16 rows: v[k] lane r =
+// values 4k..4k+3 of row r as bytes; d and m (Q4_1, Q5_1) per lane.
+template <class B>
+static inline TGT void regs16_q32(const uint8_t* w, size_t rb, __m512i vidx, __m512i* v, __m512* d, __m512* m) {
+    constexpr int qs = Layout32<B>::Qs;
+    auto row = [&](int r) { return _mm_loadu_si128((const __m128i*)(w + r * rb + qs)); };
+    __m512i c[4];
+    for (int l = 0; l < 4; ++l) {   // c[l]: rows l, l + 4, l + 8, l + 12 in its 128-bit lanes
+        __m512i t = _mm512_castsi128_si512(row(l));
+        t = _mm512_inserti32x4(t, row(l + 4), 1);
+        t = _mm512_inserti32x4(t, row(l + 8), 2);
+        c[l] = _mm512_inserti32x4(t, row(l + 12), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+    const __m512i word[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                             _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm512_and_si512(word[i], m4);
+        v[i + 4] = _mm512_and_si512(_mm512_srli_epi16(word[i], 4), m4);
+    }
+    const __m512i dm = _mm512_i32gather_epi32(vidx, (const void*)w, 1);   // d (and m above it)
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+    *m = B::Min ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
+    if (Layout32<B>::Qh >= 0) {
+        // table[n]: byte j = 0x10 where bit j of n is set (vpermd reads the index's low 4 bits)
+        const __m512i table = _mm512_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010,
+                                                0x10000000, 0x10000010, 0x10001000, 0x10001010, 0x10100000,
+                                                0x10100010, 0x10101000, 0x10101010);
+        const __m512i qh = _mm512_i32gather_epi32(vidx, (const void*)(w + Layout32<B>::Qh), 1);
+        for (int k = 0; k < 8; ++k)
+            v[k] = _mm512_or_si512(v[k], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * k), table));
+    }
+}
+
+// NX <= 8 tokens (g.xq ..) against the 16 rows at w: y + t * N, 16 outputs per token.
+template <int NX, class B>
+static TGT void regs16_q32_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
+    const BlockQ8* xb[NX];
+    __m512 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8*)(xq + j * g.xq_stride);
+        acc[j] = _mm512_setzero_ps();
+    }
+    const size_t rb = g.row_bytes;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)rb));
+    const int nb = g.K / 32;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 16 * rb, 16 * rb, b, nb);
+        __m512i v[8];
+        __m512 d, m;
+        regs16_q32<B>(w + (size_t)b * B::Bytes, rb, vidx, v, &d, &m);
+        for (int j = 0; j < NX; ++j) {
+            const BlockQ8& a = xb[j][b];
+            __m512i dot = _mm512_set1_epi32(-B::Off * a.sum);
+            for (int c = 0; c < 8; ++c) dot = _mm512_dpbusd_epi32(dot, v[c], bcast4(a.qs + 4 * c));
+            acc[j] = finish_q32<B::Min>(acc[j], dot, d, m, a.d, a.s);
+        }
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + (size_t)j * g.N, acc[j]);
+}
+
+// Rows [n0, n1) (multiples of 16), every token, 8 tokens at a time.
+template <class B>
+static TGT void regs16_q32_drive(const Rows16Args& g, int n0, int n1) {
+    for (int n = n0; n + 16 <= n1; n += 16) {
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        for (int t = 0; t < g.M; t += 8) {
+            const uint8_t* x = g.xq + (size_t)t * g.xq_stride;
+            float* y = g.y + (size_t)t * g.N + n;
+            switch (std::min(8, g.M - t)) {
+                case 1: regs16_q32_run<1, B>(g, w, x, y); break;
+                case 2: regs16_q32_run<2, B>(g, w, x, y); break;
+                case 3: regs16_q32_run<3, B>(g, w, x, y); break;
+                case 4: regs16_q32_run<4, B>(g, w, x, y); break;
+                case 5: regs16_q32_run<5, B>(g, w, x, y); break;
+                case 6: regs16_q32_run<6, B>(g, w, x, y); break;
+                case 7: regs16_q32_run<7, B>(g, w, x, y); break;
+                default: regs16_q32_run<8, B>(g, w, x, y); break;
+            }
+        }
+    }
 }
 
 // ---- the driver's entry ---------------------------------------------------------------------
@@ -484,8 +555,8 @@ struct KKern {
     };
 };
 
-// Up to kGrouped tokens: the integers row by row, R rows at a time, kSmall tokens at a time
-// (the later groups of tokens find the 16 rows in L1); more: through slabs. From 4 to 8 tokens
+// Super-blocks, up to kGrouped tokens: the integers row by row, R rows at a time, kSmall tokens
+// at a time (the later groups of tokens find the 16 rows in L1); more: through slabs. From 4 to 8 tokens
 // a slab's unpacking is not paid back yet: SmolLM2's decode step of 4 sequences took 2.2-3x
 // the time of 1 through slabs, about 1.5x this way (1 thread, CPU time). Either way each
 // (row, token) runs the same operations as in a batch of 1 to 3 tokens: the same bits.
@@ -513,18 +584,16 @@ static TGT void small_drive(const Rows16Args& g, int n0, int n1, uint8_t* scratc
     }
 }
 
+// Up to kRegs tokens: 16 rows transposed in registers per block, 8 tokens at a time (the
+// later groups of 8 find the rows in L1 or L2); more: through slabs. SmolLM2 (Q4_1), 1 thread,
+// CPU time of one Model.step: 16 sequences 29 ms this way against 39 through slabs, 32 rows 55
+// against 59, 64 rows 108 against 105.
+constexpr int kRegs = 32;
+
 template <class B>
 static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
-    if (g.M <= kGrouped) {
-        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small_q32<8, 1, B>(g, w, out);
-            else if (g.M == 2) small_q32<8, 2, B>(g, w, out);
-            else small_q32<8, 3, B>(g, w, out);
-        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small_q32<4, 1, B>(g, w, out);
-            else if (g.M == 2) small_q32<4, 2, B>(g, w, out);
-            else small_q32<4, 3, B>(g, w, out);
-        });
+    if (g.M <= kRegs) {
+        regs16_q32_drive<B>(g, n0, n1);
         return;
     }
     rows16_drive<32, kChunk32, kSlab32, decltype(&unpack16_q32<B>), Q32Kern<B>::template K>(g, n0, n1, scratch,

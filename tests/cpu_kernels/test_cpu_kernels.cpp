@@ -12,7 +12,7 @@
 //      dot products, only the float summation order differs);
 //   3. the matmul driver (matmul_prepare + matmul_run split over 3 "threads") at each
 //      level vs the scalar kernels, with the output poisoned first;
-//   4. at each level, the driver on the same tokens in batches of 1, 2 and 3 (over 2
+//   4. at each level, the driver on the same tokens in batches of 1 to 20 (over 2
 //      threads) gives exactly the bits of the batch of all of them (on AVX-512 VNNI small and
 //      large batches take different routes through gemm_x86.h).
 // Prints one line per (type, level) and exits non-zero on any failure.
@@ -127,8 +127,8 @@ std::vector<Simd> levels_here() {
 void test_type(const TypeDesc& t) {
     const int K = t.block == 1 ? 515 : t.block == 32 ? 224 : 768;  // 7 blocks / 3 super-blocks
     // N = 37: two groups of 16 rows (gemm_x86.h on AVX-512 VNNI) and 5 left to the row-dot
-    // kernels; M = 21: 8 + 8 + 5 tokens through the slabs there
-    const int N = 37, M = 21;
+    // kernels; M = 40: five times 8 tokens through the slabs there (more than 32)
+    const int N = 37, M = 40;
     const uint64_t rb = (uint64_t)K / t.block * t.bytes;
     std::vector<uint8_t> W;
     for (int n = 0; n < N; ++n) { auto r = random_row(t, K); W.insert(W.end(), r.begin(), r.end()); }
@@ -195,11 +195,12 @@ void test_type(const TypeDesc& t) {
         force_simd(best_simd());
         double ed = nmse(y.data(), ysd.data(), M * N);
         check(ed <= 1e-10, std::string(t.name) + " " + simd_name(lv) + " driver vs scalar NMSE " + std::to_string(ed));
-        // 4. batch invariance: the same tokens in batches of 1 to 8 (gemm_x86.h: the row-by-row
-        // integers, 3 tokens at a time) give the same bits as in the batch of 21 (slabs)
+        // 4. batch invariance: the same tokens in batches of 1 to 20 (gemm_x86.h: 32-value
+        // blocks transposed in registers, 8 tokens at a time; super-blocks up to 8 tokens row by
+        // row, 3 at a time, then slabs) give the same bits as in the batch of 40 (slabs)
         force_simd(lv);
         int differ = 0;
-        for (int mb : {1, 2, 3, 4, 5, 8}) {
+        for (int mb : {1, 2, 3, 4, 5, 8, 13, 20}) {
             for (int m0 = 0; m0 + mb <= M; m0 += mb) {
                 std::vector<float> yb((size_t)mb * N, NAN);
                 kargs_matmul ab{mb, K, N, t.id, rb};
@@ -211,7 +212,7 @@ void test_type(const TypeDesc& t) {
         }
         force_simd(best_simd());
         check(differ == 0, std::string(t.name) + " " + simd_name(lv) + ": " + std::to_string(differ) +
-                               " batches of 1-8 tokens differ from the same tokens in the batch of " + std::to_string(M));
+                               " batches of 1-20 tokens differ from the same tokens in the batch of " + std::to_string(M));
         std::printf("%-6s %-7s vs scalar: kernel NMSE %.1e, driver NMSE %.1e\n", t.name, simd_name(lv), worst, ed);
     }
 }
