@@ -517,9 +517,10 @@ class Model:
         else:
             plan = self._step_plan(T, R)
             self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
-            out = self.full["logits"].rows(0, R).to_numpy()
-        out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
-        if not np.isfinite(out).all():
+            out = self.full["logits"].rows(R - len(want), R).to_numpy()   # only the wanted rows
+        if eager:
+            out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
+        if not np.isfinite(out[:, :256]).all():   # per row, as finite_head
             raise NonFiniteError("the logits of a step of several sequences are not finite "
                                  "(run the sequences alone, or step(eager=True), to name the stage)")
         return out
