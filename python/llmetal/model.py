@@ -282,6 +282,7 @@ class Model:
         self._step_plans: dict[tuple[int, int], DecodePlan] = {}   # (rows, logit rows) -> plan
         self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
         self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
+        self._logits_n = None   # Model.step's logits rows, reused by every step (made at first use)
 
     # ---- helpers ------------------------------------------------------------------------
     def acts(self, T: int, n_rows_out: int) -> Activations:
@@ -467,7 +468,10 @@ class Model:
         (decode rows of several sequences, prompt chunks of others; a sequence's rows before pos
         must be in the cache or earlier in this batch). Each row attends only to its own
         sequence's positions <= pos. want: the indices of the rows whose logits to return
-        (default: all rows; at most n_out; [] for none). Returns a new array [len(want), vocab].
+        (default: all rows; at most n_out; [] for none). Returns the logits [len(want), vocab]
+        in a buffer the next step reuses, as decode_step does (copy to keep; eager=True returns
+        a new array): a new array of a few MB every step cost more than the copy itself, in page
+        faults.
 
         Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
         with rows that write only a scratch cache row); eager=True runs the same forward pass
@@ -517,7 +521,10 @@ class Model:
         else:
             plan = self._step_plan(T, R)
             self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
-            out = self.full["logits"].rows(R - len(want), R).to_numpy()   # only the wanted rows
+            if self._logits_n is None:
+                self._logits_n = self.device.host_empty(self.n_out * self.cfg.n_vocab)
+            out = self._logits_n[:len(want) * self.cfg.n_vocab].reshape(len(want), self.cfg.n_vocab)
+            self.full["logits"].rows(R - len(want), R).download_into(out)   # only the wanted rows
         if eager:
             out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
         if not np.isfinite(out[:, :256]).all():   # per row, as finite_head
