@@ -654,6 +654,51 @@ def test_grouped_matvec_matches_split(devs, rng, tmp_path, tq, tg, D):
     assert np.array_equal(fused, split), f"grouped mat-vec differs from split: NMSE {e:.3e}"
 
 
+# qwen2's Q/K/V: each matmul followed by the add of its bias row, which kernel_mmvq_group does
+# as it stores each row (the fused run's plan covers matmul, add, matmul, add, ... in one launch).
+_BIAS_CHILD = _GROUP_CHILD.replace(
+    'enc.matmul(g("Wq"), g("x"), g("q")); enc.matmul(g("Wk"), g("x"), g("k")); enc.matmul(g("Wv"), g("x"), g("v"))',
+    'for w, y in (("Wq", "q"), ("Wk", "k"), ("Wv", "v")): enc.matmul(g(w), g("x"), g(y)); enc.add(g(y), g("b" + y), g(y))'
+).replace(
+    'pool.reserve()',
+    'for n, c in [("bq", D), ("bk", KV), ("bv", KV)]:\n    pool.declare(n, 0, [c])\npool.reserve()'
+).replace(
+    'for n, _, _ in W:\n    g(n).upload(z[n])',
+    'for n in [w[0] for w in W] + ["bq", "bk", "bv"]:\n    g(n).upload(z[n])'
+)
+assert _BIAS_CHILD.count('"bq"') == 2 and 'enc.add(' in _BIAS_CHILD, "the bias edits must all apply"
+
+
+@pytest.mark.parametrize("tq,tg", [(Q4_0, Q4_0), (Q5_0, Q5_K)])
+def test_grouped_matvec_with_bias_matches_split(devs, rng, tmp_path, tq, tg):
+    """Q/K/V with qwen2's bias adds after each matmul: fused, one kernel_mmvq_group adds each
+    row's bias as it stores the row; split (LLMETAL_CUDA_FUSE=0), kernel_mmvq then kernel_add.
+    Bit for bit the same (the same float addition). Biases as large as Qwen2.5's K biases."""
+    import subprocess
+    import sys
+    D, FF, KV = 896, 4100, 128
+    arrs = {n: random_weight(rng, t, r, D) for n, t, r in
+            [("Wq", tq, D), ("Wk", tq, KV), ("Wv", tq, KV), ("Wg", tg, FF), ("Wu", tg, FF), ("Wa", tq, KV), ("Wb", tg, KV)]}
+    for n, c in (("bq", D), ("bk", KV), ("bv", KV)):
+        arrs[n] = (rng.standard_normal(c) * 40).astype(np.float32)
+    src = tmp_path / "in.npz"
+    np.savez(src, dims=np.array([D, FF, KV]), tq=tq, tg=tg, x=rng.standard_normal((1, D)).astype(np.float32), **arrs)
+    outs = []
+    for fuse in ("1", "0"):
+        dst = tmp_path / f"out{fuse}.npy"
+        env = dict(os.environ, LLMETAL_CUDA_FUSE=fuse)
+        r = subprocess.run([sys.executable, "-c", _BIAS_CHILD, str(src), str(dst)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"fuse={fuse}: {r.stderr[-2000:]}"
+        outs.append(np.load(dst))
+    fused, split = outs
+    # the biases reached the outputs: q, k, v differ from the no-bias product by about the bias
+    assert np.abs(split[:, :D + 2 * KV]).max() > 20, "biases missing from the split run"
+    e = nmse(fused, split)
+    print(f"grouped+bias vs split: NMSE {e:.3e}, max |diff| {np.abs(fused - split).max():.3e}")
+    assert np.array_equal(fused, split), f"grouped mat-vec with biases differs from split: NMSE {e:.3e}"
+
+
 # The same weights as a chain: q = Wq x, then every other matmul reads q (quantized by its own
 # kernel, then grouped mat-vecs): each launch depends on the one before it.
 _PDL_CHILD = _GROUP_CHILD.replace(

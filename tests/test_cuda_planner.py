@@ -138,6 +138,39 @@ def test_mmvq_group(cpu):
     assert names(p) == ["kernel_quantize_q8", "kernel_mmvq<Q4_1>", "kernel_quantize_q8", "kernel_mmvq<Q4_1>"]
 
 
+def test_mmvq_group_with_bias_adds(cpu):
+    """qwen2's Q/K/V: each matmul followed by its bias add, in place. One kernel_mmvq_group
+    covers the six commands (the adds as its epilogue); an add that is not a bias row of the
+    matmul's own output (another destination, a full-size operand) ends the group."""
+    L = Lists(cpu)
+    W = [L.weight(Q4_1, L.d, L.d) for _ in range(3)]
+    B = E.Tensor(cpu.alloc(L.d * 4, "bias"), 0, F32, [L.d])
+
+    def qkv_bias(e, t):
+        for w, y in zip(W, ("y1", "y2", "y3")):
+            e.matmul(w, t["xn"], t[y])
+            e.add(t[y], B, t[y])
+    p = L.record(qkv_bias)
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq_group<Q4_1>", 0, 6, "mmvq_group")]
+    # the first add writes elsewhere: not the matmul's epilogue (and, a stage between, the next
+    # matmul quantizes its input again)
+    p = L.record(lambda e, t: [e.matmul(W[0], t["xn"], t["y1"]), e.add(t["y1"], B, t["o"]),
+                               e.matmul(W[1], t["xn"], t["y2"]), e.add(t["y2"], B, t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""), ("kernel_add", 1, 1, ""),
+                          ("kernel_quantize_q8", 2, 1, ""), ("kernel_mmvq<Q4_1>", 2, 1, ""), ("kernel_add", 3, 1, "")]
+    # a bias only on the last matmul is still covered; an add of a whole tensor is not a bias
+    p = L.record(lambda e, t: [e.matmul(W[0], t["xn"], t["y1"]), e.matmul(W[1], t["xn"], t["y2"]),
+                               e.add(t["y2"], B, t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq_group<Q4_1>", 0, 3, "mmvq_group")]
+    L2 = Lists(cpu, T=2)
+    W2 = [L2.weight(Q4_1, L2.d, L2.d) for _ in range(2)]
+    Bf = E.Tensor(cpu.alloc(2 * L2.d * 4, "b"), 0, F32, [2, L2.d])
+    p = L2.record(lambda e, t: [e.matmul(W2[0], t["xn"], t["y1"]), e.add(t["y1"], Bf, t["y1"]),
+                                e.matmul(W2[1], t["xn"], t["y2"])])
+    assert kernels(p) == [("kernel_quantize_q8", 0, 1, ""), ("kernel_mmvq<Q4_1>", 0, 1, ""), ("kernel_add", 1, 1, ""),
+                          ("kernel_quantize_q8", 2, 1, ""), ("kernel_mmvq<Q4_1>", 2, 1, "")]
+
+
 def _rope_kv(L, t, e, v="v"):
     e.rope(t["q"], L.hq, L.hd, E.ROPE_NORM, 10000.0)
     e.rope(t["k"], L.hkv, L.hd, E.ROPE_NORM, 10000.0)
@@ -247,6 +280,31 @@ def test_few_token_gemm_on_quantized_rows(cpu, T, K, N):
     P65.reserve()
     r = E.cuda_plan(L65.record(lambda e, t: e.matmul(W, t["xn"], P65.get("y"))))
     assert [l["kernel"] for l in r["launches"]][1] == "kernel_dequant_f16<Q4_0>"
+
+
+def test_few_token_gemms_share_the_fp16_input(cpu):
+    """Q, K, V of 16 tokens read one input: its fp16 copy is made once, before Q's GEMM. A
+    matmul whose output overwrites its input ends the sharing, and so does any other stage."""
+    L = Lists(cpu, d=4096, T=16)
+    Wq, Wk, Wv = L.weight(Q4_0, 4096, 4096), L.weight(Q4_0, 1024, 4096), L.weight(Q4_0, 1024, 4096)
+    P = E.BufferPool(cpu)
+    for n, w in (("q", 4096), ("k", 1024), ("v", 1024)):
+        P.declare(n, F32, [16, w])
+    P.reserve()
+    y = P.get
+    ks = names(L.record(lambda e, t: [e.matmul(w, t["xn"], y(o)) for w, o in ((Wq, "q"), (Wk, "k"), (Wv, "v"))]))
+    assert ks.count("kernel_f32_to_f16") == 1 and ks[0] == "kernel_f32_to_f16" and ks.count("kernel_gemm_q<Q4_0>") == 3
+    # an add between the matmuls: K converts again
+    ks = names(L.record(lambda e, t: [e.matmul(Wq, t["xn"], y("q")), e.add(y("q"), y("q"), y("q")),
+                                      e.matmul(Wk, t["xn"], y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
+    # Q's output is its input (xn overwritten): K converts again
+    Ws = L.weight(Q4_0, 4096, 4096)
+    ks = names(L.record(lambda e, t: [e.matmul(Ws, t["xn"], t["xn"]), e.matmul(Wk, t["xn"], y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
+    # another input: converted
+    ks = names(L.record(lambda e, t: [e.matmul(Wq, t["xn"], y("q")), e.matmul(Wk, y("q"), y("k"))]))
+    assert ks.count("kernel_f32_to_f16") == 2
 
 
 def _decode_step(model):

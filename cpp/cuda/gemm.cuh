@@ -16,8 +16,8 @@ namespace llmetal_cuda {
 // ---- stage 3: prefill on tensor cores -----------------------------------------------------------
 // Three kernels: the weights (a chunk of rows at a time) and the activations go to fp16 in
 // scratch memory, then one GEMM on the tensor cores:
-//   kernel_dequant_f16<T>  W rows -> fp16 [rows][K], each group of 8 through dq8 (the CPU's
-//                          dequantization) and rounded to nearest fp16;
+//   kernel_dequant_f16<T>  W rows -> fp16 [rows][K], each group of 8 through dq8h (the CPU's
+//                          dequantization rounded to nearest fp16, quants.cuh);
 //   kernel_f32_to_f16      x [M][K] float -> fp16;
 //   kernel_gemm_f16        Y[m][n] = sum_k X[m][k] W[n][k], fp16 products summed in float.
 // Dequantizing once per prompt chunk (not once per tile of tokens, as a fused kernel would)
@@ -31,12 +31,9 @@ kernel_dequant_f16(const uint8_t* W, uint64_t row_bytes, int K, int rows, __half
     const int gpr = K / 8;
     if (i >= (int64_t)rows * gpr) return;
     const int r = (int)(i / gpr), g = (int)(i % gpr);
-    float w[8];
-    dq8<T>(W + (uint64_t)r * row_bytes, g, w);
-    __half2 h[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[2 * j], w[2 * j + 1]);
-    *(uint4*)(out + (int64_t)r * K + 8 * g) = *(const uint4*)h;
+    uint32_t h[4];
+    dq8h<T>(W + (uint64_t)r * row_bytes, g, h);
+    *(uint4*)(out + (int64_t)r * K + 8 * g) = make_uint4(h[0], h[1], h[2], h[3]);
 }
 
 __global__ void __launch_bounds__(256) kernel_f32_to_f16(const float* x, __half* out, int64_t n4) {
@@ -174,7 +171,7 @@ kernel_gemm_f16(const __half* X, const __half* W, float* Y, int M, int N, int K,
 // is computed); each 32-value chunk of a window is then two mma.m16n8k16 k steps per 16 rows
 // and 8 tokens, the weights as the A operand (rows = m), the fp16 activations as B (tokens =
 // n). The k order inside a chunk is permuted so that lane t's operands are 8 consecutive
-// values: its A registers are dq8 (the CPU's dequantization, rounded to nearest fp16) of
+// values: its A registers are dq8h (the CPU's dequantization, rounded to nearest fp16) of
 // group t of the chunk for rows g and g + 8, its B registers one 16-byte load of activations
 // [8t, 8t + 8) of token g; the same permutation on both sides leaves the dot product as it is.
 // Few row tiles (4096 rows: 32 for 132 SMs) split K over grid.y: split s writes its slice of
@@ -231,17 +228,15 @@ kernel_gemm_q(const __half* X, const uint8_t* W, uint64_t row_bytes, float* Y, f
             uint32_t a[2][2][4];   // [rows 16 m..][k step][register]
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
-                float lo[8], hi[8];
-                dq8<T>(sm + (16 * m + g) * WB, 4 * c + t, lo);
-                dq8<T>(sm + (16 * m + g + 8) * WB, 4 * c + t, hi);
+                uint32_t lo[4], hi[4];   // fp16 pairs of rows g and g + 8
+                dq8h<T>(sm + (16 * m + g) * WB, 4 * c + t, lo);
+                dq8h<T>(sm + (16 * m + g + 8) * WB, 4 * c + t, hi);
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
-                    __half2 r0 = __floats2half2_rn(lo[4 * s], lo[4 * s + 1]), r1 = __floats2half2_rn(hi[4 * s], hi[4 * s + 1]);
-                    __half2 r2 = __floats2half2_rn(lo[4 * s + 2], lo[4 * s + 3]), r3 = __floats2half2_rn(hi[4 * s + 2], hi[4 * s + 3]);
-                    a[m][s][0] = *(uint32_t*)&r0;
-                    a[m][s][1] = *(uint32_t*)&r1;
-                    a[m][s][2] = *(uint32_t*)&r2;
-                    a[m][s][3] = *(uint32_t*)&r3;
+                    a[m][s][0] = lo[2 * s];
+                    a[m][s][1] = hi[2 * s];
+                    a[m][s][2] = lo[2 * s + 1];
+                    a[m][s][3] = hi[2 * s + 1];
                 }
             }
 #pragma unroll

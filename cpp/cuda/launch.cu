@@ -229,6 +229,7 @@ struct Exec {
             const Command& m = cmds[l.g_cmd[i]];
             g.W[i] = m.b[0].ptr<uint8_t>();
             g.y[i] = m.b[2].ptr<float>();
+            g.bias[i] = l.g_bias[i] >= 0 ? cmds[l.g_bias[i]].b[1].ptr<float>() : nullptr;
             g.row_bytes[i] = m.a.matmul.row_bytes;
             g.n_out[i] = m.a.matmul.n_out;
             g.vw[i] = l.g_vw[i];

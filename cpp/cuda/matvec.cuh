@@ -515,7 +515,7 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
 template <int T, int NT>
 __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
                                           float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane,
-                                          int S, float (*red)[MV_ROWS][NT]) {
+                                          int S, float (*red)[MV_ROWS][NT], const float* bias = nullptr) {
     constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
     static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
     constexpr int WB = NB * BB;                         // bytes of a full window
@@ -628,7 +628,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
             if (S == 1) {
 #pragma unroll
                 for (int t = 0; t < NT; ++t)
-                    if (lane == 0 && t < mc) y[(int64_t)t * a.n_out + r] = acc[t];
+                    if (lane == 0 && t < mc) y[(int64_t)t * a.n_out + r] = bias ? acc[t] + bias[r] : acc[t];
             } else {   // ... then over the group's S warps, in warp order
                 if (lane == 0) {
 #pragma unroll
@@ -640,7 +640,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
                     for (int t = 0; t < NT; ++t) {
                         float v = red[par][wb][t];
                         for (int j = 1; j < S; ++j) v += red[par][wb + j][t];
-                        if (t < mc) y[(int64_t)t * a.n_out + r] = v;
+                        if (t < mc) y[(int64_t)t * a.n_out + r] = bias ? v + bias[r] : v;
                     }
                 }
                 par ^= 1;
@@ -680,6 +680,7 @@ kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nw
 struct MvGroup {
     const uint8_t* W[MVG_MAX];
     float* y[MVG_MAX];
+    const float* bias[MVG_MAX];   // a row added to each output as it is stored (null: none)
     uint64_t row_bytes[MVG_MAX];
     int n_out[MVG_MAX], vw[MVG_MAX], nwarps[MVG_MAX], S[MVG_MAX];
     int n;   // weights in the group (2 or 3)
@@ -716,11 +717,12 @@ kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
     a.row_bytes = mvg_pick(g.row_bytes, j);
     const uint8_t* W = mvg_pick(g.W, j);
     float* y = mvg_pick(g.y, j);
+    const float* bias = mvg_pick(g.bias, j);
     const int vw = mvg_pick(g.vw, j), S = mvg_pick(g.S, j);
-    if constexpr (!GS) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red);
-    else if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red);
-    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 2, red);
-    else mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 4, red);
+    if constexpr (!GS) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red, bias);
+    else if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red, bias);
+    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 2, red, bias);
+    else mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 4, red, bias);
 }
 
 // F16 weights, float activations (the CPU device keeps them float too): K % 8 == 0.

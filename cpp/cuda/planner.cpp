@@ -44,7 +44,8 @@ const Fusion FUSIONS[N_FUSIONS] = {
      "five stages on the decode step"},
     {"mmvq_group",
      "2-3 consecutive quantized decode matmuls of one weight type, token count and input, each "
-     "output apart from the input and from the others (Q/K/V, gate/up)",
+     "output apart from the input and from the others (Q/K/V, gate/up), each optionally followed "
+     "by the add of a bias row to its output (qwen2's Q/K/V biases)",
      "kernel_mmvq_group",
      "one start-up and one drain for what were 2-3 small launches"},
     {"q8_reuse",
@@ -224,6 +225,10 @@ struct Planner {
     LaunchList L;
     // What qscratch holds now: the 8-bit copy of n floats at (buf, offset) in blocks of qb.
     struct QCache { const Buffer* buf = nullptr; uint64_t offset = 0; int64_t n = 0; int qb = 0; } qc;
+    // The activations whose fp16 copy is at the start of hscratch, written by the kernel_gemm_q
+    // matmul before: the next one reading them (K and V after Q, up after gate) converts nothing.
+    // Only back-to-back few-token matmuls keep it (any other launch may write hscratch or x).
+    struct HCache { const Buffer* buf = nullptr; uint64_t offset = 0; int64_t n = 0; } hc;
 
     Launch& emit(Kernel k, int first, int count, uint32_t gx, uint32_t block, int8_t fusion = F_NONE) {
         L.launches.emplace_back();
@@ -275,6 +280,7 @@ struct Planner {
                 L.hscratch_bytes = std::max(L.hscratch_bytes, gemm_x_bytes(c.a.matmul) + gemm_w_bytes(c.a.matmul));
         }
         for (size_t i = 0; i < cmds.size();) {
+            if (!is_matmul(cmds[i]) || !gemm_q_shape(cmds[i].a.matmul)) hc = {};
             const size_t n = caps.fuse ? fused(i) : 0;
             if (n) { i += n; continue; }
             const Command& c = cmds[i];
@@ -471,6 +477,9 @@ struct Planner {
 
     // 2 or 3 consecutive quantized decode matmuls (Stage::matmul, not logits) of one weight type,
     // token count and K reading the same input -- Q/K/V, gate/up -- as one kernel_mmvq_group.
+    // A matmul may be followed by the add of a bias row to its own output in place (qwen2's
+    // Q/K/V biases): the kernel adds bias[r] to row r's sum as it stores it, the same float
+    // addition kernel_add does, so the bits are those of the split stages.
     // Each output must lie apart from the input and from the other outputs (the split matmuls
     // would otherwise see each other's writes). One quantization (or none, when qc has it).
     // Each weight keeps the S of its own plan (mv_plan); the warps are shared out as for one
@@ -482,9 +491,10 @@ struct Planner {
         if (c.stage != Stage::matmul || !decode_qb(c)) return 0;
         const kargs_matmul& a = c.a.matmul;
         const uint64_t nx = (uint64_t)a.n_tokens * a.n_in * 4;
-        int ms[MVG_MAX];
+        int ms[MVG_MAX], bias[MVG_MAX];
         int n = 0;
-        for (size_t j = i; j < cmds.size() && n < MVG_MAX; ++j) {
+        size_t j = i;
+        for (; j < cmds.size() && n < MVG_MAX; ++j) {
             const Command& m = cmds[j];
             const kargs_matmul& b = m.a.matmul;
             if (m.stage != Stage::matmul || !decode_qb(m) || b.wtype != a.wtype || b.n_in != a.n_in ||
@@ -497,7 +507,10 @@ struct Planner {
                 apart = !overlaps(m.b[2], ny, cmds[ms[k]].b[2], (uint64_t)o.n_tokens * o.n_out * 4);
             }
             if (!apart) break;
-            ms[n++] = (int)j;
+            ms[n] = (int)j;
+            bias[n] = -1;
+            if (j + 1 < cmds.size() && bias_add(cmds[j + 1], m)) bias[n] = (int)++j;
+            ++n;
         }
         if (n < 2) return 0;
         quantize_for(i);
@@ -538,6 +551,7 @@ struct Planner {
         for (int k = 0; k < n; ++k) {
             const Command& m = cmds[ms[order[k]]];
             l.g_cmd[k] = ms[order[k]];
+            l.g_bias[k] = bias[order[k]];
             l.g_S[k] = S[order[k]];
             l.g_vw[k] = load_width(m.a.matmul, m.b[0]);
             l.g_nwarps[k] = (int)((m.a.matmul.n_out + rpw - 1) / rpw) * l.g_S[k];
@@ -546,8 +560,17 @@ struct Planner {
         l.S = l.g_S[0];   // the largest
         l.grid[0] = blocks(nw, MV_ROWS);
         l.block = MV_ROWS * 32;
+        l.count = (int)(j - i);
         L.launches.push_back(l);
-        return (size_t)n;
+        return j - i;
+    }
+    // c adds one row of n_out values (a bias) to matmul m's output in place.
+    static bool bias_add(const Command& c, const Command& m) {
+        if (c.stage != Stage::add) return false;
+        const kargs_eltwise& e = c.a.eltwise;
+        const kargs_matmul& a = m.a.matmul;
+        return same(c.b[0], m.b[2]) && same(c.b[2], m.b[2]) && e.b_n == a.n_out &&
+               e.n == (int64_t)a.n_tokens * a.n_out;
     }
 
     // ---- one stage, split ---------------------------------------------------------------------
@@ -602,7 +625,11 @@ struct Planner {
             // a few tokens: activations to fp16, the GEMM streaming the quantized rows, its K
             // splits summed
             const int M = a.n_tokens, nt8 = M <= 16 ? 2 : M <= 32 ? 4 : 8;
-            emit(Kernel::f32_to_f16, ii, 1, blocks((int64_t)M * a.n_in / 4, 256), 256);
+            const int64_t nx = (int64_t)M * a.n_in;
+            if (!(hc.buf == c.b[1].buf && hc.offset == c.b[1].offset && hc.n == nx))
+                emit(Kernel::f32_to_f16, ii, 1, blocks(nx / 4, 256), 256);
+            hc = overlaps(c.b[2], (uint64_t)M * a.n_out * 4, c.b[1], (uint64_t)nx * 4) ? HCache{}
+                                                                                       : HCache{c.b[1].buf, c.b[1].offset, nx};
             int S;
             const int nwp = gemm_q_split(a, caps.n_sm, &S);
             Launch& g = emit(Kernel::gemm_q, ii, 1, blocks(a.n_out, GQ_ROWS), GQ_WARPS * 32);
@@ -620,6 +647,7 @@ struct Planner {
             }
             return;
         }
+        hc = {};
         if (T != KT_F32 && T != KT_BF16 && gemm_shape(a) && x16 &&
             (T != KT_F16 || (a16(c.b[0]) && a.row_bytes == 2ull * a.n_in))) {
             // prefill: activations and weights (chunk by chunk) to fp16, then the tensor-core GEMM

@@ -77,7 +77,10 @@ struct Launch {
     int nks = 0;               // kernel_gemm_q: K windows a warp (S: the K splits over blocks)
     // kernel_mmvq_group: the weights' commands largest S first, their S, load width, warps
     int g_n = 0;
+    // and the add of a bias row to each output (its command, -1: none)
     int g_cmd[llmetal_cuda::MVG_MAX] = {}, g_S[llmetal_cuda::MVG_MAX] = {};
+    int g_bias[llmetal_cuda::MVG_MAX] = {-1, -1, -1};
+    static_assert(llmetal_cuda::MVG_MAX == 3, "g_bias's initializer");
     int g_vw[llmetal_cuda::MVG_MAX] = {}, g_nwarps[llmetal_cuda::MVG_MAX] = {};
 };
 

@@ -283,4 +283,61 @@ template <> __device__ __forceinline__ void dq8<KT_Q6_K>(const uint8_t* row, int
     }
 }
 
+// ---- eight elements as fp16 pairs (kernel_gemm_q's tensor-core operand) ---------------------
+// h[i] holds elements 2i, 2i + 1 of dq8's group g rounded to nearest fp16 (low half first).
+// Generic: dq8's floats converted. Q4_0 / Q8_0 build fp16 values from the codes directly: a
+// code byte c under the fp16 bits 0x64 is 1024 + c (c < 1024, where the fp16 step is 1), and
+// subtracting 1024 + the code's offset (8; 128 after the sign bit is flipped) leaves the signed
+// code exactly; one fp16 multiply by the block's fp16 d then rounds the exact product once --
+// the value dq8's float product rounds to -- with no int-to-float conversions. Q4_1:
+// d c + m as one fp16 fma (dq8 rounds the product and the sum in float, then to fp16).
+__device__ __forceinline__ __half2 h2bits(uint32_t v) { return *(__half2*)&v; }
+__device__ __forceinline__ uint32_t bits_h2(__half2 v) { return *(uint32_t*)&v; }
+// bytes c0 c1 c2 c3 of v -> (1024 + c0, 1024 + c1) and (1024 + c2, 1024 + c3)
+__device__ __forceinline__ __half2 h1024_lo(uint32_t v) { return h2bits(__byte_perm(v, 0x64, 0x4140)); }
+__device__ __forceinline__ __half2 h1024_hi(uint32_t v) { return h2bits(__byte_perm(v, 0x64, 0x4342)); }
+
+template <int T> __device__ __forceinline__ void dq8h(const uint8_t* row, int g, uint32_t* h) {
+    float w[8];
+    dq8<T>(row, g, w);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = bits_h2(__floats2half2_rn(w[2 * i], w[2 * i + 1]));
+}
+template <> __device__ __forceinline__ void dq8h<KT_Q4_0>(const uint8_t* row, int g, uint32_t* h) {
+    const uint8_t* b = row + (g / 4) * 18;
+    const __half2 d = __half2half2(*(const __half*)b), off = __float2half2_rn(1024.f + 8.f);
+    const int s = g % 4, shift = (s >> 1) * 4;   // groups 0,1: low nibbles of qs[0..15]; 2,3: high
+    const uint16_t* q = (const uint16_t*)(b + 2 + 8 * (s & 1));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {   // codes of elements 4i .. 4i + 3, one a byte
+        const uint32_t c = (__byte_perm(q[2 * i], q[2 * i + 1], 0x5410) >> shift) & 0x0F0F0F0Fu;
+        h[2 * i] = bits_h2(__hmul2(__hsub2(h1024_lo(c), off), d));
+        h[2 * i + 1] = bits_h2(__hmul2(__hsub2(h1024_hi(c), off), d));
+    }
+}
+template <> __device__ __forceinline__ void dq8h<KT_Q4_1>(const uint8_t* row, int g, uint32_t* h) {
+    const uint8_t* b = row + (g / 4) * 20;
+    const __half2 d = __half2half2(*(const __half*)b), m = __half2half2(*(const __half*)(b + 2));
+    const __half2 off = __float2half2_rn(1024.f);
+    const int s = g % 4, shift = (s >> 1) * 4;
+    const uint16_t* q = (const uint16_t*)(b + 4 + 8 * (s & 1));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const uint32_t c = (__byte_perm(q[2 * i], q[2 * i + 1], 0x5410) >> shift) & 0x0F0F0F0Fu;
+        h[2 * i] = bits_h2(__hfma2(__hsub2(h1024_lo(c), off), d, m));
+        h[2 * i + 1] = bits_h2(__hfma2(__hsub2(h1024_hi(c), off), d, m));
+    }
+}
+template <> __device__ __forceinline__ void dq8h<KT_Q8_0>(const uint8_t* row, int g, uint32_t* h) {
+    const uint8_t* b = row + (g / 4) * 34;
+    const __half2 d = __half2half2(*(const __half*)b), off = __float2half2_rn(1024.f + 128.f);
+    const uint16_t* q = (const uint16_t*)(b + 2 + 8 * (g % 4));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {   // int8 codes + 128 (sign bit flipped): 0 .. 255
+        const uint32_t c = __byte_perm(q[2 * i], q[2 * i + 1], 0x5410) ^ 0x80808080u;
+        h[2 * i] = bits_h2(__hmul2(__hsub2(h1024_lo(c), off), d));
+        h[2 * i + 1] = bits_h2(__hmul2(__hsub2(h1024_hi(c), off), d));
+    }
+}
+
 }  // namespace llmetal_cuda
