@@ -15,6 +15,7 @@
 //   4. at each level, the driver on the same tokens in batches of 1 to 20 (over 2
 //      threads) gives exactly the bits of the batch of all of them (on AVX-512 VNNI small and
 //      large batches take different routes through gemm_x86.h).
+//   5. the AVX-512 activation quantizers against the scalar ones, byte for byte.
 // Prints one line per (type, level) and exits non-zero on any failure.
 #include <cmath>
 #include <cstdio>
@@ -217,6 +218,36 @@ void test_type(const TypeDesc& t) {
     }
 }
 
+// 5. the AVX-512 activation quantizers give the bytes of the scalar ones: random rows at several
+// scales, a row of zeros, rows with a NaN or an inf, and values on the rounding ties (k + 0.5
+// times the scale).
+void test_quantizers() {
+    QuantizeQ8 q8 = quantize_q8_avx512();
+    QuantizeQ8K q8k = quantize_q8k_avx512();
+    if (!q8 || !q8k || best_simd() != Simd::avx512 || !features().avx512vnni) return;
+    const int K = 512;
+    int differ = 0;
+    for (int c = 0; c < 8; ++c) {
+        std::vector<float> x(K);
+        const float scale = c == 1 ? 1e-30f : c == 2 ? 1e20f : 1.0f;
+        for (auto& v : x) v = c == 3 ? 0.0f : uniform(-1, 1) * scale;
+        if (c == 4) x[37] = x[31] = x[255] = x[511] = NAN;   // the last lanes too: a NaN met last
+        if (c == 5) x[300] = -INFINITY;
+        if (c == 6) for (int i = 0; i < K; ++i) x[i] = (i % 32 == 0) ? 127.0f : (float)(i % 255 - 127) + 0.5f;
+        if (c == 7) for (int i = 0; i < K; ++i) x[i] = (i % 7) * 0.5f - 1.5f;
+        std::vector<BlockQ8> a(K / 32), b(K / 32);
+        std::vector<BlockQ8K> ak(K / 256), bk(K / 256);
+        quantize_row_q8(x.data(), a.data(), K);
+        q8(x.data(), b.data(), K);
+        quantize_row_q8k(x.data(), ak.data(), K);
+        q8k(x.data(), bk.data(), K);
+        differ += std::memcmp(a.data(), b.data(), a.size() * sizeof(BlockQ8)) != 0;
+        differ += std::memcmp(ak.data(), bk.data(), ak.size() * sizeof(BlockQ8K)) != 0;
+    }
+    check(differ == 0, std::to_string(differ) + " rows quantized differently by the AVX-512 and scalar quantizers");
+    std::printf("activation quantizers: avx512 = scalar, byte for byte\n");
+}
+
 }  // namespace
 
 int main() {
@@ -228,6 +259,7 @@ int main() {
             check(false, std::string(t.name) + ": exception " + e.what());
         }
     }
+    test_quantizers();
     if (best_simd() == Simd::scalar) std::printf("note: no SIMD level on this CPU, only scalar checked\n");
     std::printf(failures ? "%d FAILURES\n" : "all passed\n", failures);
     return failures ? 1 : 0;
