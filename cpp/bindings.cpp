@@ -476,6 +476,9 @@ NB_MODULE(_engine, m) {
         .def("add", &Encoder::add)
         .def("swiglu", &Encoder::swiglu)
         .def("geglu", &Encoder::geglu)
-        .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"));
+        .def("logits", &Encoder::logits, nb::arg("W"), nb::arg("x"), nb::arg("y"))
+        .def("argmax", &Encoder::argmax, nb::arg("x"), nb::arg("ids"),
+             "ids [R] I32 = the first maximum of each row of x [R, n] (ties: the lowest index), -1 for a "
+             "row holding a NaN or an infinity (greedy sampling on the device).");
     bind_tokenizer(m);
 }

@@ -119,6 +119,7 @@ const char* stage_name(Stage s) {
         case Stage::geglu: return "geglu";
         case Stage::logits: return "logits";
         case Stage::attention_probs: return "attention_probs";
+        case Stage::argmax: return "argmax";
     }
     return "?";
 }
@@ -219,6 +220,7 @@ void Device::run(const Command& c) {
         case Stage::geglu: geglu(c.a.glu, b[0], b[1], b[2]); break;
         case Stage::logits: logits(c.a.matmul, b[0], b[1], b[2]); break;
         case Stage::attention_probs: attention_probs(c.a.attention_probs, b[0], b[1], b[2], c.step); break;
+        case Stage::argmax: argmax(c.a.argmax, b[0], b[1]); break;
     }
 }
 
@@ -550,6 +552,18 @@ void Encoder::swiglu(const Tensor& g, const Tensor& u, const Tensor& out) {
 }
 void Encoder::geglu(const Tensor& g, const Tensor& u, const Tensor& out) {
     Command c = glu(Stage::geglu, g, u, out); push(c);
+}
+
+void Encoder::argmax(const Tensor& x, const Tensor& ids) {
+    need_f32(x, "argmax", "x");
+    need(x.shape.size() == 2 && x.cols() > 0, "argmax", "x must be [R, n] with n > 0, got " + x.repr());
+    need(x.cols() <= INT32_MAX, "argmax", "rows longer than int32 ids can index: " + x.repr());
+    need(ids.type == KT_I32 && ids.shape.size() == 1 && ids.shape[0] == x.shape[0] && ids.buf != nullptr, "argmax",
+         "ids must be I32 [" + std::to_string(x.shape[0]) + "], got " + ids.repr());
+    Command c{Stage::argmax, {}, {}, {}};
+    c.a.argmax = kargs_argmax{(int32_t)x.shape[0], (int32_t)x.cols()};
+    c.b[0] = bind(x); c.b[1] = bind(ids);
+    push(c);
 }
 
 }  // namespace llmetal

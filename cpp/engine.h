@@ -86,6 +86,7 @@ struct Binding {
 enum class Stage : uint8_t {
     embed, rmsnorm, matmul, rope, kv_store, attention, add, swiglu, geglu, logits,
     attention_probs,   // inspection only: Model.forward calls it in eager runs, never in a plan
+    argmax,            // greedy sampling: the first maximum of each logits row (kargs_argmax)
 };
 const char* stage_name(Stage s);
 
@@ -99,6 +100,7 @@ union KArgs {
     kargs_attention_probs attention_probs;
     kargs_eltwise eltwise;
     kargs_glu glu;
+    kargs_argmax argmax;
 };
 
 struct Command {
@@ -175,6 +177,7 @@ struct Device : std::enable_shared_from_this<Device> {
     virtual void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) = 0;
     virtual void attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
                                  Binding step) = 0;
+    virtual void argmax(const kargs_argmax& a, Binding x, Binding ids) = 0;
 
     // Runs one command by calling its stage method (the one switch over stages).
     void run(const Command& c);
@@ -277,6 +280,9 @@ struct Encoder {
     void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void geglu(const Tensor& gate, const Tensor& up, const Tensor& out);
     void logits(const Tensor& W, const Tensor& x, const Tensor& y);
+    // ids [R] I32: the first maximum of each row of x [R, n] F32, -1 for a row that is not
+    // finite (kargs_argmax)
+    void argmax(const Tensor& x, const Tensor& ids);
 
   private:
     void push(Command& c);

@@ -160,4 +160,14 @@ typedef struct kargs_glu {
     int32_t n_ff;
 } kargs_glu;
 
+// Greedy pick on the device: ids[r] = the index of the first maximum of row r of x
+// [n_rows, n_cols] f32 (ties go to the lowest index, as numpy's argmax), or -1 when the row
+// holds a NaN or an infinity (the caller reports non-finite logits without downloading them).
+// A NaN or infinity is told by its exponent bits (all ones), not by float comparisons, which
+// fast-math compilers (Metal's) may assume never see one.
+typedef struct kargs_argmax {
+    int32_t n_rows;
+    int32_t n_cols;
+} kargs_argmax;
+
 #endif

@@ -16,6 +16,7 @@ def test_trace_prints_every_stage_of_every_layer(run_cli):
         for st in STAGES_PER_LAYER_LLAMA:
             assert any(l.split()[:2] == [st, str(il)] for l in lines), f"stage {st} of layer {il} missing"
     assert any(l.startswith("result_output") for l in lines)
+    assert any(l.startswith("argmax") for l in lines)   # the greedy pick on the device, last
     assert "' Paris'" in r.stdout.split("next token")[1]
 
 
@@ -28,6 +29,7 @@ def test_trace_json_and_filters(run_cli):
     q = next(s for s in out["stages"] if s["stage"] == "Qcur")
     assert q["shape"][1] == 576 and q["weight_type"] == "Q4_1" and q["dtype"] == "float32"
     assert len(out["top"]) == 5 and out["top"][0]["prob"] >= out["top"][1]["prob"]
+    assert out["argmax"] == out["top"][0]["id"]
 
 
 def test_trace_gemma3_has_its_extra_stages(run_cli):
@@ -137,6 +139,10 @@ def test_plan_and_lens_cli(run_cli):
     r = run_cli("plan", "--layers", "0", "--cuda-planner", timeout=300)
     assert r.returncode == 0, r.stderr
     assert "on the CUDA planner (H100)" in r.stdout and "kernel_mmvq_group" in r.stdout
+    assert "argmax" not in r.stdout
+    r = run_cli("plan", "--layers", "0", "--ids", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].split() == ["argmax", "argmax", "kernel_argmax_f32"]
     r = run_cli("trace", "--lens", "--compare", "--json", "-p", "The capital of France is", timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -235,6 +235,33 @@ def test_attention_probs_is_one_launch(cpu):
     assert tuple(launches[-1]["grid"]) == (L.hq, 3, 1)
 
 
+@pytest.mark.parametrize("R,V", [(1, 49152), (32, 128256), (3, 1003)])
+def test_argmax_is_one_launch(cpu, R, V):
+    """Greedy sampling: one kernel_argmax block of 1024 threads per logits row, after the
+    logits' own launch, fused with nothing."""
+    L = Lists(cpu)
+    pool = E.BufferPool(cpu)
+    pool.declare("logits", F32, [R, V])
+    pool.declare("ids", E.I32, [R])
+    pool.reserve()
+    p = L.record(lambda e, t: e.argmax(pool.get("logits"), pool.get("ids")))
+    launches = E.cuda_plan(p, {})["launches"]
+    assert [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in launches] == [("kernel_argmax", 0, 1, "")]
+    assert tuple(launches[0]["grid"]) == (R, 1, 1) and launches[0]["block"] == 1024
+
+
+def test_smollm2_step_with_ids(smollm2_path):
+    """A step of 8 sequences with ids: the launches of the step with logits, then kernel_argmax."""
+    import llmetal
+    m = llmetal.load(str(smollm2_path), device="cpu", n_ctx=64, n_seq=8)
+    with_logits = E.cuda_plan(m.step_plan(8, 8).plan)["launches"]
+    with_ids = E.cuda_plan(m.step_plan(8, 8, ids=True).plan)["launches"]
+    strip = lambda ls: [(l["kernel"], l["first"], l["count"], l["fusion"]) for l in ls]   # noqa: E731
+    assert strip(with_ids[:-1]) == strip(with_logits)
+    assert strip(with_ids[-1:]) == [("kernel_argmax", m.step_plan(8, 8).n_commands, 1, "")]
+    assert tuple(with_ids[-1]["grid"]) == (8, 1, 1)
+
+
 def test_fusion_off_and_prompt_lists(cpu):
     L = Lists(cpu)
     W = L.weight(Q4_0, L.d, L.d)

@@ -226,8 +226,8 @@ def test_cli_messages(run_cli, tmp_path):
 # ---- non-finite values -----------------------------------------------------------------------
 def test_a_nan_weight_is_named_not_spread(tmp_path):
     """One NaN in a weight: every path stops with an error naming the first stage whose output
-    is not finite (eager checks each stage; the fast paths check the logits and re-run the step
-    eagerly to find the stage)."""
+    is not finite (eager checks each stage; the fast paths check the logits, or the argmax's -1,
+    and re-run the step eagerly to find the stage; a step of several sequences says to)."""
     import gguf
     from conftest import write_tiny_model
     from llmetal.model import NonFiniteError
@@ -245,6 +245,12 @@ def test_a_nan_weight_is_named_not_spread(tmp_path):
             run()
     with pytest.raises(NonFiniteError, match=r"stage blk\.1\.ffn_out"):
         m.decode_step(3, 0)
+    with pytest.raises(NonFiniteError, match=r"stage blk\.1\.ffn_out"):
+        m.decode_step(3, 0, ids=True)   # the argmax's -1 runs the token again eagerly
+    many = llmetal.load(bad, n_ctx=32, n_batch=8, n_out=8, n_seq=2)
+    for ids in (False, True):
+        with pytest.raises(NonFiniteError, match="not finite"):
+            many.step([(0, 3, 0), (1, 4, 0)], ids=ids)
 
 
 # ---- Ctrl-C ---------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ if "metal-emu" not in E.build_info()["devices"]:
 
 import test_stages as S  # noqa: E402  (the stage tests, re-run here on metal-emu)
 from test_stages import (  # noqa: E402,F401  (collected by pytest in this module)
-    test_add, test_attention, test_attention_large_biased_keys, test_attention_probs,
+    test_add, test_argmax, test_argmax_rejects_bad_shapes, test_attention, test_attention_large_biased_keys,
+    test_attention_probs,
     test_attention_probs_rejects_bad_shapes_and_positions,
     test_attention_probs_weight_v_as_attention_does, test_embed, test_embed_rejects_ids_outside_vocab, test_glu,
     test_kv_store, test_kv_store_rejects_positions_past_context, test_logits, test_matmul,

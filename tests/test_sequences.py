@@ -19,9 +19,10 @@ def single_greedy(model, prompt, n):
     return out
 
 
-def batched_greedy(model, prompts, seqs, n, chunk=None):
+def batched_greedy(model, prompts, seqs, n, chunk=None, ids=False):
     """Prompts prefilled in one mixed step (or in chunks of `chunk` rows that run together
-    with the decode rows of the sequences already started), then decoded together."""
+    with the decode rows of the sequences already started), then decoded together; the argmax
+    of the downloaded logits, or with ids the device's (step(ids=True))."""
     out = {s: [] for s in seqs}
     pos = {s: 0 for s in seqs}
     todo = {s: list(p) for s, p in zip(seqs, prompts)}
@@ -44,10 +45,10 @@ def batched_greedy(model, prompts, seqs, n, chunk=None):
                 owner.append(s)
         if not rows:
             break
-        logits = model.step(rows, want)
-        for s, lg in zip(owner, logits):
+        picked = model.step(rows, want, ids=True) if ids else np.argmax(model.step(rows, want), axis=1)
+        for s, tok in zip(owner, picked):
             if len(out[s]) < n:
-                out[s].append(int(np.argmax(lg)))
+                out[s].append(int(tok))
     return [out[s] for s in seqs]
 
 
@@ -62,6 +63,8 @@ def test_mixed_batch_equals_single_runs(smollm2_path, device):
     assert batched_greedy(many, PROMPTS, [0, 1, 3], 10) == ref
     # prompts in chunks of 2 rows running alongside the others' decode rows, other slots
     assert batched_greedy(many, PROMPTS, [2, 0, 1], 10, chunk=2) == ref
+    # the same through the device's argmax
+    assert batched_greedy(many, PROMPTS, [3, 2, 0], 10, chunk=3, ids=True) == ref
     # seq 0 through the single-sequence path still works on a multi-sequence model
     assert single_greedy(many, PROMPTS[0], 10) == ref[0]
 
@@ -98,6 +101,37 @@ def test_step_eager_equals_plan(smollm2_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("device", ["cpu", cuda_param()])
+def test_step_ids_are_the_argmax_of_the_logits(smollm2_path, device):
+    """step(ids=True): the argmax stage ending the step's plan gives the ids numpy's argmax
+    gives on the same step's logits (prompt and decode rows of three sequences, padding rows;
+    one, several, all or no rows wanted; planned and eager); its plan is its own and lists the
+    stage after result_output. decode_step(ids=True) likewise for one sequence."""
+    m = llmetal.load(smollm2_path, device=device, n_ctx=32, n_seq=4)
+    rows = [(0, 1, 0), (1, 504, 0), (1, 3458, 1), (3, 9565, 0), (3, 42, 1), (3, 7, 2)]
+    for want in ([0, 2, 5], [4], list(range(6)), []):
+        logits = m.step(rows, want)
+        ids = m.step(rows, want, ids=True)
+        assert ids.dtype == np.int32 and ids.shape == (len(want),)
+        assert ids.tolist() == [int(np.argmax(r)) for r in logits], want
+        assert m.step(rows, want, eager=True, ids=True).tolist() == ids.tolist()
+    names = m.stage_names()
+    p = m.step_plan(6, 3, ids=True)
+    assert [s.key for s in p.steps] == names + ["argmax"]
+    assert p.ops[-1] == "argmax" and p.kernels[-1][0].startswith("kernel_argmax")
+    assert p.steps[-1].first == p.n_commands - 1 and p.steps[-1].weight is None
+    assert m.step_plan(6, 3).steps[-1].key == "result_output" and m.step_plan(6, 3) is not p
+    assert "argmax" in p.format(layers=[])
+
+    one = llmetal.load(smollm2_path, device=device, n_ctx=32)
+    one.prefill(PROMPTS[1])
+    logits = one.decode_step(33, len(PROMPTS[1])).copy()
+    one.prefill(PROMPTS[1])
+    tok = one.decode_step(33, len(PROMPTS[1]), ids=True)
+    assert type(tok) is int and tok == int(np.argmax(logits))
+    assert [s.key for s in one.plan(ids=True).steps] == one.stage_names() + ["argmax"]
+
+
 def test_step_refuses_bad_rows(smollm2_path):
     m = llmetal.load(smollm2_path, device="cpu", n_ctx=16, n_seq=2)
     for rows, msg in (([(2, 1, 0)], "sequence 2"), ([(0, 1, 16)], "context overflow"),
@@ -122,3 +156,4 @@ def test_mixed_batch_metal_emu(smollm2_path):
     ref = [single_greedy(one, p, 3) for p in prompts]
     emu = llmetal.load(smollm2_path, device="metal-emu", n_ctx=16, n_seq=2)
     assert batched_greedy(emu, prompts, [1, 0], 3) == ref
+    assert batched_greedy(emu, prompts, [0, 1], 3, ids=True) == ref

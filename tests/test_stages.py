@@ -27,6 +27,8 @@ Error measure: NMSE = sum((a - b)^2) / sum(b^2), b the float64 reference. Tolera
     attention_   1e-9       float32 scores (a few ulps of |s|, up to ~50 with softcap) and exp
      probs                  (a few ulps; CUDA's __expf and Metal's fast exp more): ~2e-12 seen
                             on the CPU and metal-emu
+    argmax       exact      comparisons only: the ids of numpy's argmax (-1 for a row holding a
+                            NaN or an infinity)
 
 Matmul/embed for block-quantized weights are tested in tests/test_matmul.py.
 """
@@ -107,8 +109,8 @@ class Rig:
 
     `inputs`: name -> numpy array (uploaded as F32/F16/I32 by dtype, or (type, array) for
     raw bytes); `outputs`: name -> (type, shape). Each output gets one extra guard row; all
-    of it is poisoned (NaN) before the run, and `out(name)` checks that the guard row is
-    still poisoned and that every real element was written.
+    of it is poisoned (NaN; POISON_I32 for an I32 output) before the run, and `out(name)`
+    checks that the guard row is still poisoned and that every real element was written.
     """
 
     def __init__(self, dev, inputs: dict, outputs: dict):
@@ -132,7 +134,7 @@ class Rig:
             self.pool.get(name).upload(a)
         for name in outputs:
             full = self.pool.get(name + "#full")
-            full.upload(np.full(full.shape, np.nan, _np_dtype(full.type)))
+            full.upload(np.full(full.shape, POISON_I32 if full.type == I32 else np.nan, _np_dtype(full.type)))
 
     def __getitem__(self, name):
         if name in self.shapes:
@@ -142,6 +144,12 @@ class Rig:
     def out(self, name, seed, stage):
         full = self.pool.get(name + "#full").to_numpy()
         n = self.shapes[name][0]
+        if full.dtype == np.int32:
+            assert np.all(full[n:] == POISON_I32), f"{stage}: wrote past the end of its output {where(seed)}"
+            unwritten = full[:n] == POISON_I32
+            assert not unwritten.any(), (f"{stage}: {int(unwritten.sum())} of {unwritten.size} outputs not "
+                                         f"written, first at {np.argwhere(unwritten)[0].tolist()} {where(seed)}")
+            return full[:n]
         assert np.all(np.isnan(full[n:].astype(np.float32))), \
             f"{stage}: wrote past the end of its output {where(seed)}"
         got = full[:n]
@@ -149,6 +157,9 @@ class Rig:
         assert not bad.any(), (f"{stage}: {int(bad.sum())} of {got.size} outputs not finite "
                                f"(unwritten?), first at {np.argwhere(bad)[0].tolist()} {where(seed)}")
         return got
+
+
+POISON_I32 = -0x5EEDBAD   # an I32 output's poison: no stage writes this value
 
 
 class Raw(np.ndarray):
@@ -659,3 +670,67 @@ def test_glu(device, simd, request, op, T, n_ff):
         one = Rig(device, {"g": g[t:t + 1], "u": u[t:t + 1]}, {"out": (F32, (1, n_ff))})
         getattr(encoder(device), op)(one["g"], one["u"], one["out"])
         assert np.array_equal(one.out("out", seed, op), got[t:t + 1]), f"{op} row {t} alone differs {where(seed)}"
+
+
+# ---- argmax (greedy sampling) -------------------------------------------------------------
+ARGMAX_PATTERNS = ["plain", "ties", "first", "zeros", "nan", "+inf", "-inf"]
+
+
+def argmax_rows(rng, n_rows, V, pattern):
+    """Logits-like rows [n_rows, V] with one hard case planted in each: "ties", several equal
+    maxima (random places, two neighbours, the last element: the first must win, wherever the
+    vectors, threads or SIMD lanes that see them split the row); "first", the maximum at index
+    0 and again later; "zeros", -0.0 and +0.0 as the maximum, the first of either sign wins;
+    "nan", "+inf", "-inf", one such value (every other row, so finite rows run beside them) at
+    the start, the middle or the end (-> -1). Returns the rows and the ids expected, worked out
+    by hand (the reference must agree)."""
+    x = (rng.standard_normal((n_rows, V)) * 4).astype(np.float32)
+    want = np.argmax(x, axis=1).astype(np.int32)
+    for r in range(n_rows):
+        row = x[r]
+        if pattern == "ties" and V > 1:
+            q = int(rng.integers(0, V - 1))
+            p = sorted(set(rng.integers(0, V, 4).tolist()) | {V - 1, q, q + 1})
+            row[p] = row.max() + 1.0
+            want[r] = p[0]
+        elif pattern == "first":
+            row[0] = row.max() + 1.0
+            row[int(rng.integers(0, V))] = row[0]
+            want[r] = 0
+        elif pattern == "zeros" and V > 1:
+            row[:] = -np.abs(row) - 1.0
+            a, b = sorted(rng.choice(V, 2, replace=False).tolist())
+            row[a], row[b] = (-0.0, 0.0) if r % 2 else (0.0, -0.0)
+            want[r] = a
+        elif pattern in ("nan", "+inf", "-inf") and r % 2 == 0:
+            row[(0, V // 2, V - 1)[(r // 2) % 3]] = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}[pattern]
+            want[r] = -1
+    return x, want
+
+
+@pytest.mark.parametrize("n_rows,V", [(1, 1), (1, 7), (3, 33), (1, 1000), (2, 65539), (5, 49157),
+                                      (64, 1003), (1, 128256)])
+def test_argmax(device, simd, request, n_rows, V):
+    """The ids of each row's first maximum, as numpy's argmax; V not a multiple of any vector or
+    threadgroup width; one long row (the CPU cuts it into parts for its threads); 64 rows."""
+    rng, seed = rng_for(request)
+    for pattern in ARGMAX_PATTERNS:
+        x, want = argmax_rows(rng, n_rows, V, pattern)
+        ref = R.argmax(x)
+        assert np.array_equal(ref, want), f"the reference's argmax, {pattern}: {ref} != {want}"
+        rig = Rig(device, {"x": x}, {"ids": (I32, (n_rows,))})
+        encoder(device).argmax(rig["x"], rig["ids"])
+        got = rig.out("ids", seed, "argmax")
+        bad = np.flatnonzero(got != ref)
+        assert not bad.size, (f"argmax [{n_rows},{V}] {pattern} simd={simd}: row {bad[0]} gave {got[bad[0]]}, "
+                              f"expected {ref[bad[0]]} {where(seed)}")
+
+
+def test_argmax_rejects_bad_shapes(device):
+    rig = Rig(device, {"x": np.zeros((3, 8), np.float32), "x1": np.zeros(8, np.float32),
+                       "f": np.zeros(3, np.float32), "ids2": np.zeros(2, np.int32)}, {"ids": (I32, (3,))})
+    enc = encoder(device)
+    for x, ids, msg in ((rig["x"], rig["f"], "ids must be I32"), (rig["x"], rig["ids2"], r"ids must be I32 \[3\]"),
+                        (rig["x1"], rig["ids"], r"x must be \[R, n\]"), (rig["ids"], rig["ids"], "x must be F32")):
+        with pytest.raises(ValueError, match=msg):
+            enc.argmax(x, ids)

@@ -420,7 +420,47 @@ struct CpuDevice final : Device {
         });
     }
 
+    // Greedy sampling: rows are shared out whole when there are as many as threads; fewer rows
+    // are cut into parts of at least kArgmaxMin values (a single row of logits uses every
+    // thread), each part's first maximum is found by the row kernel, and the parts of a row
+    // are merged in order on this thread (a later part wins only with a strictly larger value,
+    // so the first maximum stays first).
+    static constexpr int64_t kArgmaxMin = 8192;
+    void argmax(const kargs_argmax& a, Binding x, Binding ids) override {
+        const ArgmaxRow row = argmax_kernel();
+        const int nth = pool.size();
+        const int64_t P = a.n_rows >= nth ? 1
+                          : std::max<int64_t>(1, std::min<int64_t>((nth + a.n_rows - 1) / a.n_rows, a.n_cols / kArgmaxMin));
+        const int64_t items = (int64_t)a.n_rows * P;
+        if ((int64_t)argmax_parts.size() < items) argmax_parts.resize(items);   // grows once per larger shape
+        ArgmaxPart* parts = argmax_parts.data();
+        const float* px = x.ptr<float>();
+        auto f = [&](int ith, int nth) {
+            int64_t b, e;
+            split(items, ith, nth, &b, &e);
+            for (int64_t it = b; it < e; ++it) {
+                int64_t c0, c1;
+                split(a.n_cols, (int)(it % P), (int)P, &c0, &c1);
+                if (c1 <= c0) { parts[it] = ArgmaxPart{0.0f, -1, false}; continue; }   // an empty part
+                parts[it] = row(px + (it / P) * a.n_cols + c0, c1 - c0);
+                parts[it].index += c0;
+            }
+        };
+        pool.run(f);
+        int32_t* out = ids.ptr<int32_t>();
+        for (int64_t r = 0; r < a.n_rows; ++r) {
+            ArgmaxPart best = parts[r * P];
+            for (int64_t p = 1; p < P; ++p) {
+                const ArgmaxPart& q = parts[r * P + p];
+                best.bad |= q.bad;
+                if (q.index >= 0 && q.max > best.max) { best.max = q.max; best.index = q.index; }
+            }
+            out[r] = best.bad ? -1 : (int32_t)best.index;
+        }
+    }
+
     ThreadPool pool;
+    std::vector<ArgmaxPart> argmax_parts;   // argmax: one per (row, part)
     std::vector<std::vector<float>> scratch;
     std::vector<uint8_t> act_scratch;   // activations prepared for the matmul kernels
     std::vector<MatmulJob::Counter> counters;   // matmul work stealing, one per thread

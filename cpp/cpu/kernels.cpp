@@ -4,7 +4,9 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "../engine.h"
@@ -101,6 +103,42 @@ AttnGroup attention_kernel(const kargs_attention& a) {
 AttnWeights attention_weights_kernel(const kargs_attention& a) {
     if (!attention_kernel(a)) return nullptr;   // where attention runs attention_row
     return active_simd() == Simd::avx512 ? attn_weights_avx512() : attn_weights_avx2();
+}
+
+// Two passes of plain loops that the compiler vectorizes (this is also the NEON level's
+// kernel): the largest value as a signed integer key -- the float's bits, with the magnitude
+// bits of negative values flipped, which orders them as the floats (-0 just below +0) -- and
+// the largest exponent field (all ones only for a NaN or an infinity); then the first value
+// equal to that maximum, compared as floats (-0 == +0, as numpy's argmax).
+static inline int32_t argmax_key(uint32_t u) {   // its own inverse
+    return (int32_t)(u ^ ((uint32_t)((int32_t)u >> 31) >> 1));
+}
+ArgmaxPart argmax_part(const float* x, int64_t n) {
+    int32_t kmax = INT32_MIN;
+    uint32_t emax = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t u;
+        std::memcpy(&u, x + i, 4);
+        const int32_t k = argmax_key(u);
+        const uint32_t e = u & 0x7f800000u;
+        kmax = k > kmax ? k : kmax;
+        emax = e > emax ? e : emax;
+    }
+    if (emax == 0x7f800000u) return ArgmaxPart{0.0f, 0, true};   // a NaN or an infinity
+    const uint32_t mu = (uint32_t)argmax_key((uint32_t)kmax);
+    float mx;
+    std::memcpy(&mx, &mu, 4);
+    for (int64_t i = 0; i < n; ++i)
+        if (x[i] == mx) return ArgmaxPart{mx, i, false};
+    return ArgmaxPart{mx, 0, false};   // not reached: mx is one of the values
+}
+
+ArgmaxRow argmax_kernel() {
+    switch (active_simd()) {
+        case Simd::avx2: return argmax_avx2();
+        case Simd::avx512: return argmax_avx512();
+        default: return argmax_part;   // scalar and NEON: plain loops the compiler vectorizes
+    }
 }
 
 GluRow glu_kernel(bool gelu) {

@@ -39,6 +39,9 @@ AttnWeights attention_weights_kernel(const kargs_attention& a);
 // The SIMD GLU row kernel (gelu_tanh or silu, quants.h) of the active level, or null (scalar).
 GluRow glu_kernel(bool gelu);
 
+// The argmax row kernel of the active level (argmax_part, the scalar code, where it has none).
+ArgmaxRow argmax_kernel();
+
 // Matmul in two steps: prepare (once per call, single-threaded: picks the row kernel for
 // the weight type and the active SIMD level, and quantizes the activations into the
 // device's scratch) and run (each thread computes its share of the output rows).

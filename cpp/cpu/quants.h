@@ -138,6 +138,20 @@ using GluRow = void (*)(const float* g, const float* u, float* out, int64_t n);
 GluRow glu_avx2(bool gelu);     // AVX2 + FMA
 GluRow glu_avx512(bool gelu);   // the same code compiled for the AVX-512 level
 
+// Greedy sampling over a part of a row: the first maximum of x[0 .. n) (n >= 1; ties: the
+// lowest index) and whether any x[i] is a NaN or an infinity (exponent bits all ones; `max`
+// and `index` mean nothing then). argmax_part is the scalar code (kernels.cpp); the SIMD ones
+// take the maximum in one pass and look for its first occurrence in a second. Null where not built.
+struct ArgmaxPart {
+    float max;
+    int64_t index;
+    bool bad;
+};
+using ArgmaxRow = ArgmaxPart (*)(const float* x, int64_t n);
+ArgmaxPart argmax_part(const float* x, int64_t n);
+ArgmaxRow argmax_avx2();     // AVX2
+ArgmaxRow argmax_avx512();   // the same code compiled for the AVX-512 level
+
 // y[i] = x[i] rounded to f16 (nearest even) for i < n, with F16C; null where not built.
 using F16Row = void (*)(const float* x, uint16_t* y, int n);
 F16Row f16_row_f16c();

@@ -28,6 +28,7 @@ RowDot2 rowdot2_avx2(int t) { return avx2::x86_table2(t); }
 AttnGroup attn_group_avx2() { return avx2::attn_group; }
 F16Row f16_row_f16c() { return avx2::f16_row; }
 GluRow glu_avx2(bool gelu) { return gelu ? avx2::glu_row<true> : avx2::glu_row<false>; }
+ArgmaxRow argmax_avx2() { return avx2::argmax_row; }
 AttnWeights attn_weights_avx2() { return avx2::attn_weights; }
 #else
 RowDot rowdot_avx2(int) { return nullptr; }
@@ -35,6 +36,7 @@ RowDot2 rowdot2_avx2(int) { return nullptr; }
 AttnGroup attn_group_avx2() { return nullptr; }
 F16Row f16_row_f16c() { return nullptr; }
 GluRow glu_avx2(bool) { return nullptr; }
+ArgmaxRow argmax_avx2() { return nullptr; }
 AttnWeights attn_weights_avx2() { return nullptr; }
 #endif
 

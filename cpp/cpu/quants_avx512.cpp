@@ -76,6 +76,7 @@ RowDot2 rowdot2_avx512(int t) { return avx512::x86_table2(t); }
 AttnGroup attn_group_avx512() { return avx512::attn_group; }
 const Rows16Level* rows16_avx512() { return &avx512::x86_rows16_level; }
 GluRow glu_avx512(bool gelu) { return gelu ? avx512::glu_row<true> : avx512::glu_row<false>; }
+ArgmaxRow argmax_avx512() { return avx512::argmax_row; }
 AttnWeights attn_weights_avx512() { return avx512::attn_weights; }
 RowDot16 rowdot16_q8_0_avx512() { return avx512::rowdot16_q8_0; }
 QuantizeQ8 quantize_q8_avx512() { return avx512::quantize_q8; }
@@ -86,6 +87,7 @@ RowDot2 rowdot2_avx512(int) { return nullptr; }
 AttnGroup attn_group_avx512() { return nullptr; }
 const Rows16Level* rows16_avx512() { return nullptr; }
 GluRow glu_avx512(bool) { return nullptr; }
+ArgmaxRow argmax_avx512() { return nullptr; }
 AttnWeights attn_weights_avx512() { return nullptr; }
 RowDot16 rowdot16_q8_0_avx512() { return nullptr; }
 QuantizeQ8 quantize_q8_avx512() { return nullptr; }

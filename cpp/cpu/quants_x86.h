@@ -883,6 +883,57 @@ static TGT void glu_row(const float* g, const float* u, float* out, int64_t n) {
     }
 }
 
+// ---- argmax (greedy sampling) ------------------------------------------------------------
+// Two passes over the row (it stays in L2 between them): the maximum, in four independent
+// vectors, with the largest exponent field seen (x & 0x7f800000 as an integer: all ones only
+// for a NaN or an infinity); then the first element equal to it. Equal compares -0 with +0
+// as numpy's argmax does, so the first of either sign is found.
+static inline TGT __m256i argmax_expo(__m256 v) {
+    return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7f800000));
+}
+static TGT ArgmaxPart argmax_row(const float* x, int64_t n) {
+    if (n < 32) return argmax_part(x, n);
+    const __m256i em = _mm256_set1_epi32(0x7f800000);
+    __m256 m0 = _mm256_loadu_ps(x), m1 = m0, m2 = m0, m3 = m0;
+    __m256i e0 = _mm256_setzero_si256(), e1 = e0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        const __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+        m0 = _mm256_max_ps(m0, v0); m1 = _mm256_max_ps(m1, v1);
+        m2 = _mm256_max_ps(m2, v2); m3 = _mm256_max_ps(m3, v3);
+        e0 = _mm256_max_epi32(e0, _mm256_max_epi32(argmax_expo(v0), argmax_expo(v1)));
+        e1 = _mm256_max_epi32(e1, _mm256_max_epi32(argmax_expo(v2), argmax_expo(v3)));
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        m0 = _mm256_max_ps(m0, v);
+        e0 = _mm256_max_epi32(e0, argmax_expo(v));
+    }
+    const __m256i e = _mm256_max_epi32(e0, e1);
+    bool bad = !_mm256_testz_si256(_mm256_cmpeq_epi32(e, em), _mm256_cmpeq_epi32(e, em));
+    m0 = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float mx = _mm_cvtss_f32(h);
+    for (; i < n; ++i) {   // the last n % 8 values
+        uint32_t u;
+        std::memcpy(&u, x + i, 4);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    if (bad) return ArgmaxPart{mx, 0, true};
+    const __m256 vm = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+        const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vm, _CMP_EQ_OQ));
+        if (hit) return ArgmaxPart{mx, i + __builtin_ctz((unsigned)hit), false};
+    }
+    for (; i < n; ++i)
+        if (x[i] == mx) return ArgmaxPart{mx, i, false};
+    return ArgmaxPart{mx, 0, false};   // not reached: mx is one of the values
+}
+
 // ---- f32 -> f16 (the KV cache) ------------------------------------------------------------
 // vcvtps2ph rounding to nearest even, as f32_to_f16 (f16.h) does for the tail.
 static TGT void f16_row(const float* x, uint16_t* y, int n) {

@@ -69,6 +69,7 @@ struct CudaDevice final : Device {
     void geglu(const kargs_glu&, Binding, Binding, Binding) override { not_direct(); }
     void logits(const kargs_matmul&, Binding, Binding, Binding) override { not_direct(); }
     void attention_probs(const kargs_attention_probs&, Binding, Binding, Binding, Binding) override { not_direct(); }
+    void argmax(const kargs_argmax&, Binding, Binding) override { not_direct(); }
     [[noreturn]] static void not_direct() { throw Error("cuda: stages run through submit(), not one by one"); }
 
     // Before a list runs: grow the scratch its launch list needs (outside any capture) and run

@@ -602,4 +602,66 @@ __global__ void kernel_geglu(kargs_glu a, const float* g, const float* u, float*
     }
 }
 
+// ---- argmax (greedy sampling): ids[r] = the first maximum of row r, -1 for a row that holds a
+// NaN or an infinity (kargs_argmax). One block per row (blockDim a multiple of 32, at most
+// 1024). Each thread walks the row with the block's stride (VW = 4: float4 loads, for rows of a
+// multiple of 4 values, 16-byte aligned), keeping its first maximum (a strictly larger value
+// replaces it, and its indices only grow); the warps merge (value, index) pairs -- the larger
+// value, and on equal values the lower index -- by shuffles, then warp 0 merges the warps'
+// results from shared memory. A NaN or an infinity is told by its exponent bits.
+__device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+__device__ __forceinline__ void argmax_warp(float& v, int& i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        argmax_merge(v, i, ov, oi);
+    }
+}
+template <int VW>
+__global__ void __launch_bounds__(1024) kernel_argmax(kargs_argmax a, const float* x, int32_t* ids) {
+    pdl_enter();
+    __shared__ float wv[32];
+    __shared__ int wi[32];
+    const float* xr = x + (int64_t)blockIdx.x * a.n_cols;
+    float v = -INFINITY;
+    int idx = 0x7fffffff;   // none yet: loses every tie
+    bool bad = false;
+    auto see = [&](float y, int i) {
+        bad |= (__float_as_uint(y) & 0x7f800000u) == 0x7f800000u;
+        if (y > v) {
+            v = y;
+            idx = i;
+        }
+    };
+    if (VW == 4) {
+        const float4* x4 = (const float4*)xr;
+        for (int k = threadIdx.x; k < a.n_cols / 4; k += blockDim.x) {
+            const float4 q = x4[k];
+            see(q.x, 4 * k); see(q.y, 4 * k + 1); see(q.z, 4 * k + 2); see(q.w, 4 * k + 3);
+        }
+    } else {
+        for (int k = threadIdx.x; k < a.n_cols; k += blockDim.x) see(xr[k], k);
+    }
+    argmax_warp(v, idx);
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        wv[w] = v;
+        wi[w] = idx;
+    }
+    bad = __syncthreads_or(bad);   // also the barrier before wv / wi are read
+    if (w == 0) {
+        const bool have = lane < (int)(blockDim.x / 32);
+        v = have ? wv[lane] : -INFINITY;
+        idx = have ? wi[lane] : 0x7fffffff;
+        argmax_warp(v, idx);
+        if (lane == 0) ids[blockIdx.x] = bad ? -1 : idx;
+    }
+}
+
 }  // namespace llmetal_cuda

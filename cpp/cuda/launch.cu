@@ -185,6 +185,9 @@ struct Exec {
             case Kernel::attention_probs:
                 return go(l, kernel_attention_probs, c.a.attention_probs, b[0].ptr<float>(), b[1].ptr<__half>(),
                           b[2].ptr<float>(), step);
+            case Kernel::argmax:
+                if (l.variant == 4) return go(l, kernel_argmax<4>, c.a.argmax, b[0].ptr<float>(), b[1].ptr<int32_t>());
+                return go(l, kernel_argmax<1>, c.a.argmax, b[0].ptr<float>(), b[1].ptr<int32_t>());
         }
     }
 

@@ -62,6 +62,7 @@ const char* kernel_base_name(Kernel k) {
         "kernel_gemm_f16", "kernel_gemm_q", "kernel_splitk_sum", "kernel_rope", "kernel_kv_store", "kernel_rope_kv_store", "kernel_attention_prefill",
         "kernel_attention_decode", "kernel_attention", "kernel_attention_combine", "kernel_add",
         "kernel_swiglu", "kernel_swiglu_q", "kernel_geglu", "kernel_attention_probs",
+        "kernel_argmax",
     };
     return names[(int)k];
 }
@@ -610,6 +611,12 @@ struct Planner {
                     throw Error("attention_probs: head_dim above 256 is not supported on cuda");
                 Launch& l = emit(Kernel::attention_probs, ii, 1, a.n_heads, ATT_WARPS * 32);
                 l.grid[1] = a.n_tokens;
+                break;
+            }
+            case Stage::argmax: {   // one block of 1024 threads per row; float4 loads where rows allow
+                const kargs_argmax& a = c.a.argmax;
+                Launch& l = emit(Kernel::argmax, ii, 1, (uint32_t)a.n_rows, 1024);
+                l.variant = a.n_cols % 4 == 0 && a16(c.b[0]) ? 4 : 1;
                 break;
             }
         }

@@ -38,6 +38,7 @@ enum class Kernel : uint8_t {
     embed, rmsnorm, add_rmsnorm_q, quantize_q8, mmvq, mmvq_group, mv_f16, matmul,
     f32_to_f16, dequant_f16, gemm_f16, gemm_q, splitk_sum, rope, kv_store, rope_kv_store, attention_prefill,
     attention_decode, attention, attention_combine, add, swiglu, swiglu_q, geglu, attention_probs,
+    argmax,
 };
 const char* kernel_base_name(Kernel k);
 

@@ -66,7 +66,7 @@ struct KernelTable {
     KernelTable() {
         for (const char* n : {"kernel_rmsnorm_f32", "kernel_rope_f32", "kernel_kv_store_f16", "kernel_attention_f16",
                               "kernel_attention_combine_f32", "kernel_attention_probs_f16", "kernel_add_f32",
-                              "kernel_swiglu_f32", "kernel_geglu_f32"})
+                              "kernel_swiglu_f32", "kernel_geglu_f32", "kernel_argmax_f32"})
             add(n);
         for (int t : {KT_F32, KT_F16, KT_BF16, KT_Q4_0, KT_Q4_1, KT_Q5_0, KT_Q5_1, KT_Q8_0, KT_Q4_K, KT_Q5_K,
                       KT_Q6_K, KT_Q2_K, KT_Q3_K, KT_IQ4_XS}) {   // embed, mat-vec and tiled matmul of each
@@ -323,6 +323,17 @@ void Planner::plan(const Command& c, Buffer* scratch, const kstep* step, std::ve
             d.tg[0] = EW;
             break;
         }
+        case Stage::argmax: {   // one threadgroup per row
+            const kargs_argmax& a = c.a.argmax;
+            d.kernel = "kernel_argmax_f32";
+            set_args(d, a);
+            bind(d, 1, b[0]); bind(d, 2, b[1]);
+            reads(b[0], (uint64_t)a.n_rows * a.n_cols * 4);
+            writes(b[1], (uint64_t)a.n_rows * 4);
+            d.grid[0] = (uint32_t)a.n_rows;
+            d.tg[0] = ARGMAX_THREADS;
+            break;
+        }
     }
     finish(d);
 }
@@ -485,6 +496,9 @@ void PlannedDevice::attention(const kargs_attention& a, Binding q, Binding kc, B
 void PlannedDevice::attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
                                     Binding step) {
     KArgs k; k.attention_probs = a; one(Stage::attention_probs, k, {q, kc, out}, step);
+}
+void PlannedDevice::argmax(const kargs_argmax& a, Binding x, Binding ids) {
+    KArgs k; k.argmax = a; one(Stage::argmax, k, {x, ids}, {});
 }
 void PlannedDevice::add(const kargs_eltwise& a, Binding x, Binding y, Binding out) {
     KArgs k; k.eltwise = a; one(Stage::add, k, {x, y, out}, {});

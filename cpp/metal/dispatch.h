@@ -165,6 +165,7 @@ struct PlannedDevice : Device {
     void logits(const kargs_matmul& a, Binding W, Binding x, Binding y) override;
     void attention_probs(const kargs_attention_probs& a, Binding q, Binding kc, Binding out,
                          Binding step) override;
+    void argmax(const kargs_argmax& a, Binding x, Binding ids) override;
 
     // Counters (tests: one command buffer per token, no allocation per token; the dispatches
     // and barriers each token runs; plans planned again for another attention split count,

@@ -26,6 +26,8 @@
 #define EW_THREADS 256
 // rmsnorm: one threadgroup of NORM_THREADS per row
 #define NORM_THREADS 256
+// argmax: one threadgroup of ARGMAX_THREADS per row
+#define ARGMAX_THREADS 256
 // attention: ATT_SG SIMD groups per (split, head, token); head_dim <= 32 * ATT_MAXD
 #define ATT_SG 4
 #define ATT_MAXD 8

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-planner", action="store_true",
                    help="list the kernels the CUDA planner launches for this plan (an H100's "
                         "capabilities), without a GPU")
+    p.add_argument("--ids", action="store_true",
+                   help="the plan of greedy decoding on the device (decode_step(ids=True)): it ends "
+                        "with the argmax stage")
     _add_runtime(p, n_ctx=512)
 
     p = sub.add_parser("generate", help="generate text from a prompt")
@@ -238,7 +241,7 @@ def _cmd_plan(args) -> int:
     layers = parse_filter(args.layers, "layers")
     if layers and max(layers) >= model.cfg.n_layer:
         raise CLIError(f"--layers: the model has layers 0..{model.cfg.n_layer - 1}")
-    plan = model.plan()
+    plan = model.plan(ids=args.ids)
     if args.cuda_planner:
         from . import _engine as E
         plan = plan.with_kernels(E.cuda_plan(plan.plan)["launches"], "the CUDA planner (H100)")

@@ -6,6 +6,7 @@
 
     model = llmetal.load("smollm2", n_ctx=1024, n_seq=4)  # KV cache for 4 sequences of 1024
     logits = model.step([(0, tok_a, 17), (2, tok_b, 5)])  # [2, vocab]: one step, two sequences
+    ids = model.step([(0, tok_a, 17), (2, tok_b, 5)], ids=True)   # [2] int32: greedy, on the device
 
 `Model.forward` calls the engine's stages in order, under llama.cpp's stage names
 (`attn_norm`, `Qcur`, `Kcur`, `Vcur`, `kqv_out`, `ffn_inp`, `ffn_norm`, `ffn_out`, `l_out`,
@@ -79,6 +80,7 @@ class Activations:
     up: E.Tensor      # [T, ff]        FFN up projection
     h: E.Tensor       # [T, ff]        gated activation
     logits: E.Tensor  # [R, vocab]     logits of the rows asked for (R <= n_out)
+    argmax: E.Tensor  # [R] i32        first maximum of each logits row (greedy ids), -1: not finite
 
 
 def _check_finite(what: str, a: np.ndarray, weight: str | None = None):
@@ -258,6 +260,7 @@ class Model:
                             ("o", d), ("gate", ff), ("up", ff), ("h", ff)):
             p.declare(name, F32, [B, width])
         p.declare("logits", F32, [self.n_out, c.n_vocab])
+        p.declare("argmax", I32, [self.n_out])
         # KV cache: sequence s at rows [s * n_ctx, (s + 1) * n_ctx); with several sequences, one
         # more row that the padding rows of a step's batch write and read (self.scratch_row)
         self.scratch_row = self.n_seq * n_ctx
@@ -275,11 +278,14 @@ class Model:
         self.probs_layers = None  # layers whose attention probabilities (kq_soft_max) an eager run keeps
         self._probs_buf = None
         self.n_forward_calls = 0
-        # decode: the one-token plan (recorded on first use) and the buffers each step reuses
+        # decode: the one-token plan (recorded on first use) and the buffers each step reuses;
+        # the same plan ending with the argmax of the logits (decode_step(ids=True))
         self._plan: DecodePlan | None = None
+        self._plan_ids: DecodePlan | None = None
+        self._argmax1, self._id1 = self.full["argmax"].rows(0, 1), np.empty(1, np.int32)
         self._plan_steps: list[PlanStep] | None = None   # filled while a plan is recorded
         self.n_recorded = 0
-        self._step_plans: dict[tuple[int, int], DecodePlan] = {}   # (rows, logit rows) -> plan
+        self._step_plans: dict[tuple[int, int, bool], DecodePlan] = {}   # (rows, logit rows, ids) -> plan
         self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
         self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
         self._logits_n = None   # Model.step's logits rows, reused by every step (made at first use)
@@ -288,6 +294,7 @@ class Model:
     def acts(self, T: int, n_rows_out: int) -> Activations:
         f = self.full
         return Activations(ids=f["ids"].rows(0, T), logits=f["logits"].rows(0, n_rows_out),
+                           argmax=f["argmax"].rows(0, n_rows_out),
                            **{n: f[n].rows(0, T) for n in ("x", "xn", "q", "k", "v", "attn", "o",
                                                            "gate", "up", "h")})
 
@@ -307,15 +314,18 @@ class Model:
 
     # ---- the forward pass ---------------------------------------------------------------
     @serialized
-    def forward(self, tokens, pos0: int, out_rows: str | int = "last", rows=None):
+    def forward(self, tokens, pos0: int, out_rows: str | int = "last", rows=None, ids: bool = False):
         """Run T tokens at positions pos0..pos0+T-1 through the model, filling the KV cache.
 
         out_rows: "last" computes the logits of the last token only, "all" of every token
         (T <= n_out), a number R those of the last R tokens. rows (a batch of several
         sequences, see step): int32 [T, 2], token t at position rows[t, 0] of the sequence whose
         cache rows start at rows[t, 1]; then rope, kv_store and attention read each row's own
-        position and sequence (by_row) and pos0 is unused.
-        Returns the logits tensor view (download with .to_numpy()).
+        position and sequence (by_row) and pos0 is unused. ids: greedy sampling on the device,
+        the argmax stage after the logits (the first maximum of each row, -1 for a row that
+        is not finite).
+        Returns the logits tensor view, or with ids the argmax ids [R] int32 (download with
+        .to_numpy()).
         """
         c, w, enc, st = self.cfg, self.w, self.enc, self._stage
         T = len(tokens)
@@ -385,25 +395,31 @@ class Model:
         xr, xnr = a.x.rows(T - R, T), a.xn.rows(T - R, T)
         enc.rmsnorm(xr, w["output_norm.weight"], xnr, c.rms_eps);                       st("result_norm", -1, xnr)
         enc.logits(w[self.output_name], xnr, a.logits);                                 st("result_output", -1, a.logits)
+        if ids:   # greedy sampling: llama.cpp has no such tensor, the stage is this engine's own
+            enc.argmax(a.logits, a.argmax);                                             st("argmax", -1, a.argmax)
         enc.commit()
         enc.wait()
-        return a.logits
+        return a.argmax if ids else a.logits
 
     # ---- decode: one token through the recorded plan ---------------------------------------
     @serialized
-    def plan(self) -> DecodePlan:
+    def plan(self, ids: bool = False) -> DecodePlan:
         """The decode step as the device runs it (recorded on first use, then replayed by
-        decode_step): print it to list every stage, engine command and kernel."""
-        if self._plan is None:
+        decode_step): print it to list every stage, engine command and kernel. ids: the plan of
+        decode_step(ids=True), which ends with the argmax stage."""
+        if (self._plan_ids if ids else self._plan) is None:
             self.enc.begin_record(1)
             self._plan_steps = []
             try:
-                self.forward([0], 0, "last")   # token and position come from buffers at replay
+                self.forward([0], 0, "last", ids=ids)   # token and position come from buffers at replay
             finally:
                 plan, steps, self._plan_steps = self.enc.end_record(), self._plan_steps, None
-            self._plan = DecodePlan(self, plan, steps)
+            if ids:
+                self._plan_ids = DecodePlan(self, plan, steps)
+            else:
+                self._plan = DecodePlan(self, plan, steps)
             self.n_recorded += 1
-        return self._plan
+        return self._plan_ids if ids else self._plan
 
     def stage_names(self) -> list[str]:
         """Every stage output's name ("inp_embd", "blk.0.attn_norm", ..., "result_output"), as
@@ -411,15 +427,23 @@ class Model:
         return [s.key for s in self.plan().steps]
 
     @serialized
-    def decode_step(self, token: int, pos: int) -> np.ndarray:
+    def decode_step(self, token: int, pos: int, ids: bool = False) -> np.ndarray | int:
         """Run one token at position pos (the KV cache holds positions < pos) by replaying the
-        recorded plan; returns the logits [vocab] in a buffer the next step reuses (copy to keep)."""
+        recorded plan; returns the logits [vocab] in a buffer the next step reuses (copy to keep).
+        ids=True: the greedy next token instead (the argmax of the logits, taken on the device:
+        4 bytes downloaded, not the logits), an int."""
         if not 0 <= pos < self.n_ctx:
             raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx}")
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
             raise ValueError(f"token ids must be integers, got {token!r}")
         if not 0 <= token < self.cfg.n_vocab:
             raise ValueError(f"token id {token} outside the vocabulary of {self.cfg.n_vocab}")
+        if ids:
+            self.enc.replay_token(self.plan(ids=True).plan, self._ids1, int(token), int(pos))
+            self._argmax1.download_into(self._id1)
+            if self._id1[0] < 0:   # the logits hold a NaN or an infinity
+                self._diagnose([int(token)], int(pos))
+            return int(self._id1[0])
         self.enc.replay_token(self.plan().plan, self._ids1, int(token), int(pos))
         self._out1.download_into(self._logits1)
         if not finite_head(self._logits1):
@@ -441,17 +465,17 @@ class Model:
             b = (n + 15) // 16 * 16
         return max(n, min(b, cap))
 
-    def _step_plan(self, T: int, R: int) -> DecodePlan:
+    def _step_plan(self, T: int, R: int, ids: bool = False) -> DecodePlan:
         """The recorded forward pass of a step of T rows of several sequences whose last R rows
-        give logits (recorded once per (T, R), then replayed)."""
-        key = (T, R)
+        give logits (and, with ids, their argmax; recorded once per (T, R, ids), then replayed)."""
+        key = (T, R, ids)
         if key not in self._step_plans:
             rows = np.zeros((T, 2), dtype=np.int32)
             rows[:, 1] = self.scratch_row if self.n_seq > 1 else 0
             self.enc.begin_record(T)
             self._plan_steps = []
             try:
-                self.forward([0] * T, 0, R, rows=rows)   # tokens and rows come from buffers at replay
+                self.forward([0] * T, 0, R, rows=rows, ids=ids)   # tokens and rows come from buffers at replay
             finally:
                 plan, steps, self._plan_steps = self.enc.end_record(), self._plan_steps, None
             self._step_plans[key] = DecodePlan(self, plan, steps)
@@ -480,7 +504,7 @@ class Model:
             seen.add((seq, pos))
 
     @serialized
-    def step(self, rows, want=None, eager: bool = False) -> np.ndarray:
+    def step(self, rows, want=None, eager: bool = False, ids: bool = False) -> np.ndarray:
         """One forward pass over a batch that mixes sequences: rows = [(seq, token, pos), ...]
         (decode rows of several sequences, prompt chunks of others; a sequence's rows before pos
         must be in the cache or earlier in this batch). Each row attends only to its own
@@ -492,7 +516,13 @@ class Model:
 
         Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
         with rows that write only a scratch cache row); eager=True runs the same forward pass
-        stage by stage (for checking)."""
+        stage by stage (for checking).
+
+        ids=True: greedy sampling on the device instead: the plan ends with the argmax of each
+        wanted row's logits, and the step returns those ids, int32 [len(want)] (R int32s
+        downloaded, not R rows of logits); a row whose logits hold a NaN or an infinity raises
+        NonFiniteError, as the logits check does.
+        """
         n = len(rows)
         if not 0 < n <= self.step_rows_max():
             raise ValueError(f"a step takes 1..{self.step_rows_max()} rows, got {n}")
@@ -530,6 +560,8 @@ class Model:
         tokens[pad:] = a[order, 1]
         rr[pad:, 0] = a[order, 2]
         rr[pad:, 1] = a[order, 0] * self.n_ctx
+        if ids:   # greedy on the device: the wanted rows' ids, not their logits
+            return self._step_ids(tokens, rr, T, R, len(want), eager)
         if eager:
             self.hook = lambda *a: None
             try:
@@ -550,12 +582,32 @@ class Model:
                                  "(run the sequences alone, or step(eager=True), to name the stage)")
         return out
 
-    def step_plan(self, n_rows: int, n_logits: int = 1) -> DecodePlan:
-        """The recorded step of n_rows rows of several sequences (its last n_logits with logits),
-        as the device runs it: the same stages and names as plan()."""
+    def _step_ids(self, tokens, rr, T: int, R: int, n_want: int, eager: bool) -> np.ndarray:
+        """step(ids=True) once its batch is laid out (tokens [T], rows rr [T, 2], the wanted rows
+        last): the forward pass ending with the argmax stage, planned or eager; returns the ids
+        of the last n_want rows, int32 [n_want] (a new array)."""
+        if eager:
+            self.hook = lambda *a: None
+            try:
+                out = self.forward(tokens.tolist(), 0, R, rows=rr, ids=True).to_numpy()[R - n_want:]
+            finally:
+                self.hook = None
+        else:
+            self.enc.replay_rows(self._step_plan(T, R, True).plan, self.full["ids"].rows(0, T), tokens, rr)
+            out = self.full["argmax"].rows(R - n_want, R).to_numpy()
+        if (out < 0).any():   # the argmax met a NaN or an infinity in those rows' logits
+            raise NonFiniteError(f"the logits of a step of several sequences are not finite ({int((out < 0).sum())} "
+                                 f"of {n_want} rows hold a NaN or an infinity; run the sequences alone, or "
+                                 "step(eager=True), to name the stage)")
+        return out
+
+    def step_plan(self, n_rows: int, n_logits: int = 1, ids: bool = False) -> DecodePlan:
+        """The recorded step of n_rows rows of several sequences (its last n_logits with logits;
+        ids: and their argmax, step(ids=True)), as the device runs it: the same stages and names
+        as plan()."""
         with self.lock:
             T = self._bucket(n_rows, self.step_rows_max())
-            return self._step_plan(T, n_logits)
+            return self._step_plan(T, n_logits, ids)
 
     def _diagnose(self, tokens, pos0):
         """Logits came out non-finite: run the same tokens again eagerly (the KV cache rows they
@@ -711,11 +763,12 @@ class Model:
         return a.logits.to_numpy()
 
     @serialized
-    def run_eager(self, tokens, hook, out_rows="last", pos0=0):
-        """One forward pass committing after every stage, calling hook(name, layer, out, weight)."""
+    def run_eager(self, tokens, hook, out_rows="last", pos0=0, ids: bool = False):
+        """One forward pass committing after every stage, calling hook(name, layer, out, weight);
+        ids: ending with the argmax stage (forward's ids)."""
         self.hook = hook
         try:
-            return self.forward(tokens, pos0, out_rows)
+            return self.forward(tokens, pos0, out_rows, ids=ids)
         finally:
             self.hook = None
 

@@ -33,7 +33,7 @@ from gguf.quants import dequantize as _gguf_dequantize
 
 __all__ = [
     "ROPE_NORM", "ROPE_NEOX", "dequantize", "embed", "rmsnorm", "matmul", "logits", "rope",
-    "kv_store", "attention", "attention_probs", "add", "swiglu", "geglu", "nmse",
+    "kv_store", "attention", "attention_probs", "add", "swiglu", "geglu", "argmax", "nmse",
 ]
 
 ROPE_NORM = 0   # llama "norm" rope: rotate pairs (2i, 2i+1)
@@ -341,6 +341,19 @@ def geglu(gate, up) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- whole model
+
+def argmax(x) -> np.ndarray:
+    """Greedy sampling (the engine's argmax stage): ids [R] int32, the index of the first
+    maximum of each row of x [R, n] (ties: the lowest index, as np.argmax; -0.0 and +0.0 are
+    equal), or -1 for a row that holds a NaN or an infinity. Comparisons only: exact in any
+    precision."""
+    x = _f64(x)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"argmax: x must be [R, n] with n > 0, got shape {x.shape}")
+    ids = np.argmax(x, axis=1).astype(np.int32)
+    ids[~np.isfinite(x).all(axis=1)] = -1
+    return ids
+
 
 def forward(gf, cfg, tokens, patch=None) -> np.ndarray:
     """The whole model in numpy float64, stage by stage as Model.forward does (fresh context).

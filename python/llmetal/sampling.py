@@ -350,6 +350,16 @@ class Sampler:
         stages.append(f"dist(seed {self.seed})")
         return " -> ".join(stages)
 
+    @property
+    def argmax_only(self) -> bool:
+        """Whether the token this sampler picks is the plain argmax of the logits and nothing
+        else is read from them: greedy, with the repeat penalty off. A caller may then take the
+        argmax on the device (Model.step(ids=True)) instead of downloading the logits; the token
+        is the same (the first maximum), and a NaN or infinity in the logits is an error there
+        as it is in `token`."""
+        p = self.params
+        return p.greedy and (p.repeat_penalty == 1.0 or p.repeat_last_n == 0)
+
     def _check_shape(self, logits: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits)
         if logits.shape != (self.vocab_size,):

@@ -6,6 +6,9 @@ One scheduler thread owns the model (it holds the model's lock while it runs) an
 runs ONE `Model.step` over all active slots together (continuous batching): a decode row for
 each running request plus prompt chunks of new ones, up to the step's row limit. Each request
 samples with its own `Sampler` (its own seed), so its output does not depend on the others.
+When every request of a step picks greedily from the plain logits (temperature 0, no repeat
+penalty: `Sampler.argmax_only`), the step takes the argmax on the device (`Model.step(ids=True)`)
+and downloads one int32 a request instead of its row of logits.
 Requests past `-np` wait in a queue; a client that disconnects frees its slot at once (the
 scheduler drops it before the next step). The HTTP side is a Starlette app on uvicorn; it only
 validates, queues and forwards the scheduler's events (text deltas, the end) to the client.
@@ -24,8 +27,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from .sampling import Sampler, SamplerParams
 
@@ -87,6 +88,7 @@ class Scheduler:
         self.cv = threading.Condition()
         self.stopping = False
         self.n_steps = 0
+        self.n_steps_ids = 0             # steps whose tokens came from the device's argmax
         self.thread = threading.Thread(target=self._run, name="llmetal-scheduler", daemon=True)
 
     def start(self):
@@ -175,14 +177,18 @@ class Scheduler:
                     owners.append(r)
         if not rows:
             return
-        logits = self.model.step(rows, want)
+        # every token of the step greedy from the plain logits: the argmax on the device, one
+        # int32 downloaded a request instead of a row of logits
+        greedy = bool(owners) and all(r.sampler.argmax_only for r in owners)
+        out = self.model.step(rows, want, ids=greedy)
         self.n_steps += 1
-        for r, lg in zip(owners, logits):
+        self.n_steps_ids += greedy
+        for r, o in zip(owners, out):
             if not r.cancelled:
-                self._next_token(r, lg)
+                self._accept(r, int(o) if greedy else r.sampler.token(o, r.prompt + r.tokens))
 
-    def _next_token(self, r: Request, logits: np.ndarray):
-        tok = r.sampler.token(logits, r.prompt + r.tokens)
+    def _accept(self, r: Request, tok: int):
+        """The request's next token `tok`: stop tokens and strings, limits, the text to send."""
         if r.t_first is None:
             r.t_first = time.perf_counter()
         r.tokens.append(tok)

@@ -2,7 +2,8 @@
 
 Each row: stage, layer, output shape and dtype, the weight it used (and its GGUF type), the
 time since the previous stage finished, and a few statistics of the output. The same
-`Model.forward` that generation records and replays runs here, one commit per stage.
+`Model.forward` that generation records and replays runs here, one commit per stage, ending
+with the `argmax` stage (the greedy next token, as `decode_step(ids=True)` takes it).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def run_trace(model, tokenizer, prompt: str, layers=None, stages=None, as_json=F
     if layer_set and max(layer_set) >= model.cfg.n_layer:
         raise ValueError(f"--layers: the model has layers 0..{model.cfg.n_layer - 1}")
     if stage_set:
-        known = {s.name for s in model.plan().steps}
+        known = {s.name for s in model.plan(ids=True).steps}
         unknown = sorted(stage_set - known)
         if unknown:
             raise ValueError(f"--stages: no stage named {unknown[0]!r} in this model "
@@ -56,10 +57,13 @@ def run_trace(model, tokenizer, prompt: str, layers=None, stages=None, as_json=F
 
     rows = []
     t_last = [time.perf_counter()]
+    logits = []
 
     def hook(name, il, out, wname):
         now = time.perf_counter()
         dt, t_last[0] = now - t_last[0], now
+        if name == "result_output":
+            logits.append(out.to_numpy()[-1])
         if (layer_set is not None and il not in layer_set) or (stage_set is not None and name not in stage_set):
             t_last[0] = time.perf_counter()
             return
@@ -87,16 +91,17 @@ def run_trace(model, tokenizer, prompt: str, layers=None, stages=None, as_json=F
         console.print(f"[bold]{c.name}[/] ({c.arch}, {c.n_layer} layers, d={c.n_embd}) on "
                       f"{model.device_name}; prompt {len(tokens)} tokens: {tokens}", highlight=False)
         console.print(f"[dim]{'stage':<15} {'blk':>3} {'shape':>14} {'wtype':>5} {'time':>11}  output stats[/]")
-    logits = model.run_eager(tokens, hook, out_rows="last").to_numpy()[-1]
+    greedy = int(model.run_eager(tokens, hook, out_rows="last", ids=True).to_numpy()[-1])
+    logits = logits[0]
     order = np.argsort(-logits)[:top]
     lse = np.log(np.sum(np.exp(logits.astype(np.float64) - logits.max()))) + logits.max()
     top_list = [{"id": int(i), "piece": tokenizer.token_text(int(i)), "logit": float(logits[i]),
                  "prob": float(np.exp(logits[i] - lse))} for i in order]
     if as_json:
         print(json.dumps({"model": model.cfg.name, "device": model.device_name, "tokens": tokens,
-                          "stages": rows, "top": top_list}))
+                          "stages": rows, "top": top_list, "argmax": greedy}))
     elif console is not None:
-        console.print("[bold]next token[/] (top %d):" % top)
+        console.print(f"[bold]next token[/] (top {top}; the argmax stage picked {greedy}):", highlight=False)
         for t in top_list:
             console.print(f"  {t['id']:>7} {t['piece']!r:<20} logit {t['logit']:+8.3f}  p {t['prob']:.4f}",
                           highlight=False)

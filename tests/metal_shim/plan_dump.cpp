@@ -108,6 +108,10 @@ int main() {
                 c.a.glu = kargs_glu{2, 256};
                 dump(c);
                 break;
+            case Stage::argmax:
+                c.a.argmax = kargs_argmax{3, 1000};
+                dump(c);
+                break;
             default:
                 std::fprintf(stderr, "plan_dump: no sample command for stage %s: add one\n", stage_name(st));
                 return 1;
