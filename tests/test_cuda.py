@@ -632,26 +632,34 @@ def test_grouped_matvec_matches_split(devs, rng, tmp_path, tq, tg, D):
     a row is 2-3 windows, where the plan can give the few K/V rows 2 warps a row and q's 1 (on
     an H100, with 4 resident mat-vec blocks an SM): each weight must keep, in the group, the
     warps a row it has alone (a row's sum depends on them)."""
+    fused, split = _group_runs(_GROUP_CHILD, rng, tmp_path, tq, tg, D, 4100, 200)
+    assert (split ** 2).sum() > 0, "split run gave zeros"
+    e = nmse(fused, split)
+    print(f"grouped vs split: NMSE {e:.3e}, max |diff| {np.abs(fused - split).max():.3e}")
+    assert np.array_equal(fused, split), f"grouped mat-vec differs from split: NMSE {e:.3e}"
+
+
+def _group_runs(child, rng, tmp_path, tq, tg, D, FF, KV, biases=False):
+    """Random weights (Q/K/V of type tq, gate/up of tg, two more K/V-sized ones of each) and an
+    input through `child` twice: fused (LLMETAL_CUDA_FUSE=1) and split. Returns both outputs."""
     import subprocess
     import sys
-    FF, KV = 4100, 200
     arrs = {n: random_weight(rng, t, r, D) for n, t, r in
             [("Wq", tq, D), ("Wk", tq, KV), ("Wv", tq, KV), ("Wg", tg, FF), ("Wu", tg, FF), ("Wa", tq, KV), ("Wb", tg, KV)]}
+    if biases:   # as large as Qwen2.5's K biases
+        for n, c in (("bq", D), ("bk", KV), ("bv", KV)):
+            arrs[n] = (rng.standard_normal(c) * 40).astype(np.float32)
     src = tmp_path / "in.npz"
     np.savez(src, dims=np.array([D, FF, KV]), tq=tq, tg=tg, x=rng.standard_normal((1, D)).astype(np.float32), **arrs)
     outs = []
     for fuse in ("1", "0"):
         dst = tmp_path / f"out{fuse}.npy"
         env = dict(os.environ, LLMETAL_CUDA_FUSE=fuse)
-        r = subprocess.run([sys.executable, "-c", _GROUP_CHILD, str(src), str(dst)], env=env,
+        r = subprocess.run([sys.executable, "-c", child, str(src), str(dst)], env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"fuse={fuse}: {r.stderr[-2000:]}"
         outs.append(np.load(dst))
-    fused, split = outs
-    assert (split ** 2).sum() > 0, "split run gave zeros"
-    e = nmse(fused, split)
-    print(f"grouped vs split: NMSE {e:.3e}, max |diff| {np.abs(fused - split).max():.3e}")
-    assert np.array_equal(fused, split), f"grouped mat-vec differs from split: NMSE {e:.3e}"
+    return outs
 
 
 # qwen2's Q/K/V: each matmul followed by the add of its bias row, which kernel_mmvq_group does
@@ -673,25 +681,9 @@ assert _BIAS_CHILD.count('"bq"') == 2 and 'enc.add(' in _BIAS_CHILD, "the bias e
 def test_grouped_matvec_with_bias_matches_split(devs, rng, tmp_path, tq, tg):
     """Q/K/V with qwen2's bias adds after each matmul: fused, one kernel_mmvq_group adds each
     row's bias as it stores the row; split (LLMETAL_CUDA_FUSE=0), kernel_mmvq then kernel_add.
-    Bit for bit the same (the same float addition). Biases as large as Qwen2.5's K biases."""
-    import subprocess
-    import sys
-    D, FF, KV = 896, 4100, 128
-    arrs = {n: random_weight(rng, t, r, D) for n, t, r in
-            [("Wq", tq, D), ("Wk", tq, KV), ("Wv", tq, KV), ("Wg", tg, FF), ("Wu", tg, FF), ("Wa", tq, KV), ("Wb", tg, KV)]}
-    for n, c in (("bq", D), ("bk", KV), ("bv", KV)):
-        arrs[n] = (rng.standard_normal(c) * 40).astype(np.float32)
-    src = tmp_path / "in.npz"
-    np.savez(src, dims=np.array([D, FF, KV]), tq=tq, tg=tg, x=rng.standard_normal((1, D)).astype(np.float32), **arrs)
-    outs = []
-    for fuse in ("1", "0"):
-        dst = tmp_path / f"out{fuse}.npy"
-        env = dict(os.environ, LLMETAL_CUDA_FUSE=fuse)
-        r = subprocess.run([sys.executable, "-c", _BIAS_CHILD, str(src), str(dst)], env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, f"fuse={fuse}: {r.stderr[-2000:]}"
-        outs.append(np.load(dst))
-    fused, split = outs
+    Bit for bit the same (the same float addition)."""
+    D, KV = 896, 128
+    fused, split = _group_runs(_BIAS_CHILD, rng, tmp_path, tq, tg, D, 4100, KV, biases=True)
     # the biases reached the outputs: q, k, v differ from the no-bias product by about the bias
     assert np.abs(split[:, :D + 2 * KV]).max() > 20, "biases missing from the split run"
     e = nmse(fused, split)

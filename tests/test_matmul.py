@@ -139,11 +139,12 @@ def test_levels_differ_only_by_rounding(dev, M):
 @pytest.mark.parametrize("wtype", ALL_TYPES, ids=lambda t: t.name)
 def test_batch_invariance(dev, simd, wtype):
     """A token's outputs are the same bits whatever batch it is in (Model.step's batches of
-    several sequences rely on it): 21 tokens at once, one at a time, three at a time. On
+    several sequences rely on it): 40 tokens at once, then 1, 3, 8 and 20 at a time. On
     AVX-512 VNNI the groups of 16 rows take a different route for a few tokens than for many
-    (cpp/cpu/gemm_x86.h); N = 37 leaves 5 rows to the row kernels."""
+    (cpp/cpu/gemm_x86.h: up to 8 or 32 tokens, slabs above); N = 37 leaves 5 rows to the row
+    kernels."""
     rng = np.random.default_rng(55 + int(wtype))
-    M, N = 21, 37
+    M, N = 40, 37
     K = 512 if wtype in K_TYPES else 224
     wq = make_weights(rng, wtype, N, K)
     x = rng.standard_normal((M, K)).astype(np.float32)
@@ -160,7 +161,7 @@ def test_batch_invariance(dev, simd, wtype):
 
     whole = run(x)
     assert np.isfinite(whole).all()
-    for step in (1, 3):
+    for step in (1, 3, 8, 20):
         parts = np.vstack([run(x[i:i + step]) for i in range(0, M, step)])
         assert np.array_equal(parts, whole), f"{wtype.name} {simd}: batches of {step} differ from the batch of {M}"
 

@@ -136,9 +136,15 @@ def test_step_refuses_bad_rows(smollm2_path):
     m = llmetal.load(smollm2_path, device="cpu", n_ctx=16, n_seq=2)
     for rows, msg in (([(2, 1, 0)], "sequence 2"), ([(0, 1, 16)], "context overflow"),
                       ([(0, -1, 0)], "outside the vocabulary"), ([(0, 1, 0), (0, 2, 0)], "two rows"),
-                      ([], "1..")):
+                      ([], "1.."), ([(0, True, 0)], "token of a row must be an integer"),
+                      ([(0, 1, 0), (1, 2.0, 0)], "token of a row must be an integer"),
+                      ([(0, 1, 2**70)], "context overflow"), ([(-1, 1, 0)], "sequence -1")):
         with pytest.raises(ValueError, match=msg):
             m.step(rows)
+    # numpy integers are rows too (checked one by one), with the same logits as plain ints
+    a = m.step([(0, 5, 0), (1, 6, 0)]).copy()
+    b = m.step([(np.int64(0), np.int32(5), np.int64(0)), (1, 6, 0)])
+    np.testing.assert_array_equal(a, b)
 
 
 def test_mixed_batch_metal_emu(smollm2_path):

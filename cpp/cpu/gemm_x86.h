@@ -10,8 +10,11 @@
 // the batch, one vpdpbusd per 4 values multiplies the 16 rows by the token's 4 activation
 // bytes broadcast: no horizontal sums, and the float work (scales) once per block for 16
 // rows. The slab is unpacked once per call whatever the number of tokens, so prefill pays
-// for the unpacking once per 16 rows. For up to 3 tokens (decode) the integers come from the
-// row-dot kernels' code instead, 8 rows at a time (see "small batches").
+// for the unpacking once per 16 rows. Decode batches take other routes to the same integers:
+// on 32-value blocks up to 32 tokens, and on Q4_K / Q6_K from 2 to 32, each block of the 16
+// rows is transposed in registers instead of unpacked to memory ("a few tokens on ..."); on
+// the other super-blocks up to 8 tokens, and one token on Q4_K / Q6_K, the row-dot kernels'
+// code runs 8 rows at a time ("small batches").
 //
 // What each (row, token) gets is one fixed sequence of operations, the same for any batch
 // size and any split over threads (a row's result does not depend on which other rows or
@@ -362,40 +365,6 @@ template <> struct Lanes<4> {
     static TGT F fnmadd(F a, F b, F c) { return _mm_fnmadd_ps(a, b, c); }
 };
 
-template <int R, int NX, class B>
-static TGT void small_q32(const Rows16Args& g, const uint8_t* w, float* y) {
-    using L = Lanes<R>;
-    const BlockQ8* xb[NX];
-    typename L::F acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8*)(g.xq + j * g.xq_stride);
-        acc[j] = L::zero();
-    }
-    const int nb = g.K / 32;
-    for (int b = 0; b < nb; ++b) {
-        prefetch_next(w + 8 * g.row_bytes, 8 * g.row_bytes, b, nb);
-        const uint8_t* blk = w + (size_t)b * B::Bytes;
-        __m256i p[NX][R];
-        alignas(32) float d[R], m[R];
-        for (int r = 0; r < R; ++r) {
-            const uint8_t* br = blk + r * g.row_bytes;
-            const __m256i u = B::q(br);
-            d[r] = B::d(br);
-            m[r] = B::Min ? B::off(br) : 0.0f;
-            for (int j = 0; j < NX; ++j) p[j][r] = dot_us(_mm256_setzero_si256(), u, load32(xb[j][b].qs));
-        }
-        const typename L::F dv = L::load(d), mv = L::load(m);
-        for (int j = 0; j < NX; ++j) {
-            typename L::I dot = L::sum(p[j]);
-            if (B::Off) dot = L::add(dot, L::set1i(-B::Off * xb[j][b].sum));
-            const typename L::F c = L::mul(dv, L::set1(xb[j][b].d));   // finish_q32 on R lanes
-            if (B::Min) acc[j] = L::addf(acc[j], L::fmadd(mv, L::set1(xb[j][b].s), L::mul(L::cvt(dot), c)));
-            else acc[j] = L::fmadd(L::cvt(dot), c, acc[j]);
-        }
-    }
-    for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
-}
-
 template <int R, int NX, class F, class D>
 static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
     using L = Lanes<R>;
@@ -429,6 +398,282 @@ static TGT void small_k(const Rows16Args& g, const uint8_t* w, float* y) {
     }
     for (int j = 0; j < NX; ++j) L::store(y + j * 16, acc[j]);
 }
+
+// ---- a few tokens on 32-value blocks: 16 rows transposed in registers --------------------
+// Up to 8 tokens, per group of 16 rows and block: the 16 bytes of packed nibbles of each row
+// are loaded side by side and transposed as 32-bit words (a 4 x 4 transposition in each
+// 128-bit lane), so that word i of the 16 rows is one vector, lane r = row r: its low
+// nibbles are values 4i..4i+3, its high nibbles values 16 + 4i.., the 4-value groups i and
+// i + 4 of the slab layout, one or two instructions away. The scales (and Q5's fifth bits)
+// come by one gather each; bits 4k..4k+3 of a lane's qh go to bit 4 of its 4 bytes by one
+// vpermd from a 16-entry table. Then per token 8 vpdpbusd against its activation bytes
+// broadcast and finish_q32: the integers rows16_q32 computes from the slab, scaled the same
+// way, so the same bits. Unlike the slab, nothing goes through memory, and unlike the
+// row-by-row integers no lanes are added up across a vector.
+template <class B> struct Layout32;   // byte offsets in a block: the nibbles, qh (-1: none)
+template <> struct Layout32<Q4_0> { static constexpr int Qs = 2, Qh = -1; };
+template <> struct Layout32<Q4_1> { static constexpr int Qs = 4, Qh = -1; };
+template <> struct Layout32<Q5_0> { static constexpr int Qs = 6, Qh = 2; };
+template <> struct Layout32<Q5_1> { static constexpr int Qs = 8, Qh = 4; };
+
+// The 16 bytes at p + r * rb of rows r = 0..15 as 4 vectors: lane r of word[i] = bytes
+// 4i..4i+3 of row r. c[l] holds rows l, l + 4, l + 8, l + 12 in its 128-bit lanes; a 4 x 4
+// transposition of 32-bit words inside each lane then puts row 4g + l at lane 4g + l.
+static inline TGT void words16x4(const uint8_t* p, size_t rb, __m512i* word) {
+    auto row = [&](int r) { return _mm_loadu_si128((const __m128i*)(p + r * rb)); };
+    __m512i c[4];
+    for (int l = 0; l < 4; ++l) {
+        __m512i t = _mm512_castsi128_si512(row(l));
+        t = _mm512_inserti32x4(t, row(l + 4), 1);
+        t = _mm512_inserti32x4(t, row(l + 8), 2);
+        c[l] = _mm512_inserti32x4(t, row(l + 12), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+    word[0] = _mm512_unpacklo_epi64(t0, t2);
+    word[1] = _mm512_unpackhi_epi64(t0, t2);
+    word[2] = _mm512_unpacklo_epi64(t1, t3);
+    word[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// One block (at w in row 0, rows rb apart; vidx: lane r = r * rb) of 16 rows: v[k] lane r =
+// values 4k..4k+3 of row r as bytes; d and m (Q4_1, Q5_1) per lane.
+template <class B>
+static inline TGT void regs16_q32(const uint8_t* w, size_t rb, __m512i vidx, __m512i* v, __m512* d, __m512* m) {
+    __m512i word[4];
+    words16x4(w + Layout32<B>::Qs, rb, word);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm512_and_si512(word[i], m4);
+        v[i + 4] = _mm512_and_si512(_mm512_srli_epi16(word[i], 4), m4);
+    }
+    const __m512i dm = _mm512_i32gather_epi32(vidx, (const void*)w, 1);   // d (and m above it)
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+    *m = B::Min ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))) : _mm512_setzero_ps();
+    if (Layout32<B>::Qh >= 0) {
+        // table[n]: byte j = 0x10 where bit j of n is set (vpermd reads the index's low 4 bits)
+        const __m512i table = _mm512_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010,
+                                                0x10000000, 0x10000010, 0x10001000, 0x10001010, 0x10100000,
+                                                0x10100010, 0x10101000, 0x10101010);
+        const __m512i qh = _mm512_i32gather_epi32(vidx, (const void*)(w + Layout32<B>::Qh), 1);
+        for (int k = 0; k < 8; ++k)
+            v[k] = _mm512_or_si512(v[k], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * k), table));
+    }
+}
+
+// NX <= 8 tokens (g.xq ..) against the 16 rows at w: y + t * N, 16 outputs per token.
+template <int NX, class B>
+static TGT void regs16_q32_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
+    const BlockQ8* xb[NX];
+    __m512 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8*)(xq + j * g.xq_stride);
+        acc[j] = _mm512_setzero_ps();
+    }
+    const size_t rb = g.row_bytes;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)rb));
+    const int nb = g.K / 32;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 16 * rb, 16 * rb, b, nb);
+        __m512i v[8];
+        __m512 d, m;
+        regs16_q32<B>(w + (size_t)b * B::Bytes, rb, vidx, v, &d, &m);
+        for (int j = 0; j < NX; ++j) {
+            const BlockQ8& a = xb[j][b];
+            __m512i dot = _mm512_set1_epi32(-B::Off * a.sum);
+            for (int c = 0; c < 8; ++c) dot = _mm512_dpbusd_epi32(dot, v[c], bcast4(a.qs + 4 * c));
+            acc[j] = finish_q32<B::Min>(acc[j], dot, d, m, a.d, a.s);
+        }
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + (size_t)j * g.N, acc[j]);
+}
+
+// Rows [n0, n1) (multiples of 16), every token, 8 tokens at a time.
+template <class B>
+static TGT void regs16_q32_drive(const Rows16Args& g, int n0, int n1) {
+    for (int n = n0; n + 16 <= n1; n += 16) {
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        for (int t = 0; t < g.M; t += 8) {
+            const uint8_t* x = g.xq + (size_t)t * g.xq_stride;
+            float* y = g.y + (size_t)t * g.N + n;
+            switch (std::min(8, g.M - t)) {
+                case 1: regs16_q32_run<1, B>(g, w, x, y); break;
+                case 2: regs16_q32_run<2, B>(g, w, x, y); break;
+                case 3: regs16_q32_run<3, B>(g, w, x, y); break;
+                case 4: regs16_q32_run<4, B>(g, w, x, y); break;
+                case 5: regs16_q32_run<5, B>(g, w, x, y); break;
+                case 6: regs16_q32_run<6, B>(g, w, x, y); break;
+                case 7: regs16_q32_run<7, B>(g, w, x, y); break;
+                default: regs16_q32_run<8, B>(g, w, x, y); break;
+            }
+        }
+    }
+}
+
+// ---- a few tokens on Q4_K and Q6_K: 16 rows transposed in registers ----------------------
+// The same idea for the super-blocks of the K-quant mixes (Q4_K_M files): per super-block of
+// the 16 rows, the scales and mins are gathered as 32-bit words (one lane per row) and decoded
+// in the lanes; the values are transposed 32 bytes of packed values at a time (two words16x4)
+// and unpacked in registers; per token and sub-block s, vpdpbusd gives dot_s and
+//   isum += sc_s * dot_s,  msum = sum over pairs of groups of 16 of (mn, mn) . (bsum, bsum)
+// (vpdpwssd), then finish_k: the integers and float steps of rows16_k and small_k.
+
+// 16 lanes of int32: byte k (0..3) of each lane, unsigned / sign-extended.
+static inline TGT __m512i byte_u(__m512i v, int k) { return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF)); }
+static inline TGT __m512i byte_s(__m512i v, int k) { return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * k), 24); }
+// (a, b) per lane as two int16 (a in the low half): the operand of vpdpwssd against (bsum_2p, bsum_2p+1).
+static inline TGT __m512i pair16(__m512i a, __m512i b) {
+    return _mm512_or_si512(_mm512_and_si512(a, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(b, 16));
+}
+
+template <int NX>
+static TGT void regs16_q4k_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
+    const BlockQ8K* xb[NX];
+    __m512 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(xq + j * g.xq_stride);
+        acc[j] = _mm512_setzero_ps();
+    }
+    const size_t rb = g.row_bytes;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)rb));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nb = g.K / 256;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 16 * rb, 16 * rb, b, nb);
+        const uint8_t* wb = w + (size_t)b * 144;   // {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}
+        // the 6-bit scales and mins of unpack_scales_k4, in the lanes: bytes s of sc4[0] are
+        // sc[s], of sc4[1] sc[4 + s]; likewise mn4 for the mins
+        const __m512i a0 = _mm512_i32gather_epi32(vidx, (const void*)(wb + 4), 1);
+        const __m512i a1 = _mm512_i32gather_epi32(vidx, (const void*)(wb + 8), 1);
+        const __m512i a2 = _mm512_i32gather_epi32(vidx, (const void*)(wb + 12), 1);
+        const __m512i m6 = _mm512_set1_epi8(0x3F), l4 = _mm512_set1_epi8(0x0F), h2 = _mm512_set1_epi8(0x03);
+        const __m512i sc4[2] = {_mm512_and_si512(a0, m6),
+                                _mm512_or_si512(_mm512_and_si512(a2, l4),
+                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a0, 6), h2), 4))};
+        const __m512i mn4[2] = {_mm512_and_si512(a1, m6),
+                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(a2, 4), l4),
+                                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a1, 6), h2), 4))};
+        __m512i isum[NX], msum[NX];
+        for (int j = 0; j < NX; ++j) isum[j] = msum[j] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; ++c) {   // 32 bytes of qs: sub-block 2c in the low nibbles, 2c + 1 high
+            __m512i word[8], v[16];
+            words16x4(wb + 16 + 32 * c, rb, word);
+            words16x4(wb + 16 + 32 * c + 16, rb, word + 4);
+            for (int k = 0; k < 8; ++k) {
+                v[k] = _mm512_and_si512(word[k], m4);
+                v[8 + k] = _mm512_and_si512(_mm512_srli_epi16(word[k], 4), m4);
+            }
+            const __m512i s0 = byte_u(sc4[c / 2], 2 * c % 4), s1 = byte_u(sc4[c / 2], 2 * c % 4 + 1);
+            for (int j = 0; j < NX; ++j) {
+                const int8_t* a = xb[j][b].qs + 64 * c;
+                __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+                for (int k = 0; k < 8; ++k) {
+                    d0 = _mm512_dpbusd_epi32(d0, v[k], bcast4(a + 4 * k));
+                    d1 = _mm512_dpbusd_epi32(d1, v[8 + k], bcast4(a + 32 + 4 * k));
+                }
+                isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(d0, s0), _mm512_mullo_epi32(d1, s1)));
+            }
+        }
+        for (int s = 0; s < 8; ++s) {   // the min of sub-block s covers groups 2s and 2s + 1
+            const __m512i m = byte_u(mn4[s / 4], s % 4), mm = pair16(m, m);
+            for (int j = 0; j < NX; ++j) msum[j] = _mm512_dpwssd_epi32(msum[j], mm, bcast4(xb[j][b].bsums + 2 * s));
+        }
+        const __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)wb, 1);
+        const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+        const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
+        for (int j = 0; j < NX; ++j) acc[j] = finish_k<false>(acc[j], isum[j], msum[j], d, dmin, xb[j][b].d);
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + (size_t)j * g.N, acc[j]);
+}
+
+// Bits sh, sh + 1 of each byte as bits 4, 5 (Q6_K's two high bits).
+static inline TGT __m512i q6_hi(__m512i qh, int sh) {
+    return _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, sh), _mm512_set1_epi8(0x03)), 4);
+}
+
+template <int NX>
+static TGT void regs16_q6k_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
+    const BlockQ8K* xb[NX];
+    __m512 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(xq + j * g.xq_stride);
+        acc[j] = _mm512_setzero_ps();
+    }
+    const size_t rb = g.row_bytes;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)rb));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nb = g.K / 256;
+    for (int b = 0; b < nb; ++b) {
+        prefetch_next(w + 16 * rb, 16 * rb, b, nb);
+        const uint8_t* wb = w + (size_t)b * 210;   // {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}
+        __m512i sc4[4];   // byte k of sc4[q]: the scale of sub-block 4q + k
+        for (int q = 0; q < 4; ++q) sc4[q] = _mm512_i32gather_epi32(vidx, (const void*)(wb + 192 + 4 * q), 1);
+        __m512i isum[NX], msum[NX];
+        for (int j = 0; j < NX; ++j) isum[j] = msum[j] = _mm512_setzero_si512();
+        // half h, words 4t..4t+3 of its 32-byte runs: values 128h + 32e + 16t + 4q + i (e = 0..3)
+        // are sub-block 8h + 2e + t; as Q6K::unpack: e = 0, 1 the low nibbles of ql[64h..],
+        // ql[64h + 32..] with qh bits 0-1, 2-3; e = 2, 3 their high nibbles with bits 4-5, 6-7
+        for (int h = 0; h < 2; ++h)
+            for (int t = 0; t < 2; ++t) {
+                __m512i l0[4], l1[4], qh[4], v[4][4];
+                words16x4(wb + 64 * h + 16 * t, rb, l0);
+                words16x4(wb + 64 * h + 32 + 16 * t, rb, l1);
+                words16x4(wb + 128 + 32 * h + 16 * t, rb, qh);
+                for (int q = 0; q < 4; ++q) {
+                    v[0][q] = _mm512_or_si512(_mm512_and_si512(l0[q], m4), q6_hi(qh[q], 0));
+                    v[1][q] = _mm512_or_si512(_mm512_and_si512(l1[q], m4), q6_hi(qh[q], 2));
+                    v[2][q] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0[q], 4), m4), q6_hi(qh[q], 4));
+                    v[3][q] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1[q], 4), m4), q6_hi(qh[q], 6));
+                }
+                for (int e = 0; e < 4; ++e) {
+                    const int sb = 8 * h + 2 * e + t;
+                    const __m512i sc = byte_s(sc4[sb / 4], sb % 4);
+                    for (int j = 0; j < NX; ++j) {
+                        const int8_t* a = xb[j][b].qs + 16 * sb;
+                        __m512i dot = _mm512_setzero_si512();
+                        for (int q = 0; q < 4; ++q) dot = _mm512_dpbusd_epi32(dot, v[e][q], bcast4(a + 4 * q));
+                        isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(dot, sc));
+                    }
+                }
+            }
+        for (int p = 0; p < 8; ++p) {   // offset 32: (32 sc_2p, 32 sc_2p+1) . (bsum_2p, bsum_2p+1)
+            const __m512i mm = pair16(_mm512_slli_epi32(byte_s(sc4[p / 2], 2 * p % 4), 5),
+                                      _mm512_slli_epi32(byte_s(sc4[p / 2], 2 * p % 4 + 1), 5));
+            for (int j = 0; j < NX; ++j) msum[j] = _mm512_dpwssd_epi32(msum[j], mm, bcast4(xb[j][b].bsums + 2 * p));
+        }
+        // d: the f16 at byte 208, the high half of the word at 206 (inside the block)
+        const __m512 d = _mm512_cvtph_ps(
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_i32gather_epi32(vidx, (const void*)(wb + 206), 1), 16)));
+        for (int j = 0; j < NX; ++j) acc[j] = finish_k<true>(acc[j], isum[j], msum[j], d, d, xb[j][b].d);
+    }
+    for (int j = 0; j < NX; ++j) _mm512_storeu_ps(y + (size_t)j * g.N, acc[j]);
+}
+
+template <template <int> class Run>
+static TGT void regs16_k_drive(const Rows16Args& g, int n0, int n1) {
+    for (int n = n0; n + 16 <= n1; n += 16) {
+        const uint8_t* w = g.W + (size_t)n * g.row_bytes;
+        for (int t = 0; t < g.M; t += 8) {
+            const uint8_t* x = g.xq + (size_t)t * g.xq_stride;
+            float* y = g.y + (size_t)t * g.N + n;
+            switch (std::min(8, g.M - t)) {
+                case 1: Run<1>::run(g, w, x, y); break;
+                case 2: Run<2>::run(g, w, x, y); break;
+                case 3: Run<3>::run(g, w, x, y); break;
+                case 4: Run<4>::run(g, w, x, y); break;
+                case 5: Run<5>::run(g, w, x, y); break;
+                case 6: Run<6>::run(g, w, x, y); break;
+                case 7: Run<7>::run(g, w, x, y); break;
+                default: Run<8>::run(g, w, x, y); break;
+            }
+        }
+    }
+}
+template <int NX> struct Q4KRegs { static TGT void run(const Rows16Args& g, const uint8_t* w, const uint8_t* x, float* y) { regs16_q4k_run<NX>(g, w, x, y); } };
+template <int NX> struct Q6KRegs { static TGT void run(const Rows16Args& g, const uint8_t* w, const uint8_t* x, float* y) { regs16_q6k_run<NX>(g, w, x, y); } };
 
 // ---- the driver's entry ---------------------------------------------------------------------
 // Rows [n0, n1) (multiples of 16) of y for every token: per group of 16 rows, a slab of
@@ -484,8 +729,12 @@ struct KKern {
     };
 };
 
-// Up to kGrouped tokens: the integers row by row, R rows at a time, kSmall tokens at a time
-// (the later groups of tokens find the 16 rows in L1); more: through slabs. From 4 to 8 tokens
+// Q4_K and Q6_K, 2 to kRegs tokens: in registers, 8 tokens at a time (Qwen2.5-Coder-0.5B
+// Q4_K_M, 1 thread, CPU time of a Model.step of 4 / 8 / 16 sequences: 33 / 59 / 106 ms row by row
+// or in slabs, 30 / 53 / 96 this way; of 1: 21.1 row by row, 21.5 this way).
+// Other super-blocks and one token, up to kGrouped tokens: the integers row by row, R rows at a
+// time, kSmall tokens at a time (the later groups of tokens find the 16 rows in L1); more:
+// through slabs. From 4 to 8 tokens
 // a slab's unpacking is not paid back yet: SmolLM2's decode step of 4 sequences took 2.2-3x
 // the time of 1 through slabs, about 1.5x this way (1 thread, CPU time). Either way each
 // (row, token) runs the same operations as in a batch of 1 to 3 tokens: the same bits.
@@ -513,18 +762,16 @@ static TGT void small_drive(const Rows16Args& g, int n0, int n1, uint8_t* scratc
     }
 }
 
+// Up to kRegs tokens: 16 rows transposed in registers per block, 8 tokens at a time (the
+// later groups of 8 find the rows in L1 or L2); more: through slabs. SmolLM2 (Q4_1), 1 thread,
+// CPU time of one Model.step: 16 sequences 29 ms this way against 39 through slabs, 32 rows 55
+// against 59, 64 rows 108 against 105.
+constexpr int kRegs = 32;
+
 template <class B>
 static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
-    if (g.M <= kGrouped) {
-        small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small_q32<8, 1, B>(g, w, out);
-            else if (g.M == 2) small_q32<8, 2, B>(g, w, out);
-            else small_q32<8, 3, B>(g, w, out);
-        }, [](const Rows16Args& g, const uint8_t* w, float* out) {
-            if (g.M == 1) small_q32<4, 1, B>(g, w, out);
-            else if (g.M == 2) small_q32<4, 2, B>(g, w, out);
-            else small_q32<4, 3, B>(g, w, out);
-        });
+    if (g.M <= kRegs) {
+        regs16_q32_drive<B>(g, n0, n1);
         return;
     }
     rows16_drive<32, kChunk32, kSlab32, decltype(&unpack16_q32<B>), Q32Kern<B>::template K>(g, n0, n1, scratch,
@@ -532,6 +779,10 @@ static TGT void rows16_q32_entry(const Rows16Args& g, int n0, int n1, uint8_t* s
 }
 template <class F, class D>
 static TGT void rows16_k_entry(const Rows16Args& g, int n0, int n1, uint8_t* scratch) {
+    if (g.M >= 2 && g.M <= kRegs) {   // Q4_K, Q6_K: in registers (one token: row by row, below)
+        if (std::is_same<F, Q4K>::value) return regs16_k_drive<Q4KRegs>(g, n0, n1);
+        if (std::is_same<F, Q6K>::value) return regs16_k_drive<Q6KRegs>(g, n0, n1);
+    }
     if (g.M <= kGrouped) {
         small_drive(g, n0, n1, scratch, [](const Rows16Args& g, const uint8_t* w, float* out) {
             if (g.M == 1) small_k<8, 1, F, D>(g, w, out);

@@ -213,11 +213,14 @@ MatmulJob matmul_prepare(const kargs_matmul& a, const uint8_t* W, const float* x
         if (scratch->size() < need) scratch->resize(need);
         uint8_t* base = scratch->data();
         int32_t* xc = (int32_t*)(base + xq_bytes);
+        const bool v512 = active_simd() == Simd::avx512 && features().avx512vnni && quantize_q8_avx512();
+        const QuantizeQ8 q8 = v512 ? quantize_q8_avx512() : quantize_row_q8;
+        const QuantizeQ8K q8k = v512 ? quantize_q8k_avx512() : quantize_row_q8k;
         auto quantize = [&](int ith, int nth) {
             for (int t = ith; t < a.n_tokens; t += nth) {
                 const float* xr = x + (int64_t)t * a.n_in;
-                if (fmt == 1) quantize_row_q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
-                else quantize_row_q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
+                if (fmt == 1) q8(xr, (BlockQ8*)(base + t * j.xq_stride), a.n_in);
+                else q8k(xr, (BlockQ8K*)(base + t * j.xq_stride), a.n_in);
                 if (Wr) {   // the repacked weights are q + 128: the blocks' -128 * sum(qs)
                     const BlockQ8* xb = (const BlockQ8*)(base + t * j.xq_stride);
                     for (size_t b = 0; b < j.xc_stride; ++b) xc[t * j.xc_stride + b] = -128 * xb[b].sum;

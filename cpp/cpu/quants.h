@@ -50,6 +50,12 @@ size_t act_row_bytes(int format, int K);
 // Quantize one row of K floats (K a multiple of 32 / 256) into BlockQ8 / BlockQ8K.
 void quantize_row_q8(const float* x, BlockQ8* y, int K);
 void quantize_row_q8k(const float* x, BlockQ8K* y, int K);
+// The same two on AVX-512 (the same bytes, ~4x faster); null where not built (the caller checks
+// the CPU has AVX512_VNNI, the level the file is compiled for).
+using QuantizeQ8 = void (*)(const float* x, BlockQ8* y, int K);
+using QuantizeQ8K = void (*)(const float* x, BlockQ8K* y, int K);
+QuantizeQ8 quantize_q8_avx512();
+QuantizeQ8K quantize_q8k_avx512();
 
 // ---- row-dot kernels ----------------------------------------------------------------
 // y[j] = dot(weight row w (K values, GGUF blocks), activation row j) for j in [0, nx),

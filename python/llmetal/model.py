@@ -288,6 +288,7 @@ class Model:
         self._step_plans: dict[tuple[int, int, bool], DecodePlan] = {}   # (rows, logit rows, ids) -> plan
         self._ids1, self._out1 = self.full["ids"].rows(0, 1), self.full["logits"].rows(0, 1)
         self._logits1 = self.device.host_empty(c.n_vocab)   # page-locked on cuda: one DMA a step
+        self._logits_n = None   # Model.step's logits rows, reused by every step (made at first use)
 
     # ---- helpers ------------------------------------------------------------------------
     def acts(self, T: int, n_rows_out: int) -> Activations:
@@ -485,13 +486,33 @@ class Model:
         """The most rows one step takes."""
         return min(self.n_batch, E.STEP_MAX_ROWS)
 
+    def _check_rows(self, rows):
+        """Model.step's rows, one by one: the first bad value named."""
+        seen = set()
+        for seq, tok, pos in rows:
+            for name, v in (("sequence", seq), ("token", tok), ("position", pos)):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise ValueError(f"the {name} of a row must be an integer, got {v!r}")
+            if not 0 <= seq < self.n_seq:
+                raise ValueError(f"sequence {seq} outside 0..{self.n_seq - 1} (n_seq {self.n_seq})")
+            if not 0 <= pos < self.n_ctx:
+                raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx} of sequence {seq}")
+            if not 0 <= tok < self.cfg.n_vocab:
+                raise ValueError(f"token id {tok} outside the vocabulary of {self.cfg.n_vocab}")
+            if (seq, pos) in seen:
+                raise ValueError(f"sequence {seq} has two rows at position {pos}")
+            seen.add((seq, pos))
+
     @serialized
     def step(self, rows, want=None, eager: bool = False, ids: bool = False) -> np.ndarray:
         """One forward pass over a batch that mixes sequences: rows = [(seq, token, pos), ...]
         (decode rows of several sequences, prompt chunks of others; a sequence's rows before pos
         must be in the cache or earlier in this batch). Each row attends only to its own
         sequence's positions <= pos. want: the indices of the rows whose logits to return
-        (default: all rows; at most n_out; [] for none). Returns a new array [len(want), vocab].
+        (default: all rows; at most n_out; [] for none). Returns the logits [len(want), vocab]
+        in a buffer the next step reuses, as decode_step does (copy to keep; eager=True returns
+        a new array): a new array of a few MB every step cost more than the copy itself, in page
+        faults.
 
         Runs a plan recorded for the batch size (the next power of two when n_seq > 1, padded
         with rows that write only a scratch cache row); eager=True runs the same forward pass
@@ -508,25 +529,27 @@ class Model:
         want = list(range(n)) if want is None else [int(i) for i in want]
         if len(want) > self.n_out or any(not 0 <= i < n for i in want) or len(set(want)) < len(want):
             raise ValueError(f"want must name at most {self.n_out} distinct rows of the {n}")
-        seen = set()
-        for seq, tok, pos in rows:
-            for name, v in (("sequence", seq), ("token", tok), ("position", pos)):
-                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                    raise ValueError(f"the {name} of a row must be an integer, got {v!r}")
-            if not 0 <= seq < self.n_seq:
-                raise ValueError(f"sequence {seq} outside 0..{self.n_seq - 1} (n_seq {self.n_seq})")
-            if not 0 <= pos < self.n_ctx:
-                raise ValueError(f"context overflow: position {pos} >= n_ctx {self.n_ctx} of sequence {seq}")
-            if not 0 <= tok < self.cfg.n_vocab:
-                raise ValueError(f"token id {tok} outside the vocabulary of {self.cfg.n_vocab}")
-            if (seq, pos) in seen:
-                raise ValueError(f"sequence {seq} has two rows at position {pos}")
-            seen.add((seq, pos))
+        # The common case on arrays: rows of three plain ints, all in range. Anything else goes
+        # through _check_rows, which names the culprit (its Python loop costs ~5 us a row).
+        a = None
+        if all(len(r) == 3 and type(r[0]) is int and type(r[1]) is int and type(r[2]) is int for r in rows):
+            try:
+                a = np.array(rows, dtype=np.int64)
+            except OverflowError:   # an int past 64 bits: out of range, named below
+                a = np.zeros((n, 3), dtype=np.int64) - 1
+            sq, tk, ps = a[:, 0], a[:, 1], a[:, 2]
+            if not ((sq >= 0).all() and (sq < self.n_seq).all() and (ps >= 0).all() and (ps < self.n_ctx).all()
+                    and (tk >= 0).all() and (tk < self.cfg.n_vocab).all()
+                    and len(np.unique(sq * self.n_ctx + ps)) == n):
+                a = None
+        if a is None:
+            self._check_rows(rows)
+            a = np.array(rows, dtype=np.int64).reshape(n, 3)
         # Padding rows first, then the rows without logits, then the wanted ones: the plan
         # computes the logits of its last R rows (rows of a batch may come in any order: every
         # row's K/V is stored before any row attends).
         wanted = set(want)
-        order = [i for i in range(n) if i not in wanted] + want
+        order = np.array([i for i in range(n) if i not in wanted] + want, dtype=np.int64)
         T = self._bucket(n, self.step_rows_max())
         nw = max(len(want), 1)     # a step of prompt rows only still computes one row's logits
         R = max(min(self._bucket(nw, self.n_out), T) if self.n_seq > 1 else nw, nw)
@@ -534,10 +557,9 @@ class Model:
         tokens = np.zeros(T, dtype=np.int32)
         rr = np.zeros((T, 2), dtype=np.int32)
         rr[:pad, 1] = self.scratch_row
-        for k, i in enumerate(order):
-            seq, tok, pos = rows[i]
-            tokens[pad + k] = tok
-            rr[pad + k] = (pos, seq * self.n_ctx)
+        tokens[pad:] = a[order, 1]
+        rr[pad:, 0] = a[order, 2]
+        rr[pad:, 1] = a[order, 0] * self.n_ctx
         if ids:   # greedy on the device: the wanted rows' ids, not their logits
             return self._step_ids(tokens, rr, T, R, len(want), eager)
         if eager:
@@ -549,9 +571,13 @@ class Model:
         else:
             plan = self._step_plan(T, R)
             self.enc.replay_rows(plan.plan, self.full["ids"].rows(0, T), tokens, rr)
-            out = self.full["logits"].rows(0, R).to_numpy()
-        out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
-        if not np.isfinite(out).all():
+            if self._logits_n is None:
+                self._logits_n = self.device.host_empty(self.n_out * self.cfg.n_vocab)
+            out = self._logits_n[:len(want) * self.cfg.n_vocab].reshape(len(want), self.cfg.n_vocab)
+            self.full["logits"].rows(R - len(want), R).download_into(out)   # only the wanted rows
+        if eager:
+            out = out[R - len(want):]   # to_numpy downloads into a new array: a view of it is the caller's
+        if not np.isfinite(out[:, :256]).all():   # per row, as finite_head
             raise NonFiniteError("the logits of a step of several sequences are not finite "
                                  "(run the sequences alone, or step(eager=True), to name the stage)")
         return out

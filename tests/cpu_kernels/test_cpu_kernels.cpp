@@ -12,9 +12,10 @@
 //      dot products, only the float summation order differs);
 //   3. the matmul driver (matmul_prepare + matmul_run split over 3 "threads") at each
 //      level vs the scalar kernels, with the output poisoned first;
-//   4. at each level, the driver on the same tokens in batches of 1, 2 and 3 (over 2
+//   4. at each level, the driver on the same tokens in batches of 1 to 20 (over 2
 //      threads) gives exactly the bits of the batch of all of them (on AVX-512 VNNI small and
 //      large batches take different routes through gemm_x86.h).
+//   5. the AVX-512 activation quantizers against the scalar ones, byte for byte.
 // Prints one line per (type, level) and exits non-zero on any failure.
 #include <cmath>
 #include <cstdio>
@@ -127,8 +128,8 @@ std::vector<Simd> levels_here() {
 void test_type(const TypeDesc& t) {
     const int K = t.block == 1 ? 515 : t.block == 32 ? 224 : 768;  // 7 blocks / 3 super-blocks
     // N = 37: two groups of 16 rows (gemm_x86.h on AVX-512 VNNI) and 5 left to the row-dot
-    // kernels; M = 21: 8 + 8 + 5 tokens through the slabs there
-    const int N = 37, M = 21;
+    // kernels; M = 40: five times 8 tokens through the slabs there (more than 32)
+    const int N = 37, M = 40;
     const uint64_t rb = (uint64_t)K / t.block * t.bytes;
     std::vector<uint8_t> W;
     for (int n = 0; n < N; ++n) { auto r = random_row(t, K); W.insert(W.end(), r.begin(), r.end()); }
@@ -195,11 +196,12 @@ void test_type(const TypeDesc& t) {
         force_simd(best_simd());
         double ed = nmse(y.data(), ysd.data(), M * N);
         check(ed <= 1e-10, std::string(t.name) + " " + simd_name(lv) + " driver vs scalar NMSE " + std::to_string(ed));
-        // 4. batch invariance: the same tokens in batches of 1 to 8 (gemm_x86.h: the row-by-row
-        // integers, 3 tokens at a time) give the same bits as in the batch of 21 (slabs)
+        // 4. batch invariance: the same tokens in batches of 1 to 20 (gemm_x86.h: 32-value
+        // blocks transposed in registers, 8 tokens at a time; super-blocks up to 8 tokens row by
+        // row, 3 at a time, then slabs) give the same bits as in the batch of 40 (slabs)
         force_simd(lv);
         int differ = 0;
-        for (int mb : {1, 2, 3, 4, 5, 8}) {
+        for (int mb : {1, 2, 3, 4, 5, 8, 13, 20}) {
             for (int m0 = 0; m0 + mb <= M; m0 += mb) {
                 std::vector<float> yb((size_t)mb * N, NAN);
                 kargs_matmul ab{mb, K, N, t.id, rb};
@@ -211,9 +213,39 @@ void test_type(const TypeDesc& t) {
         }
         force_simd(best_simd());
         check(differ == 0, std::string(t.name) + " " + simd_name(lv) + ": " + std::to_string(differ) +
-                               " batches of 1-8 tokens differ from the same tokens in the batch of " + std::to_string(M));
+                               " batches of 1-20 tokens differ from the same tokens in the batch of " + std::to_string(M));
         std::printf("%-6s %-7s vs scalar: kernel NMSE %.1e, driver NMSE %.1e\n", t.name, simd_name(lv), worst, ed);
     }
+}
+
+// 5. the AVX-512 activation quantizers give the bytes of the scalar ones: random rows at several
+// scales, a row of zeros, rows with a NaN or an inf, and values on the rounding ties (k + 0.5
+// times the scale).
+void test_quantizers() {
+    QuantizeQ8 q8 = quantize_q8_avx512();
+    QuantizeQ8K q8k = quantize_q8k_avx512();
+    if (!q8 || !q8k || best_simd() != Simd::avx512 || !features().avx512vnni) return;
+    const int K = 512;
+    int differ = 0;
+    for (int c = 0; c < 8; ++c) {
+        std::vector<float> x(K);
+        const float scale = c == 1 ? 1e-30f : c == 2 ? 1e20f : 1.0f;
+        for (auto& v : x) v = c == 3 ? 0.0f : uniform(-1, 1) * scale;
+        if (c == 4) x[37] = x[31] = x[255] = x[511] = NAN;   // the last lanes too: a NaN met last
+        if (c == 5) x[300] = -INFINITY;
+        if (c == 6) for (int i = 0; i < K; ++i) x[i] = (i % 32 == 0) ? 127.0f : (float)(i % 255 - 127) + 0.5f;
+        if (c == 7) for (int i = 0; i < K; ++i) x[i] = (i % 7) * 0.5f - 1.5f;
+        std::vector<BlockQ8> a(K / 32), b(K / 32);
+        std::vector<BlockQ8K> ak(K / 256), bk(K / 256);
+        quantize_row_q8(x.data(), a.data(), K);
+        q8(x.data(), b.data(), K);
+        quantize_row_q8k(x.data(), ak.data(), K);
+        q8k(x.data(), bk.data(), K);
+        differ += std::memcmp(a.data(), b.data(), a.size() * sizeof(BlockQ8)) != 0;
+        differ += std::memcmp(ak.data(), bk.data(), ak.size() * sizeof(BlockQ8K)) != 0;
+    }
+    check(differ == 0, std::to_string(differ) + " rows quantized differently by the AVX-512 and scalar quantizers");
+    std::printf("activation quantizers: avx512 = scalar, byte for byte\n");
 }
 
 }  // namespace
@@ -227,6 +259,7 @@ int main() {
             check(false, std::string(t.name) + ": exception " + e.what());
         }
     }
+    test_quantizers();
     if (best_simd() == Simd::scalar) std::printf("note: no SIMD level on this CPU, only scalar checked\n");
     std::printf(failures ? "%d FAILURES\n" : "all passed\n", failures);
     return failures ? 1 : 0;
