@@ -44,18 +44,22 @@ GAP_TIE = 0.6   # llama.cpp flips its own greedy token (FA on vs off) at gaps up
 # Each is a step where llama.cpp's own top-2 logits are within GAP_TIE (asserted below);
 # llama.cpp with flash attention on leaves its own flash-attention-off run at 6 (smollm2) /
 # 4 (gemma3) of the 12 prompts too (the noise fixtures' free_ids).
-# Re-derived whenever a CPU kernel changes its float rounding: the SIMD attention kernel, the
-# repacked Q8_0 kernel, and the AVX-512 matmul with 16 rows per vector (cpp/cpu/gemm_x86.h:
-# the same integer dots, each block's sum scaled once, so the float additions come in
-# another order). Each moves which near-tie a greedy run flips at. What did not get worse
-# with the last, measured on the 12 x 32 teacher-forced steps against the float64 model
-# (llmetal.reference): mean logits NMSE smollm2 2.46e-3 -> 2.11e-3, gemma3 2.21e-3 -> 2.03e-3;
-# steps where the argmax differs from float64's: smollm2 6 -> 14 (llama.cpp: 9), gemma3
-# 17 -> 13, all at float64 gaps below 0.4.
+# Re-derived (scripts/oracle/greedy_divergences.py) whenever a CPU kernel changes its float
+# rounding: the SIMD attention kernel, the repacked Q8_0 kernel, the AVX-512 matmul with 16 rows
+# per vector, and now the attention in chunks of 256 keys (cpp/cpu/quants_x86.h: scores 8 keys
+# at a time, chunk partials merged in order). Each moves which near-tie a greedy run flips at.
+# On the 12 x 32 teacher-forced steps against the float64 model (llmetal.reference), before ->
+# after the chunked attention: mean logits NMSE smollm2 2.11e-3 -> 1.90e-3, gemma3 2.03e-3 ->
+# 2.29e-3; steps where the argmax differs from float64's: smollm2 14 -> 12 (llama.cpp: 9),
+# gemma3 13 -> 17 (float64 gaps below 0.4, one at 0.64). The attention stage itself did not
+# lose accuracy: fed the same inputs (llmetal.compare_stages, Gemma-3, 331 tokens), its NMSE
+# against float64 is 1.35e-7 mean / 3.3e-7 max after, 1.38e-7 / 3.8e-7 before; the logits
+# moved through the 8-bit rounding of every later activation, both ways on the two models.
 ACCEPTED_DIVERGENCES = {
-    ("smollm2", 1): 12, ("smollm2", 3): 6, ("smollm2", 6): 8, ("smollm2", 8): 10, ("smollm2", 10): 0,
-    ("gemma3", 0): 9, ("gemma3", 3): 4, ("gemma3", 4): 9, ("gemma3", 5): 11,
-    ("gemma3", 6): 5, ("gemma3", 7): 27, ("gemma3", 8): 1, ("gemma3", 10): 5,
+    ("smollm2", 0): 9, ("smollm2", 1): 25, ("smollm2", 4): 7, ("smollm2", 6): 8, ("smollm2", 7): 1,
+    ("smollm2", 8): 20, ("smollm2", 10): 0,
+    ("gemma3", 0): 9, ("gemma3", 1): 23, ("gemma3", 2): 0, ("gemma3", 5): 12, ("gemma3", 6): 6,
+    ("gemma3", 7): 2, ("gemma3", 9): 6, ("gemma3", 10): 3,
 }
 
 

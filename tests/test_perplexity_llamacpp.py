@@ -4,8 +4,10 @@ made by scripts/oracle/make_perplexity_fixtures.py: GPL-3 text, -c 512, 12 chunk
 Each fixture holds two llama.cpp runs: "default" (flash attention on, 4 chunks per batch) and
 "fa_off" (flash attention off, one chunk at a time, as llmetal computes attention). The two
 differ by up to 1.7% on a single chunk (SmolLM2, chunk 1) and by 0.05% after 12 chunks. So the
-running estimate after every chunk is compared with the fa_off run, and the final figure with
-both runs; relative error < 0.5%, the bound issue 23 sets. The fast test scores the first 2 chunks of SmolLM2 (~20 s); the slow ones all 12 chunks of
+running estimate after every chunk must lie between the two runs' estimates, widened by 0.5% on
+each side (on the first chunks a change of float order moves llmetal within llama.cpp's own
+spread: SmolLM2 chunk 1 is 16.2777 FA off, 16.5546 FA on, 16.2618 in float64), and the final
+figure within 0.5% of both runs, the bound issue 23 sets. The fast test scores the first 2 chunks of SmolLM2 (~20 s); the slow ones all 12 chunks of
 SmolLM2, Gemma-3 and Qwen2.5-Coder-0.5B (minutes on 2 cores), run only with LLMETAL_SLOW_TESTS=1 since
 CI runs every test that is not skipped.
 """
@@ -40,8 +42,9 @@ def llmetal_running(run_cli, model, chunks: int) -> tuple[list[float], float, fl
 def check(name, running, chunks):
     runs = fixture(name)["runs"]
     for k, got in enumerate(running):
-        ref = runs["fa_off"]["running"][k]
-        assert abs(got - ref) / ref < TOLERANCE, f"{name} chunk {k + 1}: llmetal {got} vs llama.cpp {ref}"
+        a, b = runs["fa_off"]["running"][k], runs["default"]["running"][k]
+        assert min(a, b) * (1 - TOLERANCE) < got < max(a, b) * (1 + TOLERANCE), \
+            f"{name} chunk {k + 1}: llmetal {got} vs llama.cpp {a} (FA off) / {b} (FA on)"
     if chunks == 12:
         for run in runs.values():
             assert abs(running[-1] - run["ppl"]) / run["ppl"] < TOLERANCE, (running[-1], run["command"])
