@@ -461,18 +461,29 @@ static inline TGT void regs16_q32(const uint8_t* w, size_t rb, __m512i vidx, __m
     }
 }
 
+// The NX tokens' 8-bit blocks (BlockQ8 / BlockQ8K, g.xq_stride apart) and their zeroed
+// accumulators (one lane per row).
+template <int NX, class Blk>
+static inline TGT void tokens16(const Rows16Args& g, const uint8_t* xq, const Blk** xb, __m512* acc) {
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const Blk*)(xq + j * g.xq_stride);
+        acc[j] = _mm512_setzero_ps();
+    }
+}
+// Byte offsets of the 16 rows (row r at r * rb): the gather index of per-row block fields.
+static inline TGT __m512i row_offsets16(size_t rb) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)rb));
+}
+
 // NX <= 8 tokens (g.xq ..) against the 16 rows at w: y + t * N, 16 outputs per token.
 template <int NX, class B>
 static TGT void regs16_q32_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
     const BlockQ8* xb[NX];
     __m512 acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8*)(xq + j * g.xq_stride);
-        acc[j] = _mm512_setzero_ps();
-    }
+    tokens16<NX>(g, xq, xb, acc);
     const size_t rb = g.row_bytes;
-    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)rb));
+    const __m512i vidx = row_offsets16(rb);
     const int nb = g.K / 32;
     for (int b = 0; b < nb; ++b) {
         prefetch_next(w + 16 * rb, 16 * rb, b, nb);
@@ -531,13 +542,9 @@ template <int NX>
 static TGT void regs16_q4k_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
     const BlockQ8K* xb[NX];
     __m512 acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8K*)(xq + j * g.xq_stride);
-        acc[j] = _mm512_setzero_ps();
-    }
+    tokens16<NX>(g, xq, xb, acc);
     const size_t rb = g.row_bytes;
-    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)rb));
+    const __m512i vidx = row_offsets16(rb);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const int nb = g.K / 256;
     for (int b = 0; b < nb; ++b) {
@@ -597,13 +604,9 @@ template <int NX>
 static TGT void regs16_q6k_run(const Rows16Args& g, const uint8_t* w, const uint8_t* xq, float* y) {
     const BlockQ8K* xb[NX];
     __m512 acc[NX];
-    for (int j = 0; j < NX; ++j) {
-        xb[j] = (const BlockQ8K*)(xq + j * g.xq_stride);
-        acc[j] = _mm512_setzero_ps();
-    }
+    tokens16<NX>(g, xq, xb, acc);
     const size_t rb = g.row_bytes;
-    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)rb));
+    const __m512i vidx = row_offsets16(rb);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const int nb = g.K / 256;
     for (int b = 0; b < nb; ++b) {
