@@ -381,6 +381,32 @@ struct DotQ32x2 {
 };
 
 // ---- K-quants (activations in BlockQ8K) -------------------------------------------------
+// The super-block loop every format's run() shares: B::ints gives the integer sums of one
+// super-block, scaled in float by d (and, for the formats with a min, -dmin) times the
+// activation super-block's scale; the 8 lanes are added at the end.
+template <class B, int NX>
+static TGT void ksuper_run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
+    const BlockQ8K* xb[NX];
+    __m256 acc[NX];
+    for (int j = 0; j < NX; ++j) {
+        xb[j] = (const BlockQ8K*)(x + j * xs);
+        acc[j] = _mm256_setzero_ps();
+    }
+    for (int b = 0; b < K / 256; ++b, w += B::Bytes) {
+        const BlockQ8K* xa[NX];
+        for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
+        __m256i isum[NX], msum[NX];
+        B::template ints<NX>(w, xa, isum, msum);
+        const float dw = B::d(w), dm = B::dmin(w);
+        for (int j = 0; j < NX; ++j) {
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
+            if constexpr (B::Min)
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[j]), _mm256_set1_ps(-dm * xa[j]->d), acc[j]);
+        }
+    }
+    for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+}
+
 // Each format's ints<NX>(w, xa, isum, msum) gives the exact integer sums of one super-block
 // against the activation super-blocks xa[j], as 8 int32 lanes whose total is the sum:
 // isum = sum_s sc_s * dot_s (a constant offset folded in), msum = sum_s m_s * bsum_s (the
@@ -428,24 +454,7 @@ struct DotQ45K {
     }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
-        const BlockQ8K* xb[NX];
-        __m256 acc[NX];
-        for (int j = 0; j < NX; ++j) {
-            xb[j] = (const BlockQ8K*)(x + j * xs);
-            acc[j] = _mm256_setzero_ps();
-        }
-        for (int b = 0; b < K / 256; ++b, w += Bytes) {
-            const BlockQ8K* xa[NX];
-            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
-            __m256i isum[NX], msum[NX];
-            ints<NX>(w, xa, isum, msum);
-            const float dw = d(w), dm = dmin(w);
-            for (int j = 0; j < NX; ++j) {
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[j]), _mm256_set1_ps(-dm * xa[j]->d), acc[j]);
-            }
-        }
-        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+        ksuper_run<DotQ45K<Q5>, NX>(K, w, x, xs, y);
     }
 };
 
@@ -493,22 +502,7 @@ struct DotQ6K {
     }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
-        const BlockQ8K* xb[NX];
-        __m256 acc[NX];
-        for (int j = 0; j < NX; ++j) {
-            xb[j] = (const BlockQ8K*)(x + j * xs);
-            acc[j] = _mm256_setzero_ps();
-        }
-        for (int b = 0; b < K / 256; ++b, w += Bytes) {
-            const BlockQ8K* xa[NX];
-            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
-            __m256i isum[NX], msum[NX];
-            ints<NX>(w, xa, isum, msum);
-            const float dw = d(w);
-            for (int j = 0; j < NX; ++j)
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
-        }
-        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+        ksuper_run<DotQ6K, NX>(K, w, x, xs, y);
     }
 };
 
@@ -571,25 +565,7 @@ struct DotQ23K {
     }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
-        const BlockQ8K* xb[NX];
-        __m256 acc[NX];
-        for (int j = 0; j < NX; ++j) {
-            xb[j] = (const BlockQ8K*)(x + j * xs);
-            acc[j] = _mm256_setzero_ps();
-        }
-        for (int b = 0; b < K / 256; ++b, w += Bytes) {
-            const BlockQ8K* xa[NX];
-            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
-            __m256i isum[NX], msum[NX];
-            ints<NX>(w, xa, isum, msum);
-            const float dw = d(w);
-            for (int j = 0; j < NX; ++j) {
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
-                if (!Q3)
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[j]), _mm256_set1_ps(-dmin(w) * xa[j]->d), acc[j]);
-            }
-        }
-        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+        ksuper_run<DotQ23K<Q3>, NX>(K, w, x, xs, y);
     }
 };
 
@@ -618,22 +594,7 @@ struct DotIQ4XS {
     }
     template <int NX>
     static TGT void run(int K, const uint8_t* w, const uint8_t* x, size_t xs, float* y) {
-        const BlockQ8K* xb[NX];
-        __m256 acc[NX];
-        for (int j = 0; j < NX; ++j) {
-            xb[j] = (const BlockQ8K*)(x + j * xs);
-            acc[j] = _mm256_setzero_ps();
-        }
-        for (int b = 0; b < K / 256; ++b, w += Bytes) {
-            const BlockQ8K* xa[NX];
-            for (int j = 0; j < NX; ++j) xa[j] = xb[j] + b;
-            __m256i isum[NX], msum[NX];
-            ints<NX>(w, xa, isum, msum);
-            const float dw = d(w);
-            for (int j = 0; j < NX; ++j)
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * xa[j]->d), acc[j]);
-        }
-        for (int j = 0; j < NX; ++j) y[j] = hsum(acc[j]);
+        ksuper_run<DotIQ4XS, NX>(K, w, x, xs, y);
     }
 };
 
