@@ -102,21 +102,6 @@ static inline TGT __m256i sum8x8(const __m256i* p) {
 constexpr size_t kSlab32 = 8 * 64 + 2 * 64;
 constexpr int kChunk32 = 8;   // blocks per slab
 
-// Blocks [b0, b0 + nb) of the 16 rows at w into slab; u: scratch of 16 x 32 bytes.
-template <class B>
-static TGT void unpack16_q32(const uint8_t* w, size_t row_bytes, int b0, int nb, uint8_t* u, uint8_t* slab) {
-    for (int b = 0; b < nb; ++b, slab += kSlab32) {
-        float* f = (float*)(slab + 512);
-        for (int r = 0; r < 16; ++r) {
-            const uint8_t* blk = w + r * row_bytes + (size_t)(b0 + b) * B::Bytes;
-            _mm256_storeu_si256((__m256i*)(u + 32 * r), B::q(blk));
-            f[r] = B::d(blk);
-            f[16 + r] = B::Min ? B::off(blk) : 0.0f;
-        }
-        transpose16x8(u, 32, slab);
-    }
-}
-
 // NX tokens (activation rows x + j * xs) against the slab's nb blocks (activation blocks
 // b0 ..); acc [NX][16] in and out.
 template <int NX, class B>
@@ -474,6 +459,22 @@ static inline TGT void tokens16(const Rows16Args& g, const uint8_t* xq, const Bl
 static inline TGT __m512i row_offsets16(size_t rb) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                               _mm512_set1_epi32((int)rb));
+}
+
+// Blocks [b0, b0 + nb) of the 16 rows at w into slab (u, rows16_drive's scratch for one
+// block's rows, is not needed here): each block transposed in registers (regs16_q32), whose
+// v[c] is exactly the slab's 4-value group c of the 16 rows, then stored with d and m.
+template <class B>
+static TGT void unpack16_q32(const uint8_t* w, size_t row_bytes, int b0, int nb, uint8_t*, uint8_t* slab) {
+    const __m512i vidx = row_offsets16(row_bytes);
+    for (int b = 0; b < nb; ++b, slab += kSlab32) {
+        __m512i v[8];
+        __m512 d, m;
+        regs16_q32<B>(w + (size_t)(b0 + b) * B::Bytes, row_bytes, vidx, v, &d, &m);
+        for (int c = 0; c < 8; ++c) _mm512_storeu_si512(slab + 64 * c, v[c]);
+        _mm512_storeu_ps((float*)(slab + 512), d);
+        _mm512_storeu_ps((float*)(slab + 576), m);
+    }
 }
 
 // NX <= 8 tokens (g.xq ..) against the 16 rows at w: y + t * N, 16 outputs per token.

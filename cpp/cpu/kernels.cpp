@@ -251,9 +251,9 @@ void matmul_run(const MatmulJob& j, int ith, int nth, float* tmp) {
         if (j.dot16) {   // repacked: 16 rows per call, written straight into y (n0, n1 multiples of 16)
             for (; n + 16 <= n1; n += 16) {
                 const uint8_t* wg = j.Wr + (uint64_t)(n / 16) * (K / 32) * kQ8x16BlockBytes;
-                for (int t = 0; t < M; t += 4)
+                for (int t = 0; t < M; t += kRowDot16Tokens)
                     j.dot16(K, wg, j.xq + t * j.xq_stride, j.xq_stride, j.xc + t * j.xc_stride, j.xc_stride,
-                            std::min(4, M - t), j.y + (int64_t)t * N + n, N);
+                            std::min(kRowDot16Tokens, M - t), j.y + (int64_t)t * N + n, N);
             }
             return;
         }

@@ -331,7 +331,11 @@ static TGT void rowdot16_q8_0(int K, const uint8_t* wg, const uint8_t* x, size_t
         case 1: q8_0x16_run<1>(K, wg, x, xs, xc, xcs, y, ys); break;
         case 2: q8_0x16_run<2>(K, wg, x, xs, xc, xcs, y, ys); break;
         case 3: q8_0x16_run<3>(K, wg, x, xs, xc, xcs, y, ys); break;
-        default: q8_0x16_run<4>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 4: q8_0x16_run<4>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 5: q8_0x16_run<5>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 6: q8_0x16_run<6>(K, wg, x, xs, xc, xcs, y, ys); break;
+        case 7: q8_0x16_run<7>(K, wg, x, xs, xc, xcs, y, ys); break;
+        default: q8_0x16_run<8>(K, wg, x, xs, xc, xcs, y, ys); break;
     }
 }
 #endif
