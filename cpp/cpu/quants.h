@@ -95,7 +95,7 @@ void repack_q8_0_x16(const uint8_t* src, size_t row_bytes, int K, int g0, int g1
 // y[j * y_stride + r] (r < 16, j < nx <= kRowDot16Tokens) = dot(row r of the group at wg,
 // activation row j at x + j * x_stride); xc + j * xc_stride holds -128 * sum(qs) of each
 // activation block. 8 tokens a call: each block's 8 weight vectors are loaded once for them
-// (16 accumulators and 8 weight vectors fit the 32 registers).
+// (8 accumulators, 8 weight vectors and a token's two integer chains fit the 32 registers).
 constexpr int kRowDot16Tokens = 8;
 using RowDot16 = void (*)(int K, const uint8_t* wg, const uint8_t* x, size_t x_stride, const int32_t* xc,
                           size_t xc_stride, int nx, float* y, size_t y_stride);
