@@ -55,9 +55,11 @@ _local = threading.local()
 def client() -> httpx.Client:
     """This thread's HTTP client, kept for all its requests (as the openai client keeps one):
     httpx.stream() builds a new client per request, ~20 ms of CPU for its TLS context alone,
-    which 8 clients starting requests together spent in the measured time on 2 cores."""
+    which 8 clients starting requests together spent in the measured time on 2 cores. Each
+    request still opens its own connection, as before (no keep-alive: llama-server closed a
+    kept connection under the next request)."""
     if getattr(_local, "client", None) is None or _local.client.is_closed:
-        _local.client = httpx.Client(timeout=600)
+        _local.client = httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
         CLIENTS.append(_local.client)
     return _local.client
 
