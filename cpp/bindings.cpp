@@ -45,7 +45,7 @@ using namespace llmetal;
 #endif
 
 // The CUDA planner's launch list for a plan's commands as dicts (tests without a GPU).
-// caps: CudaCaps fields to change from the H100 defaults (n_sm, cc_major, pdl, fuse,
+// caps: CudaCaps fields to change from the H100 defaults (n_sm, cc_major, pdl, fuse, persist, pk_blocks,
 // mv_resident / mvg_resident: {ggml type: [one token, 2-8 tokens]}).
 static cuda::CudaCaps caps_from(const nb::dict& d) {
     cuda::CudaCaps c;
@@ -55,6 +55,8 @@ static cuda::CudaCaps caps_from(const nb::dict& d) {
         else if (key == "cc_major") c.cc_major = nb::cast<int>(v);
         else if (key == "pdl") c.pdl = nb::cast<bool>(v);
         else if (key == "fuse") c.fuse = nb::cast<bool>(v);
+        else if (key == "persist") c.persist = nb::cast<bool>(v);
+        else if (key == "pk_blocks") c.pk_blocks = nb::cast<int>(v);
         else if (key == "mv_resident" || key == "mvg_resident") {
             auto& t = key == "mv_resident" ? c.mv_resident : c.mvg_resident;
             for (auto [ty, r] : nb::cast<nb::dict>(v)) {
@@ -70,6 +72,7 @@ static cuda::CudaCaps caps_from(const nb::dict& d) {
 static nb::dict caps_dict(const cuda::CudaCaps& c) {
     nb::dict d, mv, mvg;
     d["n_sm"] = c.n_sm; d["cc_major"] = c.cc_major; d["pdl"] = c.pdl; d["fuse"] = c.fuse;
+    d["persist"] = c.persist; d["pk_blocks"] = c.pk_blocks;
     for (int t = 0; t < 32; ++t) {
         mv[nb::int_(t)] = nb::make_tuple(c.mv_resident[t][0], c.mv_resident[t][1]);
         mvg[nb::int_(t)] = nb::make_tuple(c.mvg_resident[t][0], c.mvg_resident[t][1]);
@@ -93,6 +96,19 @@ static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
     out["launches"] = launches; out["pdl"] = l.pdl;
     out["scratch_bytes"] = l.scratch_bytes; out["qscratch_bytes"] = l.qscratch_bytes;
     out["hscratch_bytes"] = l.hscratch_bytes;
+    // the persistent kernel's program: blocks (0: launches), why not, and per instruction its
+    // units, threads, the instruction it waits for and a mat-vec's warps per weight
+    nb::dict ps;
+    nb::list ins;
+    ps["blocks"] = l.persist.blocks; ps["why"] = l.persist.why;
+    for (const cuda::PersistIns& x : l.persist.ins) {
+        nb::dict d;
+        d["units"] = x.units; d["nt"] = x.nt; d["dep"] = x.dep;
+        d["g_nwarps"] = nb::make_tuple(x.g_nwarps[0], x.g_nwarps[1], x.g_nwarps[2]);
+        ins.append(d);
+    }
+    ps["ins"] = ins;
+    out["persist"] = ps;
     return out;
 }
 
@@ -278,6 +294,13 @@ NB_MODULE(_engine, m) {
           "missing them (another process holds the cores); tests pin that path with 'always', or "
           "the threaded one with 'never'.");
     m.def("cuda_device", &make_cuda_device, nb::arg("ordinal") = 0);
+    m.def("cuda_persistent_profile", [](const Plan& p) {
+        auto* v = new std::vector<int64_t>(cuda::persistent_profile(p));
+        nb::capsule owner(v, [](void* q) noexcept { delete (std::vector<int64_t>*)q; });
+        size_t shape[2] = {v->size() / 4, 4};
+        return nb::ndarray<nb::numpy, int64_t, nb::ndim<2>>(v->data(), 2, shape, owner);
+    }, nb::arg("plan"), "kernel_persistent's profile of the plan's last run (LLMETAL_CUDA_PERSISTENT_PROFILE=1): "
+                        "per ticket (start ns, wait returned ns, end ns, SM << 32 | instruction); [0, 4] otherwise.");
     m.def("cuda_plan", &cuda_plan, nb::arg("plan"), nb::arg("caps") = nb::dict(),
           "The CUDA planner's launch list for a plan recorded on any device (no GPU needed).");
     m.def("cuda_fusions", [] {

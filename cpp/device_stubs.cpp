@@ -9,6 +9,7 @@ std::shared_ptr<Device> make_cuda_device(int) {
     throw Error("this llmetal build has no CUDA device (built without a CUDA toolkit, or LLMETAL_CUDA=OFF)");
 }
 const cuda::CudaCaps* cuda::device_caps(const Device&) { return nullptr; }
+std::vector<int64_t> cuda::persistent_profile(const Plan&) { return {}; }
 #endif
 #ifndef LLMETAL_WITH_METAL
 std::shared_ptr<Device> make_metal_device() {

@@ -23,7 +23,7 @@ near unit scale and the logits are not flat), the embedding too (1/sqrt(n_embd):
 output, an embedding of std 1 would give logits of std sqrt(n_embd) and a greedy run that
 repeats the last token forever), norm weights 1 + N(0, 0.1)
 (so a norm that ignores its weight shows), biases N(0, 0.5). Seeded: the same arguments give
-the same file. F16 / Q8_0 / Q4_0 are written directly (gguf.quants); any other type llama.cpp
+the same file. F16 / Q8_0 / Q4_0 / Q4_1 are written directly (gguf.quants); any other type llama.cpp
 knows (Q4_K_M, Q6_K, Q2_K, ...) is written as F16 and converted with `llama-quantize`
 (from $LLAMA_ORACLE_BIN, default /work/oracle/llama.cpp-build/bin).
 """
@@ -52,8 +52,8 @@ SHAPES = {
     "qwen3-1.7b": (28, 2048, 16, 8, 6144, 128, 1e6, True),
     "qwen3-8b": (36, 4096, 32, 8, 12288, 128, 1e6, False),
 }
-DIRECT = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0}
-FILE_TYPE = {"F16": 1, "Q8_0": 7, "Q4_0": 2}
+DIRECT = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1}
+FILE_TYPE = {"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3}
 DEFAULT_BIN = "/work/oracle/llama.cpp-build/bin"
 
 
@@ -148,7 +148,7 @@ def main(argv=None):
     ap.add_argument("--shape", choices=SHAPES, required=True, help="the real model's shape to start from")
     ap.add_argument("--tok", required=True, help="GGUF to copy the tokenizer.* metadata from")
     ap.add_argument("--qtype", default="Q8_0",
-                    help="F16, Q8_0, Q4_0 (written directly) or a llama-quantize type (Q4_K_M, Q6_K, ...)")
+                    help="F16, Q8_0, Q4_0, Q4_1 (written directly) or a llama-quantize type (Q4_K_M, Q6_K, ...)")
     ap.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
     ap.add_argument("--n-embd", type=int, default=None)
     ap.add_argument("--n-head", type=int, default=None)

@@ -60,8 +60,9 @@ def nmse(a, b):
     return float(((a - b) ** 2).sum() / max((b ** 2).sum(), 1e-300))
 
 
-def random_weight(rng, t, rows, cols):
-    """Raw bytes of a [rows, cols] weight of type t with finite, moderate values."""
+def random_weight(rng, t, rows, cols, scale=(0.002, 0.02)):
+    """Raw bytes of a [rows, cols] weight of type t with finite, moderate values (block scales
+    drawn from `scale`)."""
     if t == F32:
         return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
     if t == F16:
@@ -72,7 +73,7 @@ def random_weight(rng, t, rows, cols):
     nb = cols // qk
     a = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
     for off in F16_FIELDS[t]:
-        a[:, :, off:off + 2] = (rng.uniform(0.002, 0.02, (rows, nb)).astype(np.float16)
+        a[:, :, off:off + 2] = (rng.uniform(*scale, (rows, nb)).astype(np.float16)
                                 .view(np.uint8).reshape(rows, nb, 2))
     return a.reshape(rows, nb * bb)
 
@@ -788,3 +789,110 @@ def test_describe_is_the_planners_list(devs):
                 for l in E.cuda_plan(plans["cpu"][1], caps)["launches"]]
     assert from_cpu == want
     assert any(k[3] == "rope_kv_attention" for k in got)
+
+
+# ---- the persistent decode kernel (LLMETAL_CUDA_PERSISTENT=1, cpp/cuda/persist.cuh) ------------
+# The switch is read when a process makes its CUDA device, so each setting runs in a child: the
+# child loads a model, prefills a prompt, then decodes greedily through the recorded plan and
+# saves every decode step's logits (and says whether the plan ran as kernel_persistent).
+_PERSIST_CHILD = r'''
+import sys, numpy as np, llmetal
+path, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+m = llmetal.load(path, device="cuda", n_ctx=256, n_batch=16, n_out=16)
+prompt = [1, 9690, 28, 253, 1345, 314, 1078, 30, 2, 504, 3]
+prompt = [t % m.cfg.n_vocab for t in prompt]
+ids, rows = [int(np.argmax(m.logits(prompt)[-1]))], []
+for i in range(n):
+    row = m.decode_step(ids[-1], len(prompt) + i).copy()
+    rows.append(row)
+    ids.append(int(np.argmax(row)))
+names = [k[0] for k in m.plan().kernels]
+np.savez(dst, logits=np.array(rows), ids=np.array(ids),
+         persistent=np.array(all(k.startswith("kernel_persistent/") for k in names)))
+'''
+
+
+def _persist_runs(tmp_path, path, settings, n=40):
+    """Decode n steps of `path` in a child per setting (env overrides); returns their npz."""
+    import subprocess
+    import sys
+    outs = []
+    for i, env_set in enumerate(settings):
+        dst = tmp_path / f"persist{i}.npz"
+        env = dict(os.environ, **env_set)
+        r = subprocess.run([sys.executable, "-c", _PERSIST_CHILD, str(path), str(dst), str(n)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{env_set}: {r.stderr[-3000:]}"
+        outs.append(dict(np.load(dst)))
+    return outs
+
+
+GRAPH = {"LLMETAL_CUDA_PERSISTENT": "0"}
+PERSIST = {"LLMETAL_CUDA_PERSISTENT": "1"}
+
+
+def test_persistent_matches_graph_cut_smollm2(devs, tmp_path):
+    """The cut real SmolLM2 (Q4_1, its norms 160 threads: the same arithmetic in the same order
+    in both paths): every decode step's logits bit-identical to the graph path's, the same
+    greedy ids; and under the stress setting (fewer blocks, each instruction's units taken in
+    reverse order: other warps on other SMs for every row, the counters exercised) too."""
+    path = _cut_model()
+    g, p, s1, s2 = _persist_runs(tmp_path, path, [GRAPH, PERSIST, {**PERSIST, "LLMETAL_CUDA_PERSISTENT_STRESS": "3"},
+                                                 {**PERSIST, "LLMETAL_CUDA_PERSISTENT_STRESS": "42"}])
+    assert not g["persistent"] and p["persistent"] and s1["persistent"] and s2["persistent"]
+    assert (g["logits"] ** 2).sum() > 0
+    for name, o in (("persistent", p), ("stress 3", s1), ("stress 42", s2)):
+        assert np.array_equal(o["logits"], g["logits"]), f"{name}: NMSE {nmse(o['logits'], g['logits']):.3g}"
+        assert np.array_equal(o["ids"], g["ids"]), name
+
+
+def _random_llama(path, rng, d, nh, nkv, ff, vocab, layers, wtype, out_type=Q8_0):
+    """A llama GGUF of random weights (valid block scales, see random_weight): a shape only."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    w = gguf.GGUFWriter(str(path), "llama")
+    for f, v in (("add_block_count", layers), ("add_context_length", 4096), ("add_embedding_length", d),
+                 ("add_feed_forward_length", ff), ("add_head_count", nh), ("add_head_count_kv", nkv),
+                 ("add_rope_freq_base", 10000.0), ("add_rope_dimension_count", d // nh),
+                 ("add_layer_norm_rms_eps", 1e-5), ("add_vocab_size", vocab)):
+        getattr(w, f)(v)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"<t{i}>" for i in range(vocab)])
+    w.add_token_types([1] * vocab)
+
+    def add(name, t, rows, cols):   # K-quant scales times 6-bit sub-block scales: 20x smaller
+        a = random_weight(rng, t, rows, cols, (0.0001, 0.001) if t in BLOCK256 else (0.002, 0.02))
+        w.add_tensor(name, a, raw_dtype=Q(t))
+
+    add("token_embd.weight", out_type, vocab, d)
+    w.add_tensor("output_norm.weight", rng.uniform(0.5, 1.5, d).astype(np.float32))
+    add("output.weight", out_type, vocab, d)
+    hd = d // nh
+    for i in range(layers):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", rng.uniform(0.5, 1.5, d).astype(np.float32))
+        w.add_tensor(b + "ffn_norm.weight", rng.uniform(0.5, 1.5, d).astype(np.float32))
+        for name, rows, cols in (("attn_q", d, d), ("attn_k", nkv * hd, d), ("attn_v", nkv * hd, d),
+                                 ("attn_output", d, d), ("ffn_gate", ff, d), ("ffn_up", ff, d),
+                                 ("ffn_down", d, ff)):
+            add(b + name + ".weight", wtype, rows, cols)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("wtype,out", [(Q4_0, Q8_0), (Q4_K, Q6_K), (Q8_0, Q8_0)], ids=["Q4_0", "Q4_K", "Q8_0"])
+def test_persistent_matches_graph_random_shape(devs, rng, tmp_path, wtype, out):
+    """Random weights of a 3072-wide shape (head size 128, 4 query heads a K/V head, mat-vecs
+    with S > 1): its norms' 768-thread blocks run on 512 threads in the persistent kernel, the
+    sum of squares added in another order, so the bound is NMSE <= 1e-6 per step (random
+    weights: greedy ids are not compared)."""
+    path = _random_llama(tmp_path / "r.gguf", rng, d=3072, nh=24, nkv=6, ff=8192, vocab=1024, layers=2,
+                         wtype=wtype, out_type=out)
+    g, p = _persist_runs(tmp_path, path, [GRAPH, PERSIST], n=24)
+    assert p["persistent"] and not g["persistent"]
+    e = max(nmse(a, b) for a, b in zip(p["logits"], g["logits"]))
+    print(f"persistent vs graph: worst step NMSE {e:.3g}, bit-identical: {np.array_equal(p['logits'], g['logits'])}")
+    assert e <= 1e-6

@@ -464,3 +464,83 @@ def test_low_bit_types_take_the_quantized_mat_vec(cpu, wtype):
     name = E.TYPE_NAMES[wtype]
     assert kernels(p) == [("kernel_swiglu_q", 0, 1, "swiglu_q8"), (f"kernel_mmvq<{name}>", 1, 1, "q8_reuse")]
     assert E.cuda_plan(p)["launches"][0]["qb"] == 256
+
+
+# ---- the persistent decode kernel's program (planner.h Persist, cpp/cuda/persist.cuh) ----------
+
+def _check_persist(plan, caps=None):
+    """The persistent program of a one-token decode list: one instruction a launch, each
+    waiting for the one before it; a mat-vec's warps re-planned for units of 16 warps on all but
+    one of the resident blocks, every weight keeping its launch's S (so its rows are summed as
+    the launch sums them); the other kernels keep their grid and threads."""
+    caps = {"persist": True, **(caps or {})}
+    r = E.cuda_plan(plan, caps)
+    P, L = r["persist"], r["launches"]
+    blocks = caps.get("pk_blocks", 132)
+    assert P["blocks"] == blocks and P["why"] == ""
+    assert len(P["ins"]) == len(L)
+    for i, (ins, l) in enumerate(zip(P["ins"], L)):
+        assert ins["dep"] == i - 1
+        assert l["kernel"].startswith("kernel_persistent/")
+        grid = l["grid"][0] * l["grid"][1] * l["grid"][2]
+        if "mmvq" in l["kernel"]:
+            nw = [w for w in ins["g_nwarps"] if w]
+            assert sum(nw) <= (blocks - 1) * 16
+            assert ins["units"] == -(-sum(nw) // 16) and ins["nt"] == 512
+            assert all(w % l["S"] == 0 for w in nw[:1])   # the first weight has the largest S
+        elif "add_rmsnorm" in l["kernel"]:
+            assert ins["units"] == grid and ins["nt"] == min(l["block"], 512)
+        else:
+            assert ins["units"] == grid and ins["nt"] == l["block"] <= 512
+    # without the switch the same list runs as launches, and names them so
+    r0 = E.cuda_plan(plan)
+    assert r0["persist"]["blocks"] == 0
+    assert [l["kernel"] for l in r0["launches"]] == [l["kernel"][len("kernel_persistent/"):] for l in L]
+    return r
+
+
+def test_persistent_program_smollm2(smollm2_path):
+    import llmetal
+    m = llmetal.load(str(smollm2_path), device="cpu", n_ctx=512)
+    plan = _decode_step(m)
+    r = _check_persist(plan)
+    # SmolLM2's Q/K/V (960 rows of one window, S = 1): one row a warp, 60 units
+    qkv = r["persist"]["ins"][2]
+    assert qkv["g_nwarps"] == (576, 192, 192) and qkv["units"] == 60
+    # fewer blocks (the stress test's setting): more rows a warp, never more units than blocks - 1
+    r3 = _check_persist(plan, {"pk_blocks": 3})
+    assert all(i["units"] <= 2 for i, l in zip(r3["persist"]["ins"], r3["launches"]) if "mmvq" in l["kernel"])
+
+
+def test_persistent_program_8b_shape(tmp_path):
+    import llmetal
+    path = _write_sparse_8b(tmp_path / "llama3-8b-shape.gguf")
+    m = llmetal.load(str(path), device="cpu", n_ctx=256)
+    r = _check_persist(_decode_step(m))
+    ins, L = r["persist"]["ins"], r["launches"]
+    # the 1024-thread norm runs on 512 threads; the attention's 16 warps fit a block
+    assert L[1]["block"] == 1024 and ins[1]["nt"] == 512
+    att = [i for i, l in zip(ins, L) if l["kernel"].endswith("kernel_attention_decode")][0]
+    assert att["nt"] == 512 and att["units"] == 64
+
+
+def test_persistent_program_refusals(cpu):
+    """Lists the persistent kernel does not take run as launches, and the plan says why: a
+    prompt's list, a list without PDL (before sm_90), a kernel with no persistent body (F16
+    weights' kernel_mv_f16). A lone quantized matmul is taken."""
+    L = Lists(cpu)
+    W = L.weight(Q4_0, L.d, L.d)
+    p = L.record(lambda e, t: e.matmul(W, t["xn"], t["y1"]))
+    r = _check_persist(p)   # its own quantization, then the mat-vec
+    assert [l["kernel"] for l in r["launches"]] == ["kernel_persistent/kernel_quantize_q8",
+                                                     "kernel_persistent/kernel_mmvq<Q4_0>"]
+    r = E.cuda_plan(p, {"persist": True, "cc_major": 8})
+    assert r["persist"]["blocks"] == 0 and "decode" in r["persist"]["why"]
+    assert not r["launches"][0]["kernel"].startswith("kernel_persistent/")
+    Wf = L.weight(F16, L.d, L.d)
+    r = E.cuda_plan(L.record(lambda e, t: e.matmul(Wf, t["xn"], t["y1"])), {"persist": True})
+    assert r["persist"]["blocks"] == 0 and "kernel_mv_f16" in r["persist"]["why"]
+    L8 = Lists(cpu, T=16)
+    W8 = L8.weight(Q4_0, L8.d, L8.d)
+    r = E.cuda_plan(L8.record(lambda e, t: e.matmul(W8, t["xn"], t["y1"])), {"persist": True})
+    assert r["persist"]["blocks"] == 0

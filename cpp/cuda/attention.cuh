@@ -274,8 +274,8 @@ struct AdMerge {
 
 // Every warp of the block (G heads x AD_WPH) over keys [j0, j1) of split s; then per head: the
 // output (ns == 1) or the split's (M, L, acc) in part[qi][s]. Called by every thread (barrier).
-template <int DPL>
-__device__ __forceinline__ void attention_decode_split(const kargs_attention& a, const __half* kc, const __half* vc,
+template <int DPL, class C>
+__device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_attention& a, const __half* kc, const __half* vc,
                                                        const float* sq, float* out, float* part, int n_splits, int ns,
                                                        int s, int g, int t, int j0, int j1, const Q8Act& xq,
                                                        AdMerge& mg) {
@@ -348,7 +348,7 @@ __device__ __forceinline__ void attention_decode_split(const kargs_attention& a,
     if (lane == 0) { mg.M[warp] = M; mg.L[warp] = L; }
 #pragma unroll
     for (int e = 0; e < DPL; ++e) mg.acc[warp * HD + lane * DPL + e] = acc[e];
-    __syncthreads();
+    cx.sync();
     if (sub != 0 || h >= G) return;
     float Mx = mg.M[warp];
 #pragma unroll
@@ -395,24 +395,49 @@ struct AdRope {
     const double* pw;    // [n_rot / 2] freq_base^(-2i / n_rot) (kernel_rope_powers)
 };
 
-template <int DPL>
-__global__ void __launch_bounds__(AD_GMAX * AD_WPH * 32)   // launched with G * AD_WPH warps
-kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, float* out,
-                        float* part, int n_splits, int chunk, const kstep* step, int* count, Q8Act xq, AdRope rope) {
+struct AttArgs {
+    kargs_attention a;
+    float* q;
+    __half* kc;
+    __half* vc;
+    float* out;
+    float* part;
+    int n_splits, chunk;
+    const kstep* step;
+    int* count;
+    Q8Act xq;
+    AdRope rope;
+};
+// The splits that hold a visible key for the token at pos (the others' blocks do nothing).
+__device__ __forceinline__ int ad_live_splits(const kargs_attention& a, int pos, int n_splits, int chunk) {
+    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+    return min(n_splits, (pos - lo) / chunk + 1);
+}
+
+template <int DPL, class C>
+__device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs& p) {
+    const kargs_attention& a = p.a;
+    float* q = p.q;
+    __half *kc = p.kc, *vc = p.vc;
+    float *out = p.out, *part = p.part;
+    const int n_splits = p.n_splits, chunk = p.chunk;
+    const kstep* step = p.step;
+    const Q8Act& xq = p.xq;
+    const AdRope& rope = p.rope;
     constexpr int HD = 32 * DPL;
     static_assert(DPL == 2 || DPL == 4, "head size 64 or 128");
     __shared__ __align__(16) float sq[AD_QMAX];
     __shared__ float rc[HD / 2], rs[HD / 2], sk[HD], sv[HD];
     __shared__ int last;
-    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
+    const int s = cx.x(), g = cx.y(), t = cx.z();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
     const int pos = step->pos0 + t;   // set by a copy before the launch: readable before pdl_wait
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
-    const int ns = min(n_splits, (pos - lo) / chunk + 1);   // live splits
+    const int ns = ad_live_splits(a, pos, n_splits, chunk);
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
-        for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);
+        for (int i = threadIdx.x; i < HD / 2; i += cx.n()) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);
     const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
     // The cache rows before the token's were written by earlier launches and are not written by
     // this one (its single token writes row pos): they do not depend on the previous kernel, so
@@ -421,61 +446,61 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
     if (rope.on) {
         constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
         const int nk = min(min(j1, pos), a.n_ctx) - j0;   // (rows of the cache only, also when pos is past it)
-        for (int i = threadIdx.x; i < 2 * LPR * nk; i += blockDim.x) {
+        for (int i = threadIdx.x; i < 2 * LPR * nk; i += cx.n()) {
             const int r = i / (2 * LPR), c = i % (2 * LPR);
             const __half* p = (c < LPR ? kc : vc) + (int64_t)(j0 + r) * kv_dim + g * HD + (c % LPR) * 64;
             asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
         }
     }
-    pdl_enter();
+    cx.enter();
     float* qg = q + ((int64_t)t * a.n_heads + g * G) * HD;   // the group's G query vectors
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) sq[i] = qg[i];
+    for (int i = threadIdx.x; i < G * HD; i += cx.n()) sq[i] = qg[i];
     const bool kv_block = rope.on && s == ns - 1;   // this block writes the token's K / V rows
     if (kv_block)   // the token's k and v, read in the same round trip as q
-        for (int i = threadIdx.x; i < HD; i += blockDim.x) { sk[i] = rope.k[g * HD + i]; sv[i] = rope.v[g * HD + i]; }
-    __syncthreads();
+        for (int i = threadIdx.x; i < HD; i += cx.n()) { sk[i] = rope.k[g * HD + i]; sv[i] = rope.v[g * HD + i]; }
+    cx.sync();
     if (rope.on) {
         float y0, y1;
         int i0, i1;
-        for (int p = threadIdx.x; p < G * HD / 2; p += blockDim.x) {
-            const int i = p % (HD / 2);
-            rope_pair(rope.r, sq + (p / (HD / 2)) * HD, i, rc[i], rs[i], &i0, &i1, &y0, &y1);
+        for (int pi = threadIdx.x; pi < G * HD / 2; pi += cx.n()) {
+            const int i = pi % (HD / 2);
+            rope_pair(rope.r, sq + (pi / (HD / 2)) * HD, i, rc[i], rs[i], &i0, &i1, &y0, &y1);
         }
         if (kv_block) {
             if (pos >= a.n_ctx) {
                 if (threadIdx.x == 0) atomicExch(rope.err, ERR_KV_POS);
             } else {
                 __half* kr = kc + (int64_t)pos * kv_dim + g * HD;
-                for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) {
+                for (int i = threadIdx.x; i < HD / 2; i += cx.n()) {
                     rope_pair(rope.r, sk, i, rc[i], rs[i], &i0, &i1, &y0, &y1);
                     rope.k[g * HD + i0] = y0; rope.k[g * HD + i1] = y1;
                     kr[i0] = __float2half_rn(y0); kr[i1] = __float2half_rn(y1);
                 }
-                for (int i = threadIdx.x; i < HD; i += blockDim.x)
+                for (int i = threadIdx.x; i < HD; i += cx.n())
                     vc[(int64_t)pos * kv_dim + g * HD + i] = __float2half_rn(sv[i]);
             }
         }
-        __syncthreads();   // rotated q in sq; this block's K / V row written (visible to the block)
+        cx.sync();   // rotated q in sq; this block's K / V row written (visible to the block)
     }
     __shared__ AdMerge mg;
-    attention_decode_split<DPL>(a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq, mg);
+    attention_decode_split<DPL>(cx, a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq, mg);
     if (ns == 1) {
         if (rope.on)
-            for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
+            for (int i = threadIdx.x; i < G * HD; i += cx.n()) qg[i] = sq[i];
         return;
     }
     // count this split in (its partials written and visible first); the last one merges
     __threadfence();
-    __syncthreads();
-    int* cnt = count + t * a.n_kv_heads + g;
+    cx.sync();
+    int* cnt = p.count + t * a.n_kv_heads + g;
     if (threadIdx.x == 0) last = atomicAdd(cnt, 1) == ns - 1;
-    __syncthreads();
+    cx.sync();
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) *cnt = 0;
     if (rope.on)
-        for (int i = threadIdx.x; i < G * HD; i += blockDim.x) qg[i] = sq[i];
-    for (int h = warp; h < G; h += blockDim.x / 32) {   // one head a warp (G <= the block's warps)
+        for (int i = threadIdx.x; i < G * HD; i += cx.n()) qg[i] = sq[i];
+    for (int h = warp; h < G; h += cx.n() / 32) {   // one head a warp (G <= the block's warps)
         const int64_t qi = (int64_t)t * a.n_heads + g * G + h;
         const float* pr = part + qi * n_splits * (HD + 2);   // split j at pr + j * (HD + 2); read from L2
         if (ns <= AD_MF) {
@@ -538,6 +563,9 @@ kernel_attention_decode(kargs_attention a, float* q, __half* kc, __half* vc, flo
         ad_store<DPL>(out, xq, qi, lane, acc);
     }
 }
+template <int DPL>
+__global__ void __launch_bounds__(AD_GMAX * AD_WPH * 32)   // launched with G * AD_WPH warps
+kernel_attention_decode(AttArgs p) { attention_decode_body<DPL>(Launched{}, p); }
 
 // ---- the attention's probabilities, for inspection ----------------------------------------------
 // kernel_attention_probs (Stage::attention_probs; eager runs only, never in a decode plan):

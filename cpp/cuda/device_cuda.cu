@@ -49,6 +49,20 @@ CudaDevice::CudaDevice(int ordinal) : ordinal(ordinal) {
     caps.pdl = caps.cc_major >= 9 && !(pdl && std::strcmp(pdl, "0") == 0);
     caps.fuse = !(fuse && std::strcmp(fuse, "0") == 0);
     init_kernels();
+    // LLMETAL_CUDA_PERSISTENT=1 (README): captured one-token decode lists run as the program
+    // of the persistent kernel (persist.cuh) where every launch has a persistent body.
+    const char* pk = std::getenv("LLMETAL_CUDA_PERSISTENT");
+    caps.pk_blocks = persistent_blocks(caps.n_sm);
+    caps.persist = pk && std::strcmp(pk, "1") == 0 && caps.pk_blocks >= 2;
+    // LLMETAL_CUDA_PERSISTENT_STRESS=N > 0, for the stress test of its counters: 2 + N % (blocks
+    // - 1) blocks, and for odd N each instruction's units taken in reverse order.
+    const char* st = std::getenv("LLMETAL_CUDA_PERSISTENT_STRESS");
+    if (caps.persist && st && std::atoi(st) > 0) {
+        caps.pk_blocks = 2 + std::atoi(st) % (caps.pk_blocks - 1);
+        pk_reverse = std::atoi(st) % 2;
+    }
+    const char* pf = std::getenv("LLMETAL_CUDA_PERSISTENT_PROFILE");   // bench/cuda_persist_profile.py
+    pk_profile = caps.persist && pf && std::strcmp(pf, "1") == 0;
     step_buf = alloc(sizeof(kstep), "step");
     ck(cudaMemsetAsync(step_buf->dev, 0, sizeof(kstep), stream), "memset step");
     err_buf = alloc(sizeof(int), "error flag");
@@ -207,7 +221,9 @@ void CudaDevice::grow(void** p, uint64_t* have, uint64_t need) {
 // A list submitted as it comes (eager stages, a prompt): planned, then launched.
 void CudaDevice::submit(const std::vector<Command>& cmds) {
     cudaSetDevice(ordinal);
-    const cuda::LaunchList l = cuda::plan(cmds, caps);
+    cuda::CudaCaps launches = caps;   // the persistent program runs only from a captured plan
+    launches.persist = false;
+    const cuda::LaunchList l = cuda::plan(cmds, launches);
     prepare(cmds, l, true);
     run_list(cmds, l);
 }
@@ -228,6 +244,15 @@ void CudaDevice::wait() {
         if (err == ERR_KV_POS) throw Error("kv_store: positions exceed the context (on the GPU)");
         throw Error("cuda: kernel error " + std::to_string(err));
     }
+}
+
+std::vector<int64_t> cuda::persistent_profile(const Plan& p) {
+    const GraphExec* ge = static_cast<const GraphExec*>(p.exec.get());
+    if (!ge || !ge->prof) return {};
+    std::vector<int64_t> r((size_t)ge->n_tickets * 4);
+    ck(cudaDeviceSynchronize(), "profile");
+    ck(cudaMemcpy(r.data(), ge->prof, r.size() * sizeof(int64_t), cudaMemcpyDeviceToHost), "profile");
+    return r;
 }
 
 const cuda::CudaCaps* cuda::device_caps(const Device& d) {

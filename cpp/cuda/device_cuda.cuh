@@ -28,11 +28,26 @@ struct GraphExec {
     cudaGraphExec_t exec = nullptr;
     cudaGraph_t graph = nullptr;      // kept while head is used (its node handle)
     cudaGraphNode_t head = nullptr;   // kernel_set_token, when captured by replay_token
+    void* prog = nullptr;             // the persistent kernel's instructions (list.persist)
+    int* ctl = nullptr;               // ... and its ticket / done counters
+    int n_ins = 0;
+    long long* prof = nullptr;        // ... and its profile's records (LLMETAL_CUDA_PERSISTENT_PROFILE=1)
+    int n_tickets = 0;
     ~GraphExec() {
         if (exec) cudaGraphExecDestroy(exec);
         if (graph) cudaGraphDestroy(graph);
+        if (prog) cudaFree(prog);
+        if (ctl) cudaFree(ctl);
+        if (prof) cudaFree(prof);
     }
 };
+
+// persist.cu: kernel_persistent's resident blocks on this GPU (0: it cannot run), its launch,
+// and the size of one instruction (checked against launch.cu's).
+int persistent_blocks(int n_sm);
+cudaError_t persistent_launch(cudaStream_t s, const void* prog, int n, int* ctl, const void* step, int blocks,
+                              int reverse, long long* prof);
+size_t persistent_instr_bytes();
 
 struct CudaDevice final : Device {
     explicit CudaDevice(int ordinal);
@@ -82,6 +97,7 @@ struct CudaDevice final : Device {
     // ---- launch.cu -----------------------------------------------------------------------
     void init_kernels();   // shared-memory limits, and the occupancy the planner reads (caps)
     void run_list(const std::vector<Command>& cmds, const cuda::LaunchList& l);
+    void persistent_setup(const std::vector<Command>& cmds, const cuda::LaunchList& l, GraphExec& ge);
     void launch_set_token(int32_t* ids, int32_t token, int32_t pos);
     static void* set_token_kernel();
     const double* rope_powers(const kargs_rope& r);   // freq_base^(-2i / n_rot), made on first use
@@ -104,6 +120,8 @@ struct CudaDevice final : Device {
     void* hscratch = nullptr;         // fp16 activations + weight chunk of prefill matmuls
     uint64_t hscratch_bytes = 0;
     bool pdl_now = false;             // the list being launched uses PDL (LaunchList::pdl)
+    int pk_reverse = 0;               // kernel_persistent takes units in reverse (stress test)
+    bool pk_profile = false;          // ... and records each unit's times (a profile)
     std::vector<void*> scratch_old;
     std::map<std::pair<float, int>, double*> rope_pw_tables;
 };

@@ -46,6 +46,10 @@ template <> struct MVQ<KT_Q3_K> { static constexpr int NB = 16, QB = 256; };   /
 template <> struct MVQ<KT_IQ4_XS> { static constexpr int NB = 16, QB = 256; }; // 2176 B
 template <> struct MVQ<KT_F16> { static constexpr int NB = 1024, QB = 1; };   // "blocks" = values
 
+// ---- the persistent decode kernel (persist.cu) ----------------------------------------------
+constexpr int PK_WARPS = 16;                 // warps of its block; one block an SM
+constexpr int PK_THREADS = PK_WARPS * 32;    // the most threads an instruction's unit may use
+
 // ---- norms --------------------------------------------------------------------------------
 constexpr int RMS_V = 4;   // float4s a thread of kernel_add_rmsnorm_q for rows over 4096 values
 

@@ -1,5 +1,6 @@
 // graph.cu -- a recorded plan on the CUDA device: its launch list is planned once and captured
-// into a CUDA graph on the first replay; every later replay is one graph launch (no planning,
+// into a CUDA graph on the first replay (a one-token decode list, with LLMETAL_CUDA_PERSISTENT=1,
+// as one kernel_persistent running the list as its program: persist.cuh); every later replay is one graph launch (no planning,
 // no allocation). A one-token replay (replay_token) also captures kernel_set_token in front of
 // the plan and passes the token id and position as that kernel's arguments: a parameter update
 // of the instantiated graph, no host-to-device copies ahead of the launch.
@@ -12,12 +13,17 @@ void CudaDevice::capture(Plan& p, const Binding* ids, int32_t token, int32_t pos
     auto ge = std::make_shared<GraphExec>();
     ge->list = cuda::plan(p.cmds, caps);
     prepare(p.cmds, ge->list, true);
+    const int pk_blocks = ge->list.persist.blocks;   // run as kernel_persistent's program
+    if (pk_blocks) persistent_setup(p.cmds, ge->list, *ge);
     cudaGraph_t graph = nullptr;
     ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
     try {
         pdl_now = ge->list.pdl;
         if (ids) launch_set_token(ids->ptr<int32_t>(), token, pos);
-        run_list(p.cmds, ge->list);
+        if (pk_blocks) ck(persistent_launch(stream, ge->prog, ge->n_ins, ge->ctl, step_buf->dev, pk_blocks, pk_reverse,
+                                                 ge->prof),
+                          "kernel_persistent");
+        else run_list(p.cmds, ge->list);
     } catch (...) {
         cudaStreamEndCapture(stream, &graph);
         if (graph) cudaGraphDestroy(graph);

@@ -41,6 +41,38 @@ __device__ __forceinline__ void pdl_release() {
 }
 __device__ __forceinline__ void pdl_enter() { pdl_wait(); pdl_release(); }
 
+// ---- where a kernel body runs ------------------------------------------------------------------
+// The decode kernels' bodies are __device__ functions of a context C that says which block of
+// the launch's grid this is (x, y, z), how many threads run it (n), its barrier (sync) and how it
+// waits for what the kernel before it wrote (wait, release; enter = both). Their __global__
+// wrappers pass Launched: blockIdx, blockDim, __syncthreads and PDL, so a launch runs exactly
+// the code it ran before the bodies were split out. The persistent decode kernel (persist.cu)
+// passes one unit of an instruction instead, run by the first n threads of its block, whose wait
+// is on the done-counters of the instruction before it (persist.cuh).
+struct Launched {
+    __device__ __forceinline__ int x() const { return blockIdx.x; }
+    __device__ __forceinline__ int y() const { return blockIdx.y; }
+    __device__ __forceinline__ int z() const { return blockIdx.z; }
+    __device__ __forceinline__ int n() const { return blockDim.x; }
+    __device__ __forceinline__ void sync() const { __syncthreads(); }
+    __device__ __forceinline__ void wait() const { pdl_wait(); }
+    __device__ __forceinline__ void release() const { pdl_release(); }
+    __device__ __forceinline__ void enter() const { pdl_enter(); }
+};
+
+// Loads of activations an earlier kernel wrote, read by many warps: through the read-only data
+// cache (ld.global.nc) in a launch. Inside the persistent kernel the producer is the same kernel,
+// and the read-only path is only defined for data no thread writes while the kernel runs: there
+// (persist.cu defines LLMETAL_PERSISTENT_TU) they are plain loads, ordered after the wait's
+// acquire.
+template <class V> __device__ __forceinline__ V ldact(const V* p) {
+#ifdef LLMETAL_PERSISTENT_TU
+    return *p;
+#else
+    return __ldg(p);
+#endif
+}
+
 // The first kernel of a plan's graph when it runs one token (CudaDevice::replay_token): the
 // token id and the position come in as arguments, updated before each launch, and go to ids[0]
 // and the step buffer (with on = 0, e.g. a plan replayed with set_step, it writes nothing).
@@ -77,21 +109,31 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 
 // ---- embed: out[t, e] = dequant(W[ids[t]])[e] * scale ----------------------------------------
 // One thread per output element: a table lookup, no reuse to exploit.
-template <int T>
-__global__ void kernel_embed(kargs_embed a, const uint8_t* W, const int32_t* ids, float* out, int* err) {
-    pdl_enter();
-    int t = blockIdx.y;
-    int e = blockIdx.x * blockDim.x + threadIdx.x;
+struct EmbedArgs {
+    kargs_embed a;
+    const uint8_t* W;
+    const int32_t* ids;
+    float* out;
+    int* err;
+};
+template <int T, class C>
+__device__ __forceinline__ void embed_body(const C& cx, const EmbedArgs& p) {
+    cx.enter();
+    const kargs_embed& a = p.a;
+    int t = cx.y();
+    int e = cx.x() * cx.n() + threadIdx.x;
     if (e >= a.dim) return;
-    int id = ids[t];
+    int id = p.ids[t];
     if (id < 0 || id >= a.n_vocab) {   // cannot throw from a kernel: flag it, write a NaN
-        if (e == 0) atomicExch(err, ERR_EMBED_ID);
-        out[(int64_t)t * a.dim + e] = __int_as_float(0x7fc00000);
+        if (e == 0) atomicExch(p.err, ERR_EMBED_ID);
+        p.out[(int64_t)t * a.dim + e] = __int_as_float(0x7fc00000);
         return;
     }
-    float v = dq1<T>(W + (uint64_t)id * a.row_bytes, e);
-    out[(int64_t)t * a.dim + e] = a.scale != 1.0f ? __fmul_rn(v, a.scale) : v;
+    float v = dq1<T>(p.W + (uint64_t)id * a.row_bytes, e);
+    p.out[(int64_t)t * a.dim + e] = a.scale != 1.0f ? __fmul_rn(v, a.scale) : v;
 }
+template <int T>
+__global__ void kernel_embed(EmbedArgs p) { embed_body<T>(Launched{}, p); }
 
 // ---- 8-bit quantization of activations, shared by the quantize stage and the fused stages --
 // Value i of a tensor whose rows are a multiple of QB long goes to q[i]; block i / QB gets
@@ -122,15 +164,15 @@ __device__ __forceinline__ void q8_sum32(int q, int64_t i0, bool valid, const Q8
 
 // Max |v| over a block of QB consecutive threads of a 256-thread block (one value a thread):
 // a warp shuffle for QB = 32, and shared memory across the 8 warps for QB = 256.
-template <int QB>
-__device__ __forceinline__ float block_amax(float v) {
+template <int QB, class C = Launched>
+__device__ __forceinline__ float block_amax(float v, const C& cx = C{}) {
     float amax = fabsf(v);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     if (QB == 256) {
         __shared__ float s[8];
         if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = amax;
-        __syncthreads();
+        cx.sync();
         amax = s[0];
 #pragma unroll
         for (int w = 1; w < 8; ++w) amax = fmaxf(amax, s[w]);
@@ -144,15 +186,16 @@ __device__ __forceinline__ float block_amax(float v) {
 // CPU's), r = 1/sqrt(mean + eps) rounded to float, out = (x * r) * w rounded per product.
 //
 // kernel_rmsnorm: any row length; one block of 256 threads per row.
-__device__ __forceinline__ double block_sum(double v, double* part /* [32] shared */) {
+template <class C = Launched>
+__device__ __forceinline__ double block_sum(double v, double* part /* [32] shared */, const C& cx = C{}) {
     v = warp_sum_d(v);
-    __syncthreads();   // `part` may still be read from a previous call
+    cx.sync();   // `part` may still be read from a previous call
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
+    cx.sync();
     // every warp adds the warps' partials by a shuffle tree (the same order in every warp, so
     // every thread gets the same sum): 5 steps instead of a chain of up to 32 shared loads
     const int lane = threadIdx.x & 31;
-    return warp_sum_d(lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0);
+    return warp_sum_d(lane < (cx.n() >> 5) ? part[lane] : 0.0);
 }
 
 __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, float* out) {
@@ -181,13 +224,24 @@ __global__ void kernel_rmsnorm(kargs_rmsnorm a, const float* x, const float* w, 
 // block size that is a multiple of QB / 4 threads (8 or 64) so a quantization block never
 // straddles two register slots.
 // RMS_V: geometry.h
-template <bool ADD, int QB>
-__global__ void __launch_bounds__(1024)
-kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum, const float* w, float* out,
-                     Q8Act xq) {
+struct RmsArgs {
+    kargs_rmsnorm a;
+    const float* x;
+    const float* y;
+    float* sum;
+    const float* w;
+    float* out;
+    Q8Act xq;
+};
+template <bool ADD, int QB, class C>
+__device__ __forceinline__ void add_rmsnorm_q_body(const C& cx, const RmsArgs& p) {
+    const kargs_rmsnorm& a = p.a;
+    const float *x = p.x, *y = p.y, *w = p.w;
+    float *sum = p.sum, *out = p.out;
+    const Q8Act& xq = p.xq;
     __shared__ double part[32];
-    const int nv = a.dim / 4, nt = blockDim.x, ns = (nv + nt - 1) / nt;   // float4s a thread (<= RMS_V)
-    const int64_t r0 = (int64_t)blockIdx.x * nv;   // row start, in float4s
+    const int nv = a.dim / 4, nt = cx.n(), ns = (nv + nt - 1) / nt;   // float4s a thread (<= RMS_V)
+    const int64_t r0 = (int64_t)cx.x() * nv;   // row start, in float4s
     // Every load first, from clamped slots (a slot past the row reads the row's last float4
     // and is then zeroed): no branch around a load. The weight w is never written, so it is
     // loaded before waiting on the previous kernel (see pdl_wait): its DRAM round trip
@@ -198,7 +252,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
         if (j >= ns) break;   // (uniform)
         gw[j] = ((const float4*)w)[min((int)threadIdx.x + j * nt, nv - 1)];
     }
-    pdl_enter();
+    cx.enter();
     double ss = 0.0;
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j) {
@@ -220,7 +274,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
 #pragma unroll
     for (int j = 0; j < RMS_V; ++j)
         if (j < ns) ss += (double)v[j].x * v[j].x + (double)v[j].y * v[j].y + (double)v[j].z * v[j].z + (double)v[j].w * v[j].w;
-    ss = block_sum(ss, part);
+    ss = block_sum(ss, part, cx);
     const float r = (float)(1.0 / sqrt(ss / a.dim + (double)a.eps));
     __shared__ float s_amax[RMS_V][32];
 #pragma unroll
@@ -241,7 +295,7 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, s));
             if (QB == 256) {   // 64 threads: this warp and its neighbour
                 if ((threadIdx.x & 31) == 0) s_amax[j][threadIdx.x >> 5] = amax;
-                __syncthreads();
+                cx.sync();
                 amax = fmaxf(s_amax[j][(threadIdx.x >> 5) & ~1], s_amax[j][(threadIdx.x >> 5) | 1]);
             }
             int qs = 0;   // the sum of this float4's four q, then of 8 threads' (32 values)
@@ -255,6 +309,8 @@ kernel_add_rmsnorm_q(kargs_rmsnorm a, const float* x, const float* y, float* sum
         }
     }
 }
+template <bool ADD, int QB>
+__global__ void __launch_bounds__(1024) kernel_add_rmsnorm_q(RmsArgs p) { add_rmsnorm_q_body<ADD, QB>(Launched{}, p); }
 
 // ---- matmul: y[t, n] = sum_k W[n, k] x[t, k] ---------------------------------------------------
 // One warp per output row n, MT tokens per launch row (grid.y walks token chunks). Lanes take
@@ -576,22 +632,30 @@ __global__ void kernel_swiglu(kargs_glu a, const float* g, const float* u, float
 }
 // kernel_swiglu_q<QB>: the fused stage swiglu + the 8-bit quantization of its output for
 // the quantized matmul that reads it next (n_ff % QB == 0; blocks of 256 threads).
-template <int QB>
-__global__ void __launch_bounds__(256) kernel_swiglu_q(kargs_glu a, const float* g, const float* u, float* out,
-                                                       Q8Act xq) {
-    pdl_enter();
-    const int64_t n = (int64_t)a.n_tokens * a.n_ff;
-    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
+struct GluArgs {
+    kargs_glu a;
+    const float* g;
+    const float* u;
+    float* out;
+    Q8Act xq;
+};
+template <int QB, class C>
+__device__ __forceinline__ void swiglu_q_body(const C& cx, const GluArgs& p) {
+    cx.enter();
+    const int64_t n = (int64_t)p.a.n_tokens * p.a.n_ff;
+    const int64_t i = (int64_t)cx.x() * 256 + threadIdx.x;
     float v = 0.f;
     if (i < n) {
-        const float gv = g[i];
-        v = gv / (1.0f + expf(-gv)) * u[i];
-        out[i] = v;
+        const float gv = p.g[i];
+        v = gv / (1.0f + expf(-gv)) * p.u[i];
+        p.out[i] = v;
     }
-    const float amax = block_amax<QB>(v);
-    const int q = i < n ? store_q8(v, amax, i, QB, xq) : 0;
-    q8_sum32(q, i & ~31ll, i < n, xq);
+    const float amax = block_amax<QB>(v, cx);
+    const int q = i < n ? store_q8(v, amax, i, QB, p.xq) : 0;
+    q8_sum32(q, i & ~31ll, i < n, p.xq);
 }
+template <int QB>
+__global__ void __launch_bounds__(256) kernel_swiglu_q(GluArgs p) { swiglu_q_body<QB>(Launched{}, p); }
 __global__ void kernel_geglu(kargs_glu a, const float* g, const float* u, float* out) {
     pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

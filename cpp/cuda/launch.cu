@@ -6,6 +6,7 @@
 // where the list allows it (LaunchList::pdl: sm_90+, decode lists, LLMETAL_CUDA_PDL not 0), so
 // a kernel's blocks are scheduled while the previous kernel drains and wait in pdl_enter()
 // (kernels.cuh) for its results. Inside a graph capture this becomes a programmatic edge.
+#include <cstring>
 #include <type_traits>
 
 #include "device_cuda.cuh"
@@ -13,6 +14,7 @@
 #include "matvec.cuh"
 #include "gemm.cuh"
 #include "attention.cuh"
+#include "persist.cuh"   // the instruction (PInstr) the persistent kernel runs
 
 namespace llmetal {
 using namespace llmetal_cuda;
@@ -85,18 +87,13 @@ struct Exec {
         const kstep* step = c.step ? c.step.ptr<kstep>() : nullptr;
         switch (l.kernel) {
             case Kernel::embed:
-                return with_type(l.wtype, [&](auto T) {
-                    go(l, kernel_embed<decltype(T)::value>, c.a.embed, b[0].ptr<uint8_t>(), b[1].ptr<int32_t>(), b[2].ptr<float>(), err());
-                });
+                return with_type(l.wtype, [&](auto T) { go(l, kernel_embed<decltype(T)::value>, embed_args(l)); });
             case Kernel::rmsnorm:
                 return go(l, kernel_rmsnorm, c.a.rmsnorm, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>());
             case Kernel::add_rmsnorm_q: return add_rmsnorm(l);
-            case Kernel::quantize_q8: {
-                const Command& m = cmds[l.qcmd];
-                const int64_t n = (int64_t)m.a.matmul.n_tokens * m.a.matmul.n_in;
-                if (l.qb == 32) return go(l, kernel_quantize_q8<32>, m.b[1].ptr<float>(), xq(l), n);
-                return go(l, kernel_quantize_q8<256>, m.b[1].ptr<float>(), xq(l), n);
-            }
+            case Kernel::quantize_q8:
+                if (l.qb == 32) return go(l, kernel_quantize_q8<32>, quant_args(l));
+                return go(l, kernel_quantize_q8<256>, quant_args(l));
             case Kernel::mmvq:
                 return with_qtype(l.wtype, [&](auto T) { mmvq<decltype(T)::value>(l, c); });
             case Kernel::mmvq_group:
@@ -177,9 +174,8 @@ struct Exec {
             case Kernel::swiglu:
                 return go(l, kernel_swiglu, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>());
             case Kernel::swiglu_q:
-                if (l.qb == 32)
-                    return go(l, kernel_swiglu_q<32>, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>(), xq(l));
-                return go(l, kernel_swiglu_q<256>, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>(), xq(l));
+                if (l.qb == 32) return go(l, kernel_swiglu_q<32>, glu_args(l));
+                return go(l, kernel_swiglu_q<256>, glu_args(l));
             case Kernel::geglu:
                 return go(l, kernel_geglu, c.a.glu, b[0].ptr<float>(), b[1].ptr<float>(), b[2].ptr<float>());
             case Kernel::attention_probs:
@@ -193,18 +189,76 @@ struct Exec {
 
     __half* gemm_w(const kargs_matmul& a) const { return (__half*)((char*)d.hscratch + cuda::gemm_x_bytes(a)); }
 
+    // The arguments of the kernels that have a persistent body (persist.cuh), for a launch and
+    // for an instruction alike.
+    EmbedArgs embed_args(const Launch& l) const {
+        const Command& c = cmds[l.first];
+        return EmbedArgs{c.a.embed, c.b[0].ptr<uint8_t>(), c.b[1].ptr<int32_t>(), c.b[2].ptr<float>(), err()};
+    }
+    QuantArgs quant_args(const Launch& l) const {
+        const Command& m = cmds[l.qcmd];
+        return QuantArgs{m.b[1].ptr<float>(), xq(l), (int64_t)m.a.matmul.n_tokens * m.a.matmul.n_in};
+    }
+    GluArgs glu_args(const Launch& l) const {
+        const Command& c = cmds[l.first];
+        return GluArgs{c.a.glu, c.b[0].ptr<float>(), c.b[1].ptr<float>(), c.b[2].ptr<float>(), xq(l)};
+    }
     // [add(x, y -> sum) +] rmsnorm(.. , w -> out) [+ the 8-bit copy of out]
-    void add_rmsnorm(const Launch& l) {
+    RmsArgs rms_args(const Launch& l) const {
         const Command& c = cmds[l.first];
         const Command& r = l.variant ? cmds[l.first + 1] : c;
-        const float* x = c.b[0].ptr<float>();
-        const float* y = l.variant ? c.b[1].ptr<float>() : nullptr;
-        float* sum = l.variant ? c.b[2].ptr<float>() : nullptr;
-        const float *w = r.b[1].ptr<float>();
-        float* out = r.b[2].ptr<float>();
-        const kargs_rmsnorm& a = r.a.rmsnorm;
-        const Q8Act q = xq(l);
-#define LLM_RMS(ADD, QB) go(l, kernel_add_rmsnorm_q<ADD, QB>, a, x, y, sum, w, out, q)
+        return RmsArgs{r.a.rmsnorm, c.b[0].ptr<float>(), l.variant ? c.b[1].ptr<float>() : nullptr,
+                       l.variant ? c.b[2].ptr<float>() : nullptr, r.b[1].ptr<float>(), r.b[2].ptr<float>(), xq(l)};
+    }
+    // kernel_mmvq_group's weights; a kernel_mmvq as a group of one (the persistent kernel runs
+    // both so). nwarps: the warps of each weight (the launch's, or the persistent program's).
+    MvArgs mv_args(const Launch& l, const int* nwarps) const {
+        MvGroup g{};
+        if (l.kernel == Kernel::mmvq) {
+            const Command& m = cmds[l.first];
+            g.n = 1;
+            g.W[0] = m.b[0].ptr<uint8_t>();
+            g.y[0] = m.b[2].ptr<float>();
+            g.row_bytes[0] = m.a.matmul.row_bytes;
+            g.n_out[0] = m.a.matmul.n_out;
+            g.vw[0] = l.vw;
+            g.S[0] = l.S;
+            g.nwarps[0] = nwarps[0];
+        } else {
+            g.n = l.g_n;
+            for (int i = 0; i < l.g_n; ++i) {
+                const Command& m = cmds[l.g_cmd[i]];
+                g.W[i] = m.b[0].ptr<uint8_t>();
+                g.y[i] = m.b[2].ptr<float>();
+                g.bias[i] = l.g_bias[i] >= 0 ? cmds[l.g_bias[i]].b[1].ptr<float>() : nullptr;
+                g.row_bytes[i] = m.a.matmul.row_bytes;
+                g.n_out[i] = m.a.matmul.n_out;
+                g.vw[i] = l.g_vw[i];
+                g.S[i] = l.g_S[i];
+                g.nwarps[i] = nwarps[i];
+            }
+        }
+        return MvArgs{cmds[l.first].a.matmul, g, xq(l)};
+    }
+    // kernel_attention_decode; fused with the rope and K/V stores of its token (rope_kv_attention:
+    // commands first .. first + 3) and/or with the o projection's quantization (qcmd)
+    AttArgs att_args(const Launch& l) const {
+        const bool fused_rope = l.fusion == cuda::F_ROPE_KV_ATTENTION;
+        const Command& at = cmds[l.first + l.count - 1];
+        AdRope rope{};
+        if (fused_rope) {
+            const Command &rq = cmds[l.first], &rk = cmds[l.first + 1], &sv = cmds[l.first + 3];
+            const kargs_rope& q = rq.a.rope;
+            rope = AdRope{q, q.has_factors ? rq.b[1].ptr<float>() : nullptr, rk.b[0].ptr<float>(), sv.b[0].ptr<float>(),
+                          err(), 1, d.rope_powers(q)};
+        }
+        return AttArgs{at.a.attention, at.b[0].ptr<float>(), at.b[1].ptr<__half>(), at.b[2].ptr<__half>(),
+                       at.b[3].ptr<float>(), (float*)d.scratch, l.S, l.chunk, at.step.ptr<kstep>(),
+                       (int*)d.att_count->dev, xq(l), rope};
+    }
+
+    void add_rmsnorm(const Launch& l) {
+#define LLM_RMS(ADD, QB) go(l, kernel_add_rmsnorm_q<ADD, QB>, rms_args(l))
         if (l.variant) { if (l.qb == 32) LLM_RMS(true, 32); else if (l.qb == 256) LLM_RMS(true, 256); else LLM_RMS(true, 0); }
         else { if (l.qb == 32) LLM_RMS(false, 32); else if (l.qb == 256) LLM_RMS(false, 256); else LLM_RMS(false, 0); }
 #undef LLM_RMS
@@ -225,50 +279,49 @@ struct Exec {
         go(l, kernel_mmvq<T, 8, 4>, a, w, q, out, l.vw, l.nwarps);
     }
 
-    template <int T> void mmvq_group(const Launch& l, const Command& c) {
-        MvGroup g{};
-        g.n = l.g_n;
-        for (int i = 0; i < l.g_n; ++i) {
-            const Command& m = cmds[l.g_cmd[i]];
-            g.W[i] = m.b[0].ptr<uint8_t>();
-            g.y[i] = m.b[2].ptr<float>();
-            g.bias[i] = l.g_bias[i] >= 0 ? cmds[l.g_bias[i]].b[1].ptr<float>() : nullptr;
-            g.row_bytes[i] = m.a.matmul.row_bytes;
-            g.n_out[i] = m.a.matmul.n_out;
-            g.vw[i] = l.g_vw[i];
-            g.S[i] = l.g_S[i];
-            g.nwarps[i] = l.g_nwarps[i];
-        }
-        const kargs_matmul& a = c.a.matmul;
+    template <int T> void mmvq_group(const Launch& l, const Command&) {
+        const MvArgs p = mv_args(l, l.g_nwarps);
         const bool gs = l.S > 1;   // the largest S
-        const Q8Act q = xq(l);
-        if (l.variant == 1 && !gs) return go(l, kernel_mmvq_group<T, 1, false>, a, g, q);
-        if (l.variant == 1) return go(l, kernel_mmvq_group<T, 1, true>, a, g, q);
-        if (!gs) return go(l, kernel_mmvq_group<T, 8, false>, a, g, q);
-        go(l, kernel_mmvq_group<T, 8, true>, a, g, q);
+        if (l.variant == 1 && !gs) return go(l, kernel_mmvq_group<T, 1, false>, p);
+        if (l.variant == 1) return go(l, kernel_mmvq_group<T, 1, true>, p);
+        if (!gs) return go(l, kernel_mmvq_group<T, 8, false>, p);
+        go(l, kernel_mmvq_group<T, 8, true>, p);
     }
 
-    // kernel_attention_decode; fused with the rope and K/V stores of its token (rope_kv_attention:
-    // commands first .. first + 3) and/or with the o projection's quantization (qcmd)
     void attention_decode(const Launch& l) {
-        const bool fused_rope = l.fusion == cuda::F_ROPE_KV_ATTENTION;
-        const Command& at = cmds[l.first + l.count - 1];
-        AdRope rope{};
-        if (fused_rope) {
-            const Command &rq = cmds[l.first], &rk = cmds[l.first + 1], &sv = cmds[l.first + 3];
-            const kargs_rope& q = rq.a.rope;
-            rope = AdRope{q, q.has_factors ? rq.b[1].ptr<float>() : nullptr, rk.b[0].ptr<float>(), sv.b[0].ptr<float>(),
-                          err(), 1, d.rope_powers(q)};
+        if (l.variant == 2) return go(l, kernel_attention_decode<2>, att_args(l));
+        go(l, kernel_attention_decode<4>, att_args(l));
+    }
+
+    // The persistent kernel's program for a list the planner made one (LaunchList::persist).
+    std::vector<PInstr> program(const cuda::LaunchList& L) const {
+        std::vector<PInstr> prog(L.launches.size());
+        int start = 0;
+        for (size_t i = 0; i < L.launches.size(); ++i) {
+            const Launch& l = L.launches[i];
+            const cuda::PersistIns& in = L.persist.ins[i];
+            PInstr& P = prog[i];
+            std::memset(&P, 0, sizeof P);
+            P.wtype = l.wtype;
+            P.start = start;
+            P.units = in.units;
+            P.nt = in.nt;
+            P.gx = (int)l.grid[0];
+            P.gy = (int)l.grid[1];
+            P.dep = in.dep;
+            start += in.units;
+            switch (l.kernel) {
+                case Kernel::embed: P.kind = PK_EMBED; P.embed = embed_args(l); break;
+                case Kernel::add_rmsnorm_q: P.kind = PK_RMS; P.variant = l.variant; P.qb = l.qb; P.rms = rms_args(l); break;
+                case Kernel::mmvq:
+                case Kernel::mmvq_group: P.kind = PK_MV; P.variant = l.S > 1; P.mv = mv_args(l, in.g_nwarps); break;
+                case Kernel::attention_decode: P.kind = PK_ATT; P.variant = l.variant; P.att = att_args(l); break;
+                case Kernel::swiglu_q: P.kind = PK_GLU; P.qb = l.qb; P.glu = glu_args(l); break;
+                case Kernel::quantize_q8: P.kind = PK_QUANT; P.qb = l.qb; P.quant = quant_args(l); break;
+                default: throw Error("cuda: " + cuda::kernel_name(l) + " has no persistent body");
+            }
         }
-        const kargs_attention& a = at.a.attention;
-        float* q = at.b[0].ptr<float>();
-        __half *kc = at.b[1].ptr<__half>(), *vc = at.b[2].ptr<__half>();
-        float *out = at.b[3].ptr<float>(), *part = (float*)d.scratch;
-        const kstep* step = at.step.ptr<kstep>();
-        int* count = (int*)d.att_count->dev;
-        if (l.variant == 2)
-            return go(l, kernel_attention_decode<2>, a, q, kc, vc, out, part, l.S, l.chunk, step, count, xq(l), rope);
-        go(l, kernel_attention_decode<4>, a, q, kc, vc, out, part, l.S, l.chunk, step, count, xq(l), rope);
+        return prog;
     }
 };
 
@@ -306,6 +359,25 @@ void CudaDevice::run_list(const std::vector<Command>& cmds, const cuda::LaunchLi
     Exec ex{*this, cmds};
     for (const Launch& l : list.launches) ex.run(l);
     ck(cudaGetLastError(), "launching the list");
+}
+
+// A list the planner made a persistent program: its instructions and zeroed counters go to
+// device memory the graph owns (before the capture, which then holds one kernel_persistent).
+void CudaDevice::persistent_setup(const std::vector<Command>& cmds, const cuda::LaunchList& list, GraphExec& ge) {
+    Exec ex{*this, cmds};
+    const std::vector<PInstr> prog = ex.program(list);
+    if (persistent_instr_bytes() != sizeof(PInstr)) throw Error("cuda: persist.cu and launch.cu disagree on PInstr");
+    const size_t n = prog.size(), ctl = (PK_CTL_HEAD + n) * sizeof(int);
+    ck(cudaMalloc(&ge.prog, n * sizeof(PInstr)), "cudaMalloc program");
+    ck(cudaMalloc(&ge.ctl, ctl), "cudaMalloc counters");
+    ck(cudaMemcpy(ge.prog, prog.data(), n * sizeof(PInstr), cudaMemcpyHostToDevice), "upload program");
+    ck(cudaMemset(ge.ctl, 0, ctl), "zero counters");
+    ge.n_ins = (int)n;
+    ge.n_tickets = prog.back().start + prog.back().units;
+    if (pk_profile) {
+        ck(cudaMalloc(&ge.prof, ge.n_tickets * 4 * sizeof(long long)), "cudaMalloc profile");
+        ck(cudaMemset(ge.prof, 0, ge.n_tickets * 4 * sizeof(long long)), "zero profile");
+    }
 }
 
 void CudaDevice::launch_set_token(int32_t* ids, int32_t token, int32_t pos) {

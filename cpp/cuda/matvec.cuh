@@ -35,15 +35,22 @@ namespace llmetal_cuda {
 // ---- stage 1: activation quantization ---------------------------------------------------------
 // One thread per value, blocks of 256 threads; QB consecutive threads share a scale.
 // xq: q [T][K] int8, d [T][K/QB] float, s [T][K/32] int (see Q8Act).
-template <int QB>
-__global__ void __launch_bounds__(256) kernel_quantize_q8(const float* x, Q8Act xq, int64_t n) {
-    pdl_enter();
-    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;   // n = T*K, a multiple of QB
-    const float v = i < n ? x[i] : 0.f;
-    const float amax = block_amax<QB>(v);
-    const int q = i < n ? store_q8(v, amax, i, QB, xq) : 0;
-    q8_sum32(q, i & ~31ll, i < n, xq);
+struct QuantArgs {
+    const float* x;
+    Q8Act xq;
+    int64_t n;   // T*K, a multiple of QB
+};
+template <int QB, class C>
+__device__ __forceinline__ void quantize_q8_body(const C& cx, const QuantArgs& p) {
+    cx.enter();
+    const int64_t i = (int64_t)cx.x() * 256 + threadIdx.x;
+    const float v = i < p.n ? p.x[i] : 0.f;
+    const float amax = block_amax<QB>(v, cx);
+    const int q = i < p.n ? store_q8(v, amax, i, QB, p.xq) : 0;
+    q8_sum32(q, i & ~31ll, i < p.n, p.xq);
 }
+template <int QB>
+__global__ void __launch_bounds__(256) kernel_quantize_q8(QuantArgs p) { quantize_q8_body<QB>(Launched{}, p); }
 
 // ---- stage 2: quantized mat-vec ---------------------------------------------------------------
 // MV_ROWS, MV_WIN and each format's window (MVQ<T>::NB blocks) and activation block
@@ -74,13 +81,13 @@ __device__ __forceinline__ int dot16(const int* q, int4 v, int c) {
     return dp4(q[0], v.x, dp4(q[1], v.y, dp4(q[2], v.z, dp4(q[3], v.w, c))));
 }
 __device__ __forceinline__ int sum4(int2 v) { return dp4(0x01010101, v.x, dp4(0x01010101, v.y, 0)); }
-__device__ __forceinline__ int2 ldx2(const int8_t* p) { return __ldg((const int2*)p); }
-__device__ __forceinline__ int4 ldx4(const int8_t* p) { return __ldg((const int4*)p); }
+__device__ __forceinline__ int2 ldx2(const int8_t* p) { return ldact((const int2*)p); }
+__device__ __forceinline__ int4 ldx4(const int8_t* p) { return ldact((const int4*)p); }
 // The 8-bit activations of one 32-value block (values 0-15 in lo, 16-31 in hi) and their sum:
 // what a piece of the 32-value formats dots with. Loaded apart from the dot so that
 // kernel_mmvq can fetch them before it waits for the weights (see mmvq_rows).
 struct Xb { int4 lo, hi; int s; };
-__device__ __forceinline__ Xb ldxb(const int8_t* x, const int* xs) { return {ldx4(x), ldx4(x + 16), __ldg(xs)}; }
+__device__ __forceinline__ Xb ldxb(const int8_t* x, const int* xs) { return {ldx4(x), ldx4(x + 16), ldact(xs)}; }
 
 // The blocks of Q4_0 (18 B), Q5_0 (22 B) and Q8_0 (34 B) are only 2-byte aligned: read the
 // N aligned words that cover the block and return the bit offset of its first byte in r[0]
@@ -207,7 +214,7 @@ struct PieceK {
     struct X { int4 lo, hi; int s0, s1; };
     static __device__ __forceinline__ X xload(const int8_t* x, const int* xs, int pp) {
         const int g = pp >> 1, h = pp & 1, off = 64 * g + 16 * h;
-        return {ldx4(x + off), ldx4(x + off + 32), h == 0 ? __ldg(xs + 2 * g) : 0, h == 0 ? __ldg(xs + 2 * g + 1) : 0};
+        return {ldx4(x + off), ldx4(x + off + 32), h == 0 ? ldact(xs + 2 * g) : 0, h == 0 ? ldact(xs + 2 * g + 1) : 0};
     }
     __device__ __forceinline__ float dot(const X& x) const {   // the same arithmetic as dot(x, xs)
         const int s0 = dot16(lo, x.lo, 0), s1 = dot16(hi, x.hi, 0);
@@ -224,7 +231,7 @@ struct PieceK {
     __device__ __forceinline__ float dot(const int8_t* x, const int* xs) const {
         const int s0 = dot16(lo, ldx4(x + off), 0), s1 = dot16(hi, ldx4(x + off + 32), 0);
         const float r = d * (float)(sc0 * s0 + sc1 * s1);
-        return first ? r - dm * (float)(m0 * __ldg(xs + 2 * g) + m1 * __ldg(xs + 2 * g + 1)) : r;
+        return first ? r - dm * (float)(m0 * ldact(xs + 2 * g) + m1 * ldact(xs + 2 * g + 1)) : r;
     }
 };
 template <> struct Piece<KT_Q4_K> : PieceK {
@@ -512,10 +519,11 @@ __device__ __forceinline__ void window_copy(uint8_t* dst, const uint8_t* src, in
 // A row's sum depends only on the row and S (its windows in order, the same lanes, the same
 // shuffle tree), not on how rows are spread over warps: kernel_mmvq and kernel_mmvq_group give
 // bit-identical results (the host picks S from the matrix alone, the same for both).
-template <int T, int NT>
-__device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
+// BW: warps of the block (the `red` slots; the persistent kernel's blocks have PK_WARPS).
+template <int T, int NT, int BW, class C>
+__device__ __forceinline__ void mmvq_rows(const C& cx, const kargs_matmul& a, const uint8_t* W, const Q8Act& xq,
                                           float* y, int vw, int nwarps, int gw, uint8_t* slots, int lane,
-                                          int S, float (*red)[MV_ROWS][NT], const float* bias = nullptr) {
+                                          int S, float (*red)[BW][NT], const float* bias = nullptr) {
     constexpr int QK = QT<T>::QK, BB = QT<T>::BB, NB = MVQ<T>::NB, PPB = Piece<T>::PPB;
     static_assert(MVQ<T>::QB == QK, "one activation scale per weight block");
     constexpr int WB = NB * BB;                         // bytes of a full window
@@ -544,8 +552,8 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
     for (int i = 0; i < MV_STAGES - 1; ++i) issue(i);
     // The weights are never written: their first windows are fetched before waiting for the
     // kernel that writes the activations (see pdl_wait), so that round trip overlaps its drain.
-    pdl_wait();
-    pdl_release();
+    cx.wait();
+    cx.release();
 
     float acc[NT];
 #pragma unroll
@@ -572,7 +580,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
                     const int p = lane + 32 * j, blk = b0 + p / PPB;
                     if (full || p < np) {
                         xa[j] = Piece<T>::xload(xq.q + blk * QK, xq.s + blk * (QK / 32), p % PPB);
-                        xd[j] = __ldg(xq.d + blk);
+                        xd[j] = ldact(xq.d + blk);
                     }
                 }
             }
@@ -588,7 +596,7 @@ __device__ __forceinline__ void mmvq_rows(const kargs_matmul& a, const uint8_t* 
 #pragma unroll
             for (int t = 0; t < NT; ++t)
                 if (t < mc)
-                    acc[t] += __ldg(xq.d + (int64_t)t * nblocks + blk) *
+                    acc[t] += ldact(xq.d + (int64_t)t * nblocks + blk) *
                               pc.dot(xq.q + (int64_t)t * K + blk * QK, xq.s + (int64_t)t * (K / 32) + blk * (QK / 32));
         };
         // A full window gives every lane exactly IT pieces (where NB * PPB is a multiple of
@@ -664,7 +672,8 @@ kernel_mmvq(kargs_matmul a, const uint8_t* W, Q8Act xq, float* y, int vw, int nw
     __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
     __shared__ float red[S > 1 ? 2 : 1][MV_ROWS][NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    mmvq_rows<T, NT>(a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, S, red);
+    mmvq_rows<T, NT, MV_ROWS>(Launched{}, a, W, xq, y, vw, nwarps, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, S,
+                              red);
 }
 
 // ---- several weights of the same input in one launch (Q/K/V, gate/up) -----------------------
@@ -693,16 +702,21 @@ struct MvGroup {
 template <class F> __device__ __forceinline__ F mvg_pick(const F (&f)[MVG_MAX], int j) {
     return j == 0 ? f[0] : j == 1 ? f[1] : f[2];
 }
+struct MvArgs {
+    kargs_matmul a;
+    MvGroup g;
+    Q8Act xq;
+};
+// Warp gw of the launch (or of the persistent kernel's instruction) works on weight j's warp gw'
+// (warps laid out weight after weight, see above).
 // GS = false: every weight of the group has S = 1 (the host checks), a constant here, so the
 // kernel carries none of the S > 1 code (SmolLM2's groups). GS = true: each weight's S is a
 // constant in one of three branches, as in kernel_mmvq<T, NT, S> (8B's Q/K/V mixes S = 1 and 2).
-template <int T, int NT, bool GS>
-__global__ void __launch_bounds__(MV_ROWS * 32)
-kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
-    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
-    __shared__ float red[GS ? 2 : 1][MV_ROWS][NT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int gw = blockIdx.x * MV_ROWS + warp, j = 0;   // this warp: weight j's warp gw
+template <int T, int NT, bool GS, int BW, class C>
+__device__ __forceinline__ void mmvq_group_warp(const C& cx, const MvArgs& p, int gw, uint8_t* slots, int lane,
+                                                float (*red)[BW][NT]) {
+    const MvGroup& g = p.g;
+    int j = 0;
     if (gw >= g.nwarps[0]) {
         gw -= g.nwarps[0];
         j = 1;
@@ -713,16 +727,25 @@ kernel_mmvq_group(kargs_matmul a, MvGroup g, Q8Act xq) {
     }
     const int nw = mvg_pick(g.nwarps, j);
     if (j >= g.n || gw >= nw) return;
+    kargs_matmul a = p.a;
     a.n_out = mvg_pick(g.n_out, j);
     a.row_bytes = mvg_pick(g.row_bytes, j);
     const uint8_t* W = mvg_pick(g.W, j);
     float* y = mvg_pick(g.y, j);
     const float* bias = mvg_pick(g.bias, j);
     const int vw = mvg_pick(g.vw, j), S = mvg_pick(g.S, j);
-    if constexpr (!GS) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red, bias);
-    else if (S == 1) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 1, red, bias);
-    else if (S == 2) mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 2, red, bias);
-    else mmvq_rows<T, NT>(a, W, xq, y, vw, nw, gw, ring[warp][0], lane, 4, red, bias);
+    if constexpr (!GS) mmvq_rows<T, NT, BW>(cx, a, W, p.xq, y, vw, nw, gw, slots, lane, 1, red, bias);
+    else if (S == 1) mmvq_rows<T, NT, BW>(cx, a, W, p.xq, y, vw, nw, gw, slots, lane, 1, red, bias);
+    else if (S == 2) mmvq_rows<T, NT, BW>(cx, a, W, p.xq, y, vw, nw, gw, slots, lane, 2, red, bias);
+    else mmvq_rows<T, NT, BW>(cx, a, W, p.xq, y, vw, nw, gw, slots, lane, 4, red, bias);
+}
+template <int T, int NT, bool GS>
+__global__ void __launch_bounds__(MV_ROWS * 32)
+kernel_mmvq_group(MvArgs p) {
+    __shared__ __align__(16) uint8_t ring[MV_ROWS][MV_STAGES][MV_WIN];
+    __shared__ float red[GS ? 2 : 1][MV_ROWS][NT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    mmvq_group_warp<T, NT, GS, MV_ROWS>(Launched{}, p, blockIdx.x * MV_ROWS + warp, ring[warp][0], lane, red);
 }
 
 // F16 weights, float activations (the CPU device keeps them float too): K % 8 == 0.

@@ -73,11 +73,14 @@ std::string kernel_name(const Launch& l) {
     return n;
 }
 
+// A list run by the persistent kernel shows each launch as its instruction:
+// kernel_persistent/kernel_mmvq<Q4_1>.
 std::vector<KernelDesc> describe(const LaunchList& L) {
     std::vector<KernelDesc> out;
     out.reserve(L.launches.size());
+    const std::string pre = L.persist.blocks ? "kernel_persistent/" : "";
     for (const Launch& l : L.launches)
-        out.push_back(KernelDesc{kernel_name(l), l.first, l.count, l.fusion >= 0 ? FUSIONS[l.fusion].name : ""});
+        out.push_back(KernelDesc{pre + kernel_name(l), l.first, l.count, l.fusion >= 0 ? FUSIONS[l.fusion].name : ""});
     return out;
 }
 
@@ -745,10 +748,102 @@ struct Planner {
 
 }  // namespace
 
+// ---- the persistent kernel's program ------------------------------------------------------------
+// The types kernel_persistent has bodies for (persist.cu instantiates each).
+static bool pk_type(int t) {
+    return t == KT_Q4_0 || t == KT_Q4_1 || t == KT_Q5_0 || t == KT_Q8_0 || t == KT_Q4_K || t == KT_Q5_K || t == KT_Q6_K;
+}
+static bool pk_embed_type(int t) { return pk_type(t) || t == KT_F32 || t == KT_F16; }
+
+// A one-token decode list as kernel_persistent's program, or why not (P.why). Every launch
+// becomes one instruction with the launch's geometry, except:
+//   - a mat-vec's warps are re-planned for units of PK_WARPS warps on all but one resident block
+//     (the one left over takes the norm or attention that comes next while the others stream
+//     the next weights), each weight keeping its launch's S, so every row is summed as in the
+//     launch (a row's sum depends only on the row and S; a kernel_mmvq is a group of one);
+//   - kernel_add_rmsnorm_q runs on at most PK_THREADS threads (the 8B shape's 1024-thread block
+//     on 512: two float4s a thread, the sum of squares added up in another order).
+static Persist persist_program(const std::vector<Command>& cmds, const LaunchList& L, const CudaCaps& caps) {
+    Persist P;
+    auto no = [&](const std::string& why) {
+        P = Persist{};
+        P.why = why;
+        return P;
+    };
+    if (!L.pdl) return no("not a one-token decode list on sm_90+");
+    if (caps.pk_blocks < 2) return no("fewer than two resident blocks of kernel_persistent");
+    const int64_t W = (int64_t)(caps.pk_blocks - 1) * PK_WARPS;   // warps of a mat-vec
+    P.blocks = caps.pk_blocks;
+    for (size_t i = 0; i < L.launches.size(); ++i) {
+        const Launch& l = L.launches[i];
+        PersistIns in;
+        in.dep = (int)i - 1;
+        const int64_t grid = (int64_t)l.grid[0] * l.grid[1] * l.grid[2];
+        const std::string name = kernel_name(l);
+        switch (l.kernel) {
+            case Kernel::embed:
+                if (!pk_embed_type(l.wtype)) return no(name + ": no persistent body for this type");
+                in.units = (int)grid;
+                in.nt = (int)l.block;
+                break;
+            case Kernel::add_rmsnorm_q: {
+                const int dim = cmds[l.first + (l.variant ? 1 : 0)].a.rmsnorm.dim;
+                in.nt = std::min<int>((int)l.block, PK_THREADS);
+                if (dim / 4 > RMS_V * in.nt) return no(name + ": row too long for " + std::to_string(in.nt) + " threads");
+                in.units = (int)grid;
+                break;
+            }
+            case Kernel::mmvq:
+            case Kernel::mmvq_group: {
+                if (l.variant != 1) return no(name + ": more than one token");
+                if (!pk_type(l.wtype)) return no(name + ": no persistent body for this type");
+                int n = 1, rows[MVG_MAX] = {}, S[MVG_MAX] = {};
+                if (l.kernel == Kernel::mmvq) {
+                    rows[0] = cmds[l.first].a.matmul.n_out;
+                    S[0] = l.S;
+                } else {
+                    n = l.g_n;
+                    for (int j = 0; j < n; ++j) {
+                        rows[j] = cmds[l.g_cmd[j]].a.matmul.n_out;
+                        S[j] = l.g_S[j];
+                    }
+                }
+                int64_t need = 0;
+                for (int j = 0; j < n; ++j) need += (int64_t)rows[j] * S[j];
+                int64_t rpw = std::max<int64_t>(1, (need + W - 1) / W), total;
+                for (;; ++rpw) {
+                    total = 0;
+                    for (int j = 0; j < n; ++j) total += (rows[j] + rpw - 1) / rpw * S[j];
+                    if (total <= W) break;
+                }
+                for (int j = 0; j < n; ++j) in.g_nwarps[j] = (int)((rows[j] + rpw - 1) / rpw * S[j]);
+                in.units = (int)((total + PK_WARPS - 1) / PK_WARPS);
+                in.nt = PK_THREADS;
+                break;
+            }
+            case Kernel::attention_decode:
+                if (l.block > (uint32_t)PK_THREADS) return no(name + ": more than " + std::to_string(PK_THREADS) + " threads");
+                if (l.grid[2] != 1) return no(name + ": more than one token");
+                in.units = (int)grid;
+                in.nt = (int)l.block;
+                break;
+            case Kernel::swiglu_q:
+            case Kernel::quantize_q8:
+                in.units = (int)grid;
+                in.nt = (int)l.block;
+                break;
+            default: return no(name + ": no persistent body");
+        }
+        P.ins.push_back(in);
+    }
+    return P;
+}
+
 LaunchList plan(const std::vector<Command>& cmds, const CudaCaps& caps) {
     Planner p{cmds, caps, {}, {}};
     p.L.launches.reserve(cmds.size() + 8);
     p.run();
+    if (caps.persist) p.L.persist = persist_program(cmds, p.L, caps);
     return std::move(p.L);
 }
 

@@ -25,6 +25,9 @@ struct CudaCaps {
     int cc_major = 9;
     bool pdl = true;    // programmatic dependent launch (sm_90+; LLMETAL_CUDA_PDL=0 turns it off)
     bool fuse = true;   // the fusion table (LLMETAL_CUDA_FUSE=0 runs every stage split)
+    // a captured decode list runs as the persistent kernel's program (LLMETAL_CUDA_PERSISTENT=1)
+    bool persist = false;
+    int pk_blocks = 132;   // resident blocks of kernel_persistent (one an SM on an H100)
     // resident blocks per SM of kernel_mmvq<T, 1 | 8, 1> and kernel_mmvq_group<T, 1 | 8, true>
     // by ggml type (cudaOccupancyMaxActiveBlocksPerMultiprocessor at device creation)
     int mv_resident[32][2];
@@ -85,6 +88,25 @@ struct Launch {
     int g_vw[llmetal_cuda::MVG_MAX] = {}, g_nwarps[llmetal_cuda::MVG_MAX] = {};
 };
 
+// The persistent decode kernel's program (persist.cuh): the launch list itself, each launch one
+// instruction whose units are the blocks of its grid (a mat-vec's: groups of PK_WARPS warps),
+// taken in list order from one ticket counter by kernel_persistent's resident blocks. A unit
+// waits until every unit of the instruction `dep` is done (a counter a unit) -- the order of
+// the launches, without their start-up and drain.
+struct PersistIns {
+    int units = 0;   // tickets of the instruction (an attention's dead splits are skipped)
+    int nt = 0;      // threads of a unit
+    int dep = -1;    // the instruction whose units all finish first
+    // mat-vecs: the warps over the rows, for a grid of PK_WARPS-warp units (each weight keeps
+    // its launch's S, so each row is summed as in the launch)
+    int g_nwarps[llmetal_cuda::MVG_MAX] = {};
+};
+struct Persist {
+    int blocks = 0;                 // kernel_persistent's grid; 0: the list runs as launches
+    std::string why;                // why not, when asked for (caps.persist) and not taken
+    std::vector<PersistIns> ins;    // one per launch
+};
+
 // The launch list of one command list, and what it needs before it runs.
 struct LaunchList {
     std::vector<Launch> launches;
@@ -93,11 +115,15 @@ struct LaunchList {
     uint64_t qscratch_bytes = 0;   // 8-bit activations of the decode matmuls
     uint64_t hscratch_bytes = 0;   // fp16 activations + a weight chunk of the prefill GEMMs
                                    // (kernel_gemm_q: + its split-K partial sums)
+    Persist persist;               // set when caps.persist and every launch has a persistent body
 };
 
 LaunchList plan(const std::vector<Command>& cmds, const CudaCaps& caps);
 // The capabilities a CUDA device plans with; null for any other device (or no CUDA build).
 const CudaCaps* device_caps(const Device& d);
+// The last run of a plan captured as kernel_persistent with LLMETAL_CUDA_PERSISTENT_PROFILE=1:
+// per ticket (start ns, wait-returned ns, end ns, SM << 32 | instruction); empty otherwise.
+std::vector<int64_t> persistent_profile(const Plan& p);
 
 // The printable name of a launch: kernel_mmvq<Q4_1>, kernel_add_rmsnorm_q, ...
 std::string kernel_name(const Launch& l);
