@@ -8,7 +8,8 @@ concurrent clients, optionally next to llama.cpp's `llama-server` under the same
 Loopback only and bounded: every server is started by the script on a free 127.0.0.1 port with
 -np = the largest client count and the same -c (the total context, split over the -np slots by
 both servers, so each slot holds -c / -np positions), and stopped at the end. Each
-client sends --requests streaming chat requests one after another ("Tell me a story about the
+client (a thread with its own httpx.Client, made before the clock starts; a connection per
+request) sends --requests streaming chat requests one after another ("Tell me a story about the
 number i.", greedy, ignore_eos, --max-tokens tokens); one warm-up request of 4 tokens precedes
 the measured loads. The tokens counted are the usage's completion_tokens of each request.
 
