@@ -5,20 +5,21 @@
 // lists them as kernel_persistent/<kernel>: nothing runs that the plan does not show.
 //
 // How a block goes through the program:
-//   - tickets: one counter hands out the units of all instructions in list order; a block takes
-//     a ticket, finds its instruction (instructions only go forward for a block: its tickets
-//     grow), and draws its next ticket while the unit runs, so that round trip is off the path;
+//   - units: the units of all instructions, numbered in list order (tickets), are dealt round
+//     robin: block b runs tickets b, b + B, b + 2B, ... (B blocks), in that order. A mat-vec
+//     has units for all but one block (planner.cpp), so the single norm after it lands on the
+//     block that had none, and the next instruction's units on blocks as they come free;
 //   - the wait: where a launch's body waits for the kernel before it (pdl_wait), a unit waits
 //     until every unit of the instruction before it is done (its done-counter reaches the
 //     instruction's unit count; for an attention, the splits holding a visible key); one warp
 //     of the block polls the counter, the others a flag in shared memory (Unit::wait). A mat-vec's
 //     warps start copying their first weight windows before that wait, as they do before
 //     pdl_wait, so the next matrix streams while a norm or the attention finishes;
-//   - done: after the unit's last store, a barrier, then one thread fences and counts the unit.
-// No deadlock: a unit only waits for units of earlier tickets, and every ticket handed out is
-// held by a resident block (the grid is exactly the resident blocks, planner caps.pk_blocks)
-// that either runs it or runs an earlier one first; by induction the smallest unfinished ticket
-// always runs.
+//   - done: after the unit's last store, a barrier, then one thread counts the unit (a release).
+// No deadlock: a unit only waits for units of smaller tickets; each block runs its tickets in
+// increasing order, so (by induction on the ticket) every smaller ticket's block reaches it
+// and finishes it. All B blocks must be resident at once (the grid is the resident blocks,
+// planner caps.pk_blocks).
 // The last block out resets the counters, so every launch starts from zero.
 // Profile (prof non-null, LLMETAL_CUDA_PERSISTENT_PROFILE=1): per ticket, the global timer (ns)
 // at the unit's start, when warp 0's wait returned (0: it did not wait), at its end, and
@@ -43,7 +44,7 @@ struct PInstr {
     int wtype;     // PK_EMBED, PK_MV: the weight type
     int variant;   // PK_RMS: ADD; PK_ATT: DPL; PK_MV: GS (some weight has S > 1)
     int qb;        // PK_RMS, PK_GLU, PK_QUANT: the 8-bit copy's block (0: none)
-    int start, units, nt;
+    int start, units, nt;   // first ticket, tickets, threads a unit
     int gx, gy;    // unit u is block (u % gx, u / gx); an attention's units go split-major:
                    // u = s * gy + g, so the live splits are the first tickets
     int dep;       // -1: none
@@ -57,9 +58,9 @@ struct PInstr {
     };
 };
 
-// The control words: ticket and exit count on lines of their own, then a done-counter per
+// The control words: the count of blocks out on a line of its own, then a done-counter per
 // instruction (PK_CTL_HEAD + n ints, zero between launches).
-constexpr int PK_CTL_TICKET = 0, PK_CTL_EXIT = 32, PK_CTL_HEAD = 64;
+constexpr int PK_CTL_EXIT = 0, PK_CTL_HEAD = 32;
 // Dynamic shared memory: the mat-vec rings of the block's warps.
 constexpr int PK_SMEM = PK_WARPS * MV_STAGES * MV_WIN;
 
@@ -68,6 +69,12 @@ __device__ __forceinline__ int ld_relaxed(const int* p) {
     int v;
     asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
+}
+
+// done += 1 with release semantics at GPU scope: every store the unit's threads made before the
+// barrier that precedes it is visible to whoever reads the new count with an acquire.
+__device__ __forceinline__ void red_release(int* p) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(p) : "memory");
 }
 
 // Units of an instruction that do work: all, except an attention's splits past the position.
@@ -190,32 +197,18 @@ __global__ void __launch_bounds__(PK_THREADS, 1)
 kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, int reverse, long long* prof) {
     extern __shared__ __align__(16) uint8_t pk_rings[];
     __shared__ float red[2][PK_WARPS][1];
-    __shared__ int s_next, s_ready;
-    int* ticket = ctl + PK_CTL_TICKET;
+    __shared__ int s_ready;
     int* done = ctl + PK_CTL_HEAD;
     const int tid = threadIdx.x;
     const int total = prog[n_ins - 1].start + prog[n_ins - 1].units;
-    if (tid == 0) s_next = atomicAdd(ticket, 1);
-    __syncthreads();
-    int tk = s_next, i = 0;
-    while (tk < total) {
+    int i = 0;
+    for (int tk = blockIdx.x; tk < total; tk += gridDim.x) {
         while (tk >= prog[i].start + prog[i].units) ++i;
         const PInstr& P = prog[i];
         const int nlive = pk_live(P, step);
-        const bool live = tk - P.start < nlive;
+        if (tk - P.start >= nlive) continue;   // a split past the position: nothing to do
         const int u = reverse ? nlive - 1 - (tk - P.start) : tk - P.start;
-        __syncthreads();   // every thread has read s_next
-        if (!live) {       // a split past the position: so are the rest of this instruction's
-            if (tid == 0) {
-                atomicMax(ticket, P.start + P.units);
-                s_next = atomicAdd(ticket, 1);
-            }
-            __syncthreads();
-            tk = s_next;
-            continue;
-        }
         if (tid == 0) {
-            s_next = atomicAdd(ticket, 1);   // the next unit's ticket, while this one runs
             s_ready = 0;
             if (prof) prof[4ll * tk + 1] = 0;
         }
@@ -234,8 +227,7 @@ kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, in
         if (tid == 0) {
             cx.poll();     // (a unit whose threads had nothing to read waited for nothing: the
                            // count must still imply the instructions before it are done)
-            __threadfence();
-            atomicAdd(done + i, 1);
+            red_release(done + i);
             if (prof) {
                 unsigned sm;
                 asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
@@ -244,14 +236,12 @@ kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, in
                 cx.rec[3] = (long long)sm << 32 | i;
             }
         }
-        tk = s_next;
     }
     // The last block out resets the counters for the next launch (no block reads them any more).
     if (tid == 0) {
         __threadfence();
         if (atomicAdd(ctl + PK_CTL_EXIT, 1) == (int)gridDim.x - 1) {
             for (int j = 0; j < n_ins; ++j) done[j] = 0;
-            *ticket = 0;
             ctl[PK_CTL_EXIT] = 0;
         }
     }

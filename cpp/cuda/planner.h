@@ -90,7 +90,7 @@ struct Launch {
 
 // The persistent decode kernel's program (persist.cuh): the launch list itself, each launch one
 // instruction whose units are the blocks of its grid (a mat-vec's: groups of PK_WARPS warps),
-// taken in list order from one ticket counter by kernel_persistent's resident blocks. A unit
+// dealt in list order round robin to kernel_persistent's resident blocks. A unit
 // waits until every unit of the instruction `dep` is done (a counter a unit) -- the order of
 // the launches, without their start-up and drain.
 struct PersistIns {
