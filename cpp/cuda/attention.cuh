@@ -409,8 +409,8 @@ struct AttArgs {
     AdRope rope;
 };
 // The splits that hold a visible key for the token at pos (the others' blocks do nothing).
-__device__ __forceinline__ int ad_live_splits(const kargs_attention& a, int pos, int n_splits, int chunk) {
-    const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+__device__ __forceinline__ int ad_live_splits(int window, int pos, int n_splits, int chunk) {
+    const int lo = window > 0 ? max(0, pos - window + 1) : 0;
     return min(n_splits, (pos - lo) / chunk + 1);
 }
 
@@ -434,7 +434,7 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
     const int pos = step->pos0 + t;   // set by a copy before the launch: readable before pdl_wait
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
-    const int ns = ad_live_splits(a, pos, n_splits, chunk);
+    const int ns = ad_live_splits(a.window, pos, n_splits, chunk);
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
         for (int i = threadIdx.x; i < HD / 2; i += cx.n()) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);

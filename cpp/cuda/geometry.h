@@ -49,6 +49,7 @@ template <> struct MVQ<KT_F16> { static constexpr int NB = 1024, QB = 1; };   //
 // ---- the persistent decode kernel (persist.cu) ----------------------------------------------
 constexpr int PK_WARPS = 16;                 // warps of its block; one block an SM
 constexpr int PK_THREADS = PK_WARPS * 32;    // the most threads an instruction's unit may use
+constexpr int PK_MAX_INS = 1024;             // instructions of a program (their starts in shared memory)
 
 // ---- norms --------------------------------------------------------------------------------
 constexpr int RMS_V = 4;   // float4s a thread of kernel_add_rmsnorm_q for rows over 4096 values

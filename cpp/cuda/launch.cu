@@ -309,6 +309,12 @@ struct Exec {
             P.gx = (int)l.grid[0];
             P.gy = (int)l.grid[1];
             P.dep = in.dep;
+            P.live = PLive{in.units, P.gy, 0, 0, 0};
+            if (l.kernel == Kernel::attention_decode) {
+                const Command& at = cmds[l.first + l.count - 1];
+                P.live = PLive{in.units, P.gy, l.S, l.chunk, at.a.attention.window};
+            }
+            if (in.dep >= 0) P.dep_live = prog[in.dep].live;
             start += in.units;
             switch (l.kernel) {
                 case Kernel::embed: P.kind = PK_EMBED; P.embed = embed_args(l); break;

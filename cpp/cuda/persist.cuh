@@ -36,10 +36,20 @@ namespace llmetal_cuda {
 
 enum PKind : int { PK_EMBED, PK_RMS, PK_MV, PK_ATT, PK_GLU, PK_QUANT };
 
+// Which units of an instruction do work: all `units`, or for an attention (splits > 0) the
+// splits holding a visible key times the K/V heads (gy).
+struct PLive {
+    int units, gy, splits, chunk, window;
+};
+__device__ __forceinline__ int pk_live(const PLive& l, int pos) {
+    return l.splits ? ad_live_splits(l.window, pos, l.splits, l.chunk) * l.gy : l.units;
+}
+
 // One instruction: the body (kind, and the template arguments it was launched with), its
-// tickets and threads, the launch's grid (unit -> block), the instruction it waits for, and the
-// arguments of the launch.
-struct PInstr {
+// tickets and threads, the launch's grid (unit -> block), the instruction it waits for (and how
+// many of its units), and the arguments of the launch. A block copies the instruction it runs
+// into shared memory (its fields are read there, also after the wait's fence).
+struct __align__(16) PInstr {
     int kind;
     int wtype;     // PK_EMBED, PK_MV: the weight type
     int variant;   // PK_RMS: ADD; PK_ATT: DPL; PK_MV: GS (some weight has S > 1)
@@ -48,6 +58,7 @@ struct PInstr {
     int gx, gy;    // unit u is block (u % gx, u / gx); an attention's units go split-major:
                    // u = s * gy + g, so the live splits are the first tickets
     int dep;       // -1: none
+    PLive live, dep_live;
     union {
         EmbedArgs embed;
         RmsArgs rms;
@@ -61,10 +72,17 @@ struct PInstr {
 // The control words: the count of blocks out on a line of its own, then a done-counter per
 // instruction (PK_CTL_HEAD + n ints, zero between launches).
 constexpr int PK_CTL_EXIT = 0, PK_CTL_HEAD = 32;
-// Dynamic shared memory: the mat-vec rings of the block's warps.
-constexpr int PK_SMEM = PK_WARPS * MV_STAGES * MV_WIN;
+// Dynamic shared memory: the mat-vec rings of the block's warps, then each instruction's first
+// ticket and the total (the static 48 KB hold the bodies' own arrays).
+constexpr int PK_RINGS = PK_WARPS * MV_STAGES * MV_WIN;
+constexpr int PK_SMEM = PK_RINGS + (PK_MAX_INS + 1) * 4;
 
 #ifdef LLMETAL_PERSISTENT_TU
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
 __device__ __forceinline__ int ld_relaxed(const int* p) {
     int v;
     asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -77,12 +95,6 @@ __device__ __forceinline__ void red_release(int* p) {
     asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(p) : "memory");
 }
 
-// Units of an instruction that do work: all, except an attention's splits past the position.
-__device__ __forceinline__ int pk_live(const PInstr& P, const kstep* step) {
-    if (P.kind != PK_ATT) return P.units;
-    const AttArgs& a = P.att;
-    return ad_live_splits(a.a, step->pos0, a.n_splits, a.chunk) * P.gy;
-}
 
 // The context of a unit (see Launched in kernels.cuh).
 __device__ __forceinline__ long long pk_clock() {
@@ -108,7 +120,7 @@ struct Unit {
     __device__ __forceinline__ void poll() const {
         if (!dep_done) return;
         while (ld_relaxed(dep_done) < target) __nanosleep(64);
-        __threadfence();
+        (void)ld_acquire(dep_done);
     }
     // One warp of the unit polls the counter in global memory (the first to get here: a mat-vec
     // warp without rows never waits), the others watch a flag in shared memory, so a block puts
@@ -198,14 +210,27 @@ kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, in
     extern __shared__ __align__(16) uint8_t pk_rings[];
     __shared__ float red[2][PK_WARPS][1];
     __shared__ int s_ready;
+    int* s_start = (int*)(pk_rings + PK_RINGS);
+    __shared__ PInstr s_p;                    // the instruction this block runs
     int* done = ctl + PK_CTL_HEAD;
     const int tid = threadIdx.x;
-    const int total = prog[n_ins - 1].start + prog[n_ins - 1].units;
-    int i = 0;
+    const int pos = step->pos0;               // written before the launch
+    for (int k = tid; k <= n_ins; k += blockDim.x)
+        s_start[k] = k < n_ins ? prog[k].start : prog[n_ins - 1].start + prog[n_ins - 1].units;
+    __syncthreads();
+    const int total = s_start[n_ins];
+    int i = 0, have = -1;
     for (int tk = blockIdx.x; tk < total; tk += gridDim.x) {
-        while (tk >= prog[i].start + prog[i].units) ++i;
-        const PInstr& P = prog[i];
-        const int nlive = pk_live(P, step);
+        while (tk >= s_start[i + 1]) ++i;
+        if (i != have) {   // one L2 round trip for the whole instruction, by every thread at once
+            __syncthreads();   // (nobody reads the previous one any more)
+            for (int k = tid; k < (int)(sizeof(PInstr) / 16); k += blockDim.x)
+                ((int4*)&s_p)[k] = ((const int4*)(prog + i))[k];
+            __syncthreads();
+            have = i;
+        }
+        const PInstr& P = s_p;
+        const int nlive = pk_live(P.live, pos);
         if (tk - P.start >= nlive) continue;   // a split past the position: nothing to do
         const int u = reverse ? nlive - 1 - (tk - P.start) : tk - P.start;
         if (tid == 0) {
@@ -218,15 +243,16 @@ kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, in
         else { cx.ux = u % P.gx; cx.uy = u / P.gx; cx.uz = 0; }
         cx.nt = P.nt;
         cx.dep_done = P.dep >= 0 ? done + P.dep : nullptr;
-        cx.target = P.dep >= 0 ? pk_live(prog[P.dep], step) : 0;
+        cx.target = P.dep >= 0 ? pk_live(P.dep_live, pos) : 0;
         cx.ready = &s_ready;
         cx.rec = prof ? prof + 4ll * tk : nullptr;
         const long long t0 = prof ? pk_clock() : 0;
         if (tid < P.nt) pk_run(cx, P, u, pk_rings, red);
         __syncthreads();   // every store of the unit made
         if (tid == 0) {
-            cx.poll();     // (a unit whose threads had nothing to read waited for nothing: the
-                           // count must still imply the instructions before it are done)
+            // (a unit none of whose warps waited -- nothing to read -- waits now: its count
+            // must still imply that the instructions before it are done)
+            if (s_ready != 2) cx.poll();
             red_release(done + i);
             if (prof) {
                 unsigned sm;

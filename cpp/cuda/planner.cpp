@@ -772,6 +772,7 @@ static Persist persist_program(const std::vector<Command>& cmds, const LaunchLis
     };
     if (!L.pdl) return no("not a one-token decode list on sm_90+");
     if (caps.pk_blocks < 2) return no("fewer than two resident blocks of kernel_persistent");
+    if (L.launches.size() > (size_t)PK_MAX_INS) return no("more than " + std::to_string(PK_MAX_INS) + " launches");
     const int64_t W = (int64_t)(caps.pk_blocks - 1) * PK_WARPS;   // warps of a mat-vec
     P.blocks = caps.pk_blocks;
     for (size_t i = 0; i < L.launches.size(); ++i) {
