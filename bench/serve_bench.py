@@ -18,10 +18,11 @@ turns at each client count, --rounds times (llmetal at 1 client, llama-server at
 llmetal at 2, ...), so that a shared, noisy machine weighs on both alike; the table gives, per
 server and client count, the best and the median aggregate t/s over the rounds and the median
 TTFT.
-llama-server runs with `--no-cache-prompt --cache-ram 0` (it would otherwise reuse the chat
-template's prefix from a slot's previous request, which llmetal recomputes: the same work for
-both) and `--no-kv-unified` (one KV cache per slot, as llmetal's); add others with
---llama-args.
+Every request says `"cache_prompt": false` and llama-server runs with `--no-cache-prompt
+--cache-ram 0`: both servers would otherwise reuse the chat template's prefix from a slot's
+previous request, and the prompt work measured would depend on which slot a request lands in.
+llama-server also runs with `--no-kv-unified` (one KV cache per slot, as llmetal's); add others
+with --llama-args.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def one(base, i, max_tokens):
     """One streaming request: (completion tokens, prompt tokens, seconds to the first text)."""
     body = {"messages": [{"role": "user", "content": f"Tell me a story about the number {i}."}],
             "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
-            "stream_options": {"include_usage": True}}
+            "cache_prompt": False, "stream_options": {"include_usage": True}}
     t0, first, n, n_prompt, deltas = time.perf_counter(), None, None, 0, 0
     with client().stream("POST", base + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()

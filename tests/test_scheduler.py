@@ -90,3 +90,51 @@ def test_a_step_that_needs_the_logits_downloads_them(models):
     assert len(got[1]) == N
     assert sched.n_steps_ids == 0 and sched.n_steps > 0
     assert got[2] != alone(one, PROMPTS[2], GREEDY)
+
+
+def serve_in_turn(model, tok, prompts, cache_prompt=True):
+    """The prompts as requests one after another on one scheduler (each waits for the one
+    before it to finish); returns the requests."""
+    sched = Scheduler(model, tok)
+    sched.start()
+    reqs = []
+    try:
+        for i, prompt in enumerate(prompts):
+            done = threading.Event()
+
+            def emit(ev, done=done):
+                if ev[0] in ("done", "error"):
+                    assert ev[0] == "done", ev
+                    done.set()
+            r = Request(f"t{i}", list(prompt), N, Sampler(GREEDY, model.cfg.n_vocab), [], emit=emit)
+            r.ignore_eos = True
+            r.cache_prompt = cache_prompt
+            sched.submit(r)
+            assert done.wait(300), "a request did not finish"
+            reqs.append(r)
+    finally:
+        sched.stop()
+    return reqs
+
+
+def test_prompt_cache_reuses_a_slots_rows(models):
+    """A request whose prompt starts with what a slot holds (the previous request's prompt and
+    the tokens it fed back: all but its last) starts its prefill after that prefix -- a chat's
+    next turn -- and its tokens are those of its run alone; with cache_prompt off it computes
+    the whole prompt, with the same tokens. A prompt that shares nothing reuses nothing."""
+    one, many, tok = models
+    first = PROMPTS[0]
+    out1 = alone(one, first, GREEDY)
+    second = first + out1[:5] + [9565, 282]
+    third = PROMPTS[1]
+    want = [out1, alone(one, second, GREEDY), alone(one, third, GREEDY)]
+    cached = serve_in_turn(many, tok, [first, second, third])
+    assert [r.tokens for r in cached] == want
+    assert [r.n_cached for r in cached] == [0, len(first) + 5, 0]
+    assert cached[1].seq == cached[0].seq
+    plain = serve_in_turn(many, tok, [first, second, third], cache_prompt=False)
+    assert [r.tokens for r in plain] == want
+    assert [r.n_cached for r in plain] == [0, 0, 0]
+    # the same prompt again: everything but its last token comes from the slot
+    again = serve_in_turn(many, tok, [first, first])
+    assert again[1].n_cached == len(first) - 1 and again[1].tokens == out1

@@ -187,3 +187,21 @@ def test_errors(server, client, model_id):
     assert status == 413
     # the server still serves
     assert chat(client, model_id, "hi", max_tokens=2).choices[0].message.content is not None
+
+
+def test_prompt_cache_next_turn(client, model_id):
+    """A chat's next turn resends the conversation: the slot's rows of the first turn are reused
+    (usage.prompt_tokens_details.cached_tokens), and the reply equals the one computed without
+    the cache ("cache_prompt": false, llama-server's request field)."""
+    q1 = [{"role": "user", "content": "What is 2 + 2?"}]
+    r1 = client.chat.completions.create(model=model_id, messages=q1, max_tokens=12, temperature=0)
+    q2 = q1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+               {"role": "user", "content": "And 3 + 3?"}]
+    r2 = client.chat.completions.create(model=model_id, messages=q2, max_tokens=12, temperature=0)
+    r3 = client.chat.completions.create(model=model_id, messages=q2, max_tokens=12, temperature=0,
+                                        extra_body={"cache_prompt": False})
+    assert r2.usage.prompt_tokens_details.cached_tokens > r1.usage.prompt_tokens // 2
+    assert r3.usage.prompt_tokens_details.cached_tokens == 0
+    assert r2.choices[0].message.content == r3.choices[0].message.content
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_id, messages=q1, max_tokens=4, extra_body={"cache_prompt": "yes"})

@@ -10,7 +10,13 @@ When every request of a step picks greedily from the plain logits (temperature 0
 penalty: `Sampler.argmax_only`), the step takes the argmax on the device (`Model.step(ids=True)`)
 and downloads one int32 a request instead of its row of logits.
 Requests past `-np` wait in a queue; a client that disconnects frees its slot at once (the
-scheduler drops it before the next step). The HTTP side is a Starlette app on uvicorn; it only
+scheduler drops it before the next step).
+Prompt cache (as llama-server's `cache_prompt`, on unless a request says `"cache_prompt": false`):
+each slot remembers the tokens whose K/V rows it holds; a new request goes to the free slot that
+shares the longest prefix with its prompt and starts its prefill after that prefix (a chat's
+next turn resends the whole conversation: only the new part is computed). The rows computed
+before are the same bits the request would compute (the engine's steps do not depend on how
+rows are batched); `usage.prompt_tokens_details.cached_tokens` says how many were reused. The HTTP side is a Starlette app on uvicorn; it only
 validates, queues and forwards the scheduler's events (text deltas, the end) to the client.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with "stream": SSE),
@@ -60,6 +66,9 @@ class Request:
     emit: object                       # callable(event): into the client's queue
     seq: int = -1                      # the model sequence (slot) while active
     fed: int = 0                       # prompt tokens in the KV cache
+    kv: int = 0                        # K/V rows of prompt + tokens written to the slot
+    cache_prompt: bool = True          # start after the slot's longest shared prefix
+    n_cached: int = 0                  # prompt tokens whose rows came from the slot's last request
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0                      # characters of text already sent
@@ -85,6 +94,7 @@ class Scheduler:
         self.eog = set(tokenizer.eog_ids)
         self.queue: deque[Request] = deque()
         self.active: dict[int, Request] = {}
+        self.slot_tokens: list[list[int]] = [[] for _ in range(self.n_slots)]   # K/V rows each slot holds
         self.cv = threading.Condition()
         self.stopping = False
         self.n_steps = 0
@@ -147,14 +157,25 @@ class Scheduler:
 
     def _admit(self):
         for r in [r for r in self.active.values() if r.cancelled]:
-            del self.active[r.seq]
+            self._release(r)
         self.queue = deque(r for r in self.queue if not r.cancelled)
         free = [s for s in range(self.n_slots) if s not in self.active]
         while free and self.queue:
             r = self.queue.popleft()
-            r.seq = free.pop(0)
+            shared = [_common(self.slot_tokens[s], r.prompt) if r.cache_prompt else 0 for s in free]
+            best = max(range(len(free)), key=lambda k: (shared[k], -k))
+            r.seq = free.pop(best)
+            # the last prompt token always runs: its logits give the first new token
+            r.fed = r.kv = r.n_cached = min(shared[best], len(r.prompt) - 1)
+            self.slot_tokens[r.seq] = self.slot_tokens[r.seq][:r.kv]
             r.decoder = self.tok.decoder()
             self.active[r.seq] = r
+
+    def _release(self, r: Request, error: bool = False):
+        """The request leaves its slot; the slot keeps the tokens of the rows it wrote (none
+        after an engine error: their state is unknown)."""
+        self.active.pop(r.seq, None)
+        self.slot_tokens[r.seq] = [] if error else (r.prompt + r.tokens)[:r.kv]
 
     def _step(self):
         budget = self.model.step_rows_max()
@@ -162,6 +183,7 @@ class Scheduler:
         for r in self.active.values():           # decode rows first: one each
             if r.fed == len(r.prompt) and r.tokens and not r.cancelled:
                 rows.append((r.seq, r.tokens[-1], len(r.prompt) + len(r.tokens) - 1))
+                r.kv = len(r.prompt) + len(r.tokens)
                 want.append(len(rows) - 1)
                 owners.append(r)
         for r in self.active.values():           # then prompt chunks, oldest first
@@ -172,6 +194,7 @@ class Scheduler:
                 chunk = r.prompt[r.fed:r.fed + room]
                 rows += [(r.seq, t, r.fed + i) for i, t in enumerate(chunk)]
                 r.fed += len(chunk)
+                r.kv = r.fed
                 if r.fed == len(r.prompt):
                     want.append(len(rows) - 1)
                     owners.append(r)
@@ -213,7 +236,7 @@ class Scheduler:
             r.sent = safe
 
     def _finish(self, r: Request, reason: str | None, error: str | None = None):
-        self.active.pop(r.seq, None)
+        self._release(r, error=bool(error))
         if error:
             self._emit(r, ("error", error))
             return
@@ -222,6 +245,15 @@ class Scheduler:
             r.sent = len(r.text)
         r.finish_reason = reason
         self._emit(r, ("done", reason))
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of a and b."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 # ---- the HTTP side ----------------------------------------------------------------------------
@@ -411,11 +443,16 @@ class App:
                       emit=q.put_nowait)      # on the event loop, through _post
         req.queue = q
         req.ignore_eos = bool(body.get("ignore_eos", False))
+        cp = body.get("cache_prompt", True)
+        if not isinstance(cp, bool):
+            raise APIError(400, "'cache_prompt' must be true or false", param="cache_prompt")
+        req.cache_prompt = cp
         return req, stream, include_usage
 
     def _usage(self, req) -> dict:
         return {"prompt_tokens": len(req.prompt), "completion_tokens": len(req.tokens),
-                "total_tokens": len(req.prompt) + len(req.tokens)}
+                "total_tokens": len(req.prompt) + len(req.tokens),
+                "prompt_tokens_details": {"cached_tokens": req.n_cached}}
 
     async def _complete(self, request, req, chat):
         from starlette.responses import JSONResponse
