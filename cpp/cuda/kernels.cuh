@@ -45,8 +45,9 @@ __device__ __forceinline__ void pdl_enter() { pdl_wait(); pdl_release(); }
 // The decode kernels' bodies are __device__ functions of a context C that says which block of
 // the launch's grid this is (x, y, z), how many threads run it (n), its barrier (sync) and how it
 // waits for what the kernel before it wrote (wait, release; enter = both). Their __global__
-// wrappers pass Launched: blockIdx, blockDim, __syncthreads and PDL, so a launch runs exactly
-// the code it ran before the bodies were split out. The persistent decode kernel (persist.cu)
+// wrappers pass Launched: blockIdx, blockDim, __syncthreads and PDL (each folds to the builtin,
+// so a launched body compiles to the kernel it would be on its own). The persistent decode
+// kernel (persist.cu)
 // passes one unit of an instruction instead, run by the first n threads of its block, whose wait
 // is on the done-counters of the instruction before it (persist.cuh).
 struct Launched {

@@ -124,8 +124,9 @@ struct Unit {
     }
     // One warp of the unit polls the counter in global memory (the first to get here: a mat-vec
     // warp without rows never waits), the others watch a flag in shared memory, so a block puts
-    // one poller on the counter's L2 line, not one a warp (2,112 on an H100 hammered one L2
-    // slice: the counters' own atomics queued behind them).
+    // one poller on the counter's L2 line, not one a warp (2,112 pollers on an H100 load one L2
+    // slice so that the counters' own increments queue behind the polls: 2-3x slower steps,
+    // docs/log/cuda-persistent-decode.md).
     __device__ __forceinline__ void wait() const {
         if ((threadIdx.x & 31) == 0) {
             if (atomicCAS((int*)ready, 0, 1) == 0) {
