@@ -263,8 +263,12 @@ def _interrupt_after(cmd, seconds, env=None, wait_for=None):
     import sys
     import time
     from conftest import _cli_env
+    # SIGINT's default action in the child, whatever this process inherited: a shell runs a
+    # command it starts in the background (`cmd &`) with SIGINT ignored, and a Python started
+    # with it ignored never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=_cli_env(env), text=True)
+                         env=_cli_env(env), text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if wait_for is not None:
         seen = ""
         while wait_for not in seen:
