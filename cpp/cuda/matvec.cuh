@@ -565,7 +565,13 @@ __device__ __forceinline__ void mmvq_rows(const C& cx, const kargs_matmul& a, co
     // are loaded once and kept in registers. Loaded inside each piece instead, every piece
     // waited for its own L1 / L2 round trip behind the window (ncu: a third of the Q4_0
     // mat-vec's stall samples, on the first dot of each window).
+#ifdef LLMETAL_PERSISTENT_TU
+    // Not inside kernel_persistent: its 512 threads have 128 registers each, and with the window's
+    // activations held in registers the mat-vec bodies spilled in this loop (ptxas -v).
+    constexpr bool XREG = false;
+#else
     constexpr bool XREG = NT == 1;
+#endif
     typename Piece<T>::X xa[XREG ? IT : 1];
     float xd[XREG ? IT : 1];
     int w = k, r = rg, par = 0;   // the window being computed, its row, the `red` slot

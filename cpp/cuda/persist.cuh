@@ -104,7 +104,7 @@ __device__ __forceinline__ long long pk_clock() {
 }
 
 struct Unit {
-    int ux, uy, uz, nt;
+    int ux, uy, uz, u, nt;
     const int* dep_done;   // the done-counter waited for, null: none
     int target;
     volatile int* ready;   // shared: 0 none, 1 a warp polls, 2 the wait is over
@@ -126,16 +126,17 @@ struct Unit {
     // warp without rows never waits), the others watch a flag in shared memory, so a block puts
     // one poller on the counter's L2 line, not one a warp (2,112 pollers on an H100 load one L2
     // slice so that the counters' own increments queue behind the polls: 2-3x slower steps,
-    // docs/log/cuda-persistent-decode.md).
+    // docs/log/cuda-persistent-decode.md). The flag is written and read by atomics, so that
+    // compute-sanitizer's racecheck sees the hand-off as the synchronization it is.
     __device__ __forceinline__ void wait() const {
         if ((threadIdx.x & 31) == 0) {
             if (atomicCAS((int*)ready, 0, 1) == 0) {
                 poll();
                 if (rec) rec[1] = pk_clock();
                 __threadfence_block();
-                *ready = 2;
+                atomicExch((int*)ready, 2);
             } else {
-                while (*ready != 2) __nanosleep(32);
+                while (atomicAdd((int*)ready, 0) != 2) __nanosleep(32);
                 __threadfence_block();
             }
         }
@@ -159,19 +160,19 @@ template <class F> __device__ __forceinline__ void pk_with_type(int t, F&& f) {
 
 // One body a function, not inlined into the kernel's loop: each gets the registers it needs (at
 // most the kernel's 128) instead of one allocation over every body at once, which spilled.
-template <int T> __device__ __noinline__ void pk_embed(const Unit cx, const EmbedArgs* p) { embed_body<T>(cx, *p); }
-template <bool ADD, int QB> __device__ __noinline__ void pk_rms(const Unit cx, const RmsArgs* p) {
+template <int T> __device__ __noinline__ void pk_embed(const Unit& cx, const EmbedArgs* p) { embed_body<T>(cx, *p); }
+template <bool ADD, int QB> __device__ __noinline__ void pk_rms(const Unit& cx, const RmsArgs* p) {
     add_rmsnorm_q_body<ADD, QB>(cx, *p);
 }
 template <int T, bool GS>
-__device__ __noinline__ void pk_mv(const Unit cx, const MvArgs* p, int gw, uint8_t* slots, float (*red)[PK_WARPS][1]) {
+__device__ __noinline__ void pk_mv(const Unit& cx, const MvArgs* p, int gw, uint8_t* slots, float (*red)[PK_WARPS][1]) {
     mmvq_group_warp<T, 1, GS, PK_WARPS>(cx, *p, gw, slots, threadIdx.x & 31, red);
 }
-template <int DPL> __device__ __noinline__ void pk_att(const Unit cx, const AttArgs* p) { attention_decode_body<DPL>(cx, *p); }
-template <int QB> __device__ __noinline__ void pk_glu(const Unit cx, const GluArgs* p) { swiglu_q_body<QB>(cx, *p); }
-template <int QB> __device__ __noinline__ void pk_quant(const Unit cx, const QuantArgs* p) { quantize_q8_body<QB>(cx, *p); }
+template <int DPL> __device__ __noinline__ void pk_att(const Unit& cx, const AttArgs* p) { attention_decode_body<DPL>(cx, *p); }
+template <int QB> __device__ __noinline__ void pk_glu(const Unit& cx, const GluArgs* p) { swiglu_q_body<QB>(cx, *p); }
+template <int QB> __device__ __noinline__ void pk_quant(const Unit& cx, const QuantArgs* p) { quantize_q8_body<QB>(cx, *p); }
 
-__device__ __forceinline__ void pk_run(const Unit& cx, const PInstr& P, int u, uint8_t* rings, float (*red)[PK_WARPS][1]) {
+__device__ __forceinline__ void pk_run(const Unit& cx, const PInstr& P, uint8_t* rings, float (*red)[PK_WARPS][1]) {
     const int warp = threadIdx.x >> 5;
     switch (P.kind) {
         case PK_EMBED:
@@ -191,8 +192,8 @@ __device__ __forceinline__ void pk_run(const Unit& cx, const PInstr& P, int u, u
             return pk_with_type(P.wtype, [&](auto T) {
                 constexpr int Q = decltype(T)::value;
                 uint8_t* slots = rings + warp * (MV_STAGES * MV_WIN);
-                if (P.variant) pk_mv<Q, true>(cx, &P.mv, u * PK_WARPS + warp, slots, red);
-                else pk_mv<Q, false>(cx, &P.mv, u * PK_WARPS + warp, slots, red);
+                if (P.variant) pk_mv<Q, true>(cx, &P.mv, cx.u * PK_WARPS + warp, slots, red);
+                else pk_mv<Q, false>(cx, &P.mv, cx.u * PK_WARPS + warp, slots, red);
             });
         case PK_ATT:
             if (P.variant == 2) return pk_att<2>(cx, &P.att);
@@ -215,53 +216,85 @@ kernel_persistent(const PInstr* prog, int n_ins, int* ctl, const kstep* step, in
     __shared__ PInstr s_p;                    // the instruction this block runs
     int* done = ctl + PK_CTL_HEAD;
     const int tid = threadIdx.x;
-    const int pos = step->pos0;               // written before the launch
     for (int k = tid; k <= n_ins; k += blockDim.x)
         s_start[k] = k < n_ins ? prog[k].start : prog[n_ins - 1].start + prog[n_ins - 1].units;
     __syncthreads();
-    const int total = s_start[n_ins];
-    int i = 0, have = -1;
-    for (int tk = blockIdx.x; tk < total; tk += gridDim.x) {
+    // The block's place in the program lives in shared memory, not in registers: nothing of the
+    // loop is live across a body's call, so the bodies get the registers (with the loop's
+    // values live across the calls, the mat-vec bodies spilled in their inner loop).
+    // s_tk, s_i, s_have: read by every thread after the loop's first barrier, written by thread
+    // 0 after the unit's last barrier; s_cur, s_live: thread 0's alone.
+    __shared__ Unit s_cx;                     // the unit being run
+    __shared__ int s_tk, s_i, s_have, s_cur, s_live;
+    __shared__ long long s_t0;
+    if (tid == 0) {
+        s_tk = blockIdx.x;
+        s_i = 0;
+        s_have = -1;
+        s_ready = 0;
+    }
+    for (;;) {
+        __syncthreads();   // thread 0's updates seen; every thread out of the last unit
+        const int tk = s_tk;
+        if (tk >= s_start[n_ins]) break;
+        int i = s_i;
         while (tk >= s_start[i + 1]) ++i;
-        if (i != have) {   // one L2 round trip for the whole instruction, by every thread at once
-            __syncthreads();   // (nobody reads the previous one any more)
+        if (i != s_have) {   // one L2 round trip for the whole instruction, by every thread at once
             for (int k = tid; k < (int)(sizeof(PInstr) / 16); k += blockDim.x)
                 ((int4*)&s_p)[k] = ((const int4*)(prog + i))[k];
             __syncthreads();
-            have = i;
         }
         const PInstr& P = s_p;
+        const int pos = step->pos0;               // written before the launch
         const int nlive = pk_live(P.live, pos);
-        if (tk - P.start >= nlive) continue;   // a split past the position: nothing to do
-        const int u = reverse ? nlive - 1 - (tk - P.start) : tk - P.start;
-        if (tid == 0) {
-            s_ready = 0;
-            if (prof) prof[4ll * tk + 1] = 0;
+        const bool live = tk - P.start < nlive;   // else a split past the position: nothing to do
+        if (live) {
+            if (tid == 0) {
+                const int u = reverse ? nlive - 1 - (tk - P.start) : tk - P.start;
+                Unit& cx = s_cx;
+                if (P.kind == PK_ATT) { cx.ux = u / P.gy; cx.uy = u % P.gy; cx.uz = 0; }
+                else { cx.ux = u % P.gx; cx.uy = u / P.gx; cx.uz = 0; }
+                cx.u = u;
+                cx.nt = P.nt;
+                cx.dep_done = P.dep >= 0 ? done + P.dep : nullptr;
+                cx.target = P.dep >= 0 ? pk_live(P.dep_live, pos) : 0;
+                cx.ready = &s_ready;
+                cx.rec = prof ? prof + 4ll * tk : nullptr;
+                if (prof) {
+                    prof[4ll * tk + 1] = 0;
+                    s_t0 = pk_clock();
+                }
+            }
+            __syncthreads();   // s_cx made
+            if (tid < P.nt) {
+                pk_run(s_cx, P, pk_rings, red);
+            }
+            if (tid == 0) {
+                s_cur = i;
+                s_live = 1;
+            }
+        } else if (tid == 0) {
+            s_cur = i;
+            s_live = 0;
         }
-        __syncthreads();   // s_ready is reset before any warp of the unit waits
-        Unit cx;
-        if (P.kind == PK_ATT) { cx.ux = u / P.gy; cx.uy = u % P.gy; cx.uz = 0; }
-        else { cx.ux = u % P.gx; cx.uy = u / P.gx; cx.uz = 0; }
-        cx.nt = P.nt;
-        cx.dep_done = P.dep >= 0 ? done + P.dep : nullptr;
-        cx.target = P.dep >= 0 ? pk_live(P.dep_live, pos) : 0;
-        cx.ready = &s_ready;
-        cx.rec = prof ? prof + 4ll * tk : nullptr;
-        const long long t0 = prof ? pk_clock() : 0;
-        if (tid < P.nt) pk_run(cx, P, u, pk_rings, red);
         __syncthreads();   // every store of the unit made
         if (tid == 0) {
-            // (a unit none of whose warps waited -- nothing to read -- waits now: its count
-            // must still imply that the instructions before it are done)
-            if (s_ready != 2) cx.poll();
-            red_release(done + i);
-            if (prof) {
-                unsigned sm;
-                asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-                cx.rec[0] = t0;
-                cx.rec[2] = pk_clock();
-                cx.rec[3] = (long long)sm << 32 | i;
+            const int ci = s_i = s_have = s_cur;
+            if (s_live) {
+                // (a unit none of whose warps waited -- nothing to read -- waits now: its count
+                // must still imply that the instructions before it are done)
+                if (s_ready != 2) s_cx.poll();
+                red_release(done + ci);
+                if (prof) {
+                    unsigned sm;
+                    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+                    s_cx.rec[0] = s_t0;
+                    s_cx.rec[2] = pk_clock();
+                    s_cx.rec[3] = (long long)sm << 32 | ci;
+                }
             }
+            s_ready = 0;
+            s_tk += gridDim.x;
         }
     }
     // The last block out resets the counters for the next launch (no block reads them any more).
