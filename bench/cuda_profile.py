@@ -29,13 +29,17 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--pos", type=int, default=520)
+    ap.add_argument("--ctx", type=int, default=0,
+                    help="context size (default: 1024, or enough for --pos / --prefill; the decode "
+                         "attention's splits are planned from it, as in `bench -d`)")
     ap.add_argument("--trace", default=None)
     ap.add_argument("--prefill", type=int, default=0, help="profile one prompt of this many tokens")
     ap.add_argument("--each", type=int, default=0,
                     help="also list the first N kernels of the last run in order, with their GPU times")
     a = ap.parse_args()
     torch.cuda.init()
-    m = llmetal.load(a.model, device="cuda", n_ctx=1024, n_batch=512, n_out=1)
+    n_ctx = a.ctx or max(1024, a.prefill, a.pos + 4 + a.tokens + 8)
+    m = llmetal.load(a.model, device="cuda", n_ctx=n_ctx, n_batch=512, n_out=1)
     rng = np.random.default_rng(0)
     if a.prefill:
         prompt = rng.integers(0, m.cfg.n_vocab, a.prefill).tolist()
