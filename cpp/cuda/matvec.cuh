@@ -566,8 +566,9 @@ __device__ __forceinline__ void mmvq_rows(const C& cx, const kargs_matmul& a, co
     // waited for its own L1 / L2 round trip behind the window (ncu: a third of the Q4_0
     // mat-vec's stall samples, on the first dot of each window).
 #ifdef LLMETAL_PERSISTENT_TU
-    // Not inside kernel_persistent: its 512 threads have 128 registers each, and with the window's
-    // activations held in registers the mat-vec bodies spilled in this loop (ptxas -v).
+    // Not inside kernel_persistent: there this body is one of several callees on 128 registers a
+    // thread, and holding the window's activations in registers spills in this loop (ptxas -v);
+    // each piece loads its own activations instead.
     constexpr bool XREG = false;
 #else
     constexpr bool XREG = NT == 1;
