@@ -46,7 +46,7 @@ using namespace llmetal;
 
 // The CUDA planner's launch list for a plan's commands as dicts (tests without a GPU).
 // caps: CudaCaps fields to change from the H100 defaults (n_sm, cc_major, pdl, fuse, persist, pk_blocks,
-// mv_resident / mvg_resident: {ggml type: [one token, 2-8 tokens]}).
+// ad_blocks_sm, mv_resident / mvg_resident: {ggml type: [one token, 2-8 tokens]}).
 static cuda::CudaCaps caps_from(const nb::dict& d) {
     cuda::CudaCaps c;
     for (auto [k, v] : d) {
@@ -57,6 +57,7 @@ static cuda::CudaCaps caps_from(const nb::dict& d) {
         else if (key == "fuse") c.fuse = nb::cast<bool>(v);
         else if (key == "persist") c.persist = nb::cast<bool>(v);
         else if (key == "pk_blocks") c.pk_blocks = nb::cast<int>(v);
+        else if (key == "ad_blocks_sm") c.ad_blocks_sm = nb::cast<int>(v);
         else if (key == "mv_resident" || key == "mvg_resident") {
             auto& t = key == "mv_resident" ? c.mv_resident : c.mvg_resident;
             for (auto [ty, r] : nb::cast<nb::dict>(v)) {
@@ -72,7 +73,7 @@ static cuda::CudaCaps caps_from(const nb::dict& d) {
 static nb::dict caps_dict(const cuda::CudaCaps& c) {
     nb::dict d, mv, mvg;
     d["n_sm"] = c.n_sm; d["cc_major"] = c.cc_major; d["pdl"] = c.pdl; d["fuse"] = c.fuse;
-    d["persist"] = c.persist; d["pk_blocks"] = c.pk_blocks;
+    d["persist"] = c.persist; d["pk_blocks"] = c.pk_blocks; d["ad_blocks_sm"] = c.ad_blocks_sm;
     for (int t = 0; t < 32; ++t) {
         mv[nb::int_(t)] = nb::make_tuple(c.mv_resident[t][0], c.mv_resident[t][1]);
         mvg[nb::int_(t)] = nb::make_tuple(c.mvg_resident[t][0], c.mvg_resident[t][1]);
@@ -89,7 +90,7 @@ static nb::dict cuda_plan(const Plan& p, const nb::dict& caps) {
         nb::dict d;
         d["kernel"] = descs[i].kernel; d["first"] = x.first; d["count"] = x.count; d["fusion"] = descs[i].fusion;
         d["grid"] = nb::make_tuple(x.grid[0], x.grid[1], x.grid[2]); d["block"] = x.block; d["smem"] = x.smem;
-        d["S"] = x.S; d["qb"] = x.qb; d["qcmd"] = x.qcmd; d["nks"] = x.nks;
+        d["S"] = x.S; d["chunk"] = x.chunk; d["qb"] = x.qb; d["qcmd"] = x.qcmd; d["nks"] = x.nks;
         launches.append(d);
     }
     nb::dict out;

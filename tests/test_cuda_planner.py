@@ -219,6 +219,24 @@ def test_attention_q8_and_its_limits(cpu):
     assert names(p) == ["kernel_attention", "kernel_attention_combine"]
 
 
+def test_decode_attention_splits_capped_at_long_contexts(cpu):
+    # one token of an 8B-shaped attention (32 query heads, 8 K/V heads, head size 128): 32-key
+    # splits up to n_sm * AD_BLOCKS_SM (4) blocks, then the same grid with longer splits
+    for n_ctx, n_sm, S, chunk in ((1024, 132, 32, 32), (16512, 132, 66, 65), (16512, 66, 33, 65), (2112, 132, 66, 32)):
+        L = Lists(cpu, hq=32, hkv=8, hd=128, n_ctx=n_ctx)
+        p = L.record(lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], 32, 8, 0.088))
+        att = E.cuda_plan(p, {"n_sm": n_sm})["launches"][0]
+        assert att["kernel"] == "kernel_attention_decode"
+        assert (att["S"], att["grid"]) == (S, (S, 8, 1)), (n_ctx, n_sm, att)
+        assert att["chunk"] == chunk, (n_ctx, att)
+    # no cap: the splits of the whole context (at most 256)
+    att = E.cuda_plan(p, {"ad_blocks_sm": 0})["launches"][0]
+    assert (att["S"], att["chunk"]) == (66, 32)   # (the last context above: 2112 keys)
+    L = Lists(cpu, hq=32, hkv=8, hd=128, n_ctx=16512)
+    p = L.record(lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], 32, 8, 0.088))
+    assert E.cuda_plan(p, {"ad_blocks_sm": 0})["launches"][0]["S"] == 256
+
+
 def test_attention_probs_is_one_launch(cpu):
     """The inspection stage: one kernel_attention_probs block per (head, token), never fused
     into the attention next to it."""

@@ -408,10 +408,18 @@ struct AttArgs {
     Q8Act xq;
     AdRope rope;
 };
+// The keys a split takes for the token at pos: the planned chunk, or more where the visible keys
+// would need more than n_splits chunks -- the planner caps a long context's splits at a few
+// waves of blocks (planner.cpp attention_split), so at a long position each block takes more
+// passes instead of more blocks running (every block computes the same chunk from pos).
+__device__ __forceinline__ int ad_chunk(int window, int pos, int n_splits, int chunk) {
+    const int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    return max(chunk, (pos - lo + n_splits) / n_splits);   // ceil(visible keys / n_splits)
+}
 // The splits that hold a visible key for the token at pos (the others' blocks do nothing).
 __device__ __forceinline__ int ad_live_splits(int window, int pos, int n_splits, int chunk) {
     const int lo = window > 0 ? max(0, pos - window + 1) : 0;
-    return min(n_splits, (pos - lo) / chunk + 1);
+    return min(n_splits, (pos - lo) / ad_chunk(window, pos, n_splits, chunk) + 1);
 }
 
 template <int DPL, class C>
@@ -420,7 +428,7 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     float* q = p.q;
     __half *kc = p.kc, *vc = p.vc;
     float *out = p.out, *part = p.part;
-    const int n_splits = p.n_splits, chunk = p.chunk;
+    const int n_splits = p.n_splits;
     const kstep* step = p.step;
     const Q8Act& xq = p.xq;
     const AdRope& rope = p.rope;
@@ -434,7 +442,8 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
     const int pos = step->pos0 + t;   // set by a copy before the launch: readable before pdl_wait
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
-    const int ns = ad_live_splits(a.window, pos, n_splits, chunk);
+    const int chunk = ad_chunk(a.window, pos, n_splits, p.chunk);
+    const int ns = ad_live_splits(a.window, pos, n_splits, p.chunk);
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
         for (int i = threadIdx.x; i < HD / 2; i += cx.n()) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);
@@ -445,7 +454,7 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     // then find them in the L1.
     if (rope.on) {
         constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
-        const int nk = min(min(j1, pos), a.n_ctx) - j0;   // (rows of the cache only, also when pos is past it)
+        const int nk = min(min(min(j1, pos), a.n_ctx) - j0, AD_PF_KEYS);   // (rows of the cache only, also when pos is past it)
         for (int i = threadIdx.x; i < 2 * LPR * nk; i += cx.n()) {
             const int r = i / (2 * LPR), c = i % (2 * LPR);
             const __half* p = (c < LPR ? kc : vc) + (int64_t)(j0 + r) * kv_dim + g * HD + (c % LPR) * 64;

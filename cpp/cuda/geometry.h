@@ -84,5 +84,7 @@ constexpr int AD_LPK = 32 / AD_KW;       // ... with 4 lanes a key, each a quart
 constexpr int AD_GMAX = 8;               // query heads per K/V head (so at most 32 warps a block)
 constexpr int AD_QMAX = 1024;            // G * head_dim
 constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
+constexpr int AD_BLOCKS_SM = 4;          // a one-token decode's live blocks at most n_sm * this (splits x K/V heads)
+constexpr int AD_PF_KEYS = 128;          // cache rows a block prefetches into L1 before its wait
 
 }  // namespace llmetal_cuda

@@ -213,13 +213,22 @@ bool decode_attention(const kargs_attention& a) {
 // positions 64 / 520 / 900: 6.51 / 8.96 / 9.10 with 128-key splits, 6.60 / 11.09 / 12.92 with
 // 32); for head size 128 it is the other way round (8B shape: 16.90 / 26.13 / 26.07 against
 // 15.29 / 17.97 / 21.54). At most 256 splits.
-void attention_split(const kargs_attention& a, int* S, int* chunk) {
+// One token on kernel_attention_decode (max_blocks > 0, only for that kernel): at most max_blocks
+// (n_sm * AD_BLOCKS_SM) live blocks
+// (splits x K/V heads). The chunk stays the one of the uncapped splits, so a position whose keys
+// fit the capped splits' chunks is split as without the cap; past that the kernel gives each
+// split more keys (ad_chunk: ceil(visible keys / splits)) instead of running more blocks -- at a
+// 16k context the uncapped 8B shape ran 2,048 blocks of 65 keys in ~8 waves, then a 256-way merge
+// (docs/benchmarks-cuda.md, "Decode at depth").
+void attention_split(const kargs_attention& a, int* S, int* chunk, int max_blocks) {
     const int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
-    const int keys = decode_attention(a) && a.head_dim == 64 ? 128 : 32;
+    const bool decode = decode_attention(a);
+    const int keys = decode && a.head_dim == 64 ? 128 : 32;
     int s = std::min((span + keys - 1) / keys, 256);
     if (a.n_tokens > 1) s = std::min(s, 4);
     *S = std::max(s, 1);
     *chunk = (span + *S - 1) / *S;
+    if (decode && a.n_tokens == 1 && max_blocks > 0) *S = std::min(*S, std::max(1, max_blocks / a.n_kv_heads));
 }
 bool attention_aligned(const Command& c) { return a16(c.b[0]) && a16(c.b[1]) && a16(c.b[2]); }
 
@@ -270,7 +279,7 @@ struct Planner {
             if (c.stage == Stage::attention) {
                 const kargs_attention& a = c.a.attention;
                 int S, chunk;
-                attention_split(a, &S, &chunk);
+                attention_split(a, &S, &chunk, 0);   // (the most splits, uncapped)
                 if (S > 1)
                     L.scratch_bytes = std::max<uint64_t>(L.scratch_bytes, (uint64_t)a.n_tokens * a.n_heads * S *
                                                                               (a.head_dim + 2) * sizeof(float));
@@ -719,7 +728,7 @@ struct Planner {
             return;
         }
         int S, chunk;
-        attention_split(a, &S, &chunk);
+        attention_split(a, &S, &chunk, al ? caps.n_sm * caps.ad_blocks_sm : 0);   // (the cap is kernel_attention_decode's)
         if (decode_attention(a) && al) {   // the splits merged in the kernel
             const int G = a.n_heads / a.n_kv_heads;   // query heads per K/V head: AD_WPH warps each
             Launch& l = emit(Kernel::attention_decode, (int)at, count, S, G * AD_WPH * 32, fusion);
