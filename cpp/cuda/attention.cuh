@@ -299,6 +299,18 @@ __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_
 #pragma unroll
         for (int k = 0; k < AD_KW; ++k)
             vr[k] = *(const VW*)(vc + (int64_t)min(jb + k, j1 - 1) * kv_dim + g * HD + lane * DPL);
+        // the next pass's rows of this warp into the L1 while this pass is weighed (a long split's
+        // passes are otherwise one DRAM round trip each, back to back): its AD_KW keys' K and V
+        // head rows are 2 * AD_KW * HD * 2 bytes, one 128-byte line a lane (HD 128: 32 lines)
+        if (jb + AD_KEYS < j1) {
+            constexpr int LPR = HD * 2 / 128;   // lines of a key's head row
+            if (lane < 2 * AD_KW * LPR) {
+                const int kv = lane / (AD_KW * LPR), r = lane % (AD_KW * LPR);
+                const __half* pf = (kv ? vc : kc) + (int64_t)min(jb + AD_KEYS + r / LPR, j1 - 1) * kv_dim + g * HD +
+                                   (r % LPR) * 64;
+                asm volatile("prefetch.global.L1 [%0];" ::"l"(pf));
+            }
+        }
         float sc = 0.f;   // this quarter's part of the score
 #pragma unroll
         for (int c = 0; c < NP; ++c) {
