@@ -330,7 +330,7 @@ def test_kv_store_exact(devs, rng):
     (32, 4, 128, 1, 300, 0, 0.0), (16, 2, 64, 1, 40, 0, 0.0), (8, 2, 64, 1, 700, 100, 0.0),
     (8, 8, 64, 1, 0, 0, 0.0),
     # long contexts of 8 K/V heads: the splits capped at n_sm * AD_BLOCKS_SM blocks, each split
-    # longer than the planned chunk (all capped splits live; one fewer; a window)
+    # longer than the planned chunk (both head sizes, with and without a window)
     (32, 8, 128, 1, 5000, 0, 0.0), (32, 8, 128, 1, 2200, 0, 0.0), (32, 8, 128, 1, 6000, 3000, 0.0),
     (64, 8, 64, 1, 20000, 0, 0.0),
     # prompts on the tensor cores (16+ tokens, head size 64 or 128): several query and key

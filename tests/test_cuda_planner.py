@@ -221,8 +221,8 @@ def test_attention_q8_and_its_limits(cpu):
 
 def test_decode_attention_splits_capped_at_long_contexts(cpu):
     # one token of an 8B-shaped attention (32 query heads, 8 K/V heads, head size 128): 32-key
-    # splits up to n_sm * AD_BLOCKS_SM (4) blocks, then the same grid with longer splits
-    for n_ctx, n_sm, S, chunk in ((1024, 132, 32, 32), (16512, 132, 66, 65), (16512, 66, 33, 65), (2112, 132, 66, 32)):
+    # splits up to n_sm * AD_BLOCKS_SM (2) blocks, then the same grid with longer splits
+    for n_ctx, n_sm, S, chunk in ((1024, 132, 32, 32), (16512, 132, 33, 65), (16512, 66, 16, 65), (2112, 132, 33, 32)):
         L = Lists(cpu, hq=32, hkv=8, hd=128, n_ctx=n_ctx)
         p = L.record(lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], 32, 8, 0.088))
         att = E.cuda_plan(p, {"n_sm": n_sm})["launches"][0]

@@ -61,8 +61,6 @@ CudaDevice::CudaDevice(int ordinal) : ordinal(ordinal) {
         caps.pk_blocks = 2 + std::atoi(st) % (caps.pk_blocks - 1);
         pk_reverse = std::atoi(st) % 2;
     }
-    const char* adb = std::getenv("LLMETAL_AD_BLOCKS_SM");   // branch attn-depth only (planner.h)
-    if (adb) caps.ad_blocks_sm = std::atoi(adb);
     const char* pf = std::getenv("LLMETAL_CUDA_PERSISTENT_PROFILE");   // bench/cuda_persist_profile.py
     pk_profile = caps.persist && pf && std::strcmp(pf, "1") == 0;
     step_buf = alloc(sizeof(kstep), "step");

@@ -214,12 +214,12 @@ bool decode_attention(const kargs_attention& a) {
 // 32); for head size 128 it is the other way round (8B shape: 16.90 / 26.13 / 26.07 against
 // 15.29 / 17.97 / 21.54). At most 256 splits.
 // One token on kernel_attention_decode (max_blocks > 0, only for that kernel): at most max_blocks
-// (n_sm * AD_BLOCKS_SM) live blocks
-// (splits x K/V heads). The chunk stays the one of the uncapped splits, so a position whose keys
-// fit the capped splits' chunks is split as without the cap; past that the kernel gives each
-// split more keys (ad_chunk: ceil(visible keys / splits)) instead of running more blocks -- at a
-// 16k context the uncapped 8B shape ran 2,048 blocks of 65 keys in ~8 waves, then a 256-way merge
-// (docs/benchmarks-cuda.md, "Decode at depth").
+// (n_sm * AD_BLOCKS_SM) live blocks (splits x K/V heads). The chunk stays the one of the uncapped
+// splits, so a position whose keys fit the capped splits' chunks is split as without the cap;
+// past that the kernel gives each split more keys (ad_chunk: ceil(visible keys / splits))
+// instead of running more blocks. Uncapped, the 8B shape at a 16k context runs 2,048 blocks of
+// 65 keys in ~8 waves, then a 256-way merge: 166 t/s at depth 16384 against 244 capped (H100,
+// docs/benchmarks-cuda.md, "Decode at depth").
 void attention_split(const kargs_attention& a, int* S, int* chunk, int max_blocks) {
     const int span = a.window > 0 ? std::min(a.window, a.n_ctx) : a.n_ctx;
     const bool decode = decode_attention(a);

@@ -28,8 +28,7 @@ struct CudaCaps {
     // a captured decode list runs as the persistent kernel's program (LLMETAL_CUDA_PERSISTENT=1)
     bool persist = false;
     int pk_blocks = 132;   // resident blocks of kernel_persistent (one an SM on an H100)
-    // one-token decode attention: live blocks at most n_sm * this (0: no cap). BRANCH attn-depth
-    // ONLY: LLMETAL_AD_BLOCKS_SM sets it, for the sweep that picks the value (then the switch goes)
+    // one-token decode attention: live blocks at most n_sm * this (0: no cap; geometry.h)
     int ad_blocks_sm = llmetal_cuda::AD_BLOCKS_SM;
     // resident blocks per SM of kernel_mmvq<T, 1 | 8, 1> and kernel_mmvq_group<T, 1 | 8, true>
     // by ggml type (cudaOccupancyMaxActiveBlocksPerMultiprocessor at device creation)
