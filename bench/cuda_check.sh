@@ -15,6 +15,11 @@
 #   llama/             a trimmed copy of llama.cpp's sources: llama-bench is built with CUDA
 #                      (in the background, while llmetal builds and tests) and run side by
 #                      side with `python -m llmetal bench` on each synthetic model
+# DEPTHS="512,4096,16384" (optional) adds decode at those depths side by side: the synthetic
+# files are then written by scripts/synth_gguf.py with a context past the deepest, and after the
+# pp512 / tg128 runs come `llama-bench -p 0 -n 128 -d 0,DEPTHS -r 2 -fa 1` and `python -m
+# llmetal bench -p 0 -n 128 -r 2 -d D` for D in 0 and DEPTHS (docs/benchmarks-cuda.md, "Decode
+# at depth").
 # Steps: install the wheels, `pip install --no-build-isolation --no-deps .`, run the CUDA
 # tests (tests/test_cuda.py and the device=cuda stage tests), write the synthetic GGUFs,
 # bench. Logs go to $OUT when it is set.
@@ -23,6 +28,7 @@ cd "$(dirname "$0")/.."
 DIR=$(realpath "${1:-.cudawt}")
 OUT=${OUT:-/tmp/cuda_check_out}
 SYNTH=${SYNTH:-llama3-1b:Q8_0}
+DEPTHS=${DEPTHS:-}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -77,7 +83,12 @@ if [ -f "$DIR/synth_gguf.py" ] && [ -f "$TOK" ]; then
   for s in $SYNTH; do
     shape=${s%%:*}; q=${s##*:}; f=/tmp/$shape-${q,,}.gguf
     t0=$(date +%s)
-    $PY "$DIR/synth_gguf.py" --tok "$TOK" --shape "$shape" --qtype "$q" -o "$f" && SYN+=("$f")
+    if [ -n "$DEPTHS" ]; then   # a context past the deepest depth (llama-bench sizes its own from -d)
+      ctx=$(( $(tr ',' '\n' <<< "$DEPTHS" | sort -n | tail -1) + 4096 ))
+      $PY scripts/synth_gguf.py --arch llama --tok "$TOK" --shape "$shape" --qtype "$q" --ctx $ctx -o "$f" && SYN+=("$f")
+    else
+      $PY "$DIR/synth_gguf.py" --tok "$TOK" --shape "$shape" --qtype "$q" -o "$f" && SYN+=("$f")
+    fi
     echo "$f written in $(( $(date +%s) - t0 )) s"
   done
 fi
@@ -100,4 +111,13 @@ if [ -n "$LLAMA_PID" ]; then
     fi
     $PY -m llmetal bench -m "$f" --device cuda -p 512 -n 128 -r 3 -b 512 2>&1 | tee -a "$OUT/side_by_side.log"
   done
+  if [ -n "$DEPTHS" ]; then
+    echo "== decode at depth 0,$DEPTHS, side by side"
+    for f in "${SYN[@]}"; do
+      [ -x $LB ] && $LB -m "$f" -p 0 -n 128 -d "0,$DEPTHS" -r 2 -fa 1 2>&1 | grep "^|" | tee -a "$OUT/depth.log"
+      for d in 0 ${DEPTHS//,/ }; do
+        $PY -m llmetal bench -m "$f" --device cuda -p 0 -n 128 -r 2 -d "$d" 2>&1 | grep "tg128" | tee -a "$OUT/depth.log"
+      done
+    done
+  fi
 fi
