@@ -235,6 +235,11 @@ def test_decode_attention_splits_capped_at_long_contexts(cpu):
     L = Lists(cpu, hq=32, hkv=8, hd=128, n_ctx=16512)
     p = L.record(lambda e, t: e.attention(t["q"], t["kc"], t["vc"], t["attn"], 32, 8, 0.088))
     assert E.cuda_plan(p, {"ad_blocks_sm": 0})["launches"][0]["S"] == 256
+    # the persistent kernel runs the same capped grid: one unit a (split, K/V head) block
+    r = E.cuda_plan(p, {"persist": True})
+    att, ins = r["launches"][0], r["persist"]["ins"][0]
+    assert att["kernel"] == "kernel_persistent/kernel_attention_decode"
+    assert (att["S"], ins["units"]) == (33, 33 * 8)
 
 
 def test_attention_probs_is_one_launch(cpu):
