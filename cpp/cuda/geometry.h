@@ -84,10 +84,9 @@ constexpr int AD_LPK = 32 / AD_KW;       // ... with 4 lanes a key, each a quart
 constexpr int AD_GMAX = 8;               // query heads per K/V head (so at most 32 warps a block)
 constexpr int AD_QMAX = 1024;            // G * head_dim
 constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
-// A one-token decode's live blocks at most n_sm * AD_BLOCKS_SM (splits x K/V heads). Measured on
-// an H100 (docs/benchmarks-cuda.md, "Decode at depth"), 8B shape at depth 16384, 1 / 2 / 3 / 4 /
-// 8 / 16 / no cap: 169 / 244 / 205 / 211 / 200 / 167 / 166 t/s; SmolLM2 shape 850 with 2, 788-790
-// with 3, 4 or none. The 8B's 512-thread blocks at 64 registers fit two an SM: two is one wave.
+// A one-token decode's live blocks at most n_sm * AD_BLOCKS_SM (splits x K/V heads), the best of
+// a sweep on an H100 for the 8B and SmolLM2 shapes (docs/benchmarks-cuda.md, "Decode at depth"):
+// the 8B's 512-thread blocks at 64 registers fit two an SM, so two is one wave.
 constexpr int AD_BLOCKS_SM = 2;
 constexpr int AD_PF_KEYS = 128;          // cache rows a block prefetches into L1 before its wait
 
