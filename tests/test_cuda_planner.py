@@ -394,12 +394,15 @@ def _check_decode(plan, n_layer, wtype, emb, out):
 
 
 def test_smollm2_decode_step(smollm2_path):
-    """SmolLM2-135M Q4_1 (30 layers): 8 launches a layer, 243 for the step (513 stages)."""
+    """SmolLM2-135M Q4_1 (30 layers): 8 launches a layer, 243 for the step (513 stages). The
+    GPU machine's 4-layer cut (LLMETAL_TEST_SMOLLM2): 35."""
     import llmetal
     m = llmetal.load(str(smollm2_path), device="cpu", n_ctx=512)
     plan = _decode_step(m)
-    r = _check_decode(plan, 30, "Q4_1", "Q8_0", "Q8_0")
-    assert len(r["launches"]) == 243
+    n_layer = m.cfg.n_layer
+    assert n_layer in (30, 4)   # the whole model or the cut
+    r = _check_decode(plan, n_layer, "Q4_1", "Q8_0", "Q8_0")
+    assert len(r["launches"]) == 2 + 8 * n_layer + 1
     # model.plan()'s per-device listing of a CPU device: one kernel a stage
     assert len(m.device.describe(plan)) == plan.n_commands
 
