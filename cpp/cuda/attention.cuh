@@ -459,7 +459,9 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     if (s >= ns) return;   // the whole block: none of its keys is visible
     if (rope.on)
         for (int i = threadIdx.x; i < HD / 2; i += cx.n()) rope_cs_pw(rope.r, rope.ff, rope.pw[i], pos, i, &rc[i], &rs[i]);
-    const int j0 = lo + s * chunk, j1 = min(pos + 1, j0 + chunk);   // this split's visible keys
+    // this split's visible keys, in the cache (a position past it is an error the step reports,
+    // ERR_KV_POS below; the longer splits of ad_chunk would otherwise read rows up to it)
+    const int j0 = lo + s * chunk, j1 = min(min(pos + 1, j0 + chunk), a.n_ctx);
     // The cache rows before the token's were written by earlier launches and are not written by
     // this one (its single token writes row pos): they do not depend on the previous kernel, so
     // the split's K and V rows are requested now, while that kernel drains; the passes below
