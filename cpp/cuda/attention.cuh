@@ -421,8 +421,8 @@ struct AttArgs {
     AdRope rope;
 };
 // The keys a split takes for the token at pos: the planned chunk, or more where the visible keys
-// would need more than n_splits chunks -- the planner caps a long context's splits at a few
-// waves of blocks (planner.cpp attention_split), so at a long position each block takes more
+// would need more than n_splits chunks -- the planner caps a one-token decode's blocks at n_sm *
+// AD_BLOCKS_SM (planner.cpp attention_split), so at a long position each block takes more
 // passes instead of more blocks running (every block computes the same chunk from pos).
 __device__ __forceinline__ int ad_chunk(int window, int pos, int n_splits, int chunk) {
     const int lo = window > 0 ? max(0, pos - window + 1) : 0;
