@@ -89,5 +89,12 @@ constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the c
 // the 8B's 512-thread blocks at 64 registers fit two an SM, so two is one wave.
 constexpr int AD_BLOCKS_SM = 2;
 constexpr int AD_PF_KEYS = 128;          // cache rows a block prefetches into L1 before its wait
+// A pass's K and V rows are copied once into shared memory (cp.async), where the G heads' warps
+// read them, AD_STAGES passes in flight: a K row of head size hd is padded to hd * 2 + 64 bytes
+// (ad_krow), so that the 8 lanes of a 16-byte load phase (2 keys x 4 lanes) hit distinct banks.
+constexpr int AD_STAGES = 3;
+LLMETAL_HD constexpr int ad_krow(int hd) { return hd * 2 + 64; }
+LLMETAL_HD constexpr int ad_stage(int hd) { return AD_KEYS * (ad_krow(hd) + hd * 2); }   // K rows, then V rows
+LLMETAL_HD constexpr int ad_smem(int hd) { return AD_STAGES * ad_stage(hd); }           // 54 / 30 KB, dynamic
 
 }  // namespace llmetal_cuda
