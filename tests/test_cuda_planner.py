@@ -229,6 +229,8 @@ def test_decode_attention_splits_capped_at_long_contexts(cpu):
         assert att["kernel"] == "kernel_attention_decode"
         assert (att["S"], att["grid"]) == (S, (S, 8, 1)), (n_ctx, n_sm, att)
         assert att["chunk"] == chunk, (n_ctx, att)
+        # the K / V stages in dynamic shared memory: 3 passes of 32 keys, K rows padded by 64 bytes
+        assert att["smem"] == 3 * 32 * ((128 * 2 + 64) + 128 * 2), att
     # no cap: the splits of the whole context (at most 256)
     att = E.cuda_plan(p, {"ad_blocks_sm": 0})["launches"][0]
     assert (att["S"], att["chunk"]) == (66, 32)   # (the last context above: 2112 keys)

@@ -274,48 +274,62 @@ struct AdMerge {
 
 // Every warp of the block (G heads x AD_WPH) over keys [j0, j1) of split s; then per head: the
 // output (ns == 1) or the split's (M, L, acc) in part[qi][s]. Called by every thread (barrier).
+// The split goes in passes of AD_KEYS keys: the block copies a pass's K and V rows of its K/V
+// head into shared memory once (cp.async; `ring`: AD_STAGES stages of ad_stage(HD) bytes, with
+// AD_STAGES - 1 passes in flight while one is weighed) and every query head's warps read them
+// there -- from the global memory each row would be read G times. Warp (h, sub) takes keys
+// sub * AD_KW .. + AD_KW - 1 of each pass, 4 lanes a key; lane qd of a key holds the 16-byte
+// pieces qd, qd + 4, ... of its row (the same q pieces), so a load phase's 8 lanes read 8
+// different bank quads of the padded rows.
 template <int DPL, class C>
 __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_attention& a, const __half* kc, const __half* vc,
                                                        const float* sq, float* out, float* part, int n_splits, int ns,
                                                        int s, int g, int t, int j0, int j1, const Q8Act& xq,
-                                                       AdMerge& mg) {
+                                                       AdMerge& mg, uint8_t* ring) {
     constexpr int HD = 32 * DPL;
+    constexpr int KROW = ad_krow(HD), KB = AD_KEYS * KROW, STAGE = ad_stage(HD);
+    constexpr int PR = HD * 2 / 16;   // 16-byte pieces of a row
     using VW = typename std::conditional<DPL == 2, uint32_t, uint2>::type;   // a lane's V values of a row
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int h = warp / AD_WPH, sub = warp % AD_WPH;   // query head within the group; which 8 keys
     const int G = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * HD;
-    const int kq = lane / AD_LPK, qd = lane % AD_LPK;   // this lane's key of the 8, and quarter of its row
-    constexpr int NP = 4 * DPL / AD_LPK;                 // 16-byte pieces of a quarter row (HD / 4 halves)
+    const int kq = lane / AD_LPK, qd = lane % AD_LPK;   // this lane's key of the 8, and which pieces of its row
+    constexpr int NP = PR / AD_LPK;                      // pieces a lane
+    const int npass = (j1 - j0 + AD_KEYS - 1) / AD_KEYS;
+    // pass i's rows into stage i % AD_STAGES (rows past the split repeat its last: finite values
+    // that weigh 0); every thread commits a group per call, empty or not, so the waits count passes
+    auto issue = [&](int i) {
+        if (i < npass) {
+            uint8_t* st = ring + (i % AD_STAGES) * STAGE;
+            for (int c = threadIdx.x; c < 2 * AD_KEYS * PR; c += cx.n()) {
+                const int v = c / (AD_KEYS * PR), r = c / PR % AD_KEYS, pc = c % PR;
+                const int64_t row = min(j0 + i * AD_KEYS + r, j1 - 1);
+                const __half* src = (v ? vc : kc) + row * kv_dim + g * HD + pc * 8;
+                cp_async_l1(v ? st + KB + r * HD * 2 + pc * 16 : st + r * KROW + pc * 16, src);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < AD_STAGES - 1; ++i) issue(i);
     float M = -INFINITY, L = 0.f, acc[DPL];
 #pragma unroll
     for (int e = 0; e < DPL; ++e) acc[e] = 0.f;
-    for (int jb = j0 + sub * AD_KW; jb < j1; jb += AD_KEYS) {
-        // every load of this pass first
-        const uint4* kp = (const uint4*)(kc + (int64_t)min(jb + kq, j1 - 1) * kv_dim + g * HD + qd * (HD / AD_LPK));
-        uint4 kr[NP];
-#pragma unroll
-        for (int c = 0; c < NP; ++c) kr[c] = kp[c];
-        VW vr[AD_KW];
-#pragma unroll
-        for (int k = 0; k < AD_KW; ++k)
-            vr[k] = *(const VW*)(vc + (int64_t)min(jb + k, j1 - 1) * kv_dim + g * HD + lane * DPL);
-        // the next pass's rows of this warp into the L1 while this pass is weighed (a long split's
-        // passes are otherwise one DRAM round trip each, back to back): its AD_KW keys' K and V
-        // head rows are 2 * AD_KW * HD * 2 bytes, one 128-byte line a lane (HD 128: 32 lines)
-        if (jb + AD_KEYS < j1) {
-            constexpr int LPR = HD * 2 / 128;   // lines of a key's head row
-            if (lane < 2 * AD_KW * LPR) {
-                const int kv = lane / (AD_KW * LPR), r = lane % (AD_KW * LPR);
-                const __half* pf = (kv ? vc : kc) + (int64_t)min(jb + AD_KEYS + r / LPR, j1 - 1) * kv_dim + g * HD +
-                                   (r % LPR) * 64;
-                asm volatile("prefetch.global.L1 [%0];" ::"l"(pf));
-            }
-        }
-        float sc = 0.f;   // this quarter's part of the score
+    for (int i = 0; i < npass; ++i) {
+        cp_async_wait<AD_STAGES - 2>();   // this thread's copies of pass i have landed ...
+        cx.sync();                        // ... and everyone's; pass i - 1's stage is free again
+        issue(i + AD_STAGES - 1);
+        const int jb = j0 + i * AD_KEYS + sub * AD_KW;   // this warp's first key of the pass
+        if (jb >= j1) continue;   // (uniform in the warp) none of its keys in the split
+        const uint8_t* st = ring + (i % AD_STAGES) * STAGE;
+        const uint8_t* kr = st + (sub * AD_KW + kq) * KROW;
+        float sc = 0.f;   // this lane's pieces of the score
 #pragma unroll
         for (int c = 0; c < NP; ++c) {
-            const __half2* kh = (const __half2*)&kr[c];
-            const float* qp = sq + h * HD + qd * (HD / AD_LPK) + 8 * c;
+            const int pc = c * AD_LPK + qd;
+            const uint4 k8 = *(const uint4*)(kr + pc * 16);
+            const __half2* kh = (const __half2*)&k8;
+            const float* qp = sq + h * HD + pc * 8;
             const float4 qa = *(const float4*)qp, qb = *(const float4*)(qp + 4);
             const float2 k0 = __half22float2(kh[0]), k1 = __half22float2(kh[1]);
             const float2 k2 = __half22float2(kh[2]), k3 = __half22float2(kh[3]);
@@ -323,7 +337,7 @@ __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_
                   qb.z * k3.x + qb.w * k3.y;
         }
 #pragma unroll
-        for (int o = 1; o < AD_LPK; o <<= 1)   // the quarters: every lane of the key holds the whole score
+        for (int o = 1; o < AD_LPK; o <<= 1)   // the 4 lanes: every lane of the key holds the whole score
             sc += __shfl_xor_sync(0xffffffffu, sc, o);
         float v = sc * a.scale;
         if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
@@ -332,7 +346,7 @@ __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_
 #pragma unroll
         for (int o = AD_LPK; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         const float mn = fmaxf(M, m);
-        if (mn == -INFINITY) continue;   // (uniform) no visible key yet: nothing to add
+        if (mn == -INFINITY) continue;   // (uniform) no finite score yet: nothing to add
         const float corr = __expf(M - mn);
         const float p = __expf(v - mn);   // 0 past the split
         float ps = p;   // each key once: lanes AD_LPK apart
@@ -343,9 +357,11 @@ __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_
 #pragma unroll
         for (int e = 0; e < DPL; ++e) acc[e] *= corr;
         // the probability-weighted V rows
+        const uint8_t* vb = st + KB + sub * AD_KW * HD * 2 + lane * DPL * 2;
 #pragma unroll
         for (int k = 0; k < AD_KW; ++k) {
-            const __half2* vh = (const __half2*)&vr[k];
+            const VW vr = *(const VW*)(vb + k * HD * 2);
+            const __half2* vh = (const __half2*)&vr;
             const float pk = __shfl_sync(0xffffffffu, p, AD_LPK * k);
 #pragma unroll
             for (int w2 = 0; w2 < DPL / 2; ++w2) {
@@ -355,6 +371,7 @@ __device__ __forceinline__ void attention_decode_split(const C& cx, const kargs_
             }
         }
     }
+    cp_async_wait<0>();   // (only empty groups are left: the ring is free for whatever runs next)
     // the AD_WPH warps of each head merge in shared memory (warp sub 0's first key is j0,
     // visible, so the head's max is finite); warp sub 0 then writes the head's result
     if (lane == 0) { mg.M[warp] = M; mg.L[warp] = L; }
@@ -435,7 +452,7 @@ __device__ __forceinline__ int ad_live_splits(int window, int pos, int n_splits,
 }
 
 template <int DPL, class C>
-__device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs& p) {
+__device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs& p, uint8_t* ring) {
     const kargs_attention& a = p.a;
     float* q = p.q;
     __half *kc = p.kc, *vc = p.vc;
@@ -464,8 +481,8 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
     const int j0 = lo + s * chunk, j1 = min(min(pos + 1, j0 + chunk), a.n_ctx);
     // The cache rows before the token's were written by earlier launches and are not written by
     // this one (its single token writes row pos): they do not depend on the previous kernel, so
-    // the split's K and V rows are requested now, while that kernel drains; the passes below
-    // then find them in the L1.
+    // the split's first K and V rows are requested into the L1 now, while that kernel drains;
+    // the passes' copies below (through the L1) then find them there.
     if (rope.on) {
         constexpr int LPR = HD * 2 / 128;   // 128-byte lines of a row's head
         const int nk = min(min(min(j1, pos), a.n_ctx) - j0, AD_PF_KEYS);   // (rows of the cache only, also when pos is past it)
@@ -506,7 +523,7 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
         cx.sync();   // rotated q in sq; this block's K / V row written (visible to the block)
     }
     __shared__ AdMerge mg;
-    attention_decode_split<DPL>(cx, a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq, mg);
+    attention_decode_split<DPL>(cx, a, kc, vc, sq, out, part, n_splits, ns, s, g, t, j0, j1, xq, mg, ring);
     if (ns == 1) {
         if (rope.on)
             for (int i = threadIdx.x; i < G * HD; i += cx.n()) qg[i] = sq[i];
@@ -588,7 +605,10 @@ __device__ __forceinline__ void attention_decode_body(const C& cx, const AttArgs
 }
 template <int DPL>
 __global__ void __launch_bounds__(AD_GMAX * AD_WPH * 32)   // launched with G * AD_WPH warps
-kernel_attention_decode(AttArgs p) { attention_decode_body<DPL>(Launched{}, p); }
+kernel_attention_decode(AttArgs p) {
+    extern __shared__ __align__(16) uint8_t ad_ring[];   // ad_smem(HD) bytes: the passes' K / V stages
+    attention_decode_body<DPL>(Launched{}, p, ad_ring);
+}
 
 // ---- the attention's probabilities, for inspection ----------------------------------------------
 // kernel_attention_probs (Stage::attention_probs; eager runs only, never in a decode plan):

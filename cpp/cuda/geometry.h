@@ -86,8 +86,17 @@ constexpr int AD_QMAX = 1024;            // G * head_dim
 constexpr int AD_COUNTERS = 4096;        // n_tokens * n_kv_heads at most (the counters' buffer)
 // A one-token decode's live blocks at most n_sm * AD_BLOCKS_SM (splits x K/V heads), the best of
 // a sweep on an H100 for the 8B and SmolLM2 shapes (docs/benchmarks-cuda.md, "Decode at depth"):
-// the 8B's 512-thread blocks at 64 registers fit two an SM, so two is one wave.
+// the 8B's 512-thread blocks at 64 registers (and 76 KB of shared memory) fit two an SM, so two
+// is one wave.
 constexpr int AD_BLOCKS_SM = 2;
 constexpr int AD_PF_KEYS = 128;          // cache rows a block prefetches into L1 before its wait
+// A pass's K and V rows are copied once into shared memory (cp.async), where the G heads' warps
+// read them, AD_STAGES passes in flight: a K row of head size hd is padded to hd * 2 + 64 bytes
+// (ad_krow), so that the 8 lanes of a 16-byte load phase (2 keys x 4 lanes) hit distinct banks.
+// 3 stages: 8B Q4_0 at depth 16384 on an H200, 321.8 / 331.9 / 334.3 t/s with 2 / 3 / 4.
+constexpr int AD_STAGES = 3;
+LLMETAL_HD constexpr int ad_krow(int hd) { return hd * 2 + 64; }
+LLMETAL_HD constexpr int ad_stage(int hd) { return AD_KEYS * (ad_krow(hd) + hd * 2); }   // K rows, then V rows
+LLMETAL_HD constexpr int ad_smem(int hd) { return AD_STAGES * ad_stage(hd); }           // 54 / 30 KB, dynamic
 
 }  // namespace llmetal_cuda

@@ -355,6 +355,11 @@ void CudaDevice::init_kernels() {
        "attention smem");
     ck(cudaFuncSetAttribute(kernel_attention_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem(128)),
        "attention smem");
+    // kernel_attention_decode's K / V stages: 54 KB for head size 128
+    ck(cudaFuncSetAttribute(kernel_attention_decode<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, ad_smem(128)),
+       "attention smem");
+    ck(cudaFuncSetAttribute(kernel_attention_decode<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, ad_smem(64)),
+       "attention smem");
     occupancy<KT_Q4_0>(caps); occupancy<KT_Q4_1>(caps); occupancy<KT_Q5_0>(caps); occupancy<KT_Q5_1>(caps);
     occupancy<KT_Q8_0>(caps); occupancy<KT_Q4_K>(caps); occupancy<KT_Q5_K>(caps); occupancy<KT_Q6_K>(caps);
     occupancy<KT_Q2_K>(caps); occupancy<KT_Q3_K>(caps); occupancy<KT_IQ4_XS>(caps);

@@ -168,7 +168,11 @@ template <int T, bool GS>
 __device__ __noinline__ void pk_mv(const Unit& cx, const MvArgs* p, int gw, uint8_t* slots, float (*red)[PK_WARPS][1]) {
     mmvq_group_warp<T, 1, GS, PK_WARPS>(cx, *p, gw, slots, threadIdx.x & 31, red);
 }
-template <int DPL> __device__ __noinline__ void pk_att(const Unit& cx, const AttArgs* p) { attention_decode_body<DPL>(cx, *p); }
+// The attention's K / V stages in the mat-vec rings (no mat-vec unit runs on the block meanwhile).
+static_assert(ad_smem(128) <= PK_RINGS && ad_smem(64) <= PK_RINGS, "the attention's stages fit the rings");
+template <int DPL> __device__ __noinline__ void pk_att(const Unit& cx, const AttArgs* p, uint8_t* rings) {
+    attention_decode_body<DPL>(cx, *p, rings);
+}
 template <int QB> __device__ __noinline__ void pk_glu(const Unit& cx, const GluArgs* p) { swiglu_q_body<QB>(cx, *p); }
 template <int QB> __device__ __noinline__ void pk_quant(const Unit& cx, const QuantArgs* p) { quantize_q8_body<QB>(cx, *p); }
 
@@ -196,8 +200,8 @@ __device__ __forceinline__ void pk_run(const Unit& cx, const PInstr& P, uint8_t*
                 else pk_mv<Q, false>(cx, &P.mv, cx.u * PK_WARPS + warp, slots, red);
             });
         case PK_ATT:
-            if (P.variant == 2) return pk_att<2>(cx, &P.att);
-            return pk_att<4>(cx, &P.att);
+            if (P.variant == 2) return pk_att<2>(cx, &P.att, rings);
+            return pk_att<4>(cx, &P.att, rings);
         case PK_GLU:
             if (P.qb == 32) return pk_glu<32>(cx, &P.glu);
             return pk_glu<256>(cx, &P.glu);

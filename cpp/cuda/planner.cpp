@@ -735,6 +735,7 @@ struct Planner {
             l.grid[1] = a.n_kv_heads;
             l.grid[2] = a.n_tokens;
             l.variant = a.head_dim / 32;   // lanes' values a row (DPL): 2 or 4
+            l.smem = ad_smem(a.head_dim);
             l.S = S;
             l.chunk = chunk;
             l.qcmd = qcmd;
