@@ -3,20 +3,21 @@
 #
 #   bash bench/cuda_check.sh [DIR]
 #
-# DIR (default .cudawt) may hold:
+# DIR (default .cudawt; `bash bench/cuda_prepare.sh DIR` writes it) may hold:
 #   whl/*.whl          wheels to install where the machine has no index (gguf, nanobind,
 #                      scikit-build-core, pytest...)
 #   smollm2-4l.gguf    the real SmolLM2 cut to 4 layers (scripts/cut_gguf.py): end-to-end
-#                      parity with the CPU device, and a bench row
-#   tok.gguf           a GGUF holding only the real SmolLM2's tokenizer metadata (merges
-#                      included), which synth_gguf.py copies so that llama.cpp loads the
-#                      synthetic files (the cut model lacks the merges)
-#   synth_gguf.py      writes synthetic full-size GGUFs (SYNTH="llama3-1b:Q8_0 llama3-8b:Q4_0")
-#   llama/             a trimmed copy of llama.cpp's sources: llama-bench is built with CUDA
-#                      (in the background, while llmetal builds and tests) and run side by
-#                      side with `python -m llmetal bench` on each synthetic model
+#                      parity with the CPU device, a bench row, and (merges kept) the tokenizer
+#                      scripts/synth_gguf.py copies into the synthetic files
+#   tok.gguf           (optional) another GGUF to copy the tokenizer from instead
+#   llama.tar.xz       llama.cpp's sources cut to llama-bench (or llama/, the same unpacked):
+#                      llama-bench is built with CUDA (in the background, while llmetal builds
+#                      and tests) and run side by side with `python -m llmetal bench` on each
+#                      synthetic model
+# SYNTH="llama3-1b:Q8_0 llama3-8b:Q4_0" (the default: llama3-1b:Q8_0) names the synthetic files
+# scripts/synth_gguf.py writes there (shape:type).
 # DEPTHS="512,4096,16384" (optional) adds decode at those depths side by side: the synthetic
-# files are then written by scripts/synth_gguf.py with a context past the deepest, and after the
+# files are then written with a context past the deepest (else 4096), and after the
 # pp512 / tg128 runs come `llama-bench -p 0 -n 128 -d 0,DEPTHS -r 2 -fa 1` and `python -m
 # llmetal bench -p 0 -n 128 -r 2 -d D` for D in 0 and DEPTHS (docs/benchmarks-cuda.md, "Decode
 # at depth").
@@ -47,10 +48,14 @@ if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX
 echo "CXX=${CXX:-default}"
 
 LLAMA_PID=
-if [ -d "$DIR/llama" ]; then
+LLAMA_SRC=$DIR/llama
+if [ ! -d "$LLAMA_SRC" ] && [ -f "$DIR/llama.tar.xz" ]; then
+  mkdir -p /tmp/llama-src && tar xJf "$DIR/llama.tar.xz" -C /tmp/llama-src && LLAMA_SRC=/tmp/llama-src/llama
+fi
+if [ -d "$LLAMA_SRC" ]; then
   echo "== llama.cpp: building llama-bench (CUDA, sm_90) in the background"
   ( t0=$(date +%s)
-    cmake -S "$DIR/llama" -B /tmp/llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+    cmake -S "$LLAMA_SRC" -B /tmp/llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
       -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_MTMD=OFF \
       -DGGML_NATIVE=ON && cmake --build /tmp/llama-build --target llama-bench -j 14
@@ -76,19 +81,17 @@ $PY -m pytest -p no:cacheprovider tests/test_cuda.py tests/test_stages.py -q -rs
   -o addopts="" 2>&1 | tee "$OUT/tests.log" | tail -25
 
 echo "== synthetic models"
-# tok.gguf first: the cut model carries no BPE merges, so llama.cpp cannot load what it seeds
+# the tokenizer of the synthetic files: tok.gguf if given, else the cut model (which needs its BPE
+# merges: llama.cpp cannot load a file seeded from a cut made with --no-merges)
 TOK="$DIR/tok.gguf"; [ -f "$TOK" ] || TOK=$CUT
 SYN=()
-if [ -f "$DIR/synth_gguf.py" ] && [ -f "$TOK" ]; then
+if [ -f "$TOK" ]; then
+  ctx=4096   # with DEPTHS: a context past the deepest depth (llama-bench sizes its own from -d)
+  [ -n "$DEPTHS" ] && ctx=$(( $(tr ',' '\n' <<< "$DEPTHS" | sort -n | tail -1) + 4096 ))
   for s in $SYNTH; do
     shape=${s%%:*}; q=${s##*:}; f=/tmp/$shape-${q,,}.gguf
     t0=$(date +%s)
-    if [ -n "$DEPTHS" ]; then   # a context past the deepest depth (llama-bench sizes its own from -d)
-      ctx=$(( $(tr ',' '\n' <<< "$DEPTHS" | sort -n | tail -1) + 4096 ))
-      $PY scripts/synth_gguf.py --arch llama --tok "$TOK" --shape "$shape" --qtype "$q" --ctx $ctx -o "$f" && SYN+=("$f")
-    else
-      $PY "$DIR/synth_gguf.py" --tok "$TOK" --shape "$shape" --qtype "$q" -o "$f" && SYN+=("$f")
-    fi
+    $PY scripts/synth_gguf.py --arch llama --tok "$TOK" --shape "$shape" --qtype "$q" --ctx $ctx -o "$f" && SYN+=("$f")
     echo "$f written in $(( $(date +%s) - t0 )) s"
   done
 fi
