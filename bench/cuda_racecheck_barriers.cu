@@ -8,9 +8,10 @@
 // thread; the first nt threads run a body that syncs with partial named barriers (`bar.sync 15,
 // nt` over the unit's threads, the mat-vec's `bar.sync 1 + w / S, 32 S` over a row's S warps);
 // a block barrier; thread 0 writes the loop's next state into shared memory. Every pair of a
-// write and a read of another thread has a block barrier between them, yet racecheck reported
-// hazards on exactly those pairs. This kernel is that loop with bodies that only sync, so what
-// racecheck says here is about the barriers alone:
+// write and a read of another thread is ordered by a barrier (a block barrier; within mode 2's
+// pair of warps, their own named barrier), yet racecheck reported hazards on such pairs. This
+// kernel is that loop with bodies that only sync (mode 1's touches no shared memory at all), so
+// what racecheck says here is about the barriers alone:
 //   mode 0: the body has no barrier          mode 1: bar.sync 15, nt
 //   mode 2: bar.sync 1 + w / 2, 64 (pairs)   mode 3: both
 // Each mode prints block 0's checksum (thread 0's sum over the instructions: it shows the loop
